@@ -1,0 +1,21 @@
+//! Capacities of the data plane. User space checks a policy against these
+//! before touching any map, so an oversized policy is an error, not a
+//! half-applied update.
+
+/// Rules are a bit set in a `u64` (see [`crate::maps::RuleSet`]).
+pub const MAX_RULES: usize = 64;
+
+/// LPM trie entries per address family and per policy slot.
+pub const MAX_PREFIXES_PER_FAMILY: u32 = 262_144;
+
+/// `(protocol, port)` entries per policy slot: every TCP and UDP port.
+pub const MAX_PORT_ENTRIES: u32 = 2 * 65_536;
+
+/// 802.1Q / 802.1ad tags parsed before the frame is called malformed.
+pub const MAX_VLAN_DEPTH: usize = 2;
+
+/// IPv6 extension headers walked before the packet is called malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Policy slots: one live, one being written (see [`crate::maps::ActivePolicy`]).
+pub const POLICY_SLOTS: u32 = 2;

@@ -1,0 +1,249 @@
+//! The compiled tables, looked up the way the kernel does (longest prefix
+//! match, exact port), must give the same verdict as the reference
+//! classifier for every packet we try.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use firewall_common::{
+    maps::protocol::{TCP, UDP},
+    model::{self, ReferencePolicy, ReferenceRule},
+    reasons::Reason,
+    verdict::{Packet, Policy, Source, decide},
+};
+
+use super::*;
+use crate::config;
+
+/// The compiled tables with kernel lookup semantics.
+struct Tables<'a>(&'a CompiledPolicy);
+
+fn longest_match(entries: &[PrefixEntry], address: u128, width: u8) -> RuleSet {
+    entries
+        .iter()
+        .filter(|entry| contains(entry.bits, entry.len, address, width, width))
+        .max_by_key(|entry| entry.len)
+        .map_or(0, |entry| entry.rules)
+}
+
+impl Policy for Tables<'_> {
+    fn source_rules(&self, source: &Source) -> RuleSet {
+        match source {
+            Source::V4(octets) => longest_match(&self.0.v4, u32::from_be_bytes(*octets) as u128, 32),
+            Source::V6(octets) => longest_match(&self.0.v6, u128::from_be_bytes(*octets), 128),
+        }
+    }
+
+    fn port_rules(&self, port: &PortKey) -> RuleSet {
+        self.0
+            .ports
+            .iter()
+            .find(|(key, _)| key == port)
+            .map_or(0, |(_, rules)| *rules)
+    }
+}
+
+fn config(rules: &str) -> Config {
+    config::parse(&format!("interfaces = [\"eth0\"]\n{rules}")).unwrap()
+}
+
+/// Checks compiled tables against the reference for every given packet.
+fn assert_matches_reference(config: &Config, packets: &[Packet]) {
+    let compiled = compile(config).unwrap();
+    let sources: Vec<Vec<model::Prefix>> = config
+        .rules
+        .iter()
+        .map(|rule| rule.sources.iter().map(|prefix| prefix.to_model()).collect())
+        .collect();
+    let ports: Vec<Vec<model::PortRange>> = config
+        .rules
+        .iter()
+        .map(|rule| rule.ports.iter().map(|range| range.to_model()).collect())
+        .collect();
+    let rules: Vec<ReferenceRule<'_>> = sources
+        .iter()
+        .zip(&ports)
+        .map(|(sources, ports)| ReferenceRule { sources, ports })
+        .collect();
+    let reference = ReferencePolicy(&rules);
+    for packet in packets {
+        assert_eq!(
+            decide(packet, &Tables(&compiled)),
+            decide(packet, &reference),
+            "{packet:?}"
+        );
+    }
+}
+
+fn v4(text: &str) -> Source {
+    Source::V4(text.parse::<Ipv4Addr>().unwrap().octets())
+}
+
+fn v6(text: &str) -> Source {
+    Source::V6(text.parse::<Ipv6Addr>().unwrap().octets())
+}
+
+fn tcp(source: Source, port: u16) -> Packet {
+    Packet::Transport {
+        source,
+        port: PortKey::new(TCP, port),
+    }
+}
+
+const OVERLAP: &str = r#"
+[[rules]]
+name = "a"
+ports = ["tcp/443"]
+sources = ["203.0.113.0/24"]
+
+[[rules]]
+name = "b"
+ports = ["tcp/22"]
+sources = ["203.0.113.64/26"]
+"#;
+
+#[test]
+fn overlap_example_from_the_issue() {
+    let config = config(OVERLAP);
+    let compiled = compile(&config).unwrap();
+    assert_eq!(
+        compiled.v4,
+        [
+            PrefixEntry { bits: 0xcb00_7100, len: 24, rules: 0b01 },
+            PrefixEntry { bits: 0xcb00_7140, len: 26, rules: 0b11 },
+        ]
+    );
+    let tables = Tables(&compiled);
+    let inner = v4("203.0.113.70");
+    let outer = v4("203.0.113.10");
+    assert_eq!(decide(&tcp(inner, 443), &tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(inner, 22), &tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(inner, 22), &tables).rule, 1);
+    assert_eq!(decide(&tcp(outer, 443), &tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(outer, 22), &tables).reason, Reason::NotAllowlisted);
+    assert_eq!(decide(&tcp(v4("192.0.2.1"), 443), &tables).reason, Reason::NotAllowlisted);
+    assert_eq!(decide(&tcp(outer, 80), &tables).reason, Reason::PortClosed);
+}
+
+#[test]
+fn nested_prefixes_siblings_and_families_match_the_reference() {
+    let config = config(
+        r#"
+[[rules]]
+name = "wide"
+ports = ["tcp/443", "udp/4500"]
+sources = ["198.51.100.0/24", "2001:db8::/32", "192.0.2.128/25"]
+
+[[rules]]
+name = "narrow"
+ports = ["tcp/22", "tcp/443"]
+sources = ["198.51.100.0/28", "198.51.100.16/28", "2001:db8:1::/48", "192.0.2.200"]
+
+[[rules]]
+name = "host"
+ports = ["tcp/8000-8010"]
+sources = ["198.51.100.5", "2001:db8:1::5", "203.0.113.0/24"]
+
+[[rules]]
+name = "sibling"
+ports = ["udp/4500"]
+sources = ["198.51.100.128/25", "2001:db8:2::/48"]
+"#,
+    );
+    let addresses = [
+        v4("198.51.100.5"),
+        v4("198.51.100.6"),
+        v4("198.51.100.17"),
+        v4("198.51.100.40"),
+        v4("198.51.100.200"),
+        v4("192.0.2.1"),
+        v4("192.0.2.130"),
+        v4("192.0.2.200"),
+        v4("203.0.113.9"),
+        v6("2001:db8::1"),
+        v6("2001:db8:1::5"),
+        v6("2001:db8:1::6"),
+        v6("2001:db8:2::1"),
+        v6("2001:db9::1"),
+    ];
+    let mut packets = Vec::new();
+    for source in addresses {
+        for port in [22, 80, 443, 4500, 8000, 8005, 8010, 8011] {
+            packets.push(tcp(source, port));
+            packets.push(Packet::Transport { source, port: PortKey::new(UDP, port) });
+        }
+        packets.push(Packet::EchoRequest { source });
+        packets.push(Packet::LaterFragment { source });
+    }
+    assert_matches_reference(&config, &packets);
+}
+
+#[test]
+fn duplicate_prefixes_merge_their_rules() {
+    let config = config(
+        r#"
+[[rules]]
+name = "a"
+ports = ["tcp/443"]
+sources = ["203.0.113.0/24", "203.0.113.0/24"]
+
+[[rules]]
+name = "b"
+ports = ["tcp/22"]
+sources = ["203.0.113.0/24"]
+"#,
+    );
+    let compiled = compile(&config).unwrap();
+    assert_eq!(compiled.v4, [PrefixEntry { bits: 0xcb00_7100, len: 24, rules: 0b11 }]);
+}
+
+#[test]
+fn port_ranges_expand_and_merge() {
+    let config = config(
+        r#"
+[[rules]]
+name = "a"
+ports = ["tcp/8000-8002", "udp/53"]
+sources = ["192.0.2.1"]
+
+[[rules]]
+name = "b"
+ports = ["tcp/8002"]
+sources = ["192.0.2.2"]
+"#,
+    );
+    let compiled = compile(&config).unwrap();
+    assert_eq!(
+        compiled.ports,
+        [
+            (PortKey::new(TCP, 8000), 0b01),
+            (PortKey::new(TCP, 8001), 0b01),
+            (PortKey::new(TCP, 8002), 0b11),
+            (PortKey::new(UDP, 53), 0b01),
+        ]
+    );
+}
+
+#[test]
+fn any_source_covers_the_whole_family_only() {
+    let config = config(
+        "[[rules]]\nname = \"open\"\nports = [\"443\"]\nsources = [\"0.0.0.0/0\"]\nallow_any_source = true\n",
+    );
+    let compiled = compile(&config).unwrap();
+    let tables = Tables(&compiled);
+    assert_eq!(decide(&tcp(v4("192.0.2.1"), 443), &tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(v6("2001:db8::1"), 443), &tables).reason, Reason::NotAllowlisted);
+}
+
+#[test]
+fn a_quarter_million_prefixes_fit_and_more_do_not() {
+    let rules = |count: u32| {
+        let sources: Vec<String> = (0..count)
+            .map(|index| format!("\"{}\"", Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(index))))
+            .collect();
+        format!("[[rules]]\nname = \"big\"\nports = [\"443\"]\nsources = [{}]\n", sources.join(","))
+    };
+    let fits = compile(&config(&rules(250_000))).unwrap();
+    assert_eq!(fits.v6.len(), 250_000);
+    let err = compile(&config(&rules(MAX_PREFIXES_PER_FAMILY + 1))).unwrap_err();
+    assert!(err.to_string().contains("262145 distinct IPv6 prefixes"), "{err}");
+}

@@ -1,0 +1,76 @@
+//! Header parsing: from a frame to the [`Packet`] the policy decides on.
+//!
+//! Each layer reads its header through the [`Cursor`], which checks the
+//! frame's end on every read; anything that does not fit is `Malformed`.
+//! Header structs are made of byte arrays only, so they have alignment 1
+//! and fields are decoded explicitly from network byte order.
+
+mod ipv4;
+mod ipv6;
+mod transport;
+
+use firewall_common::{limits::MAX_VLAN_DEPTH, verdict::Packet};
+
+use crate::cursor::Cursor;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct EthHdr {
+    destination: [u8; 6],
+    source: [u8; 6],
+    ether_type: [u8; 2],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct VlanHdr {
+    tci: [u8; 2],
+    ether_type: [u8; 2],
+}
+
+/// ARP for IPv4 over Ethernet, the only kind an Ethernet host answers.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ArpBody {
+    bytes: [u8; 28],
+}
+
+/// Parses the frame in `ctx`.
+#[inline(always)]
+pub fn packet(ctx: &aya_ebpf::programs::XdpContext) -> Packet {
+    let mut cursor = Cursor::new(ctx);
+    parse_ethernet(&mut cursor).unwrap_or(Packet::Malformed)
+}
+
+/// `None` means a header was cut short: the caller reports `Malformed`.
+#[inline(always)]
+fn parse_ethernet(cursor: &mut Cursor) -> Option<Packet> {
+    let eth = cursor.read::<EthHdr>()?;
+    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    for _ in 0..MAX_VLAN_DEPTH {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        let vlan = cursor.read::<VlanHdr>()?;
+        ether_type = u16::from_be_bytes(vlan.ether_type);
+    }
+    match ether_type {
+        ETH_P_IP => ipv4::parse(cursor),
+        ETH_P_IPV6 => ipv6::parse(cursor),
+        ETH_P_ARP => cursor.peek::<ArpBody>().map(|_| Packet::Arp),
+        // A third tag: deeper than we parse.
+        t if is_vlan(t) => Some(Packet::Malformed),
+        _ => Some(Packet::NonIp),
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
+}
