@@ -46,6 +46,16 @@ pub enum XdpModeSetting {
     Skb,
 }
 
+impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpModeSetting::Auto => "auto",
+            XdpModeSetting::Driver => "driver",
+            XdpModeSetting::Skb => "skb",
+        })
+    }
+}
+
 /// One rule: these sources may reach these ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {

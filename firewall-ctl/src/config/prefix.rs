@@ -7,6 +7,7 @@ use std::{
     str::FromStr,
 };
 
+#[cfg(test)]
 use firewall_common::{model, verdict::Source};
 
 /// A validated network prefix: no host bits set.
@@ -57,6 +58,7 @@ impl IpPrefix {
     }
 
     /// The same prefix in the reference classifier's terms.
+    #[cfg(test)]
     pub fn to_model(self) -> model::Prefix {
         match self {
             IpPrefix::V4 { address, len } => model::Prefix {
