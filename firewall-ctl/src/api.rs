@@ -62,6 +62,8 @@ pub struct StatusReport {
     pub policy_applied_at: u64,
     /// Successful reloads since start.
     pub reloads: u64,
+    /// Rejected reloads since start (the running policy was kept).
+    pub reloads_rejected: u64,
     /// Why the last reload was rejected, if it was; cleared by a good one.
     pub last_reload_error: Option<String>,
 }

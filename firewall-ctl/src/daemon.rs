@@ -48,6 +48,7 @@ struct Daemon {
     started: Instant,
     applied_at: SystemTime,
     reloads: u64,
+    reloads_rejected: u64,
     last_reload_error: Option<String>,
 }
 
@@ -91,6 +92,7 @@ pub async fn run(config_path: PathBuf, socket_override: Option<PathBuf>) -> anyh
         started: Instant::now(),
         applied_at: SystemTime::now(),
         reloads: 0,
+        reloads_rejected: 0,
         last_reload_error: None,
     };
     let (jobs, mut pending) = mpsc::channel::<Job>(32);
@@ -131,6 +133,7 @@ impl Daemon {
             Err(err) => {
                 let message = format!("{err:#}");
                 error!(error = %message, "reload rejected; the running policy is unchanged");
+                self.reloads_rejected += 1;
                 self.last_reload_error = Some(message);
             }
         }
@@ -189,6 +192,7 @@ impl Daemon {
             ports: self.policy.port_count(),
             policy_applied_at: self.applied_at.duration_since(UNIX_EPOCH).map_or(0, |age| age.as_secs()),
             reloads: self.reloads,
+            reloads_rejected: self.reloads_rejected,
             last_reload_error: self.last_reload_error.clone(),
         }
     }

@@ -44,8 +44,14 @@ pub fn status(report: &StatusReport) -> String {
     let _ = writeln!(out, "interfaces  {}", interfaces.join(", "));
     let _ = writeln!(
         out,
-        "policy      {} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports; applied at unix time {}, {} reloads",
-        report.rules, report.prefixes_v4, report.prefixes_v6, report.ports, report.policy_applied_at, report.reloads
+        "policy      {} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports; applied at unix time {}; {} reloads, {} rejected",
+        report.rules,
+        report.prefixes_v4,
+        report.prefixes_v6,
+        report.ports,
+        report.policy_applied_at,
+        report.reloads,
+        report.reloads_rejected
     );
     if let Some(error) = &report.last_reload_error {
         let _ = writeln!(out, "last reload REJECTED, running policy kept: {error}");

@@ -1,0 +1,66 @@
+//! Helpers for firewall-ctl's end-to-end tests: a lab of network namespaces
+//! joined by a veth pair, the real daemon running in the edge namespace,
+//! real sockets and crafted frames sent from the peer namespace.
+//!
+//! Only documentation address ranges are used, and only inside the lab.
+
+pub mod daemon;
+pub mod frames;
+pub mod lab;
+pub mod traffic;
+
+/// The vendor may reach 443 and UDP 4500; the office and the vendor's
+/// 203.0.113.64/26 may reach 22 (the issue's overlap example).
+pub fn config(mode: &str) -> String {
+    format!(
+        r#"
+interfaces = ["edge0"]
+xdp_mode = "{mode}"
+
+[[rules]]
+name = "vendor"
+ports = ["tcp/443", "udp/4500"]
+sources = ["203.0.113.0/24", "2001:db8:1::/48"]
+
+[[rules]]
+name = "office-ssh"
+ports = ["tcp/22"]
+sources = ["203.0.113.64/26", "198.51.100.0/24"]
+"#
+    )
+}
+
+/// Whether the tests can run; if not, says why so a skip is never silent.
+/// CI runs as root, where these tests always run.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED {test}: needs root (network namespaces and XDP); run `cargo xtask test` as root");
+    }
+    root
+}
+
+/// Addresses inside the lab. The edge host runs the daemon; the peer host
+/// holds every other address, so one veth carries all traffic.
+pub mod addr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const EDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    pub const EDGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    /// In no rule.
+    pub const STRANGER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+    pub const STRANGER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+    /// A vendor's egress range 203.0.113.0/24 and 2001:db8:1::/48.
+    pub const VENDOR_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    pub const VENDOR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+    /// Inside 203.0.113.64/26, the nested prefix of the overlap example.
+    pub const INNER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 70);
+    /// The office, 198.51.100.0/24.
+    pub const OFFICE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+    pub const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+    pub const EDGE_IF: &str = "edge0";
+    pub const PEER_IF: &str = "peer0";
+}

@@ -1,0 +1,204 @@
+//! The real `firewall-ctl` binary: a daemon in the lab's edge namespace and
+//! CLI calls against its socket.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::lab::Lab;
+
+/// Path of the binary under test: `FIREWALL_CTL_BIN` (set by `cargo xtask
+/// test`), else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("FIREWALL_CTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/firewall-ctl"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo xtask test`, or `cargo build -p firewall-ctl` first",
+        path.display()
+    );
+    path
+}
+
+/// Runs the CLI with `args` in the host namespace.
+pub fn ctl(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().expect("running firewall-ctl")
+}
+
+/// A running daemon; stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` (TOML) and starts the daemon on it in the lab's edge
+    /// namespace; returns once it answers on its socket.
+    pub fn start(lab: &Lab, config: &str) -> Daemon {
+        let mut daemon = Daemon::spawn(lab, config);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status} during start-up:\n{}", daemon.log());
+            }
+            if daemon.try_json(&["status"]).is_some() {
+                return daemon;
+            }
+            assert!(Instant::now() < deadline, "daemon did not answer within 20 s:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the daemon and waits for it to exit; for configs it must refuse.
+    pub fn start_expecting_failure(lab: &Lab, config: &str) -> (i32, String) {
+        let mut daemon = Daemon::spawn(lab, config);
+        let status = daemon.child.take().unwrap().wait().unwrap();
+        (status.code().unwrap_or(-1), daemon.log())
+    }
+
+    fn spawn(lab: &Lab, config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("firewall.toml");
+        let socket = dir.path().join("ctl.sock");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        // `ip netns exec` execs the daemon, so signals reach it directly.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.edge.name])
+            .arg(binary())
+            .args(["daemon", "--config"])
+            .arg(&config_path)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning the daemon");
+        Daemon {
+            child: Some(child),
+            dir,
+            config: config_path,
+            socket,
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs `firewall-ctl --socket <ours> <args>`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let socket = self.socket.to_str().unwrap();
+        let mut all = vec!["--socket", socket];
+        all.extend_from_slice(args);
+        ctl(&all)
+    }
+
+    fn try_json(&self, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = self.ctl(&all);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("--json output is JSON"))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        self.try_json(args)
+            .unwrap_or_else(|| panic!("firewall-ctl {args:?} failed; daemon log:\n{}", self.log()))
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats(self.json(&["stats"]))
+    }
+
+    /// Replaces the config file and sends SIGHUP; returns once the daemon
+    /// has either applied or rejected it.
+    pub fn reload(&self, config: &str) -> Value {
+        let attempts = |status: &Value| status["reloads"].as_u64().unwrap() + status["reloads_rejected"].as_u64().unwrap();
+        let before = attempts(&self.status());
+        std::fs::write(&self.config, config).unwrap();
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.status();
+            if attempts(&status) > before {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no reload within 10 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit code and log.
+    pub fn stop(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status.code().unwrap_or(-1), self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `stats --json`, with accessors that fail loudly on a missing field.
+#[derive(Clone, Debug)]
+pub struct Stats(pub Value);
+
+impl Stats {
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.0["drops"][reason].as_u64().unwrap_or_else(|| panic!("no drop reason {reason}: {}", self.0))
+    }
+
+    pub fn drop_bytes(&self, reason: &str) -> u64 {
+        self.0["drop_bytes"][reason].as_u64().unwrap()
+    }
+
+    pub fn passed(&self, reason: &str) -> u64 {
+        self.0["passed"][reason].as_u64().unwrap_or_else(|| panic!("no pass reason {reason}: {}", self.0))
+    }
+
+    /// `(packets, bytes)` of the rule named `name`.
+    pub fn rule(&self, name: &str) -> (u64, u64) {
+        let rule = self.0["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["name"] == name)
+            .unwrap_or_else(|| panic!("no rule {name}: {}", self.0));
+        (rule["packets"].as_u64().unwrap(), rule["bytes"].as_u64().unwrap())
+    }
+
+    /// Every drop reason's packet count, for "nothing else changed" checks.
+    pub fn all_drops(&self) -> serde_json::Map<String, Value> {
+        self.0["drops"].as_object().unwrap().clone()
+    }
+}

@@ -1,0 +1,140 @@
+//! Network namespaces for one test, removed when the test ends, pass or fail.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::addr::*;
+
+/// Prefix of every namespace the tests create; `cargo xtask test` removes
+/// leftovers of killed runs by it.
+pub const NETNS_PREFIX: &str = "fwt-";
+
+/// A named network namespace.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Runs `f` on a thread inside this namespace. Sockets created there
+    /// stay in it wherever they are used afterwards.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
+            // SAFETY: a valid namespace fd; only this short-lived thread moves.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
+    /// Runs `ip -n <ns> <args>`, panicking with its stderr on failure.
+    pub fn ip(&self, args: &str) {
+        run_ip(&format!("-n {} {args}", self.name));
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|err| panic!("running {command:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn run_ip(args: &str) {
+    run(Command::new("ip").args(args.split_whitespace()));
+}
+
+/// Two hosts on one veth: `edge` (runs the daemon, interface `edge0`) and
+/// `peer` (every other address, interface `peer0`).
+pub struct Lab {
+    pub edge: Netns,
+    pub peer: Netns,
+}
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    pub fn new() -> Lab {
+        let id = format!("{NETNS_PREFIX}{}-{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        let lab = Lab {
+            edge: Netns { name: format!("{id}-edge") },
+            peer: Netns { name: format!("{id}-peer") },
+        };
+        // From here on, Drop removes whatever was created.
+        run_ip(&format!("netns add {}", lab.edge.name));
+        run_ip(&format!("netns add {}", lab.peer.name));
+        run_ip(&format!(
+            "link add {EDGE_IF} netns {} address {} type veth peer name {PEER_IF} netns {} address {}",
+            lab.edge.name,
+            mac(EDGE_MAC),
+            lab.peer.name,
+            mac(PEER_MAC)
+        ));
+        for ns in [&lab.edge, &lab.peer] {
+            // Fewer unsolicited packets: the tests count exactly.
+            ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
+            ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
+            ns.ip("link set lo up");
+        }
+        lab.edge.ip(&format!("addr add {EDGE_V4}/24 dev {EDGE_IF}"));
+        lab.edge.ip(&format!("addr add {EDGE_V6}/64 dev {EDGE_IF} nodad"));
+        for v4 in [STRANGER_V4, VENDOR_V4, INNER_V4, OFFICE_V4] {
+            let len = if v4 == STRANGER_V4 { 24 } else { 32 };
+            lab.peer.ip(&format!("addr add {v4}/{len} dev {PEER_IF}"));
+        }
+        lab.peer.ip(&format!("addr add {STRANGER_V6}/64 dev {PEER_IF} nodad"));
+        lab.peer.ip(&format!("addr add {VENDOR_V6}/128 dev {PEER_IF} nodad"));
+        lab.edge.ip(&format!("link set {EDGE_IF} up"));
+        lab.peer.ip(&format!("link set {PEER_IF} up"));
+        // The edge reaches the vendor and office ranges on-link.
+        for route in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/48"] {
+            lab.edge.ip(&format!("route add {route} dev {EDGE_IF}"));
+        }
+        lab
+    }
+
+    /// Every address the peer can send from.
+    pub fn peer_sources() -> [IpAddr; 6] {
+        [
+            STRANGER_V4.into(),
+            VENDOR_V4.into(),
+            INNER_V4.into(),
+            OFFICE_V4.into(),
+            STRANGER_V6.into(),
+            VENDOR_V6.into(),
+        ]
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.edge, &self.peer] {
+            // Deleting the namespace deletes its end of the veth too.
+            let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
+        }
+    }
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

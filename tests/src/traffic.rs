@@ -1,0 +1,112 @@
+//! Real sockets opened inside the lab's namespaces.
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::lab::Netns;
+
+/// How long a dropped SYN or datagram is waited for. A packet on a veth
+/// arrives in microseconds; this only has to be long enough to be sure.
+pub const DROP_WAIT: Duration = Duration::from_millis(1000);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connect {
+    Connected,
+    /// No answer at all: the SYN (or the SYN-ACK) was dropped.
+    TimedOut,
+    /// A RST came back: the SYN passed but nothing listens.
+    Refused,
+}
+
+/// Listens on `address` in `ns`; the kernel completes handshakes into the
+/// backlog, so nothing needs to accept.
+pub fn listen_tcp(ns: &Netns, address: SocketAddr) -> TcpListener {
+    ns.run(move || {
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&address.into()).unwrap();
+        socket.listen(128).unwrap();
+        socket.into()
+    })
+}
+
+/// Connects from `source` (an address of `ns`) to `target`.
+pub fn connect_tcp(ns: &Netns, source: IpAddr, target: SocketAddr) -> Connect {
+    ns.run(move || {
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        match socket.connect_timeout(&target.into(), DROP_WAIT) {
+            Ok(()) => Connect::Connected,
+            Err(err) if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => Connect::TimedOut,
+            Err(err) if err.kind() == ErrorKind::ConnectionRefused => Connect::Refused,
+            Err(err) => panic!("connect {source} -> {target}: unexpected {err}"),
+        }
+    })
+}
+
+pub fn bind_udp(ns: &Netns, address: SocketAddr) -> UdpSocket {
+    ns.run(move || {
+        let socket = UdpSocket::bind(address).unwrap();
+        socket.set_read_timeout(Some(DROP_WAIT)).unwrap();
+        socket
+    })
+}
+
+/// Sends one datagram from `source` in `ns` to `receiver`'s address and
+/// reports whether `receiver` got it.
+pub fn udp_delivered(ns: &Netns, source: IpAddr, receiver: &UdpSocket) -> bool {
+    let target = receiver.local_addr().unwrap();
+    let payload = format!("from {source}");
+    let sent = payload.clone();
+    ns.run(move || {
+        let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
+        socket.send_to(sent.as_bytes(), target).unwrap();
+    });
+    let mut buffer = [0u8; 256];
+    match receiver.recv_from(&mut buffer) {
+        Ok((len, from)) => {
+            assert_eq!(&buffer[..len], payload.as_bytes());
+            assert_eq!(from.ip(), source);
+            true
+        }
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(err) => panic!("recv: {err}"),
+    }
+}
+
+/// Sends raw Ethernet frames out of `interface` in `ns` (AF_PACKET), exactly
+/// as given: no padding, no checksum fixing.
+pub fn send_frames(ns: &Netns, interface: &'static str, frames: Vec<Vec<u8>>) {
+    ns.run(move || {
+        // SAFETY: plain socket syscalls on a fd we own, with sizes of the
+        // structs passed.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let name = std::ffi::CString::new(interface).unwrap();
+            let index = libc::if_nametoindex(name.as_ptr());
+            assert!(index != 0, "no interface {interface}");
+            let mut address: libc::sockaddr_ll = std::mem::zeroed();
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_ifindex = index as i32;
+            address.sll_halen = 6;
+            for frame in &frames {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&address as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+    });
+}
