@@ -127,6 +127,21 @@ impl Daemon {
         Stats(self.json(&["stats"]))
     }
 
+    /// Stats once they stop changing: packets sent just before may still be
+    /// in flight (veth delivers in a softirq after `sendto` returns).
+    pub fn settled_stats(&self) -> Stats {
+        let mut last = self.stats();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.stats();
+            if now.0 == last.0 {
+                return now;
+            }
+            last = now;
+        }
+        panic!("counters kept changing for a second: {last:?}");
+    }
+
     /// Replaces the config file and sends SIGHUP; returns once the daemon
     /// has either applied or rejected it.
     pub fn reload(&self, config: &str) -> Value {

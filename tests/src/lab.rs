@@ -25,10 +25,7 @@ impl Netns {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            enter(&path);
             f()
         })
         .join()
@@ -43,6 +40,15 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) {
         run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
     }
+}
+
+/// Moves the calling thread into the network namespace at `path`. Only for
+/// threads made for it: the thread stays there.
+pub fn enter(path: &str) {
+    let file = File::open(path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
+    // SAFETY: a valid namespace fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
 fn run(command: &mut Command) {

@@ -79,12 +79,15 @@ pub fn udp_delivered(ns: &Netns, source: IpAddr, receiver: &UdpSocket) -> bool {
     }
 }
 
-/// Sends raw Ethernet frames out of `interface` in `ns` (AF_PACKET), exactly
-/// as given: no padding, no checksum fixing.
-pub fn send_frames(ns: &Netns, interface: &'static str, frames: Vec<Vec<u8>>) {
-    ns.run(move || {
-        // SAFETY: plain socket syscalls on a fd we own, with sizes of the
-        // structs passed.
+/// An AF_PACKET socket bound to `interface` of the calling thread's namespace.
+struct PacketSocket {
+    fd: i32,
+    address: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    fn open(interface: &str) -> PacketSocket {
+        // SAFETY: plain socket syscalls; the name is NUL-terminated.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
@@ -95,18 +98,79 @@ pub fn send_frames(ns: &Netns, interface: &'static str, frames: Vec<Vec<u8>>) {
             address.sll_family = libc::AF_PACKET as u16;
             address.sll_ifindex = index as i32;
             address.sll_halen = 6;
-            for frame in &frames {
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&address as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            PacketSocket { fd, address }
+        }
+    }
+
+    /// Sends `frame` exactly as given: no padding, no checksum fixing.
+    /// Waits and retries while the device queue is full (`ENOBUFS`), so
+    /// every frame is sent exactly once.
+    fn send(&self, frame: &[u8]) {
+        loop {
+            match self.try_send(frame) {
+                Ok(()) => return,
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+                Err(err) => panic!("sendto: {err}"),
             }
-            libc::close(fd);
+        }
+    }
+
+    fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {
+        // SAFETY: the buffer and address outlive the call; sizes are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&self.address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        assert_eq!(sent, frame.len() as isize, "sendto sent part of a frame");
+        Ok(())
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Sends raw Ethernet frames out of `interface` in `ns`.
+pub fn send_frames(ns: &Netns, interface: &'static str, frames: Vec<Vec<u8>>) {
+    ns.run(move || {
+        let socket = PacketSocket::open(interface);
+        for frame in &frames {
+            socket.send(frame);
         }
     });
+}
+
+/// Sends `frames` over and over from `ns` until `stop` is set; returns how
+/// many rounds were sent. Runs on its own thread: join the handle.
+pub fn flood_frames(
+    ns: &Netns,
+    interface: &'static str,
+    frames: Vec<Vec<u8>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        crate::lab::enter(&path);
+        let socket = PacketSocket::open(interface);
+        let mut rounds = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for frame in &frames {
+                socket.send(frame);
+            }
+            rounds += 1;
+        }
+        rounds
+    })
 }

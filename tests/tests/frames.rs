@@ -17,19 +17,7 @@ use firewall_tests::{
 fn send(lab: &Lab, daemon: &Daemon, frames: Vec<Vec<u8>>) -> (Stats, Stats) {
     let before = daemon.stats();
     send_frames(&lab.peer, PEER_IF, frames);
-    // Counting happens before the frame is passed up; a stats call that
-    // arrives after sendto() returned sees it. Retry briefly anyway, for
-    // generic XDP which runs in a softirq after the send returns.
-    let mut after = daemon.stats();
-    for _ in 0..20 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        let again = daemon.stats();
-        if again.0 == after.0 {
-            break;
-        }
-        after = again;
-    }
-    (before, after)
+    (before, daemon.settled_stats())
 }
 
 /// Asserts the drop counters changed by exactly `expected` (reason, packets)
