@@ -137,6 +137,9 @@ mod tests {
 
     #[test]
     fn rule_stats_of_the_two_slots_do_not_overlap() {
-        assert_eq!(rule_stats_index(0, MAX_RULES as u32 - 1) + 1, rule_stats_index(1, 0));
+        assert_eq!(
+            rule_stats_index(0, MAX_RULES as u32 - 1) + 1,
+            rule_stats_index(1, 0)
+        );
     }
 }

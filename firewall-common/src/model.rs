@@ -107,13 +107,33 @@ mod tests {
     /// B = 203.0.113.64/26 on tcp/22.
     #[test]
     fn overlapping_sources_with_different_ports() {
-        let a_sources = [Prefix { address: v4(203, 0, 113, 0), len: 24 }];
-        let b_sources = [Prefix { address: v4(203, 0, 113, 64), len: 26 }];
-        let a_ports = [PortRange { protocol: TCP, first: 443, last: 443 }];
-        let b_ports = [PortRange { protocol: TCP, first: 22, last: 22 }];
+        let a_sources = [Prefix {
+            address: v4(203, 0, 113, 0),
+            len: 24,
+        }];
+        let b_sources = [Prefix {
+            address: v4(203, 0, 113, 64),
+            len: 26,
+        }];
+        let a_ports = [PortRange {
+            protocol: TCP,
+            first: 443,
+            last: 443,
+        }];
+        let b_ports = [PortRange {
+            protocol: TCP,
+            first: 22,
+            last: 22,
+        }];
         let rules = [
-            ReferenceRule { sources: &a_sources, ports: &a_ports },
-            ReferenceRule { sources: &b_sources, ports: &b_ports },
+            ReferenceRule {
+                sources: &a_sources,
+                ports: &a_ports,
+            },
+            ReferenceRule {
+                sources: &b_sources,
+                ports: &b_ports,
+            },
         ];
         let policy = ReferencePolicy(&rules);
         let inner = v4(203, 0, 113, 70);
@@ -122,10 +142,19 @@ mod tests {
         assert_eq!(decide(&tcp(inner, 443), &policy).rule, 0);
         assert_eq!(decide(&tcp(inner, 22), &policy).rule, 1);
         assert_eq!(decide(&tcp(outer, 443), &policy).reason, Reason::Allowed);
-        assert_eq!(decide(&tcp(outer, 22), &policy).reason, Reason::NotAllowlisted);
+        assert_eq!(
+            decide(&tcp(outer, 22), &policy).reason,
+            Reason::NotAllowlisted
+        );
         assert_eq!(decide(&tcp(outer, 80), &policy).reason, Reason::PortClosed);
         assert_eq!(
-            decide(&Packet::EchoRequest { source: v4(192, 0, 2, 1) }, &policy).reason,
+            decide(
+                &Packet::EchoRequest {
+                    source: v4(192, 0, 2, 1)
+                },
+                &policy
+            )
+            .reason,
             Reason::NotAllowlisted
         );
         assert_eq!(
@@ -133,18 +162,30 @@ mod tests {
             Reason::FragmentAllowed
         );
         assert_eq!(
-            decide(&Packet::LaterFragment { source: v4(192, 0, 2, 1) }, &policy).reason,
+            decide(
+                &Packet::LaterFragment {
+                    source: v4(192, 0, 2, 1)
+                },
+                &policy
+            )
+            .reason,
             Reason::Fragment
         );
     }
 
     #[test]
     fn prefix_contains_respects_partial_bytes_and_families() {
-        let net = Prefix { address: v4(203, 0, 113, 64), len: 26 };
+        let net = Prefix {
+            address: v4(203, 0, 113, 64),
+            len: 26,
+        };
         assert!(net.contains(&v4(203, 0, 113, 127)));
         assert!(!net.contains(&v4(203, 0, 113, 128)));
         assert!(!net.contains(&Source::V6([0; 16])));
-        let everything = Prefix { address: v4(0, 0, 0, 0), len: 0 };
+        let everything = Prefix {
+            address: v4(0, 0, 0, 0),
+            len: 0,
+        };
         assert!(everything.contains(&v4(192, 0, 2, 1)));
     }
 }

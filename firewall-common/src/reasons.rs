@@ -95,7 +95,11 @@ mod tests {
             "fragment",
         ];
         for reason in Reason::ALL {
-            assert_eq!(reason.is_drop(), drops.contains(&reason.name()), "{reason:?}");
+            assert_eq!(
+                reason.is_drop(),
+                drops.contains(&reason.name()),
+                "{reason:?}"
+            );
         }
     }
 }

@@ -21,11 +21,18 @@ pub enum Source {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packet {
     /// TCP or UDP with a destination port.
-    Transport { source: Source, port: PortKey },
+    Transport {
+        source: Source,
+        port: PortKey,
+    },
     /// ICMP or ICMPv6 echo request.
-    EchoRequest { source: Source },
+    EchoRequest {
+        source: Source,
+    },
     /// A fragment other than the first: it carries no ports.
-    LaterFragment { source: Source },
+    LaterFragment {
+        source: Source,
+    },
     /// Any other IP packet that is not always passed (other protocols, other
     /// ICMP types): no rule can expose it.
     Unexposed,

@@ -125,7 +125,10 @@ pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
         .read_line(&mut answer)
         .with_context(|| format!("reading the daemon's answer from `{}`", socket.display()))?;
     if answer.is_empty() {
-        bail!("the daemon at `{}` closed the connection without answering", socket.display());
+        bail!(
+            "the daemon at `{}` closed the connection without answering",
+            socket.display()
+        );
     }
     let response: Response = serde_json::from_str(&answer)
         .with_context(|| format!("the daemon at `{}` sent an answer this CLI does not understand; are both the same version?", socket.display()))?;

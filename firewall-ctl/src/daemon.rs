@@ -20,7 +20,9 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{self, Command, InterfaceStatus, Request, Response, RuleStats, StatsReport, StatusReport},
+    api::{
+        self, Command, InterfaceStatus, Request, Response, RuleStats, StatsReport, StatusReport,
+    },
     config::{self, Config},
     datapath::Datapath,
     policy::{self, CompiledPolicy},
@@ -32,7 +34,8 @@ use crate::{
 fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
     let config = config::load(path)?;
     system::check_interfaces(&config.interfaces, path)?;
-    let policy = policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
+    let policy =
+        policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
     if config.rules.is_empty() {
         warn!(config = %path.display(), "the config has no rules: every port is closed");
     }
@@ -190,7 +193,10 @@ impl Daemon {
             prefixes_v4: self.policy.v4.len(),
             prefixes_v6: self.policy.v6.len(),
             ports: self.policy.port_count(),
-            policy_applied_at: self.applied_at.duration_since(UNIX_EPOCH).map_or(0, |age| age.as_secs()),
+            policy_applied_at: self
+                .applied_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |age| age.as_secs()),
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
             last_reload_error: self.last_reload_error.clone(),
@@ -241,9 +247,11 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket `{}`", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket `{}`", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket `{}`", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket `{}`", path.display()))?;
     // Root only: the socket reports the allowlist and, later, edits it.
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

@@ -145,7 +145,11 @@ impl Datapath {
     }
 
     /// Attaches to `interface`. `Auto` tries driver mode, then generic.
-    pub fn attach(&mut self, interface: &str, setting: XdpModeSetting) -> Result<AttachMode, DatapathError> {
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+    ) -> Result<AttachMode, DatapathError> {
         let attempt = |datapath: &mut Self, mode: AttachMode| {
             datapath
                 .program()
@@ -185,7 +189,9 @@ impl Datapath {
         for attachment in std::mem::take(&mut self.attachments) {
             match self.program().detach(attachment.link) {
                 Ok(()) => info!(interface = attachment.interface, "detached XDP program"),
-                Err(err) => warn!(interface = attachment.interface, error = %err, "detaching XDP program failed"),
+                Err(err) => {
+                    warn!(interface = attachment.interface, error = %err, "detaching XDP program failed")
+                }
             }
         }
     }
@@ -193,11 +199,16 @@ impl Datapath {
     /// Makes `policy` live atomically. On error the previous policy stays
     /// live and untouched.
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        let idle = if self.active.ready() { 1 - self.active.slot() } else { 0 };
+        let idle = if self.active.ready() {
+            1 - self.active.slot()
+        } else {
+            0
+        };
         self.write_slot(idle, policy)?;
         let retiring = self.active;
         self.set_active(ActivePolicy::new(idle, policy.enforce))?;
-        self.slot_rules[idle as usize] = policy.rules.iter().map(|rule| rule.name.clone()).collect();
+        self.slot_rules[idle as usize] =
+            policy.rules.iter().map(|rule| rule.name.clone()).collect();
         if retiring.ready() {
             // Packets that read `ACTIVE` before the switch may still count
             // into the old slot; let them finish, then keep their totals.
@@ -222,11 +233,21 @@ impl Datapath {
     /// Makes `slot`'s maps hold exactly `policy` and zeroes its rule counters.
     fn write_slot(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         let slot_index = slot as usize;
-        sync_prefixes(self, names::SOURCES_V4[slot_index], &policy.v4, |bits| (bits as u32).to_be_bytes())?;
-        sync_prefixes(self, names::SOURCES_V6[slot_index], &policy.v6, u128::to_be_bytes)?;
+        sync_prefixes(self, names::SOURCES_V4[slot_index], &policy.v4, |bits| {
+            (bits as u32).to_be_bytes()
+        })?;
+        sync_prefixes(
+            self,
+            names::SOURCES_V6[slot_index],
+            &policy.v6,
+            u128::to_be_bytes,
+        )?;
         let name = names::PORTS[slot_index];
         let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
-        let stale: Vec<PortKey> = ports.keys().collect::<Result<_, _>>().map_err(map_error(name))?;
+        let stale: Vec<PortKey> = ports
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(name))?;
         for key in stale {
             ports.remove(&key).map_err(map_error(name))?;
         }
@@ -236,7 +257,8 @@ impl Datapath {
         let cpus = aya::util::nr_cpus().map_err(|(_, err)| DatapathError::Cpus(err))?;
         let mut stats: PerCpuArray<&mut MapData, Counter> = self.map_mut(names::RULE_STATS)?;
         for rule in 0..MAX_RULES as u32 {
-            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DatapathError::Cpus)?;
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
+                .map_err(DatapathError::Cpus)?;
             stats
                 .set(rule_stats_index(slot, rule), zeros, 0)
                 .map_err(map_error(names::RULE_STATS))?;
@@ -248,7 +270,10 @@ impl Datapath {
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { name })?;
         M::try_from(map).map_err(map_error(name))
     }
 
@@ -256,7 +281,10 @@ impl Datapath {
     where
         M: TryFrom<&'a aya::maps::Map, Error = MapError>,
     {
-        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
         M::try_from(map).map_err(map_error(name))
     }
 
@@ -336,7 +364,11 @@ where
         .collect();
     let stale: Vec<Key<[u8; N]>> = trie
         .keys()
-        .filter(|key| key.as_ref().map_or(true, |key| !wanted.contains(&(key.prefix_len(), key.data()))))
+        .filter(|key| {
+            key.as_ref().map_or(true, |key| {
+                !wanted.contains(&(key.prefix_len(), key.data()))
+            })
+        })
         .collect::<Result<_, _>>()
         .map_err(map_error(name))?;
     for key in stale {

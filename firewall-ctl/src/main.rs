@@ -25,7 +25,11 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "firewall-ctl", version, about = "Allowlist exposed ports at the NIC with XDP")]
+#[command(
+    name = "firewall-ctl",
+    version,
+    about = "Allowlist exposed ports at the NIC with XDP"
+)]
 struct Cli {
     /// Control socket of the daemon [default: the config's `socket`, else /run/firewall-ctl/ctl.sock].
     #[arg(long, global = true, value_name = "PATH")]
@@ -67,7 +71,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client_socket = || cli.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let client_socket = || {
+        cli.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    };
     match &cli.command {
         CliCommand::Daemon { config } => {
             tracing_subscriber::fmt()
@@ -142,7 +150,8 @@ struct CheckedRule {
 fn check(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = config::load(path)?;
     system::check_interfaces(&config.interfaces, path)?;
-    let policy = policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
+    let policy =
+        policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
     let report = CheckReport {
         config: path.to_path_buf(),
         valid: true,

@@ -38,7 +38,11 @@ pub fn status(report: &StatusReport) -> String {
         .map(|interface| format!("{} ({})", interface.name, interface.xdp_mode))
         .collect();
     let mut out = String::new();
-    let _ = writeln!(out, "daemon      running, pid {}, up {}s, version {}", report.pid, report.uptime_seconds, report.daemon_version);
+    let _ = writeln!(
+        out,
+        "daemon      running, pid {}, up {}s, version {}",
+        report.pid, report.uptime_seconds, report.daemon_version
+    );
     let _ = writeln!(out, "config      {}", report.config.display());
     let _ = writeln!(out, "mode        {}", report.mode);
     let _ = writeln!(out, "interfaces  {}", interfaces.join(", "));
@@ -63,7 +67,13 @@ pub fn stats(report: &StatsReport) -> String {
     let rules: Vec<Vec<String>> = report
         .rules
         .iter()
-        .map(|rule| vec![rule.name.clone(), rule.packets.to_string(), rule.bytes.to_string()])
+        .map(|rule| {
+            vec![
+                rule.name.clone(),
+                rule.packets.to_string(),
+                rule.bytes.to_string(),
+            ]
+        })
         .collect();
     let by_reason = |drops: bool| -> Vec<Vec<String>> {
         let (packets, bytes) = if drops {
@@ -84,7 +94,11 @@ pub fn stats(report: &StatsReport) -> String {
             })
             .collect()
     };
-    let drop_title = if report.mode == "monitor" { "WOULD DROP (monitor mode)" } else { "DROPPED" };
+    let drop_title = if report.mode == "monitor" {
+        "WOULD DROP (monitor mode)"
+    } else {
+        "DROPPED"
+    };
     format!(
         "mode: {}\n\n{}\n{}\n{}",
         report.mode,

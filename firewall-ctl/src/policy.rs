@@ -45,7 +45,9 @@ pub struct CompiledPolicy {
 /// A policy too large for the data plane.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("the policy has {count} distinct IPv{family} prefixes; the data plane holds at most {max}: merge adjacent prefixes or split the allowlist across hosts")]
+    #[error(
+        "the policy has {count} distinct IPv{family} prefixes; the data plane holds at most {max}: merge adjacent prefixes or split the allowlist across hosts"
+    )]
     TooManyPrefixes { family: u8, count: usize, max: u32 },
 }
 

@@ -8,10 +8,15 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error("firewall-ctl daemon needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root, e.g. `sudo firewall-ctl daemon --config {config}`")]
+    #[error(
+        "firewall-ctl daemon needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root, e.g. `sudo firewall-ctl daemon --config {config}`"
+    )]
     Privileges { config: String },
     #[error("{}", missing_interfaces(interfaces, config))]
-    MissingInterfaces { interfaces: Vec<String>, config: String },
+    MissingInterfaces {
+        interfaces: Vec<String>,
+        config: String,
+    },
 }
 
 fn missing_interfaces(interfaces: &[String], config: &str) -> String {
@@ -66,7 +71,11 @@ mod tests {
 
     #[test]
     fn missing_interfaces_are_named_with_a_fix() {
-        let err = check_interfaces(&["lo".into(), "fwtest-nope0".into()], Path::new("/etc/fw.toml")).unwrap_err();
+        let err = check_interfaces(
+            &["lo".into(), "fwtest-nope0".into()],
+            Path::new("/etc/fw.toml"),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "config `/etc/fw.toml`: interface `fwtest-nope0` does not exist on this host; fix `interfaces` (`ip link` lists the interfaces)"

@@ -40,7 +40,11 @@ fn finish(ctx: &XdpContext, slot: u32, verdict: &Verdict, enforce: bool) -> u32 
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::REASON_STATS, verdict.reason as u32, bytes);
     if verdict.reason == Reason::Allowed {
-        maps::count(&maps::RULE_STATS, rule_stats_index(slot, verdict.rule), bytes);
+        maps::count(
+            &maps::RULE_STATS,
+            rule_stats_index(slot, verdict.rule),
+            bytes,
+        );
     }
     if verdict.reason.is_drop() && enforce {
         XDP_DROP

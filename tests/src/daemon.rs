@@ -10,14 +10,16 @@ use std::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::lab::Lab;
+use crate::lab::Netns;
 
 /// Path of the binary under test: `FIREWALL_CTL_BIN` (set by `cargo xtask
 /// test`), else the workspace's debug build.
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("FIREWALL_CTL_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/firewall-ctl"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/firewall-ctl")
+        });
     assert!(
         path.exists(),
         "{} does not exist: run `cargo xtask test`, or `cargo build -p firewall-ctl` first",
@@ -28,7 +30,10 @@ pub fn binary() -> PathBuf {
 
 /// Runs the CLI with `args` in the host namespace.
 pub fn ctl(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().expect("running firewall-ctl")
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("running firewall-ctl")
 }
 
 /// A running daemon; stopped with SIGTERM on drop.
@@ -40,31 +45,38 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Writes `config` (TOML) and starts the daemon on it in the lab's edge
-    /// namespace; returns once it answers on its socket.
-    pub fn start(lab: &Lab, config: &str) -> Daemon {
-        let mut daemon = Daemon::spawn(lab, config);
+    /// Writes `config` (TOML) and starts the daemon on it in namespace
+    /// `ns`; returns once it answers on its socket.
+    pub fn start(ns: &Netns, config: &str) -> Daemon {
+        let mut daemon = Daemon::spawn(ns, config);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited with {status} during start-up:\n{}", daemon.log());
+                panic!(
+                    "daemon exited with {status} during start-up:\n{}",
+                    daemon.log()
+                );
             }
             if daemon.try_json(&["status"]).is_some() {
                 return daemon;
             }
-            assert!(Instant::now() < deadline, "daemon did not answer within 20 s:\n{}", daemon.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer within 20 s:\n{}",
+                daemon.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Starts the daemon and waits for it to exit; for configs it must refuse.
-    pub fn start_expecting_failure(lab: &Lab, config: &str) -> (i32, String) {
-        let mut daemon = Daemon::spawn(lab, config);
+    pub fn start_expecting_failure(ns: &Netns, config: &str) -> (i32, String) {
+        let mut daemon = Daemon::spawn(ns, config);
         let status = daemon.child.take().unwrap().wait().unwrap();
         (status.code().unwrap_or(-1), daemon.log())
     }
 
-    fn spawn(lab: &Lab, config: &str) -> Daemon {
+    fn spawn(ns: &Netns, config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("firewall.toml");
         let socket = dir.path().join("ctl.sock");
@@ -72,7 +84,7 @@ impl Daemon {
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         // `ip netns exec` execs the daemon, so signals reach it directly.
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.edge.name])
+            .args(["netns", "exec", &ns.name])
             .arg(binary())
             .args(["daemon", "--config"])
             .arg(&config_path)
@@ -145,7 +157,9 @@ impl Daemon {
     /// Replaces the config file and sends SIGHUP; returns once the daemon
     /// has either applied or rejected it.
     pub fn reload(&self, config: &str) -> Value {
-        let attempts = |status: &Value| status["reloads"].as_u64().unwrap() + status["reloads_rejected"].as_u64().unwrap();
+        let attempts = |status: &Value| {
+            status["reloads"].as_u64().unwrap() + status["reloads_rejected"].as_u64().unwrap()
+        };
         let before = attempts(&self.status());
         std::fs::write(&self.config, config).unwrap();
         self.signal(libc::SIGHUP);
@@ -155,7 +169,11 @@ impl Daemon {
             if attempts(&status) > before {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no reload within 10 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no reload within 10 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -166,9 +184,10 @@ impl Daemon {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
-    /// Stops the daemon with SIGTERM and returns its exit code and log.
-    pub fn stop(mut self) -> (i32, String) {
-        self.signal(libc::SIGTERM);
+    /// Stops the daemon with `signal` (SIGTERM or SIGINT) and returns its
+    /// exit code and log.
+    pub fn stop(mut self, signal: i32) -> (i32, String) {
+        self.signal(signal);
         let status = self.child.take().unwrap().wait().unwrap();
         (status.code().unwrap_or(-1), self.log())
     }
@@ -190,7 +209,9 @@ pub struct Stats(pub Value);
 
 impl Stats {
     pub fn drops(&self, reason: &str) -> u64 {
-        self.0["drops"][reason].as_u64().unwrap_or_else(|| panic!("no drop reason {reason}: {}", self.0))
+        self.0["drops"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop reason {reason}: {}", self.0))
     }
 
     pub fn drop_bytes(&self, reason: &str) -> u64 {
@@ -198,7 +219,9 @@ impl Stats {
     }
 
     pub fn passed(&self, reason: &str) -> u64 {
-        self.0["passed"][reason].as_u64().unwrap_or_else(|| panic!("no pass reason {reason}: {}", self.0))
+        self.0["passed"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no pass reason {reason}: {}", self.0))
     }
 
     /// `(packets, bytes)` of the rule named `name`.
@@ -209,7 +232,10 @@ impl Stats {
             .iter()
             .find(|rule| rule["name"] == name)
             .unwrap_or_else(|| panic!("no rule {name}: {}", self.0));
-        (rule["packets"].as_u64().unwrap(), rule["bytes"].as_u64().unwrap())
+        (
+            rule["packets"].as_u64().unwrap(),
+            rule["bytes"].as_u64().unwrap(),
+        )
     }
 
     /// Every drop reason's packet count, for "nothing else changed" checks.

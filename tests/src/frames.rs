@@ -36,7 +36,13 @@ pub fn ethernet(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
 
 /// IPv4 to the edge. `fragment` is the raw flags + offset field (0x2000 =
 /// more fragments, low 13 bits = offset in 8-byte units).
-pub fn ipv4(source: Ipv4Addr, protocol: u8, options: &[u8], fragment: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    source: Ipv4Addr,
+    protocol: u8,
+    options: &[u8],
+    fragment: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0, "IPv4 options are padded to 4 bytes");
     let header_len = 20 + options.len();
     let mut packet = vec![0x40 | (header_len / 4) as u8, 0];
@@ -54,7 +60,10 @@ pub fn ipv4(source: Ipv4Addr, protocol: u8, options: &[u8], fragment: u16, paylo
 }
 
 fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -65,11 +74,20 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 #[derive(Clone, Copy, Debug)]
 pub enum Ext {
     /// Hop-by-hop options, `units` x 8 bytes after the first 8.
-    HopByHop { units: u8 },
-    DestinationOptions { units: u8 },
+    HopByHop {
+        units: u8,
+    },
+    DestinationOptions {
+        units: u8,
+    },
     /// Routing header (type 0 segments-left 0 is ignored by receivers).
-    Routing { units: u8 },
-    Fragment { offset: u16, more: bool },
+    Routing {
+        units: u8,
+    },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
     /// Authentication header with a 4-byte ICV (payload length 2 -> 16 bytes).
     Authentication,
 }
@@ -87,7 +105,9 @@ impl Ext {
 
     fn bytes(self, next_header: u8) -> Vec<u8> {
         match self {
-            Ext::HopByHop { units } | Ext::DestinationOptions { units } | Ext::Routing { units } => {
+            Ext::HopByHop { units }
+            | Ext::DestinationOptions { units }
+            | Ext::Routing { units } => {
                 let mut header = vec![0u8; 8 * (usize::from(units) + 1)];
                 header[0] = next_header;
                 header[1] = units;
@@ -183,14 +203,26 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies() {
-        let packet = ipv4(Ipv4Addr::new(192, 0, 2, 9), TCP, &[1, 1, 1, 0], 0, &tcp_syn(443));
+        let packet = ipv4(
+            Ipv4Addr::new(192, 0, 2, 9),
+            TCP,
+            &[1, 1, 1, 0],
+            0,
+            &tcp_syn(443),
+        );
         assert_eq!(internet_checksum(&packet[..24]), 0);
         assert_eq!(packet[0], 0x46);
     }
 
     #[test]
     fn ipv6_chain_links_next_headers() {
-        let chain = [Ext::HopByHop { units: 0 }, Ext::Fragment { offset: 0, more: true }];
+        let chain = [
+            Ext::HopByHop { units: 0 },
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ];
         let packet = ipv6(Ipv6Addr::LOCALHOST, &chain, TCP, &tcp_syn(443));
         assert_eq!(packet[6], 0); // IPv6 -> hop-by-hop
         assert_eq!(packet[40], 44); // hop-by-hop -> fragment

@@ -14,12 +14,17 @@ use crate::addr::*;
 /// leftovers of killed runs by it.
 pub const NETNS_PREFIX: &str = "fwt-";
 
-/// A named network namespace.
+/// A network namespace, deleted (with the interfaces in it) on drop.
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
+    pub fn create(name: String) -> Netns {
+        ip(&format!("netns add {name}"));
+        Netns { name }
+    }
+
     /// Runs `f` on a thread inside this namespace. Sockets created there
     /// stay in it wherever they are used afterwards.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -34,11 +39,18 @@ impl Netns {
 
     /// Runs `ip -n <ns> <args>`, panicking with its stderr on failure.
     pub fn ip(&self, args: &str) {
-        run_ip(&format!("-n {} {args}", self.name));
+        ip(&format!("-n {} {args}", self.name));
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]));
     }
 }
 
@@ -52,7 +64,9 @@ pub fn enter(path: &str) {
 }
 
 fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|err| panic!("running {command:?}: {err}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("running {command:?}: {err}"));
     assert!(
         output.status.success(),
         "{command:?} failed: {}",
@@ -60,8 +74,25 @@ fn run(command: &mut Command) {
     );
 }
 
-fn run_ip(args: &str) {
+/// Runs `ip <args>` in the calling namespace, panicking with its stderr.
+pub fn ip(args: &str) {
     run(Command::new("ip").args(args.split_whitespace()));
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Creates a veth pair: `left` in `left_ns`, `right` in `right_ns`.
+pub fn veth(left_ns: &Netns, left: &str, right_ns: &Netns, right: &str) {
+    ip(&format!(
+        "link add {left} netns {} type veth peer name {right} netns {}",
+        left_ns.name, right_ns.name
+    ));
 }
 
 /// Two hosts on one veth: `edge` (runs the daemon, interface `edge0`) and
@@ -75,15 +106,17 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
     pub fn new() -> Lab {
-        let id = format!("{NETNS_PREFIX}{}-{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{NETNS_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        // Each namespace is deleted on drop, also when set-up fails halfway.
         let lab = Lab {
-            edge: Netns { name: format!("{id}-edge") },
-            peer: Netns { name: format!("{id}-peer") },
+            edge: Netns::create(format!("{id}-edge")),
+            peer: Netns::create(format!("{id}-peer")),
         };
-        // From here on, Drop removes whatever was created.
-        run_ip(&format!("netns add {}", lab.edge.name));
-        run_ip(&format!("netns add {}", lab.peer.name));
-        run_ip(&format!(
+        ip(&format!(
             "link add {EDGE_IF} netns {} address {} type veth peer name {PEER_IF} netns {} address {}",
             lab.edge.name,
             mac(EDGE_MAC),
@@ -97,13 +130,16 @@ impl Lab {
             ns.ip("link set lo up");
         }
         lab.edge.ip(&format!("addr add {EDGE_V4}/24 dev {EDGE_IF}"));
-        lab.edge.ip(&format!("addr add {EDGE_V6}/64 dev {EDGE_IF} nodad"));
+        lab.edge
+            .ip(&format!("addr add {EDGE_V6}/64 dev {EDGE_IF} nodad"));
         for v4 in [STRANGER_V4, VENDOR_V4, INNER_V4, OFFICE_V4] {
             let len = if v4 == STRANGER_V4 { 24 } else { 32 };
             lab.peer.ip(&format!("addr add {v4}/{len} dev {PEER_IF}"));
         }
-        lab.peer.ip(&format!("addr add {STRANGER_V6}/64 dev {PEER_IF} nodad"));
-        lab.peer.ip(&format!("addr add {VENDOR_V6}/128 dev {PEER_IF} nodad"));
+        lab.peer
+            .ip(&format!("addr add {STRANGER_V6}/64 dev {PEER_IF} nodad"));
+        lab.peer
+            .ip(&format!("addr add {VENDOR_V6}/128 dev {PEER_IF} nodad"));
         lab.edge.ip(&format!("link set {EDGE_IF} up"));
         lab.peer.ip(&format!("link set {PEER_IF} up"));
         // The edge reaches the vendor and office ranges on-link.
@@ -132,15 +168,10 @@ impl Default for Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.edge, &self.peer] {
-            // Deleting the namespace deletes its end of the veth too.
-            let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
-        }
-    }
-}
-
 fn mac(bytes: [u8; 6]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -36,7 +36,9 @@ pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("SKIPPED {test}: needs root (network namespaces and XDP); run `cargo xtask test` as root");
+        eprintln!(
+            "SKIPPED {test}: needs root (network namespaces and XDP); run `cargo xtask test` as root"
+        );
     }
     root
 }

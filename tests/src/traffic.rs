@@ -27,7 +27,12 @@ pub enum Connect {
 /// backlog, so nothing needs to accept.
 pub fn listen_tcp(ns: &Netns, address: SocketAddr) -> TcpListener {
     ns.run(move || {
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .unwrap();
         socket.set_reuse_address(true).unwrap();
         socket.bind(&address.into()).unwrap();
         socket.listen(128).unwrap();
@@ -38,11 +43,18 @@ pub fn listen_tcp(ns: &Netns, address: SocketAddr) -> TcpListener {
 /// Connects from `source` (an address of `ns`) to `target`.
 pub fn connect_tcp(ns: &Netns, source: IpAddr, target: SocketAddr) -> Connect {
     ns.run(move || {
-        let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        let socket = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .unwrap();
         socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
         match socket.connect_timeout(&target.into(), DROP_WAIT) {
             Ok(()) => Connect::Connected,
-            Err(err) if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => Connect::TimedOut,
+            Err(err) if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                Connect::TimedOut
+            }
             Err(err) if err.kind() == ErrorKind::ConnectionRefused => Connect::Refused,
             Err(err) => panic!("connect {source} -> {target}: unexpected {err}"),
         }
@@ -90,7 +102,11 @@ impl PacketSocket {
         // SAFETY: plain socket syscalls; the name is NUL-terminated.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let name = std::ffi::CString::new(interface).unwrap();
             let index = libc::if_nametoindex(name.as_ptr());
             assert!(index != 0, "no interface {interface}");

@@ -17,20 +17,29 @@ fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 
 fn allowlist_is_enforced(mode: &str) {
     let lab = Lab::new();
-    let _listeners: Vec<_> = [at(EDGE_V4, 443), at(EDGE_V6, 443), at(EDGE_V4, 22), at(EDGE_V4, 80), at(EDGE_V6, 80)]
-        .into_iter()
-        .map(|address| listen_tcp(&lab.edge, address))
-        .collect();
+    let _listeners: Vec<_> = [
+        at(EDGE_V4, 443),
+        at(EDGE_V6, 443),
+        at(EDGE_V4, 22),
+        at(EDGE_V4, 80),
+        at(EDGE_V6, 80),
+    ]
+    .into_iter()
+    .map(|address| listen_tcp(&lab.edge, address))
+    .collect();
     let udp_exposed_v4 = bind_udp(&lab.edge, at(EDGE_V4, 4500));
     let udp_exposed_v6 = bind_udp(&lab.edge, at(EDGE_V6, 4500));
     let udp_closed = bind_udp(&lab.edge, at(EDGE_V4, 5000));
     let tcp = |source: IpAddr, target: SocketAddr| connect_tcp(&lab.peer, source, target);
 
     // Without the firewall everyone gets in: the drops below are ours.
-    assert_eq!(tcp(STRANGER_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
+    assert_eq!(
+        tcp(STRANGER_V4.into(), at(EDGE_V4, 443)),
+        Connect::Connected
+    );
     assert!(udp_delivered(&lab.peer, STRANGER_V4.into(), &udp_closed));
 
-    let daemon = Daemon::start(&lab, &config(mode));
+    let daemon = Daemon::start(&lab.edge, &config(mode));
     let status = daemon.status();
     assert_eq!(status["interfaces"][0]["name"], "edge0");
     assert_eq!(status["interfaces"][0]["xdp_mode"], mode);
@@ -51,7 +60,11 @@ fn allowlist_is_enforced(mode: &str) {
     // Strangers are dropped on exposed ports.
     assert_eq!(tcp(STRANGER_V4.into(), at(EDGE_V4, 443)), Connect::TimedOut);
     assert_eq!(tcp(STRANGER_V6.into(), at(EDGE_V6, 443)), Connect::TimedOut);
-    assert!(!udp_delivered(&lab.peer, STRANGER_V4.into(), &udp_exposed_v4));
+    assert!(!udp_delivered(
+        &lab.peer,
+        STRANGER_V4.into(),
+        &udp_exposed_v4
+    ));
 
     // Overlap: 203.0.113.70 (in both rules) reaches 443 and 22;
     // 203.0.113.10 (only in the /24) reaches 443 but not 22.
@@ -60,16 +73,22 @@ fn allowlist_is_enforced(mode: &str) {
     assert_eq!(tcp(VENDOR_V4.into(), at(EDGE_V4, 22)), Connect::TimedOut);
 
     let stats = daemon.stats();
-    assert!(stats.rule("vendor").0 > 0 && stats.rule("office-ssh").0 > 0, "{stats:?}");
+    assert!(
+        stats.rule("vendor").0 > 0 && stats.rule("office-ssh").0 > 0,
+        "{stats:?}"
+    );
     assert!(stats.drops("not_allowlisted") >= 4, "{stats:?}");
     assert!(stats.drops("port_closed") >= 3, "{stats:?}");
     assert_eq!(stats.drops("malformed"), 0);
 
     // SIGTERM detaches: the door is open again and the exit is clean.
-    let (code, log) = daemon.stop();
+    let (code, log) = daemon.stop(libc::SIGTERM);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("detached XDP program"), "{log}");
-    assert_eq!(tcp(STRANGER_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
+    assert_eq!(
+        tcp(STRANGER_V4.into(), at(EDGE_V4, 443)),
+        Connect::Connected
+    );
 }
 
 #[test]
@@ -94,14 +113,23 @@ fn arp_and_neighbor_discovery_keep_working() {
     let lab = Lab::new();
     let _v4 = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let _v6 = listen_tcp(&lab.edge, at(EDGE_V6, 443));
-    let daemon = Daemon::start(&lab, &config("driver"));
+    let daemon = Daemon::start(&lab.edge, &config("driver"));
     // Empty neighbour caches: the connections below need ARP and ND first.
     lab.edge.ip("neigh flush all");
     lab.peer.ip("neigh flush all");
     let before = daemon.stats();
-    assert_eq!(connect_tcp(&lab.peer, VENDOR_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
-    assert_eq!(connect_tcp(&lab.peer, VENDOR_V6.into(), at(EDGE_V6, 443)), Connect::Connected);
+    assert_eq!(
+        connect_tcp(&lab.peer, VENDOR_V4.into(), at(EDGE_V4, 443)),
+        Connect::Connected
+    );
+    assert_eq!(
+        connect_tcp(&lab.peer, VENDOR_V6.into(), at(EDGE_V6, 443)),
+        Connect::Connected
+    );
     let after = daemon.stats();
     assert!(after.passed("arp") > before.passed("arp"), "{after:?}");
-    assert!(after.passed("neighbor") > before.passed("neighbor"), "{after:?}");
+    assert!(
+        after.passed("neighbor") > before.passed("neighbor"),
+        "{after:?}"
+    );
 }

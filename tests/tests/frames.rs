@@ -25,8 +25,14 @@ fn send(lab: &Lab, daemon: &Daemon, frames: Vec<Vec<u8>>) -> (Stats, Stats) {
 fn assert_drops(before: &Stats, after: &Stats, expected: &[(&str, u64)]) {
     for (reason, count) in before.all_drops() {
         let delta = after.drops(&reason) - count.as_u64().unwrap();
-        let want = expected.iter().find(|(name, _)| *name == reason).map_or(0, |(_, n)| *n);
-        assert_eq!(delta, want, "drop reason {reason}: before {before:?} after {after:?}");
+        let want = expected
+            .iter()
+            .find(|(name, _)| *name == reason)
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(
+            delta, want,
+            "drop reason {reason}: before {before:?} after {after:?}"
+        );
     }
 }
 
@@ -41,7 +47,7 @@ fn delta_passed(before: &Stats, after: &Stats, reason: &str) -> u64 {
 }
 
 fn start(lab: &Lab, mode: &str) -> Daemon {
-    Daemon::start(lab, &config(mode))
+    Daemon::start(&lab.edge, &config(mode))
 }
 
 fn counters_equal_crafted_packets(mode: &str) {
@@ -55,18 +61,36 @@ fn counters_equal_crafted_packets(mode: &str) {
     frames.extend((0..3).map(|_| tcp_v4(STRANGER_V4, 443)));
     frames.extend((0..2).map(|_| tcp_v6(STRANGER_V6, 443)));
     frames.extend((0..4).map(|_| tcp_v4(VENDOR_V4, 80)));
-    frames.push(ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, UDP, &[], 0, &udp(4500, b"ike")))); // vendor, 45 bytes
-    frames.push(ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, UDP, &[], 0, &udp(443, b"")))); // udp/443 is not exposed
+    frames.push(ethernet(
+        &[],
+        ETH_IPV4,
+        &ipv4(VENDOR_V4, UDP, &[], 0, &udp(4500, b"ike")),
+    )); // vendor, 45 bytes
+    frames.push(ethernet(
+        &[],
+        ETH_IPV4,
+        &ipv4(VENDOR_V4, UDP, &[], 0, &udp(443, b"")),
+    )); // udp/443 is not exposed
     let (before, after) = send(&lab, &daemon, frames);
-    assert_eq!(delta_rule(&before, &after, "vendor"), (25 + 7 + 1 + 1, 25 * 54 + 7 * 74 + 54 + 45));
+    assert_eq!(
+        delta_rule(&before, &after, "vendor"),
+        (25 + 7 + 1 + 1, 25 * 54 + 7 * 74 + 54 + 45)
+    );
     assert_eq!(delta_rule(&before, &after, "office-ssh"), (5, 5 * 54));
     assert_eq!(delta_passed(&before, &after, "allowed"), 39);
-    assert_drops(&before, &after, &[("not_allowlisted", 5), ("port_closed", 5)]);
+    assert_drops(
+        &before,
+        &after,
+        &[("not_allowlisted", 5), ("port_closed", 5)],
+    );
     assert_eq!(
         after.drop_bytes("not_allowlisted") - before.drop_bytes("not_allowlisted"),
         3 * 54 + 2 * 74
     );
-    assert_eq!(after.drop_bytes("port_closed") - before.drop_bytes("port_closed"), 4 * 54 + 42);
+    assert_eq!(
+        after.drop_bytes("port_closed") - before.drop_bytes("port_closed"),
+        4 * 54 + 42
+    );
 }
 
 #[test]
@@ -98,7 +122,11 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
         tagged(&[TPID_8021Q], VENDOR_V4, 443),
         tagged(&[TPID_8021Q], VENDOR_V4, 443),
         tagged(&[TPID_8021AD, TPID_8021Q], VENDOR_V4, 443),
-        ethernet(&[TPID_8021Q], ETH_IPV6, &ipv6(VENDOR_V6, &[], TCP, &tcp_syn(443))),
+        ethernet(
+            &[TPID_8021Q],
+            ETH_IPV6,
+            &ipv6(VENDOR_V6, &[], TCP, &tcp_syn(443)),
+        ),
         tagged(&[TPID_8021Q], STRANGER_V4, 443),
         tagged(&[TPID_8021AD, TPID_8021Q], STRANGER_V4, 443),
         tagged(&[TPID_8021AD, TPID_8021Q], VENDOR_V4, 80),
@@ -106,8 +134,15 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
         tagged(&[TPID_8021AD, TPID_8021Q, TPID_8021Q], VENDOR_V4, 443),
     ];
     let (before, after) = send(&lab, &daemon, frames);
-    assert_eq!(delta_rule(&before, &after, "vendor"), (4, 58 + 58 + 62 + 78));
-    assert_drops(&before, &after, &[("not_allowlisted", 2), ("port_closed", 1), ("malformed", 1)]);
+    assert_eq!(
+        delta_rule(&before, &after, "vendor"),
+        (4, 58 + 58 + 62 + 78)
+    );
+    assert_drops(
+        &before,
+        &after,
+        &[("not_allowlisted", 2), ("port_closed", 1), ("malformed", 1)],
+    );
 }
 
 #[test]
@@ -117,7 +152,9 @@ fn ipv4_options_are_skipped_to_find_the_port() {
     }
     let lab = Lab::new();
     let daemon = start(&lab, "driver");
-    let with_options = |source: Ipv4Addr, options: &[u8]| ethernet(&[], ETH_IPV4, &ipv4(source, TCP, options, 0, &tcp_syn(443)));
+    let with_options = |source: Ipv4Addr, options: &[u8]| {
+        ethernet(&[], ETH_IPV4, &ipv4(source, TCP, options, 0, &tcp_syn(443)))
+    };
     // Options of 0x01 (NOP): read as TCP they would give port 257, closed.
     let router_alert = [0x94, 0x04, 0, 0];
     let frames = vec![
@@ -136,7 +173,10 @@ fn ipv4_options_are_skipped_to_find_the_port() {
     short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
     let mut wrong_version = ipv4(VENDOR_V4, TCP, &[], 0, &tcp_syn(443));
     wrong_version[0] = 0x65;
-    let frames = [short_ihl, short_total, wrong_version].iter().map(|ip| ethernet(&[], ETH_IPV4, ip)).collect();
+    let frames = [short_ihl, short_total, wrong_version]
+        .iter()
+        .map(|ip| ethernet(&[], ETH_IPV4, ip))
+        .collect();
     let (before, after) = send(&lab, &daemon, frames);
     assert_eq!(delta_rule(&before, &after, "vendor"), (0, 0));
     assert_drops(&before, &after, &[("malformed", 3)]);
@@ -157,14 +197,22 @@ fn ipv6_extension_headers_are_walked_to_find_the_port() {
         Ext::HopByHop { units: 0 },
         Ext::DestinationOptions { units: 1 },
         Ext::Routing { units: 0 },
-        Ext::Fragment { offset: 0, more: true },
+        Ext::Fragment {
+            offset: 0,
+            more: true,
+        },
         Ext::Authentication,
         Ext::DestinationOptions { units: 0 },
     ];
     let seven = [six.as_slice(), &[Ext::DestinationOptions { units: 0 }]].concat();
     let frames = vec![
         v6_frame(VENDOR_V6, &six, TCP, &tcp_syn(443)),
-        v6_frame(VENDOR_V6, &[Ext::HopByHop { units: 2 }], UDP, &udp(4500, b"x")),
+        v6_frame(
+            VENDOR_V6,
+            &[Ext::HopByHop { units: 2 }],
+            UDP,
+            &udp(4500, b"x"),
+        ),
         v6_frame(STRANGER_V6, &six, TCP, &tcp_syn(443)),
         v6_frame(VENDOR_V6, &six, TCP, &tcp_syn(80)),
         // More than six extension headers: not parsed, malformed.
@@ -175,7 +223,11 @@ fn ipv6_extension_headers_are_walked_to_find_the_port() {
     let (before, after) = send(&lab, &daemon, frames);
     // 14 + 40 + (8 + 16 + 8 + 8 + 16 + 8) + 20 = 138; 14 + 40 + 24 + 9 = 87.
     assert_eq!(delta_rule(&before, &after, "vendor"), (2, 138 + 87));
-    assert_drops(&before, &after, &[("not_allowlisted", 1), ("port_closed", 2), ("malformed", 1)]);
+    assert_drops(
+        &before,
+        &after,
+        &[("not_allowlisted", 1), ("port_closed", 2), ("malformed", 1)],
+    );
 }
 
 #[test]
@@ -188,16 +240,20 @@ fn truncated_frames_are_dropped_as_malformed() {
     let whole_v4 = tcp_v4(VENDOR_V4, 443);
     let whole_v6 = v6_frame(VENDOR_V6, &[Ext::HopByHop { units: 1 }], TCP, &tcp_syn(443));
     let whole_icmp = ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, ICMP, &[], 0, &icmp(8)));
-    let whole_udp = ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, UDP, &[], 0, &udp(4500, b"")));
+    let whole_udp = ethernet(
+        &[],
+        ETH_IPV4,
+        &ipv4(VENDOR_V4, UDP, &[], 0, &udp(4500, b"")),
+    );
     let frames = vec![
-        whole_v4[..14].to_vec(),            // Ethernet only
-        whole_v4[..14 + 19].to_vec(),       // IPv4 header cut
-        whole_v4[..14 + 20 + 19].to_vec(),  // TCP header cut
+        whole_v4[..14].to_vec(),           // Ethernet only
+        whole_v4[..14 + 19].to_vec(),      // IPv4 header cut
+        whole_v4[..14 + 20 + 19].to_vec(), // TCP header cut
         ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, TCP, &[1; 8], 0, &[])), // options but no TCP
-        whole_v6[..14 + 39].to_vec(),       // IPv6 header cut
-        whole_v6[..14 + 40 + 15].to_vec(),  // extension header cut
+        whole_v6[..14 + 39].to_vec(),      // IPv6 header cut
+        whole_v6[..14 + 40 + 15].to_vec(), // extension header cut
         whole_v6[..14 + 40 + 16 + 10].to_vec(), // TCP after extension cut
-        whole_udp[..14 + 20 + 7].to_vec(),  // UDP header cut
+        whole_udp[..14 + 20 + 7].to_vec(), // UDP header cut
         whole_icmp[..14 + 20 + 3].to_vec(), // ICMP header cut
         tagged(&[TPID_8021Q], VENDOR_V4, 443)[..16].to_vec(), // VLAN tag cut
         arp_request(VENDOR_V4)[..14 + 20].to_vec(), // ARP body cut
@@ -215,7 +271,17 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
     let lab = Lab::new();
     let daemon = start(&lab, "driver");
     let later_v4 = |source| ethernet(&[], ETH_IPV4, &ipv4(source, TCP, &[], 100, &[0; 16]));
-    let later_v6 = |source| v6_frame(source, &[Ext::Fragment { offset: 100, more: false }], TCP, &[0; 16]);
+    let later_v6 = |source| {
+        v6_frame(
+            source,
+            &[Ext::Fragment {
+                offset: 100,
+                more: false,
+            }],
+            TCP,
+            &[0; 16],
+        )
+    };
     let frames = vec![
         later_v4(VENDOR_V4),
         later_v4(OFFICE_V4),
@@ -224,8 +290,16 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
         later_v6(STRANGER_V6),
         later_v6(STRANGER_V6),
         // A first fragment (more fragments, offset 0) has ports: normal rules.
-        ethernet(&[], ETH_IPV4, &ipv4(VENDOR_V4, TCP, &[], 0x2000, &tcp_syn(443))),
-        ethernet(&[], ETH_IPV4, &ipv4(STRANGER_V4, TCP, &[], 0x2000, &tcp_syn(443))),
+        ethernet(
+            &[],
+            ETH_IPV4,
+            &ipv4(VENDOR_V4, TCP, &[], 0x2000, &tcp_syn(443)),
+        ),
+        ethernet(
+            &[],
+            ETH_IPV4,
+            &ipv4(STRANGER_V4, TCP, &[], 0x2000, &tcp_syn(443)),
+        ),
     ];
     let (before, after) = send(&lab, &daemon, frames);
     assert_eq!(delta_passed(&before, &after, "fragment_allowed"), 3);
@@ -235,28 +309,31 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
 
 #[test]
 fn arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted() {
-    if !root_or_skip("arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted") {
+    if !root_or_skip(
+        "arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted",
+    ) {
         return;
     }
     let lab = Lab::new();
     let daemon = start(&lab, "driver");
-    let icmp4 = |source, icmp_type| ethernet(&[], ETH_IPV4, &ipv4(source, ICMP, &[], 0, &icmp(icmp_type)));
+    let icmp4 =
+        |source, icmp_type| ethernet(&[], ETH_IPV4, &ipv4(source, ICMP, &[], 0, &icmp(icmp_type)));
     let icmp6 = |source, icmp_type| v6_frame(source, &[], ICMPV6, &icmp(icmp_type));
     let frames = vec![
         arp_request(STRANGER_V4),
-        icmp6(STRANGER_V6, 135), // neighbour solicitation
-        icmp6(STRANGER_V6, 136), // neighbour advertisement
-        icmp6(STRANGER_V6, 143), // MLDv2 report
-        icmp4(STRANGER_V4, 3),   // destination unreachable
-        icmp4(STRANGER_V4, 11),  // time exceeded
-        icmp6(STRANGER_V6, 2),   // packet too big
-        icmp6(STRANGER_V6, 1),   // destination unreachable
-        icmp4(VENDOR_V4, 8),     // echo request, allowlisted
-        icmp6(VENDOR_V6, 128),   // echo request, allowlisted
-        icmp4(STRANGER_V4, 8),   // echo request, stranger
-        icmp6(STRANGER_V6, 128), // echo request, stranger
-        icmp4(VENDOR_V4, 13),    // timestamp: never exposed
-        icmp6(VENDOR_V6, 129),   // echo reply: never exposed
+        icmp6(STRANGER_V6, 135),         // neighbour solicitation
+        icmp6(STRANGER_V6, 136),         // neighbour advertisement
+        icmp6(STRANGER_V6, 143),         // MLDv2 report
+        icmp4(STRANGER_V4, 3),           // destination unreachable
+        icmp4(STRANGER_V4, 11),          // time exceeded
+        icmp6(STRANGER_V6, 2),           // packet too big
+        icmp6(STRANGER_V6, 1),           // destination unreachable
+        icmp4(VENDOR_V4, 8),             // echo request, allowlisted
+        icmp6(VENDOR_V6, 128),           // echo request, allowlisted
+        icmp4(STRANGER_V4, 8),           // echo request, stranger
+        icmp6(STRANGER_V6, 128),         // echo request, stranger
+        icmp4(VENDOR_V4, 13),            // timestamp: never exposed
+        icmp6(VENDOR_V6, 129),           // echo reply: never exposed
         ethernet(&[], 0x88cc, &[0; 46]), // LLDP
         ethernet(&[], 0x8847, &[0; 46]), // MPLS
     ];
@@ -266,5 +343,9 @@ fn arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted
     assert!(delta_passed(&before, &after, "neighbor") >= 3);
     assert_eq!(delta_passed(&before, &after, "icmp_error"), 4);
     assert_eq!(delta_passed(&before, &after, "icmp_echo"), 2);
-    assert_drops(&before, &after, &[("not_allowlisted", 2), ("port_closed", 2), ("non_ip", 2)]);
+    assert_drops(
+        &before,
+        &after,
+        &[("not_allowlisted", 2), ("port_closed", 2), ("non_ip", 2)],
+    );
 }

@@ -26,18 +26,37 @@ fn monitor_mode_passes_everything_but_counts_what_it_would_drop() {
         return;
     }
     let lab = Lab::new();
-    let _listeners = [listen_tcp(&lab.edge, at(EDGE_V4, 443)), listen_tcp(&lab.edge, at(EDGE_V4, 80))];
-    let monitor = config("driver").replace("xdp_mode = \"driver\"", "xdp_mode = \"driver\"\nenforce = false");
-    let daemon = Daemon::start(&lab, &monitor);
+    let _listeners = [
+        listen_tcp(&lab.edge, at(EDGE_V4, 443)),
+        listen_tcp(&lab.edge, at(EDGE_V4, 80)),
+    ];
+    let monitor = config("driver").replace(
+        "xdp_mode = \"driver\"",
+        "xdp_mode = \"driver\"\nenforce = false",
+    );
+    let daemon = Daemon::start(&lab.edge, &monitor);
     assert_eq!(daemon.status()["mode"], "monitor");
     assert_eq!(https(&lab, STRANGER_V4), Connect::Connected);
-    assert_eq!(connect_tcp(&lab.peer, VENDOR_V4.into(), at(EDGE_V4, 80)), Connect::Connected);
+    assert_eq!(
+        connect_tcp(&lab.peer, VENDOR_V4.into(), at(EDGE_V4, 80)),
+        Connect::Connected
+    );
 
     let before = daemon.stats();
-    send_frames(&lab.peer, PEER_IF, (0..6).map(|_| tcp_v4(STRANGER_V4, 443)).chain((0..2).map(|_| tcp_v4(VENDOR_V4, 8080))).collect());
+    send_frames(
+        &lab.peer,
+        PEER_IF,
+        (0..6)
+            .map(|_| tcp_v4(STRANGER_V4, 443))
+            .chain((0..2).map(|_| tcp_v4(VENDOR_V4, 8080)))
+            .collect(),
+    );
     let after = daemon.settled_stats();
     assert_eq!(after.0["mode"], "monitor");
-    assert_eq!(after.drops("not_allowlisted") - before.drops("not_allowlisted"), 6);
+    assert_eq!(
+        after.drops("not_allowlisted") - before.drops("not_allowlisted"),
+        6
+    );
     assert_eq!(after.drops("port_closed") - before.drops("port_closed"), 2);
     let human = String::from_utf8(daemon.ctl(&["stats"]).stdout).unwrap();
     assert!(human.contains("WOULD DROP (monitor mode)"), "{human}");
@@ -45,13 +64,14 @@ fn monitor_mode_passes_everything_but_counts_what_it_would_drop() {
 
 #[test]
 fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken() {
-    if !root_or_skip("sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken") {
+    if !root_or_skip("sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken")
+    {
         return;
     }
     let lab = Lab::new();
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let first = config("driver");
-    let daemon = Daemon::start(&lab, &first);
+    let daemon = Daemon::start(&lab.edge, &first);
     assert_eq!(https(&lab, VENDOR_V4), Connect::Connected);
     assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
     let vendor_before = daemon.stats().rule("vendor");
@@ -59,7 +79,10 @@ fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken(
     // A new config that lets the stranger in and drops the office rule.
     let second = format!(
         "{}\n[[rules]]\nname = \"partner\"\nports = [\"tcp/443\"]\nsources = [\"192.0.2.99\"]\n",
-        first.split("[[rules]]\nname = \"office-ssh\"").next().unwrap()
+        first
+            .split("[[rules]]\nname = \"office-ssh\"")
+            .next()
+            .unwrap()
     );
     let status = daemon.reload(&second);
     assert_eq!(status["reloads"], 1);
@@ -71,7 +94,13 @@ fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken(
     // The vendor rule kept its counts across the reload.
     assert!(stats.rule("vendor").0 > vendor_before.0, "{stats:?}");
     assert!(stats.rule("partner").0 > 0, "{stats:?}");
-    assert!(stats.0["rules"].as_array().unwrap().iter().all(|rule| rule["name"] != "office-ssh"));
+    assert!(
+        stats.0["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|rule| rule["name"] != "office-ssh")
+    );
 
     // A broken config is rejected whole: the running policy stays.
     let broken = second.replace("\"192.0.2.99\"", "\"192.0.2.99/24\"");
@@ -79,12 +108,24 @@ fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken(
     assert_eq!(status["reloads"], 1);
     assert_eq!(status["reloads_rejected"], 1);
     let error = status["last_reload_error"].as_str().unwrap();
-    assert!(error.contains("line 14") && error.contains("host bits set") && error.contains("192.0.2.0/24"), "{error}");
+    assert!(
+        error.contains("line 14")
+            && error.contains("host bits set")
+            && error.contains("192.0.2.0/24"),
+        "{error}"
+    );
     assert_eq!(https(&lab, STRANGER_V4), Connect::Connected);
     assert_eq!(https(&lab, VENDOR_V4), Connect::Connected);
-    assert!(daemon.log().contains("reload rejected; the running policy is unchanged"));
+    assert!(
+        daemon
+            .log()
+            .contains("reload rejected; the running policy is unchanged")
+    );
     let human = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
-    assert!(human.contains("last reload REJECTED, running policy kept"), "{human}");
+    assert!(
+        human.contains("last reload REJECTED, running policy kept"),
+        "{human}"
+    );
 
     // Back to the first config: the stranger is out again.
     let status = daemon.reload(&first);
@@ -117,10 +158,15 @@ fn reloads_are_atomic_under_traffic() {
     let a = policy("203.0.113.10", 443, 0xa);
     let b = policy("192.0.2.99", 8443, 0xb);
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab, &a);
+    let daemon = Daemon::start(&lab.edge, &a);
     let before = daemon.stats();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = flood_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443), tcp_v4(STRANGER_V4, 8443)], stop.clone());
+    let flood = flood_frames(
+        &lab.peer,
+        PEER_IF,
+        vec![tcp_v4(VENDOR_V4, 443), tcp_v4(STRANGER_V4, 8443)],
+        stop.clone(),
+    );
     for round in 0..20 {
         let status = daemon.reload(if round % 2 == 0 { &b } else { &a });
         assert_eq!(status["reloads"], round + 1, "{}", daemon.log());
@@ -129,11 +175,22 @@ fn reloads_are_atomic_under_traffic() {
     let rounds = flood.join().unwrap();
     let after = daemon.settled_stats();
     let sent = 2 * rounds;
-    assert!(rounds > 1000, "only {rounds} rounds sent; the test proves nothing");
-    assert_eq!(after.drops("not_allowlisted"), before.drops("not_allowlisted"), "a packet saw a mixed policy");
+    assert!(
+        rounds > 1000,
+        "only {rounds} rounds sent; the test proves nothing"
+    );
+    assert_eq!(
+        after.drops("not_allowlisted"),
+        before.drops("not_allowlisted"),
+        "a packet saw a mixed policy"
+    );
     let allowed = after.rule("alpha").0 - before.rule("alpha").0;
     let closed = after.drops("port_closed") - before.drops("port_closed");
-    assert_eq!(allowed + closed, sent, "every packet got one of the two verdicts");
+    assert_eq!(
+        allowed + closed,
+        sent,
+        "every packet got one of the two verdicts"
+    );
     assert!(allowed > 0 && closed > 0);
 }
 
@@ -144,20 +201,41 @@ fn the_daemon_refuses_bad_input_before_touching_the_interface() {
     }
     let lab = Lab::new();
     let cases = [
-        (config("driver").replace("203.0.113.64/26", "203.0.113.65/26"), "line 13: rule `office-ssh`: `203.0.113.65/26` has host bits set; write the network `203.0.113.64/26`"),
-        (config("driver").replace("[\"edge0\"]", "[\"fwt-missing0\"]"), "interface `fwt-missing0` does not exist on this host"),
-        (config("driver").replace("tcp/22", "tcp/0"), "port 0 is out of range"),
-        (config("driver").replace("\"198.51.100.0/24\"", "\"0.0.0.0/0\""), "add `allow_any_source = true`"),
+        (
+            config("driver").replace("203.0.113.64/26", "203.0.113.65/26"),
+            "line 13: rule `office-ssh`: `203.0.113.65/26` has host bits set; write the network `203.0.113.64/26`",
+        ),
+        (
+            config("driver").replace("[\"edge0\"]", "[\"fwt-missing0\"]"),
+            "interface `fwt-missing0` does not exist on this host",
+        ),
+        (
+            config("driver").replace("tcp/22", "tcp/0"),
+            "port 0 is out of range",
+        ),
+        (
+            config("driver").replace("\"198.51.100.0/24\"", "\"0.0.0.0/0\""),
+            "add `allow_any_source = true`",
+        ),
         (config("driver") + "\nbogus = 1\n", "unknown field `bogus`"),
     ];
     for (text, expected) in cases {
-        let (code, log) = Daemon::start_expecting_failure(&lab, &text);
+        let (code, log) = Daemon::start_expecting_failure(&lab.edge, &text);
         assert_eq!(code, 1, "{log}");
         assert!(log.contains(expected), "expected {expected:?} in:\n{log}");
-        assert!(log.contains("firewall.toml"), "the error names the file:\n{log}");
+        assert!(
+            log.contains("firewall.toml"),
+            "the error names the file:\n{log}"
+        );
     }
-    let link = std::process::Command::new("ip").args(["-n", &lab.edge.name, "link", "show", EDGE_IF]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "nothing was attached");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.edge.name, "link", "show", EDGE_IF])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "nothing was attached"
+    );
 }
 
 #[test]
@@ -166,19 +244,81 @@ fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
         return;
     }
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab, &config("auto"));
+    let daemon = Daemon::start(&lab.edge, &config("auto"));
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
     let socket = daemon.socket.to_str().unwrap();
     let second = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.edge.name])
         .arg(firewall_tests::daemon::binary())
-        .args(["daemon", "--config", daemon.config.to_str().unwrap(), "--socket", socket])
+        .args([
+            "daemon",
+            "--config",
+            daemon.config.to_str().unwrap(),
+            "--socket",
+            socket,
+        ])
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another firewall-ctl daemon is already listening"));
+    assert!(
+        String::from_utf8_lossy(&second.stderr)
+            .contains("another firewall-ctl daemon is already listening")
+    );
     // The first one is unharmed.
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
+    // SIGINT (Ctrl-C) detaches as cleanly as SIGTERM.
+    let (code, log) = daemon.stop(libc::SIGINT);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("detached XDP program"), "{log}");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.edge.name, "link", "show", EDGE_IF])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "the program is detached"
+    );
+}
+
+#[test]
+fn the_daemon_needs_cap_bpf_and_cap_net_admin() {
+    if !root_or_skip("the_daemon_needs_cap_bpf_and_cap_net_admin") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("firewall.toml");
+    std::fs::write(&path, config("driver")).unwrap();
+    let socket = dir.path().join("ctl.sock");
+    // Root without capabilities (an emptied bounding set), and a plain user.
+    for identity in [
+        &["--bounding-set=-all", "--inh-caps=-all"][..],
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+    ] {
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.edge.name, "setpriv"])
+            .args(identity)
+            .arg("--")
+            .arg(firewall_tests::daemon::binary())
+            .args([
+                "daemon",
+                "--config",
+                path.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{identity:?}: {stderr}");
+        assert!(
+            stderr.contains("firewall-ctl daemon needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root"),
+            "{identity:?}: {stderr}"
+        );
+    }
+    assert!(!socket.exists(), "nothing was set up");
 }
 
 #[test]
@@ -186,7 +326,10 @@ fn cli_without_a_daemon_says_how_to_start_one() {
     let output = ctl(&["--socket", "/nonexistent/firewall-ctl.sock", "stats"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no firewall-ctl daemon is listening on `/nonexistent/firewall-ctl.sock`"), "{stderr}");
+    assert!(
+        stderr.contains("no firewall-ctl daemon is listening on `/nonexistent/firewall-ctl.sock`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("firewall-ctl daemon --config"), "{stderr}");
 }
 
@@ -196,21 +339,45 @@ fn check_validates_a_config_without_root() {
     let path = dir.path().join("firewall.toml");
     std::fs::write(&path, config("skb").replace("edge0", "lo")).unwrap();
     let output = ctl(&["check", "--config", path.to_str().unwrap(), "--json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["valid"], true);
     assert_eq!(report["rules"][0]["name"], "vendor");
-    assert_eq!(report["rules"][0]["ports"], serde_json::json!(["tcp/443", "udp/4500"]));
+    assert_eq!(
+        report["rules"][0]["ports"],
+        serde_json::json!(["tcp/443", "udp/4500"])
+    );
     assert_eq!(report["prefixes_v4"], 3);
     assert_eq!(report["prefixes_v6"], 1);
     assert_eq!(report["ports"], 3);
     let human = ctl(&["check", "--config", path.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&human.stdout).contains("2 rules, 3 IPv4 prefixes, 1 IPv6 prefixes, 3 ports"));
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains("2 rules, 3 IPv4 prefixes, 1 IPv6 prefixes, 3 ports")
+    );
 
-    std::fs::write(&path, config("skb").replace("edge0", "lo").replace("tcp/22", "tcp/22-21")).unwrap();
+    std::fs::write(
+        &path,
+        config("skb")
+            .replace("edge0", "lo")
+            .replace("tcp/22", "tcp/22-21"),
+    )
+    .unwrap();
     let output = ctl(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("config `{}` is invalid", path.display())), "{stderr}");
-    assert!(stderr.contains("line 12: rule `office-ssh`: `tcp/22-21`: the range is inverted; write `tcp/21-22`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("config `{}` is invalid", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "line 12: rule `office-ssh`: `tcp/22-21`: the range is inverted; write `tcp/21-22`"
+        ),
+        "{stderr}"
+    );
 }

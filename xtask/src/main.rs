@@ -1,1 +1,47 @@
-fn main(){}
+//! `cargo xtask <task>`: everything a developer or CI runs, each task doing
+//! its own set-up so it works on a fresh machine.
+
+mod cargo;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the XDP program needs (idempotent).
+    Setup,
+    /// Run every test: unit tests, then end-to-end tests in network namespaces (root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the firewall in a throwaway lab of network namespaces and show what it does (root).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Test { args } => test::run(&args),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -198,7 +198,10 @@ impl Validator<'_> {
             if let Err(message) = check_interface_name(name.get_ref()) {
                 self.problem(name, message);
             } else if interfaces.contains(name.get_ref()) {
-                self.problem(name, format!("interface `{}` is listed twice", name.get_ref()));
+                self.problem(
+                    name,
+                    format!("interface `{}` is listed twice", name.get_ref()),
+                );
             } else {
                 interfaces.push(name.get_ref().clone());
             }
@@ -231,17 +234,25 @@ impl Validator<'_> {
         let name = raw.name.get_ref();
         if name.is_empty()
             || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             self.problem(
                 &raw.name,
                 format!("rule name `{name}` is invalid; use 1 to 64 letters, digits, '-' and '_'"),
             );
         } else if !names.insert(name.clone()) {
-            self.problem(&raw.name, format!("rule name `{name}` is used twice; names must be unique"));
+            self.problem(
+                &raw.name,
+                format!("rule name `{name}` is used twice; names must be unique"),
+            );
         }
         if raw.ports.get_ref().is_empty() {
-            self.problem(&raw.ports, format!("rule `{name}`: `ports` is empty; list at least one, e.g. `[\"tcp/443\"]`"));
+            self.problem(
+                &raw.ports,
+                format!("rule `{name}`: `ports` is empty; list at least one, e.g. `[\"tcp/443\"]`"),
+            );
         }
         if raw.sources.get_ref().is_empty() {
             self.problem(
@@ -285,11 +296,15 @@ fn check_interface_name(name: &str) -> Result<(), String> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
     if valid {
         Ok(())
     } else {
-        Err(format!("`{name}` is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"))
+        Err(format!(
+            "`{name}` is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ))
     }
 }
 

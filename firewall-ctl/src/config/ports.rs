@@ -3,9 +3,9 @@
 
 use std::{fmt, str::FromStr};
 
+use firewall_common::maps::protocol;
 #[cfg(test)]
 use firewall_common::model;
-use firewall_common::maps::protocol;
 
 /// An inclusive destination port range for TCP or UDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,7 +17,9 @@ pub struct PortRange {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    #[error("`{0}` is not a port; write `tcp/443`, `udp/4500`, `tcp/8000-8080` or a bare `443` (TCP)")]
+    #[error(
+        "`{0}` is not a port; write `tcp/443`, `udp/4500`, `tcp/8000-8080` or a bare `443` (TCP)"
+    )]
     Syntax(String),
     #[error("`{text}` names protocol `{protocol}`; only `tcp` and `udp` have ports")]
     Protocol { text: String, protocol: String },
@@ -33,7 +35,11 @@ pub enum PortError {
 }
 
 fn protocol_name(number: u8) -> &'static str {
-    if number == protocol::UDP { "udp" } else { "tcp" }
+    if number == protocol::UDP {
+        "udp"
+    } else {
+        "tcp"
+    }
 }
 
 impl PortRange {
@@ -63,7 +69,9 @@ impl FromStr for PortRange {
             }
             _ => return Err(PortError::Syntax(text.to_string())),
         };
-        let (first_text, last_text) = range_text.split_once('-').unwrap_or((range_text, range_text));
+        let (first_text, last_text) = range_text
+            .split_once('-')
+            .unwrap_or((range_text, range_text));
         let port = |port_text: &str| -> Result<u16, PortError> {
             if port_text.is_empty() || !port_text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(PortError::Syntax(text.to_string()));
@@ -114,7 +122,14 @@ mod tests {
 
     #[test]
     fn parses_every_written_form() {
-        assert_eq!(parse("tcp/443").unwrap(), PortRange { protocol: protocol::TCP, first: 443, last: 443 });
+        assert_eq!(
+            parse("tcp/443").unwrap(),
+            PortRange {
+                protocol: protocol::TCP,
+                first: 443,
+                last: 443
+            }
+        );
         assert_eq!(parse("443").unwrap(), parse("tcp/443").unwrap());
         assert_eq!(parse("udp/4500").unwrap().protocol, protocol::UDP);
         let range = parse("tcp/8000-8080").unwrap();
@@ -127,7 +142,10 @@ mod tests {
     fn rejects_bad_ports_with_a_fix() {
         assert!(matches!(parse("tcp/0"), Err(PortError::OutOfRange { .. })));
         assert!(matches!(parse("65536"), Err(PortError::OutOfRange { .. })));
-        assert!(matches!(parse("tcp/99999999999"), Err(PortError::OutOfRange { .. })));
+        assert!(matches!(
+            parse("tcp/99999999999"),
+            Err(PortError::OutOfRange { .. })
+        ));
         assert_eq!(
             parse("tcp/8080-8000").unwrap_err().to_string(),
             "`tcp/8080-8000`: the range is inverted; write `tcp/8000-8080`"

@@ -20,11 +20,15 @@ pub enum IpPrefix {
 /// Why a source string is not a usable prefix. Messages say how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
-    #[error("`{0}` is not an IP address or CIDR prefix; write e.g. `203.0.113.0/24`, `2001:db8::/32` or `203.0.113.7`")]
+    #[error(
+        "`{0}` is not an IP address or CIDR prefix; write e.g. `203.0.113.0/24`, `2001:db8::/32` or `203.0.113.7`"
+    )]
     Syntax(String),
     #[error("`{text}` has a prefix length above {max}; IPv4 allows /0 to /32, IPv6 /0 to /128")]
     LengthTooLong { text: String, max: u8 },
-    #[error("`{text}` has host bits set; write the network `{network}` (or `{address}` for that one host)")]
+    #[error(
+        "`{text}` has host bits set; write the network `{network}` (or `{address}` for that one host)"
+    )]
     HostBits {
         text: String,
         network: IpPrefix,
@@ -156,8 +160,14 @@ mod tests {
             "203.0.113.0/24".parse::<IpPrefix>().unwrap().to_string(),
             "203.0.113.0/24"
         );
-        assert_eq!("203.0.113.7".parse::<IpPrefix>().unwrap().to_string(), "203.0.113.7/32");
-        assert_eq!("2001:db8::/32".parse::<IpPrefix>().unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            "203.0.113.7".parse::<IpPrefix>().unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert_eq!(
+            "2001:db8::/32".parse::<IpPrefix>().unwrap().to_string(),
+            "2001:db8::/32"
+        );
         assert_eq!("2001:db8::1".parse::<IpPrefix>().unwrap().len(), 128);
         assert!("0.0.0.0/0".parse::<IpPrefix>().unwrap().is_any());
         assert!("::/0".parse::<IpPrefix>().unwrap().is_any());
@@ -176,8 +186,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_long_lengths() {
-        for bad in ["", "203.0.113.0/", "203.0.113.0/+8", "203.0.113/24", "example.com", " 203.0.113.1"] {
-            assert!(matches!(bad.parse::<IpPrefix>(), Err(PrefixError::Syntax(_))), "{bad}");
+        for bad in [
+            "",
+            "203.0.113.0/",
+            "203.0.113.0/+8",
+            "203.0.113/24",
+            "example.com",
+            " 203.0.113.1",
+        ] {
+            assert!(
+                matches!(bad.parse::<IpPrefix>(), Err(PrefixError::Syntax(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "203.0.113.0/33".parse::<IpPrefix>(),

@@ -43,8 +43,15 @@ fn parses_a_full_config() {
     assert_eq!(config.rules.len(), 2);
     assert_eq!(config.rules[0].name, "jira-align");
     assert_eq!(config.rules[0].sources[1].to_string(), "2001:db8:1::/48");
-    assert_eq!(config.rules[0].comment.as_deref(), Some("Jira Align connector egress"));
-    let ports: Vec<String> = config.rules[1].ports.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        config.rules[0].comment.as_deref(),
+        Some("Jira Align connector egress")
+    );
+    let ports: Vec<String> = config.rules[1]
+        .ports
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(ports, ["tcp/22", "udp/4500", "tcp/8000-8080"]);
     assert_eq!(config.rules[1].sources[0].to_string(), "198.51.100.7/32");
 }
@@ -63,7 +70,9 @@ fn unknown_keys_are_rejected_with_their_line() {
     let (line, message) = only_problem("interfaces = [\"eth0\"]\nenforcing = true\n");
     assert_eq!(line, Some(2));
     assert!(message.contains("unknown field `enforcing`"), "{message}");
-    let (line, message) = only_problem(&with_rule("name = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\nport = 1\n"));
+    let (line, message) = only_problem(&with_rule(
+        "name = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\nport = 1\n",
+    ));
     assert_eq!(line, Some(7));
     assert!(message.contains("unknown field `port`"), "{message}");
 }
@@ -92,8 +101,13 @@ fn duplicate_rule_names_point_at_the_second_one() {
     let (line, message) = only_problem(&text);
     assert_eq!(line, Some(9));
     assert_eq!(message, "rule name `a` is used twice; names must be unique");
-    let (_, message) = only_problem(&with_rule("name = \"bad name\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n"));
-    assert!(message.contains("rule name `bad name` is invalid"), "{message}");
+    let (_, message) = only_problem(&with_rule(
+        "name = \"bad name\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n",
+    ));
+    assert!(
+        message.contains("rule name `bad name` is invalid"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -128,7 +142,10 @@ fn bad_ports_are_rejected_with_their_line() {
     let cases = [
         ("tcp/0", "port 0 is out of range"),
         ("tcp/65536", "port 65536 is out of range"),
-        ("tcp/2000-1000", "the range is inverted; write `tcp/1000-2000`"),
+        (
+            "tcp/2000-1000",
+            "the range is inverted; write `tcp/1000-2000`",
+        ),
         ("icmp/1", "only `tcp` and `udp` have ports"),
     ];
     for (port, expected) in cases {
@@ -142,17 +159,23 @@ fn bad_ports_are_rejected_with_their_line() {
 
 #[test]
 fn empty_ports_or_sources_are_rejected() {
-    let (line, message) = only_problem(&with_rule("name = \"r\"\nports = []\nsources = [\"192.0.2.1\"]\n"));
+    let (line, message) = only_problem(&with_rule(
+        "name = \"r\"\nports = []\nsources = [\"192.0.2.1\"]\n",
+    ));
     assert_eq!(line, Some(5));
     assert!(message.contains("`ports` is empty"), "{message}");
-    let (line, message) = only_problem(&with_rule("name = \"r\"\nports = [\"443\"]\nsources = []\n"));
+    let (line, message) = only_problem(&with_rule(
+        "name = \"r\"\nports = [\"443\"]\nsources = []\n",
+    ));
     assert_eq!(line, Some(6));
     assert!(message.contains("`sources` is empty"), "{message}");
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text = with_rule("name = \"r\"\nports = [\"tcp/0\", \"udp/1-0\"]\nsources = [\"203.0.113.5/24\", \"nonsense\"]\n");
+    let text = with_rule(
+        "name = \"r\"\nports = [\"tcp/0\", \"udp/1-0\"]\nsources = [\"203.0.113.5/24\", \"nonsense\"]\n",
+    );
     assert_eq!(problems(&text).len(), 4);
 }
 
@@ -175,7 +198,15 @@ fn load_names_the_file() {
     let path = dir.path().join("firewall.toml");
     std::fs::write(&path, "interfaces = [\"eth0\"]\nbogus = 1\n").unwrap();
     let message = load(&path).unwrap_err().to_string();
-    assert!(message.starts_with(&format!("config `{}` is invalid:\n  line 2: unknown field `bogus`", path.display())), "{message}");
-    let missing = load(&dir.path().join("missing.toml")).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!(
+            "config `{}` is invalid:\n  line 2: unknown field `bogus`",
+            path.display()
+        )),
+        "{message}"
+    );
+    let missing = load(&dir.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(missing.starts_with("cannot read config"), "{missing}");
 }

@@ -28,7 +28,9 @@ fn longest_match(entries: &[PrefixEntry], address: u128, width: u8) -> RuleSet {
 impl Policy for Tables<'_> {
     fn source_rules(&self, source: &Source) -> RuleSet {
         match source {
-            Source::V4(octets) => longest_match(&self.0.v4, u32::from_be_bytes(*octets) as u128, 32),
+            Source::V4(octets) => {
+                longest_match(&self.0.v4, u32::from_be_bytes(*octets) as u128, 32)
+            }
             Source::V6(octets) => longest_match(&self.0.v6, u128::from_be_bytes(*octets), 128),
         }
     }
@@ -52,7 +54,12 @@ fn assert_matches_reference(config: &Config, packets: &[Packet]) {
     let sources: Vec<Vec<model::Prefix>> = config
         .rules
         .iter()
-        .map(|rule| rule.sources.iter().map(|prefix| prefix.to_model()).collect())
+        .map(|rule| {
+            rule.sources
+                .iter()
+                .map(|prefix| prefix.to_model())
+                .collect()
+        })
         .collect();
     let ports: Vec<Vec<model::PortRange>> = config
         .rules
@@ -108,8 +115,16 @@ fn overlap_example_from_the_issue() {
     assert_eq!(
         compiled.v4,
         [
-            PrefixEntry { bits: 0xcb00_7100, len: 24, rules: 0b01 },
-            PrefixEntry { bits: 0xcb00_7140, len: 26, rules: 0b11 },
+            PrefixEntry {
+                bits: 0xcb00_7100,
+                len: 24,
+                rules: 0b01
+            },
+            PrefixEntry {
+                bits: 0xcb00_7140,
+                len: 26,
+                rules: 0b11
+            },
         ]
     );
     let tables = Tables(&compiled);
@@ -119,8 +134,14 @@ fn overlap_example_from_the_issue() {
     assert_eq!(decide(&tcp(inner, 22), &tables).reason, Reason::Allowed);
     assert_eq!(decide(&tcp(inner, 22), &tables).rule, 1);
     assert_eq!(decide(&tcp(outer, 443), &tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(outer, 22), &tables).reason, Reason::NotAllowlisted);
-    assert_eq!(decide(&tcp(v4("192.0.2.1"), 443), &tables).reason, Reason::NotAllowlisted);
+    assert_eq!(
+        decide(&tcp(outer, 22), &tables).reason,
+        Reason::NotAllowlisted
+    );
+    assert_eq!(
+        decide(&tcp(v4("192.0.2.1"), 443), &tables).reason,
+        Reason::NotAllowlisted
+    );
     assert_eq!(decide(&tcp(outer, 80), &tables).reason, Reason::PortClosed);
 }
 
@@ -169,7 +190,10 @@ sources = ["198.51.100.128/25", "2001:db8:2::/48"]
     for source in addresses {
         for port in [22, 80, 443, 4500, 8000, 8005, 8010, 8011] {
             packets.push(tcp(source, port));
-            packets.push(Packet::Transport { source, port: PortKey::new(UDP, port) });
+            packets.push(Packet::Transport {
+                source,
+                port: PortKey::new(UDP, port),
+            });
         }
         packets.push(Packet::EchoRequest { source });
         packets.push(Packet::LaterFragment { source });
@@ -193,7 +217,14 @@ sources = ["203.0.113.0/24"]
 "#,
     );
     let compiled = compile(&config).unwrap();
-    assert_eq!(compiled.v4, [PrefixEntry { bits: 0xcb00_7100, len: 24, rules: 0b11 }]);
+    assert_eq!(
+        compiled.v4,
+        [PrefixEntry {
+            bits: 0xcb00_7100,
+            len: 24,
+            rules: 0b11
+        }]
+    );
 }
 
 #[test]
@@ -230,20 +261,37 @@ fn any_source_covers_the_whole_family_only() {
     );
     let compiled = compile(&config).unwrap();
     let tables = Tables(&compiled);
-    assert_eq!(decide(&tcp(v4("192.0.2.1"), 443), &tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(v6("2001:db8::1"), 443), &tables).reason, Reason::NotAllowlisted);
+    assert_eq!(
+        decide(&tcp(v4("192.0.2.1"), 443), &tables).reason,
+        Reason::Allowed
+    );
+    assert_eq!(
+        decide(&tcp(v6("2001:db8::1"), 443), &tables).reason,
+        Reason::NotAllowlisted
+    );
 }
 
 #[test]
 fn a_quarter_million_prefixes_fit_and_more_do_not() {
     let rules = |count: u32| {
         let sources: Vec<String> = (0..count)
-            .map(|index| format!("\"{}\"", Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(index))))
+            .map(|index| {
+                format!(
+                    "\"{}\"",
+                    Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(index))
+                )
+            })
             .collect();
-        format!("[[rules]]\nname = \"big\"\nports = [\"443\"]\nsources = [{}]\n", sources.join(","))
+        format!(
+            "[[rules]]\nname = \"big\"\nports = [\"443\"]\nsources = [{}]\n",
+            sources.join(",")
+        )
     };
     let fits = compile(&config(&rules(250_000))).unwrap();
     assert_eq!(fits.v6.len(), 250_000);
     let err = compile(&config(&rules(MAX_PREFIXES_PER_FAMILY + 1))).unwrap_err();
-    assert!(err.to_string().contains("262145 distinct IPv6 prefixes"), "{err}");
+    assert!(
+        err.to_string().contains("262145 distinct IPv6 prefixes"),
+        "{err}"
+    );
 }

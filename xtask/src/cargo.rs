@@ -1,0 +1,78 @@
+//! Running cargo and other commands with the eBPF toolchain chosen by setup.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// How `firewall-ctl/build.rs` must build the eBPF crate on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EbpfToolchain {
+    /// `nightly` with rust-src (the default `build.rs` uses).
+    Nightly,
+    /// No usable nightly: stable with rust-src and `RUSTC_BOOTSTRAP=1`.
+    StableBootstrap,
+}
+
+impl EbpfToolchain {
+    /// Sets the variables `build.rs` and aya-build read.
+    pub fn apply(self, command: &mut Command) {
+        if self == EbpfToolchain::StableBootstrap {
+            command
+                .env("FIREWALL_EBPF_TOOLCHAIN", "stable")
+                .env("RUSTC_BOOTSTRAP", "1");
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `cargo <args>` in the workspace root, with the eBPF toolchain applied.
+pub fn cargo(toolchain: EbpfToolchain, args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.args(args).current_dir(workspace_root());
+    toolchain.apply(&mut command);
+    command
+}
+
+/// Runs `command`, failing with its description if it does not succeed.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs `command` and returns its stdout when it succeeds, `None` otherwise
+/// (including when the program does not exist).
+pub fn output(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Builds the daemon and returns the path of the binary.
+pub fn build_firewall_ctl(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
+    run(&mut cargo(
+        toolchain,
+        &["build", "--package", "firewall-ctl"],
+    ))?;
+    Ok(workspace_root().join("target/debug/firewall-ctl"))
+}

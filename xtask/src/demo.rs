@@ -1,0 +1,222 @@
+//! `cargo xtask demo`: the real daemon, with `examples/firewall.toml`, on
+//! an edge host in a throwaway lab of network namespaces joined by a
+//! bridge; a vendor, an office and a stranger host try to connect.
+//! The lab is removed at the end, on failure, and on Ctrl-C.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Context as _, bail};
+use firewall_tests::{
+    daemon::Daemon,
+    lab::{Netns, veth},
+    traffic::{Connect, connect_tcp, listen_tcp},
+};
+
+use crate::{
+    cargo::{build_firewall_ctl, is_root, workspace_root},
+    setup,
+};
+
+/// Every namespace of the demo starts with this.
+const PREFIX: &str = "fwdemo-";
+const HOSTS: [&str; 4] = ["edge", "vendor", "office", "stranger"];
+
+const EDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const EDGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// One connection attempt and what `examples/firewall.toml` should make of it.
+struct Attempt {
+    host: usize,
+    source: IpAddr,
+    target: SocketAddr,
+    expect: Connect,
+    why: &'static str,
+}
+
+fn attempts() -> Vec<Attempt> {
+    let vendor: IpAddr = Ipv4Addr::new(203, 0, 113, 10).into();
+    let vendor6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).into();
+    let office: IpAddr = Ipv4Addr::new(198, 51, 100, 7).into();
+    let stranger: IpAddr = Ipv4Addr::new(192, 0, 2, 99).into();
+    let stranger6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99).into();
+    let v4 = |port| SocketAddr::new(EDGE_V4.into(), port);
+    let v6 = |port| SocketAddr::new(EDGE_V6.into(), port);
+    use Connect::{Connected, TimedOut};
+    vec![
+        Attempt {
+            host: 1,
+            source: vendor,
+            target: v4(443),
+            expect: Connected,
+            why: "rule jira-align",
+        },
+        Attempt {
+            host: 1,
+            source: vendor6,
+            target: v6(443),
+            expect: Connected,
+            why: "rule jira-align (IPv6)",
+        },
+        Attempt {
+            host: 1,
+            source: vendor,
+            target: v4(22),
+            expect: TimedOut,
+            why: "dropped: not_allowlisted",
+        },
+        Attempt {
+            host: 2,
+            source: office,
+            target: v4(443),
+            expect: Connected,
+            why: "rule office-https",
+        },
+        Attempt {
+            host: 2,
+            source: office,
+            target: v4(22),
+            expect: Connected,
+            why: "rule office-ssh",
+        },
+        Attempt {
+            host: 2,
+            source: office,
+            target: v4(8080),
+            expect: TimedOut,
+            why: "dropped: port_closed",
+        },
+        Attempt {
+            host: 3,
+            source: stranger,
+            target: v4(443),
+            expect: TimedOut,
+            why: "dropped: not_allowlisted",
+        },
+        Attempt {
+            host: 3,
+            source: stranger6,
+            target: v6(443),
+            expect: TimedOut,
+            why: "dropped: not_allowlisted",
+        },
+        Attempt {
+            host: 3,
+            source: stranger,
+            target: v4(22),
+            expect: TimedOut,
+            why: "dropped: not_allowlisted",
+        },
+    ]
+}
+
+fn remove_lab() {
+    for host in HOSTS.iter().chain(&["switch"]) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &format!("{PREFIX}{host}")])
+            .output();
+    }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and attaches XDP: run it as root (`sudo cargo xtask demo`)"
+        );
+    }
+    setup::run().and_then(build_firewall_ctl)?;
+    remove_lab(); // from an earlier run that was killed
+    // Ctrl-C also reaches the daemon (same process group), which detaches.
+    ctrlc::set_handler(|| {
+        remove_lab();
+        eprintln!("\ninterrupted: lab removed");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    println!("\nbuilding the lab: edge, vendor, office and stranger hosts on one bridge");
+    let switch = Netns::create(format!("{PREFIX}switch"));
+    switch.ip("link add br0 type bridge");
+    switch.ip("link set br0 up");
+    let hosts: Vec<Netns> = HOSTS
+        .iter()
+        .map(|host| Netns::create(format!("{PREFIX}{host}")))
+        .collect();
+    for (host, ns) in HOSTS.iter().zip(&hosts) {
+        veth(ns, "eth0", &switch, host);
+        switch.ip(&format!("link set {host} master br0 up"));
+        ns.ip("link set lo up");
+        ns.ip("link set eth0 up");
+    }
+    let [edge, vendor, office, stranger] = [&hosts[0], &hosts[1], &hosts[2], &hosts[3]];
+    edge.ip("addr add 192.0.2.1/24 dev eth0");
+    edge.ip("addr add 2001:db8::1/64 dev eth0 nodad");
+    for route in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/48"] {
+        edge.ip(&format!("route add {route} dev eth0"));
+    }
+    vendor.ip("addr add 203.0.113.10/24 dev eth0");
+    vendor.ip("addr add 2001:db8:1::10/64 dev eth0 nodad");
+    vendor.ip("route add 192.0.2.0/24 dev eth0");
+    vendor.ip("route add 2001:db8::/64 dev eth0");
+    office.ip("addr add 198.51.100.7/24 dev eth0");
+    office.ip("route add 192.0.2.0/24 dev eth0");
+    stranger.ip("addr add 192.0.2.99/24 dev eth0");
+    stranger.ip("addr add 2001:db8::99/64 dev eth0 nodad");
+    let _listeners: Vec<_> = [443, 22, 8080]
+        .into_iter()
+        .map(|port| listen_tcp(edge, SocketAddr::new(EDGE_V4.into(), port)))
+        .chain([listen_tcp(edge, SocketAddr::new(EDGE_V6.into(), 443))])
+        .collect();
+
+    let config_path = workspace_root().join("examples/firewall.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    println!("starting `firewall-ctl daemon --config examples/firewall.toml` on the edge host");
+    let daemon = Daemon::start(edge, &config);
+    println!("the edge host listens on TCP 443 (IPv4 and IPv6), 22 and 8080\n");
+
+    let mut surprises = 0;
+    println!(
+        "{:<9} {:<16} {:<20} {:<10} WHY",
+        "HOST", "SOURCE", "TARGET", "RESULT"
+    );
+    for attempt in attempts() {
+        let result = connect_tcp(&hosts[attempt.host], attempt.source, attempt.target);
+        let shown = match result {
+            Connect::Connected => "connected",
+            Connect::TimedOut => "DROPPED",
+            Connect::Refused => "refused",
+        };
+        let note = if result == attempt.expect {
+            attempt.why.to_string()
+        } else {
+            surprises += 1;
+            format!(
+                "UNEXPECTED, expected {:?} ({})",
+                attempt.expect, attempt.why
+            )
+        };
+        println!(
+            "{:<9} {:<16} {:<20} {:<10} {note}",
+            HOSTS[attempt.host],
+            attempt.source.to_string(),
+            attempt.target.to_string(),
+            shown
+        );
+    }
+    for (title, args) in [
+        ("firewall-ctl status", ["status"]),
+        ("firewall-ctl stats", ["stats"]),
+    ] {
+        let output = daemon.ctl(&args);
+        println!("\n$ {title}\n{}", String::from_utf8_lossy(&output.stdout));
+    }
+    let (code, _) = daemon.stop(libc::SIGTERM);
+    println!("daemon stopped (exit code {code}); removing the lab");
+    drop(hosts);
+    drop(switch);
+    if surprises > 0 {
+        bail!("{surprises} connection(s) did not behave as examples/firewall.toml says");
+    }
+    println!("demo finished: every connection behaved as the config says");
+    Ok(())
+}

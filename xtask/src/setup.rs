@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: installs what building the XDP program needs, and
+//! nothing that is already there. Prints each step's outcome.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::cargo::{EbpfToolchain, is_root, output, run as run_command};
+
+/// LLVM packages bpf-linker links against; versions must match its feature.
+const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libclang-22-dev", "libpolly-22-dev"];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Makes the machine able to build and test; returns the eBPF toolchain to use.
+pub fn run() -> anyhow::Result<EbpfToolchain> {
+    println!("xtask setup: checking build prerequisites");
+    if output(Command::new("rustup").arg("--version")).is_none() {
+        bail!(
+            "rustup is not installed; install Rust with rustup (https://rustup.rs), then rerun `cargo xtask setup`"
+        );
+    }
+    let toolchain = ebpf_toolchain()?;
+    bpf_linker()?;
+    command_from_package("ip", "iproute2")?;
+    println!("xtask setup: done");
+    Ok(toolchain)
+}
+
+fn say(done: &str) {
+    println!("  {done}");
+}
+
+fn has_rust_src(toolchain: &str) -> bool {
+    output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .is_some_and(|installed| installed.lines().any(|line| line.starts_with("rust-src")))
+}
+
+/// Nightly with rust-src; else stable with rust-src under RUSTC_BOOTSTRAP.
+fn ebpf_toolchain() -> anyhow::Result<EbpfToolchain> {
+    let has_nightly =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some();
+    if !has_nightly {
+        say("installing the nightly toolchain (the eBPF crate needs -Z build-std)");
+        let installed = Command::new("rustup")
+            .args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !installed {
+            say("nightly is not available here; using stable with RUSTC_BOOTSTRAP=1 instead");
+            if !has_rust_src("stable") {
+                run_command(Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    "stable",
+                ]))
+                .context("adding rust-src to stable")?;
+            }
+            say("ok: stable toolchain with rust-src");
+            return Ok(EbpfToolchain::StableBootstrap);
+        }
+    }
+    if has_rust_src("nightly") {
+        say("ok: nightly toolchain with rust-src");
+    } else {
+        say("adding rust-src to the nightly toolchain");
+        run_command(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(EbpfToolchain::Nightly)
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
+        say(&format!("ok: {}", version.trim()));
+        return Ok(());
+    }
+    let missing: Vec<&str> = LLVM_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        say("ok: LLVM 22 development packages");
+    } else {
+        apt_install(&missing)?;
+    }
+    say(&format!(
+        "installing bpf-linker {BPF_LINKER_VERSION} (takes a few minutes)"
+    ));
+    run_command(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+    .context("installing bpf-linker failed")?;
+    if output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn command_from_package(command: &str, package: &str) -> anyhow::Result<()> {
+    if output(Command::new(command).arg("-V")).is_some() {
+        say(&format!("ok: {command}"));
+        return Ok(());
+    }
+    apt_install(&[package])
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let list = packages.join(" ");
+    if output(Command::new("apt-get").arg("--version")).is_none() {
+        bail!(
+            "{list} must be installed, and this machine has no apt-get: install them with your package manager, then rerun `cargo xtask setup`"
+        );
+    }
+    if !is_root() {
+        bail!(
+            "installing {list} needs root: run `sudo cargo xtask setup` (or install them yourself)"
+        );
+    }
+    say(&format!("installing {list} with apt-get"));
+    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
