@@ -29,9 +29,9 @@ use crate::{
     system,
 };
 
-/// Reads, validates and compiles the config at `path`: the one path both
-/// start-up and reload take, so both refuse exactly the same inputs.
-fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
+/// Reads, validates and compiles the config at `path`: the one path
+/// start-up, reload and `check` take, so all refuse exactly the same inputs.
+pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
     let config = config::load(path)?;
     system::check_interfaces(&config.interfaces, path)?;
     let policy =

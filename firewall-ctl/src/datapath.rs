@@ -48,6 +48,8 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("program `{name}` is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
     #[error("map `{name}` is missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error("map `{name}`: {source}")]
@@ -124,7 +126,7 @@ impl Datapath {
         let mut ebpf = Ebpf::load(PROGRAM).map_err(DatapathError::Object)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(DatapathError::MissingMap { name: PROGRAM_NAME })?
+            .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
             .try_into()
             .map_err(DatapathError::Program)?;
         program.load().map_err(DatapathError::Program)?;

@@ -187,8 +187,13 @@ fn check(path: &Path, json: bool) -> anyhow::Result<()> {
                 ]
             })
             .collect();
+        let warning = if report.rules.is_empty() {
+            "warning: no rules, every port is closed\n"
+        } else {
+            ""
+        };
         format!(
-            "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n",
+            "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warning}",
             report.config.display(),
             report.mode,
             report.interfaces.join(", "),

@@ -36,6 +36,18 @@ pub fn ctl(args: &[&str]) -> Output {
         .expect("running firewall-ctl")
 }
 
+/// Runs `firewall-ctl <args>` in `ns` under `wrapper` (e.g. `setpriv ...`)
+/// and waits for it: for invocations expected to exit on their own.
+pub fn run_in(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(wrapper)
+        .arg(binary())
+        .args(args)
+        .output()
+        .expect("running firewall-ctl in a namespace")
+}
+
 /// A running daemon; stopped with SIGTERM on drop.
 pub struct Daemon {
     child: Option<Child>,

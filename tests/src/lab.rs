@@ -42,6 +42,20 @@ impl Netns {
         ip(&format!("-n {} {args}", self.name));
     }
 
+    /// Whether an XDP program is attached to `interface` in this namespace.
+    pub fn xdp_attached(&self, interface: &str) -> bool {
+        let output = Command::new("ip")
+            .args(["-n", &self.name, "link", "show", interface])
+            .output()
+            .expect("running ip link show");
+        assert!(
+            output.status.success(),
+            "no interface {interface} in {}",
+            self.name
+        );
+        String::from_utf8_lossy(&output.stdout).contains("xdp")
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         run(Command::new("ip").args([
             "netns",

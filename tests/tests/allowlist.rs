@@ -44,6 +44,7 @@ fn allowlist_is_enforced(mode: &str) {
     assert_eq!(status["interfaces"][0]["name"], "edge0");
     assert_eq!(status["interfaces"][0]["xdp_mode"], mode);
     assert_eq!(status["mode"], "enforce");
+    assert!(lab.edge.xdp_attached(EDGE_IF));
 
     // Allowlisted sources reach exposed ports, over IPv4 and IPv6.
     assert_eq!(tcp(VENDOR_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
@@ -85,6 +86,7 @@ fn allowlist_is_enforced(mode: &str) {
     let (code, log) = daemon.stop(libc::SIGTERM);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("detached XDP program"), "{log}");
+    assert!(!lab.edge.xdp_attached(EDGE_IF));
     assert_eq!(
         tcp(STRANGER_V4.into(), at(EDGE_V4, 443)),
         Connect::Connected

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use firewall_tests::{
     addr::*,
     config,
-    daemon::{Daemon, ctl},
+    daemon::{Daemon, ctl, run_in},
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
@@ -228,14 +228,7 @@ fn the_daemon_refuses_bad_input_before_touching_the_interface() {
             "the error names the file:\n{log}"
         );
     }
-    let link = std::process::Command::new("ip")
-        .args(["-n", &lab.edge.name, "link", "show", EDGE_IF])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "nothing was attached"
-    );
+    assert!(!lab.edge.xdp_attached(EDGE_IF), "nothing was attached");
 }
 
 #[test]
@@ -246,19 +239,17 @@ fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
     let lab = Lab::new();
     let daemon = Daemon::start(&lab.edge, &config("auto"));
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
-    let socket = daemon.socket.to_str().unwrap();
-    let second = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.edge.name])
-        .arg(firewall_tests::daemon::binary())
-        .args([
+    let second = run_in(
+        &lab.edge,
+        &[],
+        &[
             "daemon",
             "--config",
             daemon.config.to_str().unwrap(),
             "--socket",
-            socket,
-        ])
-        .output()
-        .unwrap();
+            daemon.socket.to_str().unwrap(),
+        ],
+    );
     assert_eq!(second.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&second.stderr)
@@ -270,14 +261,7 @@ fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
     let (code, log) = daemon.stop(libc::SIGINT);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("detached XDP program"), "{log}");
-    let link = std::process::Command::new("ip")
-        .args(["-n", &lab.edge.name, "link", "show", EDGE_IF])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "the program is detached"
-    );
+    assert!(!lab.edge.xdp_attached(EDGE_IF), "the program is detached");
 }
 
 #[test]
@@ -297,20 +281,18 @@ fn the_daemon_needs_cap_bpf_and_cap_net_admin() {
         &["--bounding-set=-all", "--inh-caps=-all"][..],
         &["--reuid=65534", "--regid=65534", "--clear-groups"],
     ] {
-        let output = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.edge.name, "setpriv"])
-            .args(identity)
-            .arg("--")
-            .arg(firewall_tests::daemon::binary())
-            .args([
+        let wrapper = [&["setpriv"][..], identity, &["--"]].concat();
+        let output = run_in(
+            &lab.edge,
+            &wrapper,
+            &[
                 "daemon",
                 "--config",
                 path.to_str().unwrap(),
                 "--socket",
                 socket.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+            ],
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{identity:?}: {stderr}");
         assert!(
