@@ -32,8 +32,7 @@ use crate::{
 /// Reads, validates and compiles the config at `path`: the one path
 /// start-up, reload and `check` take, so all refuse exactly the same inputs.
 pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
-    let config = config::load(path)?;
-    system::check_interfaces(&config.interfaces, path)?;
+    let config = config::load(path, &system::interface_exists)?;
     let policy =
         policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
     if config.rules.is_empty() {
@@ -67,7 +66,7 @@ pub async fn run(config_path: PathBuf, socket_override: Option<PathBuf>) -> anyh
     let (config, policy) = load_policy(&config_path)?;
     system::check_privileges(&config_path)?;
     let socket_path = socket_override.unwrap_or_else(|| config.socket.clone());
-    let listener = bind_socket(&socket_path)?;
+    let (listener, _socket_file) = bind_socket(&socket_path)?;
 
     let mut datapath = Datapath::load()?;
     // Fill the maps before attaching: the first packet already sees the policy.
@@ -113,7 +112,6 @@ pub async fn run(config_path: PathBuf, socket_override: Option<PathBuf>) -> anyh
     info!("shutting down");
     server.abort();
     daemon.datapath.detach_all();
-    let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
 
@@ -234,8 +232,19 @@ impl Daemon {
     }
 }
 
+/// The control socket's file, removed when the daemon exits for any reason.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds the control socket, refusing to steal it from a running daemon.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+/// It is created with mode 0600: root only, since it reports the allowlist
+/// and will edit it.
+fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating the socket directory `{}`", parent.display()))?;
@@ -250,12 +259,15 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket `{}`", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket `{}`", path.display()))?;
-    // Root only: the socket reports the allowlist and, later, edits it.
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    // SAFETY: umask only changes this process's file creation mask; the
+    // daemon is single-threaded here and restores it right after.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener =
+        bound.with_context(|| format!("binding the control socket `{}`", path.display()))?;
+    Ok((listener, SocketFile(path.to_path_buf())))
 }
 
 async fn serve(listener: UnixListener, jobs: mpsc::Sender<Job>) {

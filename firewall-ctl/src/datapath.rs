@@ -199,7 +199,7 @@ impl Datapath {
     }
 
     /// Makes `policy` live atomically. On error the previous policy stays
-    /// live and untouched.
+    /// live and untouched; once this returns `Ok`, `policy` is live.
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         let idle = if self.active.ready() {
             1 - self.active.slot()
@@ -211,18 +211,30 @@ impl Datapath {
         self.set_active(ActivePolicy::new(idle, policy.enforce))?;
         self.slot_rules[idle as usize] =
             policy.rules.iter().map(|rule| rule.name.clone()).collect();
+        // The new policy is live: nothing below may report the apply as failed.
         if retiring.ready() {
-            // Packets that read `ACTIVE` before the switch may still count
-            // into the old slot; let them finish, then keep their totals.
-            std::thread::sleep(RETIRE_GRACE);
-            let slot = retiring.slot();
-            for (name, counter) in self.slot_rule_counters(slot)? {
-                let total = self.retired.entry(name).or_default();
-                total.packets += counter.packets;
-                total.bytes += counter.bytes;
-            }
+            self.retire_counters(retiring.slot());
         }
         Ok(())
+    }
+
+    /// Keeps the totals the rules of a slot just replaced had counted.
+    fn retire_counters(&mut self, slot: u32) {
+        // Packets that read `ACTIVE` before the switch may still count into
+        // the old slot; let them finish first.
+        std::thread::sleep(RETIRE_GRACE);
+        match self.slot_rule_counters(slot) {
+            Ok(counters) => {
+                for (name, counter) in counters {
+                    let total = self.retired.entry(name).or_default();
+                    total.packets += counter.packets;
+                    total.bytes += counter.bytes;
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "reading the replaced policy's rule counters failed; their counts before this reload are lost")
+            }
+        }
     }
 
     fn set_active(&mut self, active: ActivePolicy) -> Result<(), DatapathError> {

@@ -84,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -148,10 +149,7 @@ struct CheckedRule {
 }
 
 fn check(path: &Path, json: bool) -> anyhow::Result<()> {
-    let config = config::load(path)?;
-    system::check_interfaces(&config.interfaces, path)?;
-    let policy =
-        policy::compile(&config).with_context(|| format!("config `{}`", path.display()))?;
+    let (config, policy) = daemon::load_policy(path)?;
     let report = CheckReport {
         config: path.to_path_buf(),
         valid: true,

@@ -45,6 +45,15 @@ fn allowlist_is_enforced(mode: &str) {
     assert_eq!(status["interfaces"][0]["xdp_mode"], mode);
     assert_eq!(status["mode"], "enforce");
     assert!(lab.edge.xdp_attached(EDGE_IF));
+    let socket_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&daemon.socket).unwrap().permissions(),
+    );
+    assert_eq!(
+        socket_mode & 0o777,
+        0o600,
+        "the control socket is root-only"
+    );
+    let socket = daemon.socket.clone();
 
     // Allowlisted sources reach exposed ports, over IPv4 and IPv6.
     assert_eq!(tcp(VENDOR_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
@@ -87,6 +96,7 @@ fn allowlist_is_enforced(mode: &str) {
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("detached XDP program"), "{log}");
     assert!(!lab.edge.xdp_attached(EDGE_IF));
+    assert!(!socket.exists(), "the socket is removed on exit");
     assert_eq!(
         tcp(STRANGER_V4.into(), at(EDGE_V4, 443)),
         Connect::Connected

@@ -135,20 +135,21 @@ struct RawRule {
     allow_any_source: bool,
 }
 
-/// Reads and validates the config at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Reads and validates the config at `path`; `interface_exists` tells
+/// whether this host has an interface of that name.
+pub fn load(path: &Path, interface_exists: &dyn Fn(&str) -> bool) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text).map_err(|problems| ConfigError::Invalid {
+    parse(&text, interface_exists).map_err(|problems| ConfigError::Invalid {
         path: path.to_path_buf(),
         problems,
     })
 }
 
 /// Validates config text; every problem found is returned.
-pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+pub fn parse(text: &str, interface_exists: &dyn Fn(&str) -> bool) -> Result<Config, Vec<Problem>> {
     let raw: RawConfig = toml::from_str(text).map_err(|err| {
         vec![Problem {
             line: err.span().map(|span| line_of(text, &span)),
@@ -157,6 +158,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     })?;
     let mut validator = Validator {
         text,
+        interface_exists,
         problems: Vec::new(),
     };
     let config = validator.config(raw);
@@ -175,6 +177,7 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
 /// when no problem was found.
 struct Validator<'a> {
     text: &'a str,
+    interface_exists: &'a dyn Fn(&str) -> bool,
     problems: Vec<Problem>,
 }
 
@@ -201,6 +204,11 @@ impl Validator<'_> {
                 self.problem(
                     name,
                     format!("interface `{}` is listed twice", name.get_ref()),
+                );
+            } else if !(self.interface_exists)(name.get_ref()) {
+                self.problem(
+                    name,
+                    format!("interface `{}` does not exist on this host; `ip link` lists the interfaces", name.get_ref()),
                 );
             } else {
                 interfaces.push(name.get_ref().clone());

@@ -18,6 +18,11 @@ ports = ["22", "udp/4500", "tcp/8000-8080"]
 sources = ["198.51.100.7"]
 "#;
 
+/// Parses as on a host that has every interface.
+fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    super::parse(text, &|_| true)
+}
+
 fn problems(text: &str) -> Vec<Problem> {
     parse(text).expect_err("config should be rejected")
 }
@@ -197,7 +202,7 @@ fn load_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("firewall.toml");
     std::fs::write(&path, "interfaces = [\"eth0\"]\nbogus = 1\n").unwrap();
-    let message = load(&path).unwrap_err().to_string();
+    let message = load(&path, &|_| true).unwrap_err().to_string();
     assert!(
         message.starts_with(&format!(
             "config `{}` is invalid:\n  line 2: unknown field `bogus`",
@@ -205,8 +210,22 @@ fn load_names_the_file() {
         )),
         "{message}"
     );
-    let missing = load(&dir.path().join("missing.toml"))
+    let missing = load(&dir.path().join("missing.toml"), &|_| true)
         .unwrap_err()
         .to_string();
     assert!(missing.starts_with("cannot read config"), "{missing}");
+}
+
+#[test]
+fn missing_interfaces_are_named_with_their_line() {
+    let text = "interfaces = [\n  \"eth0\",\n  \"eth9\",\n]\n";
+    let problems = super::parse(text, &|name| name == "eth0").unwrap_err();
+    assert_eq!(
+        problems,
+        [Problem {
+            line: Some(3),
+            message: "interface `eth9` does not exist on this host; `ip link` lists the interfaces"
+                .to_string()
+        }]
+    );
 }
