@@ -1,0 +1,110 @@
+//! The data plane at its documented size: 64 rules and a quarter million
+//! prefixes per address family, loaded into the kernel and classifying.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use firewall_tests::{
+    addr::*,
+    daemon::Daemon,
+    frames::{tcp_v4, tcp_v6},
+    lab::Lab,
+    root_or_skip,
+    traffic::send_frames,
+};
+
+/// Every prefix of lengths /28 to /32 inside 198.18.0.0/15 (RFC 2544's
+/// benchmarking block; these addresses only appear in the config, never in
+/// traffic): 253,952 prefixes nested five deep.
+fn nested_v4_prefixes() -> Vec<String> {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    (28..=32u32)
+        .flat_map(|len| {
+            let count = 1u32 << (len - 15);
+            (0..count)
+                .map(move |index| format!("{}/{len}", Ipv4Addr::from(base + (index << (32 - len)))))
+        })
+        .collect()
+}
+
+/// 250,000 /64s inside 2001:db8::/32.
+fn v6_prefixes() -> Vec<String> {
+    (0..250_000u32)
+        .map(|index| {
+            format!(
+                "{}/64",
+                Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    (index >> 16) as u16,
+                    index as u16,
+                    0,
+                    0,
+                    0,
+                    0
+                )
+            )
+        })
+        .collect()
+}
+
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("\"{item}\""))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
+    if !root_or_skip("sixty_four_rules_and_a_quarter_million_prefixes_per_family") {
+        return;
+    }
+    let v4 = nested_v4_prefixes();
+    let v6 = v6_prefixes();
+    assert_eq!((v4.len(), v6.len()), (253_952, 250_000));
+    let mut config = String::from("interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\n");
+    config.push_str(&format!(
+        "[[rules]]\nname = \"feed\"\nports = [\"tcp/8443\"]\nsources = [{}, {}]\n",
+        quoted(&v4),
+        quoted(&v6)
+    ));
+    for index in 1..63 {
+        config.push_str(&format!("[[rules]]\nname = \"r{index}\"\nports = [\"udp/{}\"]\nsources = [\"192.0.2.{index}\"]\n", 1000 + index));
+    }
+    // The 64th rule, bit 63 of every rule set.
+    config.push_str("[[rules]]\nname = \"last\"\nports = [\"tcp/443\"]\nsources = [\"203.0.113.0/24\", \"2001:db8:1::/48\"]\n");
+
+    let lab = Lab::new();
+    let daemon = Daemon::start(&lab.edge, &config);
+    let status = daemon.status();
+    assert_eq!(status["rules"], 64);
+    assert_eq!(status["prefixes_v4"], 253_952 + 62 + 1);
+    // 2001:db8:1::/48 contains 2001:db8:1:x::/64 of the feed: both stay.
+    assert_eq!(status["prefixes_v6"], 250_000 + 1);
+
+    let before = daemon.stats();
+    send_frames(
+        &lab.peer,
+        PEER_IF,
+        vec![
+            tcp_v4(VENDOR_V4, 443),
+            tcp_v6(VENDOR_V6, 443),
+            tcp_v4(STRANGER_V4, 443),
+            tcp_v4(VENDOR_V4, 8443),
+        ],
+    );
+    let after = daemon.settled_stats();
+    assert_eq!(after.rule("last").0 - before.rule("last").0, 2);
+    assert_eq!(after.rule("feed").0 - before.rule("feed").0, 0);
+    assert_eq!(
+        after.drops("not_allowlisted") - before.drops("not_allowlisted"),
+        2
+    );
+
+    // A reload of the same size replaces it all, atomically.
+    let status = daemon.reload(&config.replace("name = \"last\"", "name = \"final\""));
+    assert_eq!(status["reloads"], 1, "{}", daemon.log());
+    send_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443)]);
+    assert_eq!(daemon.settled_stats().rule("final").0, 1);
+}
