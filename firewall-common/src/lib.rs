@@ -13,3 +13,4 @@ pub mod maps;
 pub mod model;
 pub mod reasons;
 pub mod verdict;
+pub mod wire;

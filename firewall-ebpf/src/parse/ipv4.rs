@@ -1,6 +1,9 @@
 //! IPv4, options included.
 
-use firewall_common::verdict::{Packet, Source};
+use firewall_common::{
+    verdict::{Packet, Source},
+    wire::{IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN},
+};
 
 use super::transport;
 use crate::cursor::Cursor;
@@ -20,23 +23,22 @@ struct Ipv4Hdr {
     destination: [u8; 4],
 }
 
-const HEADER_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
-const FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HEADER_LEN);
 
 #[inline(always)]
 pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
     let ip = cursor.read::<Ipv4Hdr>()?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4
-        || header_len < HEADER_LEN
+        || header_len < IPV4_HEADER_LEN
         || (u16::from_be_bytes(ip.total_len) as usize) < header_len
     {
         return Some(Packet::Malformed);
     }
     let source = Source::V4(ip.source);
-    if u16::from_be_bytes(ip.flags_fragment_offset) & FRAGMENT_OFFSET_MASK != 0 {
+    if u16::from_be_bytes(ip.flags_fragment_offset) & IPV4_FRAGMENT_OFFSET_MASK != 0 {
         return Some(Packet::LaterFragment { source });
     }
-    cursor.skip(header_len - HEADER_LEN);
+    cursor.skip(header_len - IPV4_HEADER_LEN);
     transport::parse(cursor, ip.protocol, source)
 }

@@ -3,6 +3,11 @@
 use firewall_common::{
     limits::MAX_IPV6_EXT_HEADERS,
     verdict::{Packet, Source},
+    wire::{
+        IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN,
+        IPV6_HEADER_LEN, IPV6_HOP_BY_HOP, IPV6_ROUTING, ipv6_authentication_header_len,
+        ipv6_options_header_len,
+    },
 };
 
 use super::transport;
@@ -36,11 +41,8 @@ struct FragmentHdr {
     id: [u8; 4],
 }
 
-const HOP_BY_HOP: u8 = 0;
-const ROUTING: u8 = 43;
-const FRAGMENT: u8 = 44;
-const AUTHENTICATION: u8 = 51;
-const DESTINATION_OPTIONS: u8 = 60;
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
+const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADER_LEN);
 
 #[inline(always)]
 pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
@@ -52,19 +54,17 @@ pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
     let mut next_header = ip.next_header;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
-            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
                 let ext = cursor.peek::<ExtHdr>()?;
-                // Length in 8-octet units, not counting the first 8 octets.
-                cursor.skip((ext.len as usize + 1) * 8);
+                cursor.skip(ipv6_options_header_len(ext.len));
                 next_header = ext.next_header;
             }
-            AUTHENTICATION => {
+            IPV6_AUTHENTICATION => {
                 let ext = cursor.peek::<ExtHdr>()?;
-                // Length in 4-octet units, minus 2 (RFC 4302).
-                cursor.skip((ext.len as usize + 2) * 4);
+                cursor.skip(ipv6_authentication_header_len(ext.len));
                 next_header = ext.next_header;
             }
-            FRAGMENT => {
+            IPV6_FRAGMENT => {
                 let fragment = cursor.read::<FragmentHdr>()?;
                 if u16::from_be_bytes(fragment.offset_flags) >> 3 != 0 {
                     return Some(Packet::LaterFragment { source });
@@ -75,9 +75,11 @@ pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
         }
     }
     match next_header {
-        HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS | AUTHENTICATION | FRAGMENT => {
-            Some(Packet::Malformed)
-        }
+        IPV6_HOP_BY_HOP
+        | IPV6_ROUTING
+        | IPV6_DESTINATION_OPTIONS
+        | IPV6_AUTHENTICATION
+        | IPV6_FRAGMENT => Some(Packet::Malformed),
         _ => transport::parse(cursor, next_header, source),
     }
 }

@@ -9,15 +9,13 @@ mod ipv4;
 mod ipv6;
 mod transport;
 
-use firewall_common::{limits::MAX_VLAN_DEPTH, verdict::Packet};
+use firewall_common::{
+    limits::MAX_VLAN_DEPTH,
+    verdict::Packet,
+    wire::{ARP_BODY_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
+};
 
 use crate::cursor::Cursor;
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -34,11 +32,10 @@ struct VlanHdr {
     ether_type: [u8; 2],
 }
 
-/// ARP for IPv4 over Ethernet, the only kind an Ethernet host answers.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct ArpBody {
-    bytes: [u8; 28],
+    bytes: [u8; ARP_BODY_LEN],
 }
 
 /// Parses the frame in `ctx`.
@@ -68,9 +65,4 @@ fn parse_ethernet(cursor: &mut Cursor) -> Option<Packet> {
         t if is_vlan(t) => Some(Packet::Malformed),
         _ => Some(Packet::NonIp),
     }
-}
-
-#[inline(always)]
-fn is_vlan(ether_type: u16) -> bool {
-    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }

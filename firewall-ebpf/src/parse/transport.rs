@@ -3,6 +3,7 @@
 use firewall_common::{
     maps::{PortKey, protocol},
     verdict::{Packet, Source, icmp_packet},
+    wire::{ICMP_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN},
 };
 
 use crate::cursor::Cursor;
@@ -29,7 +30,6 @@ struct UdpHdr {
     checksum: [u8; 2],
 }
 
-/// Type, code, checksum and the 4 bytes every ICMP message has after them.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct IcmpHdr {
@@ -38,6 +38,10 @@ struct IcmpHdr {
     checksum: [u8; 2],
     rest: [u8; 4],
 }
+
+const _: () = assert!(core::mem::size_of::<TcpHdr>() == TCP_HEADER_LEN);
+const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HEADER_LEN);
+const _: () = assert!(core::mem::size_of::<IcmpHdr>() == ICMP_HEADER_LEN);
 
 #[inline(always)]
 pub fn parse(cursor: &mut Cursor, ip_protocol: u8, source: Source) -> Option<Packet> {

@@ -1,6 +1,9 @@
 //! The reference classifier: the policy as the operator wrote it, evaluated
-//! rule by rule with no precomputation. It is slow and obviously correct, and
-//! tests compare the compiled maps (and the XDP program) against it.
+//! rule by rule with no precomputation, and [`frame::parse`], a slice-based
+//! parser with the XDP parser's semantics. Both are slow and plain; tests
+//! compare the compiled maps and the XDP program against them.
+
+pub mod frame;
 
 use crate::{
     maps::{PortKey, RuleSet},
