@@ -34,6 +34,19 @@ pub const fn is_vlan(ether_type: u16) -> bool {
     ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }
 
+/// Whether `next_header` is an extension header the parser walks.
+#[inline(always)]
+pub const fn is_ipv6_extension_header(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        IPV6_HOP_BY_HOP
+            | IPV6_ROUTING
+            | IPV6_FRAGMENT
+            | IPV6_AUTHENTICATION
+            | IPV6_DESTINATION_OPTIONS
+    )
+}
+
 /// Length of a hop-by-hop, routing or destination options header from its
 /// length byte (8-octet units, not counting the first 8).
 #[inline(always)]

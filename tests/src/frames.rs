@@ -134,6 +134,19 @@ impl Ext {
     }
 }
 
+/// The longest chain the parser walks: six headers, every kind.
+pub const LONGEST_EXTENSION_CHAIN: [Ext; 6] = [
+    Ext::HopByHop { units: 0 },
+    Ext::DestinationOptions { units: 1 },
+    Ext::Routing { units: 0 },
+    Ext::Fragment {
+        offset: 0,
+        more: true,
+    },
+    Ext::Authentication,
+    Ext::DestinationOptions { units: 0 },
+];
+
 /// IPv6 to the edge, through `chain` (outermost first), then `payload` of
 /// protocol `protocol`.
 pub fn ipv6(source: Ipv6Addr, chain: &[Ext], protocol: u8, payload: &[u8]) -> Vec<u8> {

@@ -51,16 +51,6 @@ impl Rng {
 
 /// Valid frames covering every parser path.
 fn templates() -> Vec<Vec<u8>> {
-    let six = [
-        Ext::HopByHop { units: 0 },
-        Ext::Routing { units: 1 },
-        Ext::Fragment {
-            offset: 0,
-            more: true,
-        },
-        Ext::Authentication,
-        Ext::DestinationOptions { units: 0 },
-    ];
     vec![
         tcp_v4(VENDOR_V4, 443),
         tcp_v4(INNER_V4, 22),
@@ -92,7 +82,11 @@ fn templates() -> Vec<Vec<u8>> {
             ETH_IPV6,
             &ipv6(VENDOR_V6, &[], UDP, &udp(4500, b"x")),
         ),
-        ethernet(&[], ETH_IPV6, &ipv6(VENDOR_V6, &six, TCP, &tcp_syn(443))),
+        ethernet(
+            &[],
+            ETH_IPV6,
+            &ipv6(VENDOR_V6, &LONGEST_EXTENSION_CHAIN, TCP, &tcp_syn(443)),
+        ),
         ethernet(
             &[],
             ETH_IPV6,

@@ -193,17 +193,7 @@ fn ipv6_extension_headers_are_walked_to_find_the_port() {
     }
     let lab = Lab::new();
     let daemon = start(&lab, "driver");
-    let six = [
-        Ext::HopByHop { units: 0 },
-        Ext::DestinationOptions { units: 1 },
-        Ext::Routing { units: 0 },
-        Ext::Fragment {
-            offset: 0,
-            more: true,
-        },
-        Ext::Authentication,
-        Ext::DestinationOptions { units: 0 },
-    ];
+    let six = LONGEST_EXTENSION_CHAIN;
     let seven = [six.as_slice(), &[Ext::DestinationOptions { units: 0 }]].concat();
     let frames = vec![
         v6_frame(VENDOR_V6, &six, TCP, &tcp_syn(443)),

@@ -95,14 +95,11 @@ fn ipv6(frame: &[u8], at: usize) -> Option<Packet> {
             _ => return transport(frame, at, next_header, source),
         }
     }
-    match next_header {
-        IPV6_HOP_BY_HOP
-        | IPV6_ROUTING
-        | IPV6_DESTINATION_OPTIONS
-        | IPV6_AUTHENTICATION
-        | IPV6_FRAGMENT => Some(Packet::Malformed),
-        _ => transport(frame, at, next_header, source),
+    // Still an extension header after the deepest we walk: too deep.
+    if is_ipv6_extension_header(next_header) {
+        return Some(Packet::Malformed);
     }
+    transport(frame, at, next_header, source)
 }
 
 fn transport(frame: &[u8], at: usize, ip_protocol: u8, source: Source) -> Option<Packet> {

@@ -6,7 +6,7 @@ use firewall_common::{
     wire::{
         IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN,
         IPV6_HEADER_LEN, IPV6_HOP_BY_HOP, IPV6_ROUTING, ipv6_authentication_header_len,
-        ipv6_options_header_len,
+        ipv6_options_header_len, is_ipv6_extension_header,
     },
 };
 
@@ -74,12 +74,9 @@ pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
             _ => return transport::parse(cursor, next_header, source),
         }
     }
-    match next_header {
-        IPV6_HOP_BY_HOP
-        | IPV6_ROUTING
-        | IPV6_DESTINATION_OPTIONS
-        | IPV6_AUTHENTICATION
-        | IPV6_FRAGMENT => Some(Packet::Malformed),
-        _ => transport::parse(cursor, next_header, source),
+    // Still an extension header after the deepest we walk: too deep.
+    if is_ipv6_extension_header(next_header) {
+        return Some(Packet::Malformed);
     }
+    transport::parse(cursor, next_header, source)
 }
