@@ -63,6 +63,13 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+impl core::ops::AddAssign for Counter {
+    fn add_assign(&mut self, other: Counter) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Which policy slot is live, and whether verdicts are enforced.
 ///
 /// Policy maps exist twice. User space fills the idle slot completely, then

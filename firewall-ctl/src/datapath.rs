@@ -226,9 +226,7 @@ impl Datapath {
         match self.slot_rule_counters(slot) {
             Ok(counters) => {
                 for (name, counter) in counters {
-                    let total = self.retired.entry(name).or_default();
-                    total.packets += counter.packets;
-                    total.bytes += counter.bytes;
+                    *self.retired.entry(name).or_default() += counter;
                 }
             }
             Err(err) => {
@@ -258,8 +256,11 @@ impl Datapath {
         )?;
         let name = names::PORTS[slot_index];
         let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
+        let wanted: std::collections::HashSet<PortKey> =
+            policy.ports.iter().map(|(key, _)| *key).collect();
         let stale: Vec<PortKey> = ports
             .keys()
+            .filter(|key| key.as_ref().map_or(true, |key| !wanted.contains(key)))
             .collect::<Result<_, _>>()
             .map_err(map_error(name))?;
         for key in stale {
@@ -331,12 +332,8 @@ impl Datapath {
         let rules = if self.active.ready() {
             self.slot_rule_counters(self.active.slot())?
                 .into_iter()
-                .map(|(name, live)| {
-                    let earlier = self.retired.get(&name).copied().unwrap_or_default();
-                    let total = Counter {
-                        packets: live.packets + earlier.packets,
-                        bytes: live.bytes + earlier.bytes,
-                    };
+                .map(|(name, mut total)| {
+                    total += self.retired.get(&name).copied().unwrap_or_default();
                     (name, total)
                 })
                 .collect()
@@ -355,9 +352,9 @@ impl Drop for Datapath {
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
-    values.fold(Counter::default(), |total, value| Counter {
-        packets: total.packets + value.packets,
-        bytes: total.bytes + value.bytes,
+    values.fold(Counter::default(), |mut total, value| {
+        total += *value;
+        total
     })
 }
 
