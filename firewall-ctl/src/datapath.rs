@@ -391,3 +391,55 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, SectionKind};
+
+    use super::PROGRAM;
+
+    /// Helpers the data plane may call, each in Linux 5.15 (the LTS floor
+    /// edge hosts run). Add one only after checking the kernel it arrived in.
+    const HELPERS_IN_5_15: [(i32, &str); 1] = [(1, "bpf_map_lookup_elem, Linux 3.19")];
+
+    const BPF_CALL: u8 = 0x85;
+    const SRC_HELPER: u8 = 0;
+    const SRC_LOCAL_FUNCTION: u8 = 1;
+
+    #[test]
+    fn the_xdp_program_calls_only_helpers_available_in_linux_5_15() {
+        let object = object::File::parse(PROGRAM).expect("the embedded object is ELF");
+        let mut calls = 0;
+        for section in object
+            .sections()
+            .filter(|section| section.kind() == SectionKind::Text)
+        {
+            let code = section.data().unwrap();
+            for instruction in code.chunks_exact(8) {
+                if instruction[0] != BPF_CALL {
+                    continue;
+                }
+                let source = instruction[1] >> 4;
+                let id = i32::from_le_bytes(instruction[4..8].try_into().unwrap());
+                match source {
+                    SRC_HELPER => assert!(
+                        HELPERS_IN_5_15.iter().any(|(allowed, _)| *allowed == id),
+                        "section {:?} calls helper {id}: check it exists in Linux 5.15, then list it",
+                        section.name()
+                    ),
+                    SRC_LOCAL_FUNCTION => {}
+                    // 2 is a kfunc: none is stable across LTS kernels.
+                    other => panic!(
+                        "section {:?} makes a call of kind {other} (kfunc?)",
+                        section.name()
+                    ),
+                }
+                calls += 1;
+            }
+        }
+        assert!(
+            calls > 0,
+            "no calls found: the scan is not reading the program"
+        );
+    }
+}
