@@ -22,7 +22,14 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
     }
     let toolchain = ebpf_toolchain()?;
     bpf_linker()?;
-    command_from_package("ip", "iproute2")?;
+    // What the end-to-end tests and the demo run.
+    for (command, package) in [
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("setpriv", "util-linux"),
+    ] {
+        command_from_package(command, package)?;
+    }
     println!("xtask setup: done");
     Ok(toolchain)
 }

@@ -1,21 +1,29 @@
 //! `cargo xtask test`: every test, unit and end-to-end.
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
+use anyhow::{Context as _, bail};
 use firewall_tests::lab::NETNS_PREFIX;
 
 use crate::{
-    cargo::{build_firewall_ctl, cargo, is_root, output, run as run_command},
+    cargo::{build_firewall_ctl, cargo, is_root, output},
     setup,
 };
 
+/// How `firewall_tests::root_or_skip` starts its line.
+const SKIP_MARKER: &str = "SKIPPED ";
+
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
-    if is_root() {
+    let root = is_root();
+    if root {
         remove_leftover_namespaces();
     } else {
         println!(
-            "xtask test: not root: end-to-end tests will say SKIPPED; run as root to run them"
+            "xtask test: not root: the end-to-end tests skip and say SKIPPED below; run as root to run them"
         );
     }
     // The end-to-end tests run this binary; build it first, fresh.
@@ -26,7 +34,70 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         &["test", "--workspace", "--exclude", "firewall-ebpf"],
     );
     test.args(extra).env("FIREWALL_CTL_BIN", binary);
-    run_command(&mut test)
+    if !root {
+        // A skipping test passes; show its captured SKIPPED line to count it.
+        if !extra.iter().any(|arg| arg == "--") {
+            test.arg("--");
+        }
+        test.arg("--show-output");
+    }
+    let totals = run_counting(&mut test)?;
+    // One plain closing line over all test binaries.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed - totals.skipped,
+        totals.failed,
+        totals.ignored + totals.skipped
+    );
+    if totals.failed > 0 {
+        bail!("{} test(s) failed", totals.failed);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    /// Passed without running because they need root.
+    skipped: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
+fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with(SKIP_MARKER) {
+            totals.skipped += 1;
+        }
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            for part in summary.split([';', '.']).map(str::trim) {
+                let count = |word: &str| {
+                    part.strip_suffix(word)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                };
+                if let Some(n) = count("passed") {
+                    totals.passed += n;
+                } else if let Some(n) = count("failed") {
+                    totals.failed += n;
+                } else if let Some(n) = count("ignored") {
+                    totals.ignored += n;
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && totals.failed == 0 {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(totals)
 }
 
 /// Namespaces of test runs that were killed before they could clean up:
