@@ -79,10 +79,10 @@ pub async fn run(config_path: PathBuf, socket_override: Option<PathBuf>) -> anyh
         config = %config_path.display(),
         socket = %socket_path.display(),
         mode = api::mode_name(config.enforce),
-        rules = policy.rules.len(),
+        rules = policy.rule_names.len(),
         prefixes_v4 = policy.v4.len(),
         prefixes_v6 = policy.v6.len(),
-        ports = policy.port_count(),
+        ports = policy.ports.len(),
         "firewall-ctl daemon running"
     );
 
@@ -124,10 +124,10 @@ impl Daemon {
                 self.last_reload_error = None;
                 info!(
                     mode = api::mode_name(self.config.enforce),
-                    rules = self.policy.rules.len(),
+                    rules = self.policy.rule_names.len(),
                     prefixes_v4 = self.policy.v4.len(),
                     prefixes_v6 = self.policy.v6.len(),
-                    ports = self.policy.port_count(),
+                    ports = self.policy.ports.len(),
                     "new policy applied"
                 );
             }
@@ -187,10 +187,10 @@ impl Daemon {
                     xdp_mode: attachment.mode,
                 })
                 .collect(),
-            rules: self.policy.rules.len(),
+            rules: self.policy.rule_names.len(),
             prefixes_v4: self.policy.v4.len(),
             prefixes_v6: self.policy.v6.len(),
-            ports: self.policy.port_count(),
+            ports: self.policy.ports.len(),
             policy_applied_at: self
                 .applied_at
                 .duration_since(UNIX_EPOCH)

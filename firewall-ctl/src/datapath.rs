@@ -209,8 +209,7 @@ impl Datapath {
         self.write_slot(idle, policy)?;
         let retiring = self.active;
         self.set_active(ActivePolicy::new(idle, policy.enforce))?;
-        self.slot_rules[idle as usize] =
-            policy.rules.iter().map(|rule| rule.name.clone()).collect();
+        self.slot_rules[idle as usize] = policy.rule_names.clone();
         // The new policy is live: nothing below may report the apply as failed.
         if retiring.ready() {
             self.retire_counters(retiring.slot());

@@ -2,6 +2,7 @@
 //! ports in XDP, and the CLI that talks to it.
 
 mod api;
+mod check;
 mod config;
 mod daemon;
 mod datapath;
@@ -9,11 +10,7 @@ mod output;
 mod policy;
 mod system;
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -91,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(daemon::run(config.clone(), cli.socket.clone()))
         }
-        CliCommand::Check { config } => check(config, cli.json),
+        CliCommand::Check { config } => print(cli.json, &check::report(config)?, output::check),
         CliCommand::Status => match api::call(&client_socket(), Command::Status)? {
             Response::Status(report) => print(cli.json, &report, output::status),
             other => unexpected(other),
@@ -120,87 +117,4 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> a
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),
     }
-}
-
-/// `firewall-ctl check --json`.
-#[derive(Serialize)]
-struct CheckReport {
-    config: PathBuf,
-    valid: bool,
-    interfaces: Vec<String>,
-    xdp_mode: config::XdpModeSetting,
-    mode: String,
-    socket: PathBuf,
-    rules: Vec<CheckedRule>,
-    /// Distinct prefixes after merging duplicates: what the maps will hold.
-    prefixes_v4: usize,
-    prefixes_v6: usize,
-    /// Distinct (protocol, port) pairs exposed.
-    ports: usize,
-}
-
-#[derive(Serialize)]
-struct CheckedRule {
-    name: String,
-    ports: Vec<String>,
-    sources_v4: usize,
-    sources_v6: usize,
-    comment: Option<String>,
-}
-
-fn check(path: &Path, json: bool) -> anyhow::Result<()> {
-    let (config, policy) = daemon::load_policy(path)?;
-    let report = CheckReport {
-        config: path.to_path_buf(),
-        valid: true,
-        interfaces: config.interfaces.clone(),
-        xdp_mode: config.xdp_mode,
-        mode: api::mode_name(config.enforce),
-        socket: config.socket.clone(),
-        rules: config
-            .rules
-            .iter()
-            .map(|rule| CheckedRule {
-                name: rule.name.clone(),
-                ports: rule.ports.iter().map(ToString::to_string).collect(),
-                sources_v4: rule.sources.iter().filter(|prefix| prefix.is_v4()).count(),
-                sources_v6: rule.sources.iter().filter(|prefix| !prefix.is_v4()).count(),
-                comment: rule.comment.clone(),
-            })
-            .collect(),
-        prefixes_v4: policy.v4.len(),
-        prefixes_v6: policy.v6.len(),
-        ports: policy.port_count(),
-    };
-    print(json, &report, |report| {
-        let rows: Vec<Vec<String>> = report
-            .rules
-            .iter()
-            .map(|rule| {
-                vec![
-                    rule.name.clone(),
-                    rule.ports.join(","),
-                    rule.sources_v4.to_string(),
-                    rule.sources_v6.to_string(),
-                ]
-            })
-            .collect();
-        let warning = if report.rules.is_empty() {
-            "warning: no rules, every port is closed\n"
-        } else {
-            ""
-        };
-        format!(
-            "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warning}",
-            report.config.display(),
-            report.mode,
-            report.interfaces.join(", "),
-            report.xdp_mode,
-            output::table(&["RULE", "PORTS", "IPV4", "IPV6"], &rows),
-            report.rules.len(),
-            report.prefixes_v4,
-            report.prefixes_v6,
-            report.ports,
-        )
-    })
 }

@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 
 use firewall_common::reasons::Reason;
 
-use crate::api::{StatsReport, StatusReport};
+use crate::{
+    api::{StatsReport, StatusReport},
+    check::CheckReport,
+};
 
 /// Left-aligns the first column and right-aligns the rest (numbers).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -105,6 +108,38 @@ pub fn stats(report: &StatsReport) -> String {
         table(&["RULE", "PACKETS", "BYTES"], &rules),
         table(&[drop_title, "PACKETS", "BYTES"], &by_reason(true)),
         table(&["PASSED", "PACKETS", "BYTES"], &by_reason(false)),
+    )
+}
+
+pub fn check(report: &CheckReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .rules
+        .iter()
+        .map(|rule| {
+            vec![
+                rule.name.clone(),
+                rule.ports.join(","),
+                rule.sources_v4.to_string(),
+                rule.sources_v6.to_string(),
+            ]
+        })
+        .collect();
+    let warning = if report.rules.is_empty() {
+        "warning: no rules, every port is closed\n"
+    } else {
+        ""
+    };
+    format!(
+        "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warning}",
+        report.config.display(),
+        report.mode,
+        report.interfaces.join(", "),
+        report.xdp_mode,
+        table(&["RULE", "PORTS", "IPV4", "IPV6"], &rows),
+        report.rules.len(),
+        report.prefixes_v4,
+        report.prefixes_v6,
+        report.ports,
     )
 }
 

@@ -11,7 +11,7 @@ use firewall_common::{
     maps::{PortKey, RuleSet},
 };
 
-use crate::config::{Config, PortRange, prefix::network_bits};
+use crate::config::{Config, prefix::network_bits};
 
 /// One LPM trie entry: a prefix and the rules of every configured prefix
 /// that contains it (an LPM lookup returns only the longest match, so the
@@ -24,18 +24,11 @@ pub struct PrefixEntry {
     pub rules: RuleSet,
 }
 
-/// A rule as the daemon reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuleSummary {
-    pub name: String,
-    pub ports: Vec<PortRange>,
-    pub sources: usize,
-}
-
 /// Everything the data plane needs, ready to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
-    pub rules: Vec<RuleSummary>,
+    /// Rule names in config order: bit `i` of a [`RuleSet`] is `rule_names[i]`.
+    pub rule_names: Vec<String>,
     pub v4: Vec<PrefixEntry>,
     pub v6: Vec<PrefixEntry>,
     pub ports: Vec<(PortKey, RuleSet)>,
@@ -82,15 +75,7 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
     // Cannot fail: there are only 2 x 65535 TCP and UDP ports.
     debug_assert!(ports.len() <= MAX_PORT_ENTRIES as usize);
     Ok(CompiledPolicy {
-        rules: config
-            .rules
-            .iter()
-            .map(|rule| RuleSummary {
-                name: rule.name.clone(),
-                ports: rule.ports.clone(),
-                sources: rule.sources.len(),
-            })
-            .collect(),
+        rule_names: config.rules.iter().map(|rule| rule.name.clone()).collect(),
         v4,
         v6,
         ports: ports.into_iter().collect(),
@@ -128,13 +113,6 @@ fn inherit_enclosing_rules(own: BTreeMap<(u128, u8), RuleSet>, width: u8) -> Vec
         entries.push(entry);
     }
     entries
-}
-
-impl CompiledPolicy {
-    /// Distinct (protocol, port) pairs exposed.
-    pub fn port_count(&self) -> usize {
-        self.ports.len()
-    }
 }
 
 #[cfg(test)]
