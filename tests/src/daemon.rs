@@ -48,6 +48,26 @@ pub fn run_in(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Output {
         .expect("running firewall-ctl in a namespace")
 }
 
+/// Waits `interval`, then calls `probe`, until it returns `Some` or
+/// `timeout` has passed (`None`). Waiting first means two probes are always
+/// at least `interval` apart.
+fn poll<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        std::thread::sleep(interval);
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
 /// A running daemon; stopped with SIGTERM on drop.
 pub struct Daemon {
     child: Option<Child>,
@@ -61,24 +81,21 @@ impl Daemon {
     /// `ns`; returns once it answers on its socket.
     pub fn start(ns: &Netns, config: &str) -> Daemon {
         let mut daemon = Daemon::spawn(ns, config);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let answered = poll(Duration::from_secs(20), Duration::from_millis(50), || {
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "daemon exited with {status} during start-up:\n{}",
                     daemon.log()
                 );
             }
-            if daemon.try_json(&["status"]).is_some() {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not answer within 20 s:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            daemon.try_json(&["status"])
+        });
+        assert!(
+            answered.is_some(),
+            "daemon did not answer within 20 s:\n{}",
+            daemon.log()
+        );
+        daemon
     }
 
     /// Starts the daemon and waits for it to exit; for configs it must refuse.
@@ -155,15 +172,13 @@ impl Daemon {
     /// in flight (veth delivers in a softirq after `sendto` returns).
     pub fn settled_stats(&self) -> Stats {
         let mut last = self.stats();
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(20));
+        let settled = poll(Duration::from_secs(1), Duration::from_millis(20), || {
             let now = self.stats();
-            if now.0 == last.0 {
-                return now;
-            }
+            let same = now.0 == last.0;
             last = now;
-        }
-        panic!("counters kept changing for a second: {last:?}");
+            same.then(|| last.clone())
+        });
+        settled.unwrap_or_else(|| panic!("counters kept changing for a second: {last:?}"))
     }
 
     /// Replaces the config file and sends SIGHUP; returns once the daemon
@@ -175,19 +190,11 @@ impl Daemon {
         let before = attempts(&self.status());
         std::fs::write(&self.config, config).unwrap();
         self.signal(libc::SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let status = poll(Duration::from_secs(10), Duration::from_millis(20), || {
             let status = self.status();
-            if attempts(&status) > before {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no reload within 10 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            (attempts(&status) > before).then_some(status)
+        });
+        status.unwrap_or_else(|| panic!("no reload within 10 s:\n{}", self.log()))
     }
 
     pub fn signal(&self, signal: i32) {

@@ -46,7 +46,12 @@ pub fn root_or_skip(test: &str) -> bool {
 /// Addresses inside the lab. The edge host runs the daemon; the peer host
 /// holds every other address, so one veth carries all traffic.
 pub mod addr {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    /// `ip` and `port` as one socket address.
+    pub fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+        SocketAddr::new(ip.into(), port)
+    }
 
     pub const EDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     pub const EDGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);

@@ -23,16 +23,21 @@ pub enum Connect {
     Refused,
 }
 
+/// A TCP socket of `address`'s family.
+fn tcp_socket(address: SocketAddr) -> Socket {
+    Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .expect("TCP socket")
+}
+
 /// Listens on `address` in `ns`; the kernel completes handshakes into the
 /// backlog, so nothing needs to accept.
 pub fn listen_tcp(ns: &Netns, address: SocketAddr) -> TcpListener {
     ns.run(move || {
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .unwrap();
+        let socket = tcp_socket(address);
         socket.set_reuse_address(true).unwrap();
         socket.bind(&address.into()).unwrap();
         socket.listen(128).unwrap();
@@ -43,12 +48,7 @@ pub fn listen_tcp(ns: &Netns, address: SocketAddr) -> TcpListener {
 /// Connects from `source` (an address of `ns`) to `target`.
 pub fn connect_tcp(ns: &Netns, source: IpAddr, target: SocketAddr) -> Connect {
     ns.run(move || {
-        let socket = Socket::new(
-            Domain::for_address(target),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .unwrap();
+        let socket = tcp_socket(target);
         socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
         match socket.connect_timeout(&target.into(), DROP_WAIT) {
             Ok(()) => Connect::Connected,

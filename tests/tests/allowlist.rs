@@ -11,10 +11,6 @@ use firewall_tests::{
     traffic::{Connect, bind_udp, connect_tcp, listen_tcp, udp_delivered},
 };
 
-fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
-
 fn allowlist_is_enforced(mode: &str) {
     let lab = Lab::new();
     let _listeners: Vec<_> = [

@@ -1,6 +1,6 @@
 //! Start-up, reload, monitor mode and the CLI's errors.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use firewall_tests::{
     addr::*,
@@ -11,10 +11,6 @@ use firewall_tests::{
     root_or_skip,
     traffic::{Connect, connect_tcp, flood_frames, listen_tcp, send_frames},
 };
-
-fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
 
 fn https(lab: &Lab, source: impl Into<IpAddr>) -> Connect {
     connect_tcp(&lab.peer, source.into(), at(EDGE_V4, 443))

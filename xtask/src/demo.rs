@@ -3,10 +3,11 @@
 //! bridge; a vendor, an office and a stranger host try to connect.
 //! The lab is removed at the end, on failure, and on Ctrl-C.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail};
 use firewall_tests::{
+    addr::{EDGE_V4, EDGE_V6, OFFICE_V4, STRANGER_V4, STRANGER_V6, VENDOR_V4, VENDOR_V6, at},
     daemon::Daemon,
     lab::{Netns, veth},
     traffic::{Connect, connect_tcp, listen_tcp},
@@ -21,9 +22,6 @@ use crate::{
 const PREFIX: &str = "fwdemo-";
 const HOSTS: [&str; 4] = ["edge", "vendor", "office", "stranger"];
 
-const EDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const EDGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
-
 /// One connection attempt and what `examples/firewall.toml` should make of it.
 struct Attempt {
     host: usize,
@@ -34,13 +32,13 @@ struct Attempt {
 }
 
 fn attempts() -> Vec<Attempt> {
-    let vendor: IpAddr = Ipv4Addr::new(203, 0, 113, 10).into();
-    let vendor6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).into();
-    let office: IpAddr = Ipv4Addr::new(198, 51, 100, 7).into();
-    let stranger: IpAddr = Ipv4Addr::new(192, 0, 2, 99).into();
-    let stranger6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99).into();
-    let v4 = |port| SocketAddr::new(EDGE_V4.into(), port);
-    let v6 = |port| SocketAddr::new(EDGE_V6.into(), port);
+    let vendor: IpAddr = VENDOR_V4.into();
+    let vendor6: IpAddr = VENDOR_V6.into();
+    let office: IpAddr = OFFICE_V4.into();
+    let stranger: IpAddr = STRANGER_V4.into();
+    let stranger6: IpAddr = STRANGER_V6.into();
+    let v4 = |port| at(EDGE_V4, port);
+    let v6 = |port| at(EDGE_V6, port);
     use Connect::{Connected, TimedOut};
     vec![
         Attempt {
@@ -148,23 +146,23 @@ pub fn run() -> anyhow::Result<()> {
         ns.ip("link set eth0 up");
     }
     let [edge, vendor, office, stranger] = [&hosts[0], &hosts[1], &hosts[2], &hosts[3]];
-    edge.ip("addr add 192.0.2.1/24 dev eth0");
-    edge.ip("addr add 2001:db8::1/64 dev eth0 nodad");
+    edge.ip(&format!("addr add {EDGE_V4}/24 dev eth0"));
+    edge.ip(&format!("addr add {EDGE_V6}/64 dev eth0 nodad"));
     for route in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/48"] {
         edge.ip(&format!("route add {route} dev eth0"));
     }
-    vendor.ip("addr add 203.0.113.10/24 dev eth0");
-    vendor.ip("addr add 2001:db8:1::10/64 dev eth0 nodad");
+    vendor.ip(&format!("addr add {VENDOR_V4}/24 dev eth0"));
+    vendor.ip(&format!("addr add {VENDOR_V6}/64 dev eth0 nodad"));
     vendor.ip("route add 192.0.2.0/24 dev eth0");
     vendor.ip("route add 2001:db8::/64 dev eth0");
-    office.ip("addr add 198.51.100.7/24 dev eth0");
+    office.ip(&format!("addr add {OFFICE_V4}/24 dev eth0"));
     office.ip("route add 192.0.2.0/24 dev eth0");
-    stranger.ip("addr add 192.0.2.99/24 dev eth0");
-    stranger.ip("addr add 2001:db8::99/64 dev eth0 nodad");
+    stranger.ip(&format!("addr add {STRANGER_V4}/24 dev eth0"));
+    stranger.ip(&format!("addr add {STRANGER_V6}/64 dev eth0 nodad"));
     let _listeners: Vec<_> = [443, 22, 8080]
         .into_iter()
-        .map(|port| listen_tcp(edge, SocketAddr::new(EDGE_V4.into(), port)))
-        .chain([listen_tcp(edge, SocketAddr::new(EDGE_V6.into(), 443))])
+        .map(|port| listen_tcp(edge, at(EDGE_V4, port)))
+        .chain([listen_tcp(edge, at(EDGE_V6, 443))])
         .collect();
 
     let config_path = workspace_root().join("examples/firewall.toml");
