@@ -13,21 +13,86 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::AttachMode;
+use crate::{
+    daemon::audit::AuditRecord,
+    datapath::AttachMode,
+    entries::Timestamp,
+    policy::explain::{ExplainReport, ListedEntry},
+};
 
 /// Bumped on incompatible changes; the daemon refuses other versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Status,
     Stats,
+    List {
+        rule: Option<String>,
+    },
+    /// `port` as the CLI took it (`443`, `tcp/443`, `udp/4500`).
+    Explain {
+        source: String,
+        port: String,
+    },
+    /// `since` as the CLI took it (a duration back from now, or a UTC time).
+    AuditLog {
+        since: Option<String>,
+    },
+    Allow(AllowRequest),
+    Remove(RemoveRequest),
+    Reload,
+}
+
+impl Command {
+    /// The name operators type, for messages and the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Stats => "stats",
+            Command::List { .. } => "list",
+            Command::Explain { .. } => "explain",
+            Command::AuditLog { .. } => "audit log",
+            Command::Allow(_) => "allow",
+            Command::Remove(_) => "remove",
+            Command::Reload => "reload",
+        }
+    }
+
+    /// Whether the command changes policy state (and so needs root or
+    /// `control_group`, not just `read_group`).
+    pub fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Command::Allow(_) | Command::Remove(_) | Command::Reload
+        )
+    }
+}
+
+/// Arguments are sent as typed, and validated by the daemon with the same
+/// code as the config, so the audit log records refused input as given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRequest {
+    pub prefixes: Vec<String>,
+    pub rule: Option<String>,
+    pub comment: Option<String>,
+    pub expires: Option<String>,
+    /// Required (with the rule's `allow_any_source`) for broad prefixes.
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveRequest {
+    pub prefixes: Vec<String>,
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,7 +106,84 @@ pub struct Request {
 pub enum Response {
     Status(StatusReport),
     Stats(StatsReport),
+    List(ListReport),
+    Explain(ExplainReport),
+    AuditLog(AuditLogReport),
+    Change(ChangeReport),
+    Reload(ReloadReport),
     Error(String),
+}
+
+/// `firewall-ctl list --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListReport {
+    pub entries: Vec<ListedEntry>,
+}
+
+/// `firewall-ctl audit log --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLogReport {
+    /// Oldest first.
+    pub records: Vec<AuditRecord>,
+    /// Lines that could not be read (a line torn by a crash).
+    pub unreadable_lines: usize,
+}
+
+/// What happened to one prefix of an `allow` or `remove`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryChangeKind {
+    Added,
+    /// Already there; its comment or expiry changed.
+    Updated,
+    /// Already there, exactly so.
+    Unchanged,
+    /// The rule already lists it in the config file.
+    InConfig,
+    Removed,
+}
+
+impl EntryChangeKind {
+    /// The name in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryChangeKind::Added => "added",
+            EntryChangeKind::Updated => "updated",
+            EntryChangeKind::Unchanged => "unchanged",
+            EntryChangeKind::InConfig => "in_config",
+            EntryChangeKind::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryChange {
+    pub rule: String,
+    pub prefix: String,
+    pub change: EntryChangeKind,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// `firewall-ctl allow --json` and `firewall-ctl remove --json`. Sent only
+/// once the change is durable and the data plane enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub changes: Vec<EntryChange>,
+    /// Something went wrong after the change was applied (e.g. the audit
+    /// log could not be written).
+    pub warnings: Vec<String>,
+}
+
+/// `firewall-ctl reload --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub rules: usize,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub ports: usize,
+    /// Map entries written to switch to the new policy.
+    pub changed_map_entries: usize,
+    pub warnings: Vec<String>,
 }
 
 /// `firewall-ctl status`.
@@ -66,6 +208,12 @@ pub struct StatusReport {
     pub reloads_rejected: u64,
     /// Why the last reload was rejected, if it was; cleared by a good one.
     pub last_reload_error: Option<String>,
+    /// Where runtime entries and the audit log live.
+    pub state_dir: PathBuf,
+    /// Entries added with `firewall-ctl allow` (included in the prefix counts).
+    pub runtime_entries: usize,
+    /// When the next runtime entry expires.
+    pub next_expiry: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,10 +253,17 @@ pub fn mode_name(enforce: bool) -> String {
 /// Sends one request to the daemon at `socket` and returns its answer.
 pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).map_err(|err| {
-        anyhow::anyhow!(
-            "no firewall-ctl daemon is listening on `{}` ({err}); start it with `firewall-ctl daemon --config /etc/firewall-ctl/firewall.toml`, or pass the daemon's `--socket PATH`",
-            socket.display()
-        )
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "permission denied on the control socket `{}`: run as root, or as a member of the config's `control_group` (changes) or `read_group` (status, stats, list, explain, audit log)",
+                socket.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "no firewall-ctl daemon is listening on `{}` ({err}); start it with `firewall-ctl daemon --config /etc/firewall-ctl/firewall.toml`, or pass the daemon's `--socket PATH`",
+                socket.display()
+            )
+        }
     })?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -133,7 +288,7 @@ pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
     let response: Response = serde_json::from_str(&answer)
         .with_context(|| format!("the daemon at `{}` sent an answer this CLI does not understand; are both the same version?", socket.display()))?;
     match response {
-        Response::Error(message) => bail!("the daemon refused: {message}"),
+        Response::Error(message) => bail!("{}", crate::text::escape_controls_in_lines(&message)),
         response => Ok(response),
     }
 }

@@ -5,13 +5,23 @@
 //! to the new policy, then one write to `ACTIVE` makes that slot live. A
 //! packet sees the whole old or the whole new policy; if writing the idle
 //! slot fails, the live slot was never touched.
+//!
+//! Only what differs is written: the datapath knows at which keys the idle
+//! slot may differ from the live policy (its *lag*: the keys of the last
+//! change), so a change writes those keys plus its own, not the whole
+//! policy. A one-prefix `allow` on a 250k-prefix policy is a few syscalls.
 
-use std::{collections::HashMap as StdHashMap, fmt, time::Duration};
+use std::{
+    collections::HashMap as StdHashMap,
+    fmt,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{Link as _, ProgramError, Xdp, XdpMode, xdp::XdpLink},
+    sys::SyscallError,
 };
 use firewall_common::{
     limits::MAX_RULES,
@@ -22,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::XdpModeSetting,
-    policy::{CompiledPolicy, PrefixEntry},
+    policy::{CompiledPolicy, PolicyDiff, PrefixKey, PrefixTable},
 };
 
 /// The XDP object built by `build.rs`.
@@ -41,6 +51,10 @@ pub enum DatapathError {
     Object(#[source] aya::EbpfError),
     #[error("the kernel rejected the XDP program: {0}")]
     Program(#[source] ProgramError),
+    #[error(
+        "another XDP program is already attached to `{interface}`; firewall-ctl does not replace it: see it with `ip link show {interface}`, remove it (`ip link set dev {interface} xdp off`, or stop the tool that attached it), then start again"
+    )]
+    Busy { interface: String },
     #[error("attaching XDP to `{interface}` in {mode} mode failed: {source}")]
     Attach {
         interface: String,
@@ -88,11 +102,35 @@ impl AttachMode {
     }
 }
 
-/// The program on one interface.
+/// The program on one interface. Owns the link: dropping it detaches.
 pub struct Attachment {
     pub interface: String,
     pub mode: AttachMode,
-    link: XdpLinkId,
+    link: XdpLink,
+}
+
+impl Attachment {
+    /// Detaches from the interface and says so.
+    pub fn detach(self) {
+        match self.link.detach() {
+            Ok(()) => info!(interface = self.interface, "detached XDP program"),
+            Err(err) => {
+                warn!(interface = self.interface, error = %err, "detaching XDP program failed")
+            }
+        }
+    }
+}
+
+/// Whether an attach failed because the interface already has an XDP program.
+fn is_busy(error: &ProgramError) -> bool {
+    let errno = match error {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        ProgramError::XdpError(aya::programs::XdpError::NetlinkError(netlink)) => {
+            netlink.raw_os_error()
+        }
+        _ => None,
+    };
+    matches!(errno, Some(libc::EBUSY | libc::EEXIST))
 }
 
 /// Counters read back from the kernel, summed over CPUs.
@@ -107,10 +145,15 @@ pub struct Counters {
 
 pub struct Datapath {
     ebpf: Ebpf,
-    attachments: Vec<Attachment>,
     active: ActivePolicy,
+    /// Keys at which the idle slot may differ from the live policy; `None`
+    /// when anything may (nothing written yet, or a write failed halfway).
+    idle_lag: Option<PolicyDiff>,
     /// Rule names of the policy written to each slot, in config order.
     slot_rules: [Vec<String>; 2],
+    /// When the idle slot stopped being live, until its rule counters have
+    /// been folded into `retired`.
+    retiring_since: Option<Instant>,
     /// What rules counted in slots since replaced, by rule name.
     retired: StdHashMap<String, Counter>,
 }
@@ -121,7 +164,7 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 
 impl Datapath {
     /// Loads the object and the program into the kernel; nothing is
-    /// attached yet, and every packet passes until [`Datapath::apply`].
+    /// attached yet, and every packet passes until the first [`Datapath::switch`].
     pub fn load() -> Result<Self, DatapathError> {
         let mut ebpf = Ebpf::load(PROGRAM).map_err(DatapathError::Object)?;
         let program: &mut Xdp = ebpf
@@ -132,9 +175,10 @@ impl Datapath {
         program.load().map_err(DatapathError::Program)?;
         Ok(Self {
             ebpf,
-            attachments: Vec::new(),
             active: ActivePolicy::default(),
+            idle_lag: None,
             slot_rules: [Vec::new(), Vec::new()],
+            retiring_since: None,
             retired: StdHashMap::new(),
         })
     }
@@ -151,15 +195,24 @@ impl Datapath {
         &mut self,
         interface: &str,
         setting: XdpModeSetting,
-    ) -> Result<AttachMode, DatapathError> {
+    ) -> Result<Attachment, DatapathError> {
         let attempt = |datapath: &mut Self, mode: AttachMode| {
-            datapath
-                .program()
+            let program = datapath.program();
+            program
                 .attach(interface, mode.flags())
-                .map_err(|source| DatapathError::Attach {
-                    interface: interface.to_string(),
-                    mode,
-                    source,
+                .and_then(|id| program.take_link(id))
+                .map_err(|source| {
+                    if is_busy(&source) {
+                        DatapathError::Busy {
+                            interface: interface.to_string(),
+                        }
+                    } else {
+                        DatapathError::Attach {
+                            interface: interface.to_string(),
+                            mode,
+                            source,
+                        }
+                    }
                 })
         };
         let (mode, link) = match setting {
@@ -167,6 +220,7 @@ impl Datapath {
             XdpModeSetting::Skb => (AttachMode::Skb, attempt(self, AttachMode::Skb)?),
             XdpModeSetting::Auto => match attempt(self, AttachMode::Driver) {
                 Ok(link) => (AttachMode::Driver, link),
+                Err(err @ DatapathError::Busy { .. }) => return Err(err),
                 Err(err) => {
                     warn!(interface, error = %err, "driver mode unavailable; falling back to generic (skb) mode, which is slower");
                     (AttachMode::Skb, attempt(self, AttachMode::Skb)?)
@@ -174,54 +228,101 @@ impl Datapath {
             },
         };
         info!(interface, %mode, "attached XDP program");
-        self.attachments.push(Attachment {
+        Ok(Attachment {
             interface: interface.to_string(),
             mode,
             link,
-        });
-        Ok(mode)
+        })
     }
 
-    pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
-    }
-
-    /// Detaches from every interface. Also happens on drop; this logs it.
-    pub fn detach_all(&mut self) {
-        for attachment in std::mem::take(&mut self.attachments) {
-            match self.program().detach(attachment.link) {
-                Ok(()) => info!(interface = attachment.interface, "detached XDP program"),
-                Err(err) => {
-                    warn!(interface = attachment.interface, error = %err, "detaching XDP program failed")
-                }
-            }
-        }
-    }
-
-    /// Makes `policy` live atomically. On error the previous policy stays
-    /// live and untouched; once this returns `Ok`, `policy` is live.
-    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        let idle = if self.active.ready() {
+    /// The slot that is not live (slot 0 before anything is live).
+    fn idle_slot(&self) -> u32 {
+        if self.active.ready() {
             1 - self.active.slot()
         } else {
             0
+        }
+    }
+
+    /// Makes `policy` live atomically: [`Datapath::write_idle`] then
+    /// [`Datapath::switch`]. On error the previous policy stays live.
+    pub fn apply(
+        &mut self,
+        policy: &CompiledPolicy,
+        changed: &PolicyDiff,
+    ) -> Result<(), DatapathError> {
+        self.write_idle(policy, changed)?;
+        self.switch(policy)
+    }
+
+    /// Makes the idle slot hold exactly `policy`, which differs from the
+    /// live policy at the keys in `changed`. Nothing live is touched; if
+    /// the caller then does not switch, the next write still knows what
+    /// the idle slot holds.
+    pub fn write_idle(
+        &mut self,
+        policy: &CompiledPolicy,
+        changed: &PolicyDiff,
+    ) -> Result<(), DatapathError> {
+        let slot = self.idle_slot();
+        self.fold_retired_counters(slot);
+        let lag = self.idle_lag.take();
+        let result = match &lag {
+            Some(lag) => {
+                let mut keys = lag.clone();
+                keys.extend(changed);
+                self.write_keys(slot, policy, &keys)
+            }
+            None => self.write_all(slot, policy),
         };
-        self.write_slot(idle, policy)?;
-        let retiring = self.active;
-        self.set_active(ActivePolicy::new(idle, policy.enforce))?;
-        self.slot_rules[idle as usize] = policy.rule_names.clone();
-        // The new policy is live: nothing below may report the apply as failed.
-        if retiring.ready() {
-            self.retire_counters(retiring.slot());
+        // If the write failed halfway, the slot holds a mix: `idle_lag`
+        // stays `None`, so the next write rewrites it whole.
+        result?;
+        self.zero_rule_counters(slot)?;
+        self.slot_rules[slot as usize] = policy.rule_names.clone();
+        self.idle_lag = Some(changed.clone());
+        Ok(())
+    }
+
+    /// Makes the idle slot, written by [`Datapath::write_idle`], live. The
+    /// slot that was live becomes idle and differs from the new live policy
+    /// exactly where the idle write did.
+    pub fn switch(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        let slot = self.idle_slot();
+        let was_live = self.active.ready();
+        let active = ActivePolicy::new(slot, policy.enforce);
+        let mut map: Array<&mut MapData, ActivePolicy> = self.map_mut(names::ACTIVE)?;
+        map.set(0, active, 0).map_err(map_error(names::ACTIVE))?;
+        self.active = active;
+        if was_live {
+            self.retiring_since = Some(Instant::now());
+        } else {
+            // The other slot has never been written.
+            self.idle_lag = None;
         }
         Ok(())
     }
 
-    /// Keeps the totals the rules of a slot just replaced had counted.
-    fn retire_counters(&mut self, slot: u32) {
-        // Packets that read `ACTIVE` before the switch may still count into
-        // the old slot; let them finish first.
-        std::thread::sleep(RETIRE_GRACE);
+    /// Whether the idle slot must be written whole before the next change
+    /// can be a diff. [`Datapath::prepare_idle`] does that ahead of time.
+    pub fn idle_needs_full_write(&self) -> bool {
+        self.idle_lag.is_none()
+    }
+
+    /// Writes the live `policy` into the idle slot too, so the next change
+    /// writes only its diff.
+    pub fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        self.write_idle(policy, &PolicyDiff::default())
+    }
+
+    /// Folds the rule counters of a slot that was live into `retired`,
+    /// before the slot is reused. Waits out the grace period first: packets
+    /// that read `ACTIVE` before the switch may still count into it.
+    fn fold_retired_counters(&mut self, slot: u32) {
+        let Some(since) = self.retiring_since.take() else {
+            return;
+        };
+        std::thread::sleep(RETIRE_GRACE.saturating_sub(since.elapsed()));
         match self.slot_rule_counters(slot) {
             Ok(counters) => {
                 for (name, counter) in counters {
@@ -229,45 +330,12 @@ impl Datapath {
                 }
             }
             Err(err) => {
-                warn!(error = %err, "reading the replaced policy's rule counters failed; their counts before this reload are lost")
+                warn!(error = %err, "reading the replaced policy's rule counters failed; their counts before this change are lost")
             }
         }
     }
 
-    fn set_active(&mut self, active: ActivePolicy) -> Result<(), DatapathError> {
-        let mut map: Array<&mut MapData, ActivePolicy> = self.map_mut(names::ACTIVE)?;
-        map.set(0, active, 0).map_err(map_error(names::ACTIVE))?;
-        self.active = active;
-        Ok(())
-    }
-
-    /// Makes `slot`'s maps hold exactly `policy` and zeroes its rule counters.
-    fn write_slot(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        let slot_index = slot as usize;
-        sync_prefixes(self, names::SOURCES_V4[slot_index], &policy.v4, |bits| {
-            (bits as u32).to_be_bytes()
-        })?;
-        sync_prefixes(
-            self,
-            names::SOURCES_V6[slot_index],
-            &policy.v6,
-            u128::to_be_bytes,
-        )?;
-        let name = names::PORTS[slot_index];
-        let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
-        let wanted: std::collections::HashSet<PortKey> =
-            policy.ports.iter().map(|(key, _)| *key).collect();
-        let stale: Vec<PortKey> = ports
-            .keys()
-            .filter(|key| key.as_ref().map_or(true, |key| !wanted.contains(key)))
-            .collect::<Result<_, _>>()
-            .map_err(map_error(name))?;
-        for key in stale {
-            ports.remove(&key).map_err(map_error(name))?;
-        }
-        for (key, rules) in &policy.ports {
-            ports.insert(key, rules, 0).map_err(map_error(name))?;
-        }
+    fn zero_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, err)| DatapathError::Cpus(err))?;
         let mut stats: PerCpuArray<&mut MapData, Counter> = self.map_mut(names::RULE_STATS)?;
         for rule in 0..MAX_RULES as u32 {
@@ -276,6 +344,64 @@ impl Datapath {
             stats
                 .set(rule_stats_index(slot, rule), zeros, 0)
                 .map_err(map_error(names::RULE_STATS))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `policy`'s value (or its absence) at each key of `keys`.
+    fn write_keys(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        keys: &PolicyDiff,
+    ) -> Result<(), DatapathError> {
+        let slot = slot as usize;
+        write_prefix_keys(
+            self,
+            names::SOURCES_V4[slot],
+            &policy.v4,
+            &keys.v4,
+            v4_bytes,
+        )?;
+        write_prefix_keys(
+            self,
+            names::SOURCES_V6[slot],
+            &policy.v6,
+            &keys.v6,
+            u128::to_be_bytes,
+        )?;
+        let name = names::PORTS[slot];
+        let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
+        for key in &keys.ports {
+            match policy.ports.get(key) {
+                Some(rules) => ports.insert(key, rules, 0),
+                None => ports.remove(key).or_else(absent_is_removed),
+            }
+            .map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `slot`'s maps hold exactly `policy`, whatever they held.
+    fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        let slot = slot as usize;
+        sync_prefixes(self, names::SOURCES_V4[slot], &policy.v4, v4_bytes)?;
+        sync_prefixes(self, names::SOURCES_V6[slot], &policy.v6, u128::to_be_bytes)?;
+        let name = names::PORTS[slot];
+        let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
+        let stale: Vec<PortKey> = ports
+            .keys()
+            .filter(|key| {
+                key.as_ref()
+                    .map_or(true, |key| !policy.ports.contains_key(key))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(map_error(name))?;
+        for key in stale {
+            ports.remove(&key).map_err(map_error(name))?;
+        }
+        for (key, rules) in &policy.ports {
+            ports.insert(key, rules, 0).map_err(map_error(name))?;
         }
         Ok(())
     }
@@ -328,11 +454,18 @@ impl Datapath {
                     .map_err(map_error(names::REASON_STATS))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut earlier = self.retired.clone();
+        if self.retiring_since.is_some() {
+            // Not folded into `retired` yet: still in the idle slot.
+            for (name, counter) in self.slot_rule_counters(self.idle_slot())? {
+                *earlier.entry(name).or_default() += counter;
+            }
+        }
         let rules = if self.active.ready() {
             self.slot_rule_counters(self.active.slot())?
                 .into_iter()
                 .map(|(name, mut total)| {
-                    total += self.retired.get(&name).copied().unwrap_or_default();
+                    total += earlier.get(&name).copied().unwrap_or_default();
                     (name, total)
                 })
                 .collect()
@@ -344,9 +477,19 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        self.detach_all();
+fn v4_bytes(bits: u128) -> [u8; 4] {
+    (bits as u32).to_be_bytes()
+}
+
+/// Deleting a key that is not there leaves the map as wanted.
+fn absent_is_removed(error: MapError) -> Result<(), MapError> {
+    match &error {
+        MapError::SyscallError(SyscallError { io_error, .. })
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        _ => Err(error),
     }
 }
 
@@ -357,20 +500,43 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
     })
 }
 
-/// Makes the LPM trie `name` hold exactly `entries`.
-fn sync_prefixes<const N: usize>(
+/// Writes `table`'s value (or its absence) at each of `keys` into the trie `name`.
+fn write_prefix_keys<const N: usize>(
     datapath: &mut Datapath,
     name: &'static str,
-    entries: &[PrefixEntry],
+    table: &PrefixTable,
+    keys: &std::collections::BTreeSet<PrefixKey>,
     to_bytes: fn(u128) -> [u8; N],
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
 {
     let mut trie: LpmTrie<&mut MapData, [u8; N], RuleSet> = datapath.map_mut(name)?;
-    let wanted: std::collections::HashSet<(u32, [u8; N])> = entries
-        .iter()
-        .map(|entry| (u32::from(entry.len), to_bytes(entry.bits)))
+    for key in keys {
+        let trie_key = Key::new(u32::from(key.1), to_bytes(key.0));
+        match table.get(key) {
+            Some(rules) => trie.insert(&trie_key, rules, 0),
+            None => trie.remove(&trie_key).or_else(absent_is_removed),
+        }
+        .map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+/// Makes the LPM trie `name` hold exactly `table`.
+fn sync_prefixes<const N: usize>(
+    datapath: &mut Datapath,
+    name: &'static str,
+    table: &PrefixTable,
+    to_bytes: fn(u128) -> [u8; N],
+) -> Result<(), DatapathError>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleSet> = datapath.map_mut(name)?;
+    let wanted: std::collections::HashSet<(u32, [u8; N])> = table
+        .entries()
+        .map(|(key, _)| (u32::from(key.1), to_bytes(key.0)))
         .collect();
     let stale: Vec<Key<[u8; N]>> = trie
         .keys()
@@ -384,9 +550,9 @@ where
     for key in stale {
         trie.remove(&key).map_err(map_error(name))?;
     }
-    for entry in entries {
-        let key = Key::new(u32::from(entry.len), to_bytes(entry.bits));
-        trie.insert(&key, entry.rules, 0).map_err(map_error(name))?;
+    for (key, rules) in table.entries() {
+        let trie_key = Key::new(u32::from(key.1), to_bytes(key.0));
+        trie.insert(&trie_key, rules, 0).map_err(map_error(name))?;
     }
     Ok(())
 }

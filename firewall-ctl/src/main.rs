@@ -6,32 +6,37 @@ mod check;
 mod config;
 mod daemon;
 mod datapath;
+mod entries;
+mod fsutil;
 mod output;
 mod policy;
 mod system;
+mod text;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    api::{Command, Response},
+    api::{AllowRequest, Command, RemoveRequest, Response},
     config::DEFAULT_SOCKET,
+    entries::RuntimeEntries,
 };
 
 #[derive(Parser)]
 #[command(
     name = "firewall-ctl",
     version,
-    about = "Allowlist exposed ports at the NIC with XDP"
+    about = "Allowlist exposed ports at the NIC with XDP",
+    long_about = "Allowlist exposed ports at the NIC with XDP.\n\nThe daemon (`firewall-ctl daemon`) loads an XDP program that drops every packet not destined to an exposed port from a source allowlisted for that port. The other commands talk to it over its control socket."
 )]
 struct Cli {
-    /// Control socket of the daemon [default: the config's `socket`, else /run/firewall-ctl/ctl.sock].
+    /// Control socket of the daemon [default: /run/firewall-ctl/ctl.sock].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Print machine-readable JSON instead of tables.
+    /// Print machine-readable JSON instead of tables (stable field names).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -40,10 +45,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum CliCommand {
-    /// Load and attach the XDP program and keep it in sync with the config (root).
+    /// Load and attach the XDP program and keep it in sync with the config and runtime entries (root).
     Daemon {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
+        /// Where runtime entries and the audit log live [default: the config's `state_dir`].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Validate a config without root and summarise it.
     Check {
@@ -54,6 +62,74 @@ enum CliCommand {
     Status,
     /// Packets and bytes per rule, per drop reason and per pass reason.
     Stats,
+    /// Add prefixes to a rule's allowlist at run time; returns once they are enforced.
+    Allow {
+        /// Prefixes or addresses, e.g. 203.0.113.0/24 2001:db8::/48 198.51.100.7.
+        #[arg(required = true, value_name = "CIDR")]
+        prefixes: Vec<String>,
+        /// The rule to add to [default: the rule with `default = true`, or the only rule].
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
+        /// Why the entry exists (ticket, vendor, person); shown by `list` and the audit log.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// Remove the entry after a duration (`2h`, `3d`) or at a UTC time (`2026-11-27T18:00:00Z`).
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// Allow 0.0.0.0/0, ::/0 and prefixes shorter than /8 or /16 (the rule needs `allow_any_source = true`).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove prefixes added with `allow` (config entries are changed in the config file).
+    #[command(alias = "revoke")]
+    Remove {
+        #[arg(required = true, value_name = "CIDR")]
+        prefixes: Vec<String>,
+        /// The rule to remove from [default: the one rule that has the prefix].
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
+    },
+    /// Every effective allowlist entry with its rule, origin, comment, author and expiry.
+    List {
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
+    },
+    /// Reload the config like SIGHUP, and report whether it was applied (exit code 1 if rejected).
+    Reload,
+    /// Why a packet from SOURCE to PORT would pass or drop: the rule and entry, or the drop reason.
+    Explain {
+        /// The packet's source address.
+        source: String,
+        /// Destination port: `443` (TCP), `tcp/443` or `udp/4500`.
+        #[arg(value_name = "[PROTO/]PORT")]
+        port: String,
+        /// Answer from this config file alone: no daemon, no root, no runtime entries.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print a shell completion script, e.g. `firewall-ctl completions bash > /etc/bash_completion.d/firewall-ctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `firewall-ctl man | man -l -`.
+    Man {
+        /// Write firewall-ctl.1 and one page per command into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Every change and refused attempt, oldest first.
+    Log {
+        /// Only records since a duration ago (`1h`, `7d`) or a UTC time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,13 +144,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client_socket = || {
-        cli.socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-    };
-    match &cli.command {
-        CliCommand::Daemon { config } => {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let call = |command| api::call(&socket, command);
+    let json = cli.json;
+    match cli.command {
+        CliCommand::Daemon { config, state_dir } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,20 +160,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            let overrides = daemon::Overrides {
+                socket: cli.socket,
+                state_dir,
+            };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon::run(config.clone(), cli.socket.clone()))
+                .block_on(daemon::run(config, overrides))
         }
-        CliCommand::Check { config } => print(cli.json, &check::report(config)?, output::check),
-        CliCommand::Status => match api::call(&client_socket(), Command::Status)? {
-            Response::Status(report) => print(cli.json, &report, output::status),
+        CliCommand::Check { config } => print(json, &check::report(&config)?, output::check),
+        CliCommand::Status => match call(Command::Status)? {
+            Response::Status(report) => print(json, &report, output::status),
             other => unexpected(other),
         },
-        CliCommand::Stats => match api::call(&client_socket(), Command::Stats)? {
-            Response::Stats(report) => print(cli.json, &report, output::stats),
+        CliCommand::Stats => match call(Command::Stats)? {
+            Response::Stats(report) => print(json, &report, output::stats),
             other => unexpected(other),
         },
+        CliCommand::Allow {
+            prefixes,
+            rule,
+            comment,
+            expires,
+            force,
+        } => {
+            let request = AllowRequest {
+                prefixes,
+                rule,
+                comment,
+                expires,
+                force,
+            };
+            match call(Command::Allow(request))? {
+                Response::Change(report) => print(json, &report, output::change),
+                other => unexpected(other),
+            }
+        }
+        CliCommand::Remove { prefixes, rule } => {
+            match call(Command::Remove(RemoveRequest { prefixes, rule }))? {
+                Response::Change(report) => print(json, &report, output::change),
+                other => unexpected(other),
+            }
+        }
+        CliCommand::List { rule } => match call(Command::List { rule })? {
+            Response::List(report) => print(json, &report, output::list),
+            other => unexpected(other),
+        },
+        CliCommand::Reload => match call(Command::Reload)? {
+            Response::Reload(report) => print(json, &report, output::reload),
+            other => unexpected(other),
+        },
+        CliCommand::Explain {
+            source,
+            port,
+            config: Some(path),
+        } => {
+            let (config, policy) = daemon::load_policy(&path)?;
+            let (source, port) =
+                policy::explain::parse_query(&source, &port).map_err(anyhow::Error::msg)?;
+            let report =
+                policy::explain::explain(&config, &RuntimeEntries::new(), &policy, source, port);
+            print(json, &report, output::explain)
+        }
+        CliCommand::Explain {
+            source,
+            port,
+            config: None,
+        } => match call(Command::Explain { source, port })? {
+            Response::Explain(report) => print(json, &report, output::explain),
+            other => unexpected(other),
+        },
+        CliCommand::Audit {
+            command: AuditCommand::Log { since },
+        } => match call(Command::AuditLog { since })? {
+            Response::AuditLog(report) => print(json, &report, output::audit_log),
+            other => unexpected(other),
+        },
+        CliCommand::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "firewall-ctl", &mut out);
+            write_stdout(&out)
+        }
+        CliCommand::Man { out_dir: None } => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            write_stdout(&out)
+        }
+        CliCommand::Man { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating `{}`", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into `{}`", dir.display()))
+        }
     }
 }
 
@@ -104,7 +260,7 @@ fn unexpected(response: Response) -> anyhow::Result<()> {
     anyhow::bail!("the daemon answered with something else: {response:?}")
 }
 
-/// Prints `value` as JSON or through `human`; a closed pipe is not an error.
+/// Prints `value` as JSON or through `human`.
 fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> anyhow::Result<()> {
     let text = if json {
         let mut text = serde_json::to_string_pretty(value)?;
@@ -113,8 +269,52 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> a
     } else {
         human(value)
     };
-    match std::io::stdout().write_all(text.as_bytes()) {
+    write_stdout(text.as_bytes())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    match std::io::stdout().write_all(bytes) {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_pages_come_from_the_cli_definition() {
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "firewall-ctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        for command in ["allow", "remove", "list", "explain", "reload", "audit"] {
+            assert!(
+                bash.contains(command),
+                "{command} missing from bash completions"
+            );
+        }
+        assert!(bash.contains("--expires"));
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.starts_with(".ie"), "{}", &man[..40]);
+        assert!(
+            man.contains("firewall\\-ctl\\-allow"),
+            "subcommands are listed"
+        );
     }
 }

@@ -5,25 +5,47 @@ use std::fmt::Write as _;
 use firewall_common::reasons::Reason;
 
 use crate::{
-    api::{StatsReport, StatusReport},
+    api::{AuditLogReport, ChangeReport, ListReport, ReloadReport, StatsReport, StatusReport},
     check::CheckReport,
+    entries::Timestamp,
+    policy::explain::{EntryRef, ExplainReport},
+    text::escape_controls,
 };
 
 /// Left-aligns the first column and right-aligns the rest (numbers).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
-    for row in rows {
+    aligned_table(headers, rows, false)
+}
+
+/// Every column left-aligned: for text columns.
+pub fn text_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    aligned_table(headers, rows, true)
+}
+
+fn aligned_table(headers: &[&str], rows: &[Vec<String>], all_left: bool) -> String {
+    // Cells hold operator input (comments, names): never let it drive the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape_controls(cell)).collect())
+        .collect();
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .map(|header| header.chars().count())
+        .collect();
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
     let header_row: Vec<String> = headers.iter().map(ToString::to_string).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
+    for row in std::iter::once(&header_row).chain(&rows) {
         let mut line = String::new();
         for (index, (cell, width)) in row.iter().zip(&widths).enumerate() {
             if index == 0 {
                 let _ = write!(line, "{cell:<width$}");
+            } else if all_left {
+                let _ = write!(line, "  {cell:<width$}");
             } else {
                 let _ = write!(line, "  {cell:>width$}");
             }
@@ -32,6 +54,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |value| value.to_string())
 }
 
 pub fn status(report: &StatusReport) -> String {
@@ -51,19 +77,205 @@ pub fn status(report: &StatusReport) -> String {
     let _ = writeln!(out, "interfaces  {}", interfaces.join(", "));
     let _ = writeln!(
         out,
-        "policy      {} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports; applied at unix time {}; {} reloads, {} rejected",
+        "policy      {} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports; applied {}; {} reloads, {} rejected",
         report.rules,
         report.prefixes_v4,
         report.prefixes_v6,
         report.ports,
-        report.policy_applied_at,
+        unix_time(report.policy_applied_at),
         report.reloads,
         report.reloads_rejected
     );
+    let _ = writeln!(
+        out,
+        "runtime     {} entries added with `allow`; next expiry {}; state in {}",
+        report.runtime_entries,
+        or_dash(report.next_expiry),
+        report.state_dir.display()
+    );
     if let Some(error) = &report.last_reload_error {
-        let _ = writeln!(out, "last reload REJECTED, running policy kept: {error}");
+        let _ = writeln!(
+            out,
+            "last reload REJECTED, running policy kept: {}",
+            crate::text::escape_controls_in_lines(error)
+        );
     }
     out
+}
+
+pub fn change(report: &ChangeReport) -> String {
+    let mut out = String::new();
+    for change in &report.changes {
+        let rule = escape_controls(&change.rule);
+        let expiry = change
+            .expires_at
+            .map_or(String::new(), |at| format!(", expires {at}"));
+        let _ = match change.change {
+            crate::api::EntryChangeKind::Added => {
+                writeln!(out, "added {} to rule `{rule}`{expiry}", change.prefix)
+            }
+            crate::api::EntryChangeKind::Updated => writeln!(
+                out,
+                "{} was already in rule `{rule}`; updated its comment or expiry{expiry}",
+                change.prefix
+            ),
+            crate::api::EntryChangeKind::Unchanged => writeln!(
+                out,
+                "{} is already in rule `{rule}`; nothing changed{expiry}",
+                change.prefix
+            ),
+            crate::api::EntryChangeKind::InConfig => writeln!(
+                out,
+                "{} is already in rule `{rule}` from the config file; nothing changed",
+                change.prefix
+            ),
+            crate::api::EntryChangeKind::Removed => {
+                writeln!(out, "removed {} from rule `{rule}`", change.prefix)
+            }
+        };
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "warning: {}", escape_controls(warning));
+    }
+    out
+}
+
+pub fn list(report: &ListReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .entries
+        .iter()
+        .map(|entry| {
+            vec![
+                entry.rule.clone(),
+                entry.prefix.to_string(),
+                entry.origin.to_string(),
+                or_dash(entry.comment.as_ref()),
+                or_dash(entry.added_by.as_ref()),
+                or_dash(entry.added_at),
+                or_dash(entry.expires_at),
+            ]
+        })
+        .collect();
+    text_table(
+        &[
+            "RULE", "PREFIX", "ORIGIN", "COMMENT", "ADDED BY", "ADDED AT", "EXPIRES",
+        ],
+        &rows,
+    )
+}
+
+pub fn reload(report: &ReloadReport) -> String {
+    let mut out = format!(
+        "config reloaded: {} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports; {} map entries changed\n",
+        report.rules,
+        report.prefixes_v4,
+        report.prefixes_v6,
+        report.ports,
+        report.changed_map_entries
+    );
+    for warning in &report.warnings {
+        let _ = writeln!(out, "warning: {}", escape_controls(warning));
+    }
+    out
+}
+
+fn entry_ref(entry: &EntryRef) -> String {
+    format!("{} ({})", entry.prefix, entry.origin)
+}
+
+pub fn explain(report: &ExplainReport) -> String {
+    let mut out = String::new();
+    let packet = format!("{} -> {}", report.source, report.port);
+    if let (Some(rule), Some(entry)) = (&report.rule, &report.entry) {
+        let _ = writeln!(
+            out,
+            "{packet}: PASS, allowed by rule `{}` through entry {}",
+            escape_controls(rule),
+            entry_ref(entry)
+        );
+        for other in report.admitted_by.iter().skip(1) {
+            let _ = writeln!(
+                out,
+                "  also admitted by rule `{}` through {} (counted under `{}`, the first in config order)",
+                escape_controls(&other.rule),
+                entry_ref(&other.entry),
+                escape_controls(rule)
+            );
+        }
+        return out;
+    }
+    let action = if report.mode == "monitor" {
+        "WOULD DROP (monitor mode: passed and counted)"
+    } else {
+        "DROP"
+    };
+    let _ = writeln!(out, "{packet}: {action}, reason {}", report.reason);
+    if report.reason == "port_closed" {
+        let _ = writeln!(out, "  no rule exposes {}", report.port);
+    }
+    for rule in &report.exposing_rules {
+        let nearest: Vec<String> = rule.nearest.iter().map(entry_ref).collect();
+        let _ = writeln!(
+            out,
+            "  rule `{}` exposes {} but does not list {}; nearest entries: {}",
+            escape_controls(&rule.rule),
+            report.port,
+            report.source,
+            if nearest.is_empty() {
+                "none of this address family".to_string()
+            } else {
+                nearest.join(", ")
+            }
+        );
+    }
+    out
+}
+
+pub fn audit_log(report: &AuditLogReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .records
+        .iter()
+        .map(|record| {
+            vec![
+                record.time.to_string(),
+                serde_json::to_value(record.action)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                serde_json::to_value(record.outcome)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                or_dash(record.user.as_ref()),
+                or_dash(record.rule.as_ref()),
+                if record.prefixes.is_empty() {
+                    "-".to_string()
+                } else {
+                    record.prefixes.join(",")
+                },
+                or_dash(record.detail.as_ref()),
+            ]
+        })
+        .collect();
+    let mut out = text_table(
+        &[
+            "TIME", "ACTION", "OUTCOME", "USER", "RULE", "PREFIXES", "DETAIL",
+        ],
+        &rows,
+    );
+    if report.unreadable_lines > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} unreadable line(s) skipped (torn by a crash?)",
+            report.unreadable_lines
+        );
+    }
+    out
+}
+
+/// For humans: seconds since the Unix epoch as a UTC time.
+pub fn unix_time(seconds: u64) -> Timestamp {
+    Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 pub fn stats(report: &StatsReport) -> String {

@@ -39,3 +39,198 @@ pub fn check_privileges(config: &Path) -> Result<(), SystemError> {
 pub fn interface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
+
+/// The host the daemon runs on, as the config sees it.
+pub struct LiveHost;
+
+impl crate::config::Host for LiveHost {
+    fn interface_exists(&self, name: &str) -> bool {
+        interface_exists(name)
+    }
+
+    fn group_id(&self, name: &str) -> Option<u32> {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|group| group.gid.as_raw())
+    }
+
+    fn non_socket_at(&self, path: &Path) -> Option<&'static str> {
+        crate::fsutil::kind_at(path).filter(|kind| *kind != "a socket")
+    }
+}
+
+/// The name of user `uid`, if the host knows one.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13), the same on every architecture the daemon
+/// targets; the libc crate does not export it for all of them.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the process that connected the Unix socket
+/// `fd`, as the kernel recorded them at connect().
+pub fn peer_groups(fd: std::os::fd::RawFd) -> std::io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer and its length are ours and consistent.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            // The kernel says how much room it needs.
+            groups.resize(count, 0);
+        } else {
+            return Err(err);
+        }
+    }
+}
+
+/// Sets (or, with `None`, removes) a POSIX ACL on `path` that gives group
+/// `gid` the same read-write access as the owning group; the rest of the
+/// ACL mirrors mode 0660.
+pub fn set_group_acl(path: &Path, gid: Option<u32>) -> std::io::Result<()> {
+    const NAME: &[u8] = b"system.posix_acl_access\0";
+    // Layout of `struct posix_acl_xattr_header` and `_entry` (linux/posix_acl_xattr.h).
+    const VERSION: u32 = 2;
+    const USER_OBJ: u16 = 0x01;
+    const GROUP_OBJ: u16 = 0x04;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const UNDEFINED_ID: u32 = u32::MAX;
+    const READ_WRITE: u16 = 0o6;
+    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    let Some(gid) = gid else {
+        // SAFETY: NUL-terminated path and name.
+        let rc = unsafe { libc::removexattr(path_c.as_ptr(), NAME.as_ptr().cast()) };
+        let err = std::io::Error::last_os_error();
+        return match rc {
+            0 => Ok(()),
+            _ if matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => Ok(()),
+            _ => Err(err),
+        };
+    };
+    let mut acl = VERSION.to_le_bytes().to_vec();
+    // Entries sorted by tag, then id, as the kernel requires.
+    for (tag, perm, id) in [
+        (USER_OBJ, READ_WRITE, UNDEFINED_ID),
+        (GROUP_OBJ, READ_WRITE, UNDEFINED_ID),
+        (GROUP, READ_WRITE, gid),
+        (MASK, READ_WRITE, UNDEFINED_ID),
+        (OTHER, 0, UNDEFINED_ID),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    // SAFETY: NUL-terminated path and name; the value buffer is ours.
+    let rc = unsafe {
+        libc::setxattr(
+            path_c.as_ptr(),
+            NAME.as_ptr().cast(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, so the connection
+/// limit, not the file limit, is what turns clients away.
+pub fn raise_file_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn peer_groups_are_the_connecting_process_groups() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let groups = peer_groups(std::os::fd::AsRawFd::as_raw_fd(&ours)).unwrap();
+        let mine: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|gid| gid.as_raw())
+            .collect();
+        let mut sorted = groups.clone();
+        sorted.sort();
+        let mut expected = mine;
+        expected.sort();
+        assert_eq!(sorted, expected);
+    }
+
+    #[test]
+    fn a_group_acl_can_be_set_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "").unwrap();
+        if set_group_acl(&path, Some(4242)).is_err() {
+            eprintln!("SKIPPED a_group_acl_can_be_set_and_removed: no ACL support here");
+            return;
+        }
+        let mut buffer = [0u8; 64];
+        let name = std::ffi::CString::new("system.posix_acl_access").unwrap();
+        let path_c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated strings and our buffer.
+        let len = unsafe {
+            libc::getxattr(
+                path_c.as_ptr(),
+                name.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        assert_eq!(len, 4 + 5 * 8);
+        assert_eq!(
+            u32::from_le_bytes(buffer[4 + 2 * 8 + 4..4 + 3 * 8].try_into().unwrap()),
+            4242
+        );
+        set_group_acl(&path, None).unwrap();
+        // SAFETY: as above.
+        let len = unsafe {
+            libc::getxattr(
+                path_c.as_ptr(),
+                name.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        assert_eq!(len, -1);
+    }
+}

@@ -2,8 +2,9 @@
 //! [`Config`] that cannot hold a bad value.
 //!
 //! Every problem in a file is reported at once, each with the file, the line
-//! and the value, and how to fix it. Nothing here does I/O beyond reading the
-//! file, so it is all unit-tested.
+//! and the value, and how to fix it. What the config says about the host
+//! (interfaces, groups, the socket path) is asked of a [`Host`], so all of
+//! it is unit-tested without one.
 
 pub mod ports;
 pub mod prefix;
@@ -19,10 +20,32 @@ use firewall_common::limits::MAX_RULES;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::{ports::PortRange, prefix::IpPrefix};
+pub use self::{
+    ports::PortRange,
+    prefix::{IpPrefix, PrefixError},
+};
+use crate::{
+    fsutil::{self, MAX_FILE_BYTES, ReadError},
+    text::escape_controls,
+};
 
 /// Where the control socket lives unless the config or `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/firewall-ctl/ctl.sock";
+
+/// Where runtime entries and the audit log live unless the config says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/firewall-ctl";
+
+/// What the config refers to on this host. The daemon and `check` ask the
+/// real host; tests describe one.
+pub trait Host {
+    /// Whether this network namespace has an interface `name`.
+    fn interface_exists(&self, name: &str) -> bool;
+    /// The id of group `name`, if it exists.
+    fn group_id(&self, name: &str) -> Option<u32>;
+    /// What is at `path` when it is not a Unix socket: `None` when nothing
+    /// or a socket is there, else a description ("a regular file").
+    fn non_socket_at(&self, path: &Path) -> Option<&'static str>;
+}
 
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +55,20 @@ pub struct Config {
     /// `false`: monitor mode, count what would be dropped but drop nothing.
     pub enforce: bool,
     pub socket: PathBuf,
+    /// Runtime entries and the audit log.
+    pub state_dir: PathBuf,
+    /// Members may change the allowlist through the socket (root always may).
+    pub control_group: Option<Group>,
+    /// Members may read status, stats, the allowlist and the audit log.
+    pub read_group: Option<Group>,
     pub rules: Vec<Rule>,
+}
+
+/// A group named in the config, resolved on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// How to attach the XDP program.
@@ -63,6 +99,76 @@ pub struct Rule {
     pub ports: Vec<PortRange>,
     pub sources: Vec<IpPrefix>,
     pub comment: Option<String>,
+    /// May list `0.0.0.0/0`, `::/0` and other broad prefixes.
+    pub allow_any_source: bool,
+    /// `firewall-ctl allow` without `--rule` adds here.
+    pub default: bool,
+}
+
+impl Config {
+    pub fn rule(&self, name: &str) -> Option<(usize, &Rule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.name == name)
+    }
+
+    /// The rule `firewall-ctl allow` adds to without `--rule`: the one
+    /// marked `default = true`, else the only rule.
+    pub fn default_rule(&self) -> Result<&Rule, String> {
+        if let Some(rule) = self.rules.iter().find(|rule| rule.default) {
+            return Ok(rule);
+        }
+        match self.rules.as_slice() {
+            [only] => Ok(only),
+            [] => Err("the config has no rules; add one to the config file and reload".to_string()),
+            rules => Err(format!(
+                "the config has {} rules and none is marked `default = true`; pass `--rule NAME` with one of: {}",
+                rules.len(),
+                rules
+                    .iter()
+                    .map(|rule| rule.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// Why a source prefix cannot go into a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    /// `0.0.0.0/0`, `::/0`, or shorter than /8 or /16, without the opt-in.
+    #[error("{}", broad_message(prefix))]
+    Broad { prefix: IpPrefix },
+}
+
+fn broad_message(prefix: &IpPrefix) -> String {
+    if prefix.is_any() {
+        format!("`{prefix}` lets every address in")
+    } else {
+        format!(
+            "`{prefix}` covers a large share of the internet (shorter than /{})",
+            if prefix.is_v4() {
+                prefix::MIN_V4_LEN
+            } else {
+                prefix::MIN_V6_LEN
+            }
+        )
+    }
+}
+
+/// Parses one source of a rule: the one check the config's `sources` and
+/// `firewall-ctl allow` share. `broad_allowed` is the rule's
+/// `allow_any_source` (and, for `allow`, `--force`).
+pub fn parse_source(text: &str, broad_allowed: bool) -> Result<IpPrefix, SourceError> {
+    let prefix: IpPrefix = text.parse()?;
+    if prefix.is_broad() && !broad_allowed {
+        return Err(SourceError::Broad { prefix });
+    }
+    Ok(prefix)
 }
 
 /// A config file that cannot be used. Nothing has been applied.
@@ -72,7 +178,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     #[error("config `{}` is invalid:\n{}", path.display(), Problems(problems))]
     Invalid {
@@ -113,7 +219,10 @@ struct RawConfig {
     xdp_mode: XdpModeSetting,
     #[serde(default = "enforce_by_default")]
     enforce: bool,
-    socket: Option<PathBuf>,
+    socket: Option<Spanned<PathBuf>>,
+    state_dir: Option<PathBuf>,
+    control_group: Option<Spanned<String>>,
+    read_group: Option<Spanned<String>>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -129,36 +238,38 @@ struct RawRule {
     ports: Spanned<Vec<Spanned<String>>>,
     sources: Spanned<Vec<Spanned<String>>>,
     comment: Option<String>,
-    /// Required to list `0.0.0.0/0` or `::/0`: opening a port to everyone
-    /// must be deliberate.
+    /// Required to list `0.0.0.0/0`, `::/0` or prefixes shorter than /8
+    /// (IPv4) or /16 (IPv6): opening a port to everyone must be deliberate.
     #[serde(default)]
     allow_any_source: bool,
+    default: Option<Spanned<bool>>,
 }
 
-/// Reads and validates the config at `path`; `interface_exists` tells
-/// whether this host has an interface of that name.
-pub fn load(path: &Path, interface_exists: &dyn Fn(&str) -> bool) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, interface_exists).map_err(|problems| ConfigError::Invalid {
+/// Reads and validates the config at `path` for `host`.
+pub fn load(path: &Path, host: &dyn Host) -> Result<Config, ConfigError> {
+    let text =
+        fsutil::read_regular_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    parse(&text, host).map_err(|problems| ConfigError::Invalid {
         path: path.to_path_buf(),
         problems,
     })
 }
 
 /// Validates config text; every problem found is returned.
-pub fn parse(text: &str, interface_exists: &dyn Fn(&str) -> bool) -> Result<Config, Vec<Problem>> {
+pub fn parse(text: &str, host: &dyn Host) -> Result<Config, Vec<Problem>> {
+    let lines = LineIndex::new(text);
     let raw: RawConfig = toml::from_str(text).map_err(|err| {
         vec![Problem {
-            line: err.span().map(|span| line_of(text, &span)),
-            message: err.message().trim_end().to_string(),
+            line: err.span().map(|span| lines.line_of(&span)),
+            message: escape_controls(err.message().trim_end()),
         }]
     })?;
     let mut validator = Validator {
-        text,
-        interface_exists,
+        lines,
+        host,
         problems: Vec::new(),
     };
     let config = validator.config(raw);
@@ -169,24 +280,62 @@ pub fn parse(text: &str, interface_exists: &dyn Fn(&str) -> bool) -> Result<Conf
     }
 }
 
-fn line_of(text: &str, span: &Range<usize>) -> usize {
-    text[..span.start.min(text.len())].matches('\n').count() + 1
+/// Byte offsets of line starts, so each problem finds its line in
+/// O(log n): reporting stays linear in the file however many problems it has.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        Self(
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+                .collect(),
+        )
+    }
+
+    /// 1-based line of the span's start.
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        self.0.partition_point(|&start| start <= span.start)
+    }
 }
 
 /// Collects problems while building a [`Config`]; the config is only used
 /// when no problem was found.
 struct Validator<'a> {
-    text: &'a str,
-    interface_exists: &'a dyn Fn(&str) -> bool,
+    lines: LineIndex,
+    host: &'a dyn Host,
     problems: Vec<Problem>,
 }
 
 impl Validator<'_> {
-    fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+    /// Records a problem at `at`'s line. Messages quote input, so control
+    /// characters are escaped here, once for all of them.
+    fn problem<T>(&mut self, at: &Spanned<T>, message: impl AsRef<str>) {
         self.problems.push(Problem {
-            line: Some(line_of(self.text, &at.span())),
-            message: message.into(),
+            line: Some(self.lines.line_of(&at.span())),
+            message: escape_controls(message.as_ref()),
         });
+    }
+
+    fn group(&mut self, key: &str, name: Option<Spanned<String>>) -> Option<Group> {
+        let name = name?;
+        match self.host.group_id(name.get_ref()) {
+            Some(gid) => Some(Group {
+                name: name.get_ref().clone(),
+                gid,
+            }),
+            None => {
+                self.problem(
+                    &name,
+                    format!(
+                        "`{key}`: group `{}` does not exist on this host; create it (`groupadd {}`) or remove the key",
+                        name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -205,7 +354,7 @@ impl Validator<'_> {
                     name,
                     format!("interface `{}` is listed twice", name.get_ref()),
                 );
-            } else if !(self.interface_exists)(name.get_ref()) {
+            } else if !self.host.interface_exists(name.get_ref()) {
                 self.problem(
                     name,
                     format!("interface `{}` does not exist on this host; `ip link` lists the interfaces", name.get_ref()),
@@ -224,16 +373,51 @@ impl Validator<'_> {
             });
         }
         let mut names = HashSet::new();
-        let rules = raw
-            .rules
-            .into_iter()
-            .map(|rule| self.rule(rule, &mut names))
-            .collect();
+        let mut default_rule: Option<String> = None;
+        let mut rules = Vec::new();
+        for raw_rule in raw.rules {
+            let is_default = raw_rule.default.clone();
+            let rule = self.rule(raw_rule, &mut names);
+            if let Some(is_default) = is_default.filter(|flag| *flag.get_ref()) {
+                if let Some(first) = &default_rule {
+                    self.problem(
+                        &is_default,
+                        format!(
+                            "rule `{}`: `default = true` is already set on rule `{first}`; only one rule can be the default",
+                            rule.name
+                        ),
+                    );
+                } else {
+                    default_rule = Some(rule.name.clone());
+                }
+            }
+            rules.push(rule);
+        }
+        let socket = match raw.socket {
+            Some(socket) => {
+                if let Some(kind) = self.host.non_socket_at(socket.get_ref()) {
+                    self.problem(
+                        &socket,
+                        format!(
+                            "`socket`: `{}` is {kind}, not a socket; firewall-ctl only ever replaces a stale socket, so choose another path",
+                            socket.get_ref().display()
+                        ),
+                    );
+                }
+                socket.into_inner()
+            }
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
         Config {
             interfaces,
             xdp_mode: raw.xdp_mode,
             enforce: raw.enforce,
-            socket: raw.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            socket,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            control_group: self.group("control_group", raw.control_group),
+            read_group: self.group("read_group", raw.read_group),
             rules,
         }
     }
@@ -277,15 +461,14 @@ impl Validator<'_> {
         }
         let mut sources = Vec::new();
         for text in raw.sources.get_ref() {
-            match text.get_ref().parse::<IpPrefix>() {
-                Ok(prefix) if prefix.is_any() && !raw.allow_any_source => self.problem(
+            match parse_source(text.get_ref(), raw.allow_any_source) {
+                Ok(prefix) => sources.push(prefix),
+                Err(err @ SourceError::Broad { .. }) => self.problem(
                     text,
                     format!(
-                        "rule `{name}`: `{}` lets every address in; if that is intended, add `allow_any_source = true` to the rule",
-                        text.get_ref()
+                        "rule `{name}`: {err}; if that is intended, add `allow_any_source = true` to the rule"
                     ),
                 ),
-                Ok(prefix) => sources.push(prefix),
                 Err(err) => self.problem(text, format!("rule `{name}`: {err}")),
             }
         }
@@ -294,6 +477,8 @@ impl Validator<'_> {
             ports,
             sources,
             comment: raw.comment,
+            allow_any_source: raw.allow_any_source,
+            default: raw.default.is_some_and(|flag| flag.into_inner()),
         }
     }
 }
@@ -317,4 +502,4 @@ fn check_interface_name(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,6 +4,8 @@
 use std::{fmt, str::FromStr};
 
 use firewall_common::maps::protocol;
+
+use crate::text::escape_controls;
 #[cfg(test)]
 use firewall_common::model;
 
@@ -63,31 +65,31 @@ impl FromStr for PortRange {
             "udp" => protocol::UDP,
             other if !other.is_empty() && other.bytes().all(|b| b.is_ascii_alphanumeric()) => {
                 return Err(PortError::Protocol {
-                    text: text.to_string(),
-                    protocol: other.to_string(),
+                    text: escape_controls(text),
+                    protocol: escape_controls(other),
                 });
             }
-            _ => return Err(PortError::Syntax(text.to_string())),
+            _ => return Err(PortError::Syntax(escape_controls(text))),
         };
         let (first_text, last_text) = range_text
             .split_once('-')
             .unwrap_or((range_text, range_text));
         let port = |port_text: &str| -> Result<u16, PortError> {
             if port_text.is_empty() || !port_text.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(PortError::Syntax(text.to_string()));
+                return Err(PortError::Syntax(escape_controls(text)));
             }
             match port_text.parse::<u32>() {
                 Ok(port @ 1..=65535) => Ok(port as u16),
                 _ => Err(PortError::OutOfRange {
-                    text: text.to_string(),
-                    port: port_text.to_string(),
+                    text: escape_controls(text),
+                    port: escape_controls(port_text),
                 }),
             }
         };
         let (first, last) = (port(first_text)?, port(last_text)?);
         if first > last {
             return Err(PortError::Inverted {
-                text: text.to_string(),
+                text: escape_controls(text),
                 protocol: protocol_name(protocol),
                 first,
                 last,

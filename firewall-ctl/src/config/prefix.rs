@@ -10,6 +10,8 @@ use std::{
 #[cfg(test)]
 use firewall_common::{model, verdict::Source};
 
+use crate::text::escape_controls;
+
 /// A validated network prefix: no host bits set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IpPrefix {
@@ -26,6 +28,12 @@ pub enum PrefixError {
     Syntax(String),
     #[error("`{text}` has a prefix length above {max}; IPv4 allows /0 to /32, IPv6 /0 to /128")]
     LengthTooLong { text: String, max: u8 },
+    #[error("`{text}` writes the prefix length with leading zeros; write `/{len}`")]
+    LeadingZeros { text: String, len: u16 },
+    #[error(
+        "`{text}` is an IPv4-mapped IPv6 prefix, which never matches IPv4 traffic (the data plane sees IPv4 packets as IPv4); write `{ipv4}`"
+    )]
+    Ipv4Mapped { text: String, ipv4: IpPrefix },
     #[error(
         "`{text}` has host bits set; write the network `{network}` (or `{address}` for that one host)"
     )]
@@ -50,6 +58,47 @@ impl IpPrefix {
     /// Matches every address of its family.
     pub fn is_any(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Shorter than /8 (IPv4) or /16 (IPv6): a large share of the internet,
+    /// which needs the same opt-in as `0.0.0.0/0` (two /1s would otherwise
+    /// bypass it).
+    pub fn is_broad(&self) -> bool {
+        self.len() < if self.is_v4() { MIN_V4_LEN } else { MIN_V6_LEN }
+    }
+
+    /// The IPv4 prefix this IPv6 prefix spells inside `::ffff:0:0/96`.
+    fn ipv4_mapped(&self) -> Option<IpPrefix> {
+        match self {
+            IpPrefix::V6 { address, len } if *len >= 96 => {
+                address.to_ipv4_mapped().map(|address| IpPrefix::V4 {
+                    address,
+                    len: len - 96,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `address` lies inside this prefix (families never mix).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (bits, width) = self.bits();
+        match (self, address) {
+            (IpPrefix::V4 { len, .. }, IpAddr::V4(v4)) => {
+                network_bits(u32::from(v4) as u128, *len, width) == bits
+            }
+            (IpPrefix::V6 { len, .. }, IpAddr::V6(v6)) => {
+                network_bits(u128::from(v6), *len, width) == bits
+            }
+            _ => false,
+        }
+    }
+
+    pub fn address(&self) -> IpAddr {
+        match self {
+            IpPrefix::V4 { address, .. } => IpAddr::V4(*address),
+            IpPrefix::V6 { address, .. } => IpAddr::V6(*address),
+        }
     }
 
     /// The address as an integer (IPv4 in the low 32 bits) and the family
@@ -77,6 +126,11 @@ impl IpPrefix {
     }
 }
 
+/// Shortest IPv4 prefix accepted without `allow_any_source`.
+pub const MIN_V4_LEN: u8 = 8;
+/// Shortest IPv6 prefix accepted without `allow_any_source`.
+pub const MIN_V6_LEN: u8 = 16;
+
 /// `bits` with everything after the first `len` of `width` bits cleared.
 pub fn network_bits(bits: u128, len: u8, width: u8) -> u128 {
     if len == 0 {
@@ -95,7 +149,7 @@ impl FromStr for IpPrefix {
     type Err = PrefixError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let syntax = || PrefixError::Syntax(text.to_string());
+        let syntax = || PrefixError::Syntax(escape_controls(text));
         let (address_text, len_text) = match text.split_once('/') {
             Some((address, len)) => (address, Some(len)),
             None => (text, None),
@@ -105,13 +159,20 @@ impl FromStr for IpPrefix {
         let len = match len_text {
             None => u16::from(max),
             Some(len) if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) => {
-                len.parse::<u16>().map_err(|_| syntax())?
+                let value = len.parse::<u16>().map_err(|_| syntax())?;
+                if len.len() > 1 && len.starts_with('0') {
+                    return Err(PrefixError::LeadingZeros {
+                        text: escape_controls(text),
+                        len: value,
+                    });
+                }
+                value
             }
             Some(_) => return Err(syntax()),
         };
         if len > u16::from(max) {
             return Err(PrefixError::LengthTooLong {
-                text: text.to_string(),
+                text: escape_controls(text),
                 max,
             });
         }
@@ -126,15 +187,17 @@ impl FromStr for IpPrefix {
                 len,
             },
         };
-        let network_address = match network {
-            IpPrefix::V4 { address, .. } => IpAddr::V4(address),
-            IpPrefix::V6 { address, .. } => IpAddr::V6(address),
-        };
-        if network_address != address {
+        if network.address() != address {
             return Err(PrefixError::HostBits {
-                text: text.to_string(),
+                text: escape_controls(text),
                 network,
                 address,
+            });
+        }
+        if let Some(ipv4) = network.ipv4_mapped() {
+            return Err(PrefixError::Ipv4Mapped {
+                text: escape_controls(text),
+                ipv4,
             });
         }
         Ok(network)
@@ -147,6 +210,19 @@ impl fmt::Display for IpPrefix {
             IpPrefix::V4 { address, len } => write!(f, "{address}/{len}"),
             IpPrefix::V6 { address, len } => write!(f, "{address}/{len}"),
         }
+    }
+}
+
+impl serde::Serialize for IpPrefix {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IpPrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -207,6 +283,73 @@ mod tests {
             "2001:db8::/129".parse::<IpPrefix>(),
             Err(PrefixError::LengthTooLong { max: 128, .. })
         ));
+    }
+
+    #[test]
+    fn leading_zeros_in_the_length_are_refused() {
+        assert_eq!(
+            "203.0.113.0/0024"
+                .parse::<IpPrefix>()
+                .unwrap_err()
+                .to_string(),
+            "`203.0.113.0/0024` writes the prefix length with leading zeros; write `/24`"
+        );
+        assert!("0.0.0.0/00".parse::<IpPrefix>().is_err());
+        assert!("0.0.0.0/0".parse::<IpPrefix>().is_ok());
+        assert!("2001:db8::/032".parse::<IpPrefix>().is_err());
+        // Leading zeros in an octet were never accepted (octal ambiguity).
+        assert!("203.0.113.010".parse::<IpPrefix>().is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_prefixes_are_refused_with_the_ipv4_spelling() {
+        for (mapped, ipv4) in [
+            ("::ffff:203.0.113.1", "203.0.113.1/32"),
+            ("::ffff:203.0.113.0/120", "203.0.113.0/24"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            let err = mapped.parse::<IpPrefix>().unwrap_err();
+            assert_eq!(
+                err,
+                PrefixError::Ipv4Mapped {
+                    text: mapped.to_string(),
+                    ipv4: ipv4.parse().unwrap()
+                }
+            );
+            assert!(
+                err.to_string().contains(&format!("write `{ipv4}`")),
+                "{err}"
+            );
+        }
+        // A broader IPv6 prefix that merely contains the mapped range is IPv6.
+        assert!("::/64".parse::<IpPrefix>().is_ok());
+    }
+
+    #[test]
+    fn broad_prefixes_are_those_shorter_than_8_or_16() {
+        let broad = |text: &str| text.parse::<IpPrefix>().unwrap().is_broad();
+        assert!(broad("0.0.0.0/1") && broad("128.0.0.0/1") && broad("0.0.0.0/7"));
+        assert!(!broad("10.0.0.0/8"));
+        assert!(broad("::/1") && broad("8000::/1") && broad("2000::/15"));
+        assert!(!broad("2001::/16"));
+    }
+
+    #[test]
+    fn control_characters_in_bad_input_are_escaped() {
+        let err = "203.0.113.0\u{1b}[2J"
+            .parse::<IpPrefix>()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+        assert!(err.contains("`203.0.113.0\\u{1b}[2J`"), "{err}");
+    }
+
+    #[test]
+    fn contains_checks_family_and_bits() {
+        let prefix: IpPrefix = "203.0.113.64/26".parse().unwrap();
+        assert!(prefix.contains("203.0.113.70".parse().unwrap()));
+        assert!(!prefix.contains("203.0.113.10".parse().unwrap()));
+        assert!(!prefix.contains("2001:db8::1".parse().unwrap()));
     }
 
     #[test]

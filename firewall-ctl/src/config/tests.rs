@@ -18,9 +18,44 @@ ports = ["22", "udp/4500", "tcp/8000-8080"]
 sources = ["198.51.100.7"]
 "#;
 
-/// Parses as on a host that has every interface.
-fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    super::parse(text, &|_| true)
+/// A host for tests: which interfaces and groups exist, what is at which path.
+pub struct TestHost {
+    pub interfaces: &'static [&'static str],
+    pub groups: &'static [(&'static str, u32)],
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// Has every interface, groups `fwctl` (gid 990) and `fwread` (991), and a
+/// regular file at `/etc/hosts`.
+pub const ANY_HOST: TestHost = TestHost {
+    interfaces: &[],
+    groups: &[("fwctl", 990), ("fwread", 991)],
+    files: &[("/etc/hosts", "a regular file")],
+};
+
+impl Host for TestHost {
+    fn interface_exists(&self, name: &str) -> bool {
+        self.interfaces.is_empty() || self.interfaces.contains(&name)
+    }
+
+    fn group_id(&self, name: &str) -> Option<u32> {
+        self.groups
+            .iter()
+            .find(|(group, _)| *group == name)
+            .map(|(_, gid)| *gid)
+    }
+
+    fn non_socket_at(&self, path: &Path) -> Option<&'static str> {
+        self.files
+            .iter()
+            .find(|(file, _)| Path::new(file) == path)
+            .map(|(_, kind)| *kind)
+    }
+}
+
+/// Parses as on [`ANY_HOST`].
+pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    super::parse(text, &ANY_HOST)
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -143,6 +178,136 @@ fn any_source_needs_an_explicit_opt_in() {
 }
 
 #[test]
+fn broad_prefixes_need_the_same_opt_in_so_two_halves_cannot_bypass_it() {
+    let (_, message) = only_problem(&with_rule(
+        "name = \"open\"\nports = [\"443\"]\nsources = [\"0.0.0.0/1\"]\n",
+    ));
+    assert_eq!(
+        message,
+        "rule `open`: `0.0.0.0/1` covers a large share of the internet (shorter than /8); if that is intended, add `allow_any_source = true` to the rule"
+    );
+    let halves = problems(&with_rule(
+        "name = \"open\"\nports = [\"443\"]\nsources = [\"0.0.0.0/1\", \"128.0.0.0/1\", \"::/1\", \"8000::/1\", \"2000::/15\"]\n",
+    ));
+    assert_eq!(halves.len(), 5, "{halves:#?}");
+    assert!(
+        halves
+            .iter()
+            .all(|problem| problem.message.contains("add `allow_any_source = true`"))
+    );
+    let config = parse(&with_rule(
+        "name = \"open\"\nports = [\"443\"]\nsources = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\nallow_any_source = true\n",
+    ))
+    .unwrap();
+    assert!(config.rules[0].allow_any_source);
+    assert!(
+        parse(&with_rule(
+            "name = \"a\"\nports = [\"443\"]\nsources = [\"10.0.0.0/8\", \"2001::/16\"]\n"
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn ipv4_mapped_sources_and_padded_lengths_are_refused() {
+    let (line, message) = only_problem(&with_rule(
+        "name = \"v\"\nports = [\"443\"]\nsources = [\"::ffff:203.0.113.1\"]\n",
+    ));
+    assert_eq!(line, Some(6));
+    assert!(message.contains("write `203.0.113.1/32`"), "{message}");
+    let (_, message) = only_problem(&with_rule(
+        "name = \"v\"\nports = [\"443\"]\nsources = [\"203.0.113.0/0024\"]\n",
+    ));
+    assert!(message.contains("write `/24`"), "{message}");
+}
+
+#[test]
+fn state_dir_groups_and_the_default_rule() {
+    let config = parse(
+        "interfaces = [\"eth0\"]\nstate_dir = \"/srv/fw\"\ncontrol_group = \"fwctl\"\nread_group = \"fwread\"\n\n[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"192.0.2.2\"]\ndefault = true\n",
+    )
+    .unwrap();
+    assert_eq!(config.state_dir, PathBuf::from("/srv/fw"));
+    assert_eq!(
+        config.control_group,
+        Some(Group {
+            name: "fwctl".to_string(),
+            gid: 990
+        })
+    );
+    assert_eq!(config.read_group.as_ref().unwrap().gid, 991);
+    assert_eq!(config.default_rule().unwrap().name, "b");
+
+    let defaults = parse("interfaces = [\"eth0\"]").unwrap();
+    assert_eq!(defaults.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(defaults.control_group, None);
+    assert!(defaults.default_rule().unwrap_err().contains("no rules"));
+
+    let (line, message) = only_problem("interfaces = [\"eth0\"]\nread_group = \"nobody-here\"\n");
+    assert_eq!(line, Some(2));
+    assert_eq!(
+        message,
+        "`read_group`: group `nobody-here` does not exist on this host; create it (`groupadd nobody-here`) or remove the key"
+    );
+}
+
+#[test]
+fn without_a_default_the_only_rule_is_it_and_otherwise_the_error_lists_the_rules() {
+    let one = parse(&with_rule(
+        "name = \"only\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(one.default_rule().unwrap().name, "only");
+    let two = parse(GOOD).unwrap();
+    assert_eq!(
+        two.default_rule().unwrap_err(),
+        "the config has 2 rules and none is marked `default = true`; pass `--rule NAME` with one of: jira-align, office_ssh"
+    );
+    let text = with_rule(
+        "name = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\ndefault = true\n\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"192.0.2.2\"]\ndefault = true\n",
+    );
+    let (line, message) = only_problem(&text);
+    assert_eq!(line, Some(13));
+    assert!(message.contains("already set on rule `a`"), "{message}");
+}
+
+#[test]
+fn a_socket_path_holding_anything_but_a_socket_is_refused() {
+    let (line, message) = only_problem("interfaces = [\"eth0\"]\nsocket = \"/etc/hosts\"\n");
+    assert_eq!(line, Some(2));
+    assert_eq!(
+        message,
+        "`socket`: `/etc/hosts` is a regular file, not a socket; firewall-ctl only ever replaces a stale socket, so choose another path"
+    );
+}
+
+#[test]
+fn control_characters_in_values_are_escaped_in_problems() {
+    let (_, message) = only_problem(&with_rule(
+        "name = \"a\\u001b[31m\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n",
+    ));
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(message.contains("a\\u{1b}[31m"), "{message}");
+}
+
+/// Problems are located through an index of line starts, not by rescanning
+/// the file for each; 40,000 problems are all reported, each on its line.
+#[test]
+fn many_problems_are_each_reported_on_their_line() {
+    let sources: Vec<String> = (0..40_000)
+        .map(|i| format!("  \"192.0.2.{}/24\",", i % 250 + 1))
+        .collect();
+    let text = with_rule(&format!(
+        "name = \"r\"\nports = [\"443\"]\nsources = [\n{}\n]\n",
+        sources.join("\n")
+    ));
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 40_000);
+    assert_eq!(problems[0].line, Some(7));
+    assert_eq!(problems[39_999].line, Some(40_006));
+}
+
+#[test]
 fn bad_ports_are_rejected_with_their_line() {
     let cases = [
         ("tcp/0", "port 0 is out of range"),
@@ -202,7 +367,7 @@ fn load_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("firewall.toml");
     std::fs::write(&path, "interfaces = [\"eth0\"]\nbogus = 1\n").unwrap();
-    let message = load(&path, &|_| true).unwrap_err().to_string();
+    let message = load(&path, &ANY_HOST).unwrap_err().to_string();
     assert!(
         message.starts_with(&format!(
             "config `{}` is invalid:\n  line 2: unknown field `bogus`",
@@ -210,7 +375,7 @@ fn load_names_the_file() {
         )),
         "{message}"
     );
-    let missing = load(&dir.path().join("missing.toml"), &|_| true)
+    let missing = load(&dir.path().join("missing.toml"), &ANY_HOST)
         .unwrap_err()
         .to_string();
     assert!(missing.starts_with("cannot read config"), "{missing}");
@@ -219,7 +384,11 @@ fn load_names_the_file() {
 #[test]
 fn missing_interfaces_are_named_with_their_line() {
     let text = "interfaces = [\n  \"eth0\",\n  \"eth9\",\n]\n";
-    let problems = super::parse(text, &|name| name == "eth0").unwrap_err();
+    let host = TestHost {
+        interfaces: &["eth0"],
+        ..ANY_HOST
+    };
+    let problems = super::parse(text, &host).unwrap_err();
     assert_eq!(
         problems,
         [Problem {

@@ -8,44 +8,18 @@ use firewall_common::{
     maps::protocol::{TCP, UDP},
     model::{self, ReferencePolicy, ReferenceRule},
     reasons::Reason,
-    verdict::{Packet, Policy, Source, decide},
+    verdict::{Packet, Source, decide},
 };
 
 use super::*;
-use crate::config;
-
-/// The compiled tables with kernel lookup semantics.
-struct Tables<'a>(&'a CompiledPolicy);
-
-fn longest_match(entries: &[PrefixEntry], address: u128, width: u8) -> RuleSet {
-    entries
-        .iter()
-        .filter(|entry| contains(entry.bits, entry.len, address, width, width))
-        .max_by_key(|entry| entry.len)
-        .map_or(0, |entry| entry.rules)
-}
-
-impl Policy for Tables<'_> {
-    fn source_rules(&self, source: &Source) -> RuleSet {
-        match source {
-            Source::V4(octets) => {
-                longest_match(&self.0.v4, u32::from_be_bytes(*octets) as u128, 32)
-            }
-            Source::V6(octets) => longest_match(&self.0.v6, u128::from_be_bytes(*octets), 128),
-        }
-    }
-
-    fn port_rules(&self, port: &PortKey) -> RuleSet {
-        self.0
-            .ports
-            .iter()
-            .find(|(key, _)| key == port)
-            .map_or(0, |(_, rules)| *rules)
-    }
-}
+use crate::{config, entries::RuntimeEntries};
 
 fn config(rules: &str) -> Config {
-    config::parse(&format!("interfaces = [\"eth0\"]\n{rules}"), &|_| true).unwrap()
+    config::tests::parse(&format!("interfaces = [\"eth0\"]\n{rules}")).unwrap()
+}
+
+fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
+    super::compile(config, &RuntimeEntries::new())
 }
 
 /// Checks compiled tables against the reference for every given packet.
@@ -74,7 +48,7 @@ fn assert_matches_reference(config: &Config, packets: &[Packet]) {
     let reference = ReferencePolicy(&rules);
     for packet in packets {
         assert_eq!(
-            decide(packet, &Tables(&compiled)),
+            decide(packet, &compiled),
             decide(packet, &reference),
             "{packet:?}"
         );
@@ -113,36 +87,25 @@ fn overlap_example_from_the_issue() {
     let config = config(OVERLAP);
     let compiled = compile(&config).unwrap();
     assert_eq!(
-        compiled.v4,
-        [
-            PrefixEntry {
-                bits: 0xcb00_7100,
-                len: 24,
-                rules: 0b01
-            },
-            PrefixEntry {
-                bits: 0xcb00_7140,
-                len: 26,
-                rules: 0b11
-            },
-        ]
+        compiled.v4.entries().collect::<Vec<_>>(),
+        [((0xcb00_7100, 24), 0b01), ((0xcb00_7140, 26), 0b11)]
     );
-    let tables = Tables(&compiled);
+    let tables = &compiled;
     let inner = v4("203.0.113.70");
     let outer = v4("203.0.113.10");
-    assert_eq!(decide(&tcp(inner, 443), &tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(inner, 22), &tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(inner, 22), &tables).rule, 1);
-    assert_eq!(decide(&tcp(outer, 443), &tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(inner, 443), tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(inner, 22), tables).reason, Reason::Allowed);
+    assert_eq!(decide(&tcp(inner, 22), tables).rule, 1);
+    assert_eq!(decide(&tcp(outer, 443), tables).reason, Reason::Allowed);
     assert_eq!(
-        decide(&tcp(outer, 22), &tables).reason,
+        decide(&tcp(outer, 22), tables).reason,
         Reason::NotAllowlisted
     );
     assert_eq!(
-        decide(&tcp(v4("192.0.2.1"), 443), &tables).reason,
+        decide(&tcp(v4("192.0.2.1"), 443), tables).reason,
         Reason::NotAllowlisted
     );
-    assert_eq!(decide(&tcp(outer, 80), &tables).reason, Reason::PortClosed);
+    assert_eq!(decide(&tcp(outer, 80), tables).reason, Reason::PortClosed);
 }
 
 #[test]
@@ -218,12 +181,8 @@ sources = ["203.0.113.0/24"]
     );
     let compiled = compile(&config).unwrap();
     assert_eq!(
-        compiled.v4,
-        [PrefixEntry {
-            bits: 0xcb00_7100,
-            len: 24,
-            rules: 0b11
-        }]
+        compiled.v4.entries().collect::<Vec<_>>(),
+        [((0xcb00_7100, 24), 0b11)]
     );
 }
 
@@ -244,7 +203,7 @@ sources = ["192.0.2.2"]
     );
     let compiled = compile(&config).unwrap();
     assert_eq!(
-        compiled.ports,
+        compiled.ports.into_iter().collect::<Vec<_>>(),
         [
             (PortKey::new(TCP, 8000), 0b01),
             (PortKey::new(TCP, 8001), 0b01),
@@ -260,13 +219,13 @@ fn any_source_covers_the_whole_family_only() {
         "[[rules]]\nname = \"open\"\nports = [\"443\"]\nsources = [\"0.0.0.0/0\"]\nallow_any_source = true\n",
     );
     let compiled = compile(&config).unwrap();
-    let tables = Tables(&compiled);
+    let tables = &compiled;
     assert_eq!(
-        decide(&tcp(v4("192.0.2.1"), 443), &tables).reason,
+        decide(&tcp(v4("192.0.2.1"), 443), tables).reason,
         Reason::Allowed
     );
     assert_eq!(
-        decide(&tcp(v6("2001:db8::1"), 443), &tables).reason,
+        decide(&tcp(v6("2001:db8::1"), 443), tables).reason,
         Reason::NotAllowlisted
     );
 }
@@ -293,5 +252,123 @@ fn a_quarter_million_prefixes_fit_and_more_do_not() {
     assert!(
         err.to_string().contains("262145 distinct IPv6 prefixes"),
         "{err}"
+    );
+}
+
+fn runtime(entries: &[(&str, &str)]) -> RuntimeEntries {
+    use crate::entries::{Requester, RuntimeEntry, Timestamp};
+    entries
+        .iter()
+        .map(|(rule, prefix)| {
+            let entry = RuntimeEntry {
+                rule: rule.to_string(),
+                prefix: prefix.parse().unwrap(),
+                comment: None,
+                added_by: Requester {
+                    uid: 0,
+                    user: None,
+                    pid: None,
+                },
+                added_at: Timestamp::now(),
+                expires_at: None,
+            };
+            (entry.key(), entry)
+        })
+        .collect()
+}
+
+#[test]
+fn runtime_entries_compile_as_if_the_config_listed_them() {
+    let listed = config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", \"192.0.2.7\"]\n\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"198.51.100.0/24\", \"2001:db8::/48\"]\n",
+    );
+    let partial = config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"198.51.100.0/24\"]\n",
+    );
+    let added = runtime(&[("a", "192.0.2.7"), ("b", "2001:db8::/48")]);
+    let with_runtime = super::compile(&partial, &added).unwrap();
+    assert_eq!(with_runtime, compile(&listed).unwrap());
+
+    // The same, one edit at a time, reports the keys it changed.
+    let mut incremental = compile(&partial).unwrap();
+    let mut diff = PolicyDiff::default();
+    incremental.set_listed(0, "192.0.2.7".parse().unwrap(), true, &mut diff);
+    incremental.set_listed(1, "2001:db8::/48".parse().unwrap(), true, &mut diff);
+    assert_eq!(incremental, with_runtime);
+    assert_eq!(
+        diff,
+        PolicyDiff::between(&compile(&partial).unwrap(), &with_runtime)
+    );
+    assert_eq!(diff.len(), 2);
+}
+
+#[test]
+fn runtime_entries_that_no_longer_fit_are_named() {
+    let config =
+        config("[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n");
+    let err = super::compile(
+        &config,
+        &runtime(&[("gone", "192.0.2.7"), ("a", "0.0.0.0/1")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`192.0.2.7/32` is in rule `gone`, which the config no longer has"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`0.0.0.0/1` is in rule `a`, which no longer has `allow_any_source = true`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("firewall-ctl remove PREFIX --rule NAME"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diffs_list_changed_added_and_removed_keys() {
+    let old = compile(&config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\", \"22\"]\nsources = [\"203.0.113.0/24\", \"192.0.2.1\"]\n",
+    ))
+    .unwrap();
+    let new = compile(&config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\", \"udp/53\"]\nsources = [\"203.0.113.0/24\", \"192.0.2.2\"]\n",
+    ))
+    .unwrap();
+    let diff = PolicyDiff::between(&old, &new);
+    assert_eq!(diff.v4.len(), 2, "{diff:?}");
+    assert_eq!(diff.ports.len(), 2, "{diff:?}");
+    assert!(PolicyDiff::between(&new, &new).len() == 0);
+}
+
+#[test]
+fn room_is_checked_before_anything_is_added() {
+    let compiled = compile(&config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n",
+    ))
+    .unwrap();
+    let prefixes: Vec<crate::config::IpPrefix> = (0..MAX_PREFIXES_PER_FAMILY)
+        .map(|index| {
+            format!("2001:db8::{:x}:{:x}", index >> 16, index & 0xffff)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(compiled.check_room_for(&prefixes).is_ok());
+    let mut one_more = prefixes;
+    one_more.push("2001:db8:1::1".parse().unwrap());
+    assert!(
+        compiled
+            .check_room_for(&one_more)
+            .unwrap_err()
+            .to_string()
+            .contains("IPv6")
+    );
+    // An existing prefix takes no room.
+    assert!(
+        compiled
+            .check_room_for(&["203.0.113.0/24".parse().unwrap()])
+            .is_ok()
     );
 }

@@ -1,0 +1,234 @@
+//! `firewall-ctl daemon`: load, attach, serve, reload, expire, detach.
+//!
+//! Three parts with one job each: this task owns start-up, signals and the
+//! attachments; [`writer`] is the single writer of policy state, on a
+//! thread of its own; [`server`] answers the control socket, reading the
+//! writer's published status for `status` and sending it everything else.
+
+pub mod audit;
+mod server;
+pub mod state;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{oneshot, watch},
+};
+use tracing::{info, warn};
+
+use self::{
+    audit::{Action, AuditLog, AuditRecord, Outcome},
+    server::Access,
+    state::StateStore,
+    writer::Writer,
+};
+use crate::{
+    api::{self, Command, InterfaceStatus, Response},
+    config::{self, Config},
+    datapath::{Attachment, Datapath},
+    entries::{self, Requester, RuntimeEntries, Timestamp},
+    policy::{self, CompiledPolicy, PolicyDiff},
+    system::{self, LiveHost},
+};
+
+/// Reads, validates and compiles the config at `path` alone: what `check`
+/// and `explain --config` see, refusing exactly what the daemon refuses.
+pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
+    let config = config::load(path, &LiveHost)?;
+    let policy = policy::compile(&config, &RuntimeEntries::new())
+        .with_context(|| format!("config `{}`", path.display()))?;
+    if config.rules.is_empty() {
+        warn!(config = %path.display(), "the config has no rules: every port is closed");
+    }
+    Ok((config, policy))
+}
+
+/// What the writer publishes after every change, so the socket can answer
+/// `status` (and check permissions) without waiting for it.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyStatus {
+    pub config: PathBuf,
+    pub mode: String,
+    pub rules: usize,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub ports: usize,
+    /// Unix time.
+    pub applied_at: u64,
+    pub reloads: u64,
+    pub reloads_rejected: u64,
+    pub last_reload_error: Option<String>,
+    pub state_dir: PathBuf,
+    pub runtime_entries: usize,
+    pub next_expiry: Option<Timestamp>,
+    pub access: Access,
+}
+
+/// Work for the writer.
+pub enum Job {
+    /// A command from the socket, or a reload from SIGHUP (no requester,
+    /// no reply).
+    Command {
+        command: Command,
+        requester: Option<Requester>,
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// A refusal the server decided on, to append to the audit log.
+    Audit(AuditRecord),
+}
+
+/// Where the daemon keeps its files and listens, from the command line or
+/// the config.
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    // Installed first, so a signal during start-up is not fatal.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+
+    let mut config = config::load(&config_path, &LiveHost)?;
+    system::check_privileges(&config_path)?;
+    system::raise_file_limit();
+    if let Some(state_dir) = overrides.state_dir {
+        config.state_dir = state_dir;
+    }
+    if let Some(socket) = overrides.socket {
+        config.socket = socket;
+    }
+    let (store, mut runtime) = StateStore::open(&config.state_dir)?;
+    let mut audit = AuditLog::open(&config.state_dir)
+        .with_context(|| format!("opening the audit log in `{}`", config.state_dir.display()))?;
+    drop_expired(&mut runtime, &store, &mut audit)?;
+    let policy = policy::compile(&config, &runtime).with_context(|| {
+        format!(
+            "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
+            config_path.display(),
+            store.path().display()
+        )
+    })?;
+    let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
+
+    let mut datapath = Datapath::load()?;
+    // Fill the maps before attaching: the first packet already sees the policy.
+    datapath.apply(&policy, &PolicyDiff::default())?;
+    let mut attachments: Vec<Attachment> = Vec::new();
+    for interface in &config.interfaces {
+        // On error `attachments` drops, detaching what was attached.
+        attachments.push(datapath.attach(interface, config.xdp_mode)?);
+    }
+    info!(
+        config = %config_path.display(),
+        socket = %config.socket.display(),
+        state_dir = %config.state_dir.display(),
+        mode = api::mode_name(config.enforce),
+        rules = policy.rule_names.len(),
+        prefixes_v4 = policy.v4.len(),
+        prefixes_v6 = policy.v6.len(),
+        ports = policy.ports.len(),
+        runtime_entries = runtime.len(),
+        "firewall-ctl daemon running"
+    );
+    let mut started = AuditRecord::new(Action::Start, None, Outcome::Applied);
+    started.detail = Some(format!(
+        "config `{}`, {} runtime entries",
+        config_path.display(),
+        runtime.len()
+    ));
+    if let Err(err) = audit.append(&started) {
+        warn!(error = %err, "appending to the audit log failed");
+    }
+
+    let interfaces = attachments
+        .iter()
+        .map(|attachment| InterfaceStatus {
+            name: attachment.interface.clone(),
+            xdp_mode: attachment.mode,
+        })
+        .collect();
+    let writer = Writer {
+        config_path,
+        socket: config.socket.clone(),
+        config,
+        runtime,
+        policy,
+        datapath,
+        store,
+        audit,
+        status: watch::channel(Arc::default()).0,
+        applied_at: SystemTime::now(),
+        reloads: 0,
+        reloads_rejected: 0,
+        last_reload_error: None,
+        expiry_retry_at: None,
+    };
+    let status = writer.status.subscribe();
+    writer.status.send_replace(Arc::new(writer.snapshot()));
+    let (jobs, pending) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("policy-writer".to_string())
+        .spawn(move || writer.run(pending))
+        .context("starting the policy writer thread")?;
+    let shared = Arc::new(server::Shared {
+        jobs: jobs.clone(),
+        status,
+        interfaces,
+        started: Instant::now(),
+    });
+    let server = tokio::spawn(server::serve(listener, shared));
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading config");
+                let _ = jobs.send(Job::Command { command: Command::Reload, requester: None, reply: None });
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("shutting down");
+    server.abort();
+    // The links are ours, not the writer's: detaching never waits for a
+    // change in progress.
+    for attachment in attachments {
+        attachment.detach();
+    }
+    Ok(())
+}
+
+/// Removes entries that expired while the daemon was not running, before
+/// anything is enforced, and audits each.
+fn drop_expired(
+    runtime: &mut RuntimeEntries,
+    store: &StateStore,
+    audit: &mut AuditLog,
+) -> anyhow::Result<()> {
+    let expired = entries::expired(runtime, SystemTime::now());
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let removed: Vec<_> = expired
+        .iter()
+        .filter_map(|key| runtime.remove(key))
+        .collect();
+    store.save(runtime)?;
+    for entry in removed {
+        info!(rule = entry.rule, prefix = %entry.prefix, "runtime entry expired while the daemon was stopped; removed");
+        let record = AuditRecord::expiry(entry, "expired while the daemon was stopped");
+        if let Err(err) = audit.append(&record) {
+            warn!(error = %err, "appending to the audit log failed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,526 @@
+//! The control socket: who may connect, who may do what, and a server that
+//! no client can stall.
+//!
+//! The socket is mode 0660, owned by root and `control_group`; members of
+//! `read_group` get access through a POSIX ACL entry. Every request is
+//! checked again against the peer's credentials (SO_PEERCRED and
+//! SO_PEERGROUPS, taken by the kernel at connect time): changes need uid 0
+//! or `control_group`, reads also allow `read_group`. Refusals are logged
+//! and audited.
+
+use std::{
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{Semaphore, oneshot, watch},
+};
+use tracing::{debug, warn};
+
+use super::{
+    Job, PolicyStatus,
+    audit::{self, Action, AuditRecord, Outcome},
+};
+use crate::{
+    api::{self, AuditLogReport, Command, InterfaceStatus, Request, Response, StatusReport},
+    entries::{Requester, Timestamp},
+    system,
+    text::escape_controls,
+};
+
+/// Concurrent control connections; past this, new ones are told so and
+/// closed at once. Far below the daemon's file limit, far above what
+/// operators and scripts need.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to read its answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who may use the socket, from the config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub control_group: Option<crate::config::Group>,
+    pub read_group: Option<crate::config::Group>,
+}
+
+impl Access {
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            control_group: config.control_group.clone(),
+            read_group: config.read_group.clone(),
+        }
+    }
+}
+
+/// A connected client's identity, as the kernel recorded it at connect().
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+    /// Primary and supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Whether `peer` may run `command`; the error says why not.
+pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), String> {
+    let member = |group: &Option<crate::config::Group>| {
+        group
+            .as_ref()
+            .is_some_and(|group| peer.groups.contains(&group.gid))
+    };
+    if peer.uid == 0 || member(&access.control_group) {
+        return Ok(());
+    }
+    let may_read = member(&access.read_group);
+    if may_read && !command.is_change() {
+        return Ok(());
+    }
+    let control = access
+        .control_group
+        .as_ref()
+        .map_or(String::new(), |group| {
+            format!(" or membership in group `{}`", group.name)
+        });
+    Err(if may_read {
+        format!(
+            "permission denied: `{}` changes the allowlist and needs root{control}; group `{}` may only read",
+            command.name(),
+            access
+                .read_group
+                .as_ref()
+                .map_or("", |group| group.name.as_str())
+        )
+    } else {
+        format!(
+            "permission denied: `{}` needs root{control}{}",
+            command.name(),
+            access.read_group.as_ref().map_or(String::new(), |group| {
+                if command.is_change() {
+                    String::new()
+                } else {
+                    format!(" or `{}`", group.name)
+                }
+            })
+        )
+    })
+}
+
+/// The control socket's file, removed when the daemon exits for any reason.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the control socket. Only a stale socket at `path` is ever
+/// replaced: anything else there is an error that names it.
+pub fn bind(path: &Path, access: &Access) -> anyhow::Result<(UnixListener, SocketFile)> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the socket directory `{}`", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("checking `{}`", path.display())),
+        Ok(metadata) => {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !metadata.file_type().is_socket() {
+                bail!(
+                    "`{}` is {}, not a socket; firewall-ctl only ever replaces a stale socket, so point `socket` (or `--socket`) elsewhere",
+                    path.display(),
+                    crate::fsutil::kind_at(path).unwrap_or("something else")
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another firewall-ctl daemon is already listening on `{}`; stop it first, or give this one another `--socket PATH`",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket `{}`", path.display()))?;
+        }
+    }
+    // SAFETY: umask only changes this process's file creation mask; the
+    // daemon has no other thread creating files yet and restores it at once.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener =
+        bound.with_context(|| format!("binding the control socket `{}`", path.display()))?;
+    let file = SocketFile(path.to_path_buf());
+    secure(path, access)?;
+    Ok((listener, file))
+}
+
+/// Gives the socket its owner, group and mode, and the `read_group` ACL.
+pub fn secure(path: &Path, access: &Access) -> anyhow::Result<()> {
+    let gid = access.control_group.as_ref().map_or(0, |group| group.gid);
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .with_context(|| format!("setting the owner of `{}`", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+        .with_context(|| format!("setting the mode of `{}`", path.display()))?;
+    let read_gid = access
+        .read_group
+        .as_ref()
+        .map(|group| group.gid)
+        .filter(|read| *read != gid);
+    system::set_group_acl(path, read_gid).with_context(|| {
+        format!(
+            "giving `read_group` access to `{}` needs POSIX ACLs on its file system; put the socket on one that has them (tmpfs, ext4, xfs) or drop `read_group`",
+            path.display()
+        )
+    })
+}
+
+/// What connection tasks share.
+pub struct Shared {
+    pub jobs: std::sync::mpsc::Sender<Job>,
+    pub status: watch::Receiver<Arc<PolicyStatus>>,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub started: Instant,
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        handle(stream, &shared).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => refuse_busy(&stream),
+            },
+            Err(err) => {
+                warn!(error = %err, "accepting a control connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Tells a client over the limit so, without waiting for it, and closes.
+fn refuse_busy(stream: &UnixStream) {
+    debug!("control connection refused: {MAX_CONNECTIONS} already open");
+    let mut line = serde_json::to_vec(&Response::Error(format!(
+        "the daemon has {MAX_CONNECTIONS} control connections open; try again in a moment"
+    )))
+    .expect("responses serialize");
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
+}
+
+/// Reads the peer's credentials from the connected socket.
+fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
+    let credentials = stream.peer_cred()?;
+    let mut groups = system::peer_groups(stream.as_raw_fd())?;
+    groups.push(credentials.gid());
+    Ok(Peer {
+        uid: credentials.uid(),
+        pid: credentials.pid(),
+        groups,
+    })
+}
+
+/// Parses one request line: version first, so an old or new client learns
+/// that before anything else.
+pub fn parse_request(line: &str) -> Result<Command, String> {
+    if line.trim().is_empty() {
+        return Err("empty request".to_string());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|err| format!("malformed request (not JSON: {err})"))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(version) if version == u64::from(api::PROTOCOL_VERSION) => {}
+        Some(version) => {
+            return Err(format!(
+                "protocol version {version} is not supported (this daemon speaks {}); use the firewall-ctl binary of the same release",
+                api::PROTOCOL_VERSION
+            ));
+        }
+        None => return Err("malformed request: no `version`".to_string()),
+    }
+    serde_json::from_value::<Request>(value)
+        .map(|request| request.command)
+        .map_err(|err| format!("malformed or unknown request: {err}"))
+}
+
+async fn handle(stream: UnixStream, shared: &Shared) {
+    let peer = match peer_of(&stream) {
+        Ok(peer) => peer,
+        Err(err) => {
+            warn!(error = %err, "reading a control client's credentials failed; closing");
+            return;
+        }
+    };
+    let (reader, mut writer) = stream.into_split();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(reader.take(api::MAX_REQUEST_BYTES)).read_line(&mut line),
+    )
+    .await;
+    let response = match read {
+        Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= api::MAX_REQUEST_BYTES => {
+            Response::Error(format!(
+                "request larger than {} bytes",
+                api::MAX_REQUEST_BYTES
+            ))
+        }
+        Ok(Ok(_)) => match parse_request(&line) {
+            Ok(command) => answer(command, peer, shared).await,
+            Err(message) => Response::Error(escape_controls(&message)),
+        },
+        Ok(Err(err)) => Response::Error(format!("reading the request failed: {err}")),
+        Err(_) => Response::Error(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
+    };
+    let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
+    bytes.push(b'\n');
+    let _ = tokio::time::timeout(RESPONSE_TIMEOUT, writer.write_all(&bytes)).await;
+}
+
+async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
+    let uid = peer.uid;
+    let user = tokio::task::spawn_blocking(move || system::user_name(uid))
+        .await
+        .ok()
+        .flatten();
+    let requester = Requester {
+        uid: peer.uid,
+        user,
+        pid: peer.pid,
+    };
+    let status = shared.status.borrow().clone();
+    if let Err(message) = authorize(&command, &peer, &status.access) {
+        warn!(command = command.name(), requester = %requester, "control request refused: permission denied");
+        let action = match &command {
+            Command::Allow(_) => Action::Allow,
+            Command::Remove(_) => Action::Remove,
+            Command::Reload => Action::Reload,
+            _ => Action::Read,
+        };
+        let mut record = AuditRecord::new(action, Some(requester), Outcome::Denied);
+        record.detail = Some(message.clone());
+        if let Command::Allow(request) = &command {
+            record.rule = request.rule.clone();
+            record.prefixes = request.prefixes.clone();
+        } else if let Command::Remove(request) = &command {
+            record.rule = request.rule.clone();
+            record.prefixes = request.prefixes.clone();
+        }
+        let _ = shared.jobs.send(Job::Audit(record));
+        return Response::Error(message);
+    }
+    match command {
+        Command::Status => Response::Status(status_report(&status, shared)),
+        Command::AuditLog { since } => audit_log(&status.state_dir, since).await,
+        command => {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Command {
+                command,
+                requester: Some(requester),
+                reply: Some(reply),
+            };
+            if shared.jobs.send(job).is_err() {
+                return Response::Error("the daemon is shutting down".to_string());
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_string()))
+        }
+    }
+}
+
+fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
+    StatusReport {
+        pid: std::process::id(),
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: status.config.clone(),
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        mode: status.mode.clone(),
+        interfaces: shared.interfaces.clone(),
+        rules: status.rules,
+        prefixes_v4: status.prefixes_v4,
+        prefixes_v6: status.prefixes_v6,
+        ports: status.ports,
+        policy_applied_at: status.applied_at,
+        reloads: status.reloads,
+        reloads_rejected: status.reloads_rejected,
+        last_reload_error: status.last_reload_error.clone(),
+        state_dir: status.state_dir.clone(),
+        runtime_entries: status.runtime_entries,
+        next_expiry: status.next_expiry,
+    }
+}
+
+/// Parses `--since`: a duration back from now (`1h`, `7d`) or a UTC time.
+pub fn parse_since(text: &str) -> Result<Timestamp, String> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(Timestamp(
+            std::time::SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        ));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp)
+        .map_err(|_| {
+            format!(
+                "`--since {}` is neither a duration (`1h`, `7d`) nor a UTC time (`2026-11-25T08:00:00Z`)",
+                escape_controls(text)
+            )
+        })
+}
+
+async fn audit_log(state_dir: &Path, since: Option<String>) -> Response {
+    let since = match since.as_deref().map(parse_since).transpose() {
+        Ok(since) => since,
+        Err(message) => return Response::Error(message),
+    };
+    let dir = state_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || audit::read(&dir, since)).await {
+        Ok(Ok((records, unreadable_lines))) => Response::AuditLog(AuditLogReport {
+            records,
+            unreadable_lines,
+        }),
+        Ok(Err(err)) => Response::Error(format!("reading the audit log failed: {err}")),
+        Err(err) => Response::Error(format!("reading the audit log failed: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{AllowRequest, RemoveRequest},
+        config::Group,
+    };
+
+    fn access() -> Access {
+        Access {
+            control_group: Some(Group {
+                name: "fwctl".to_string(),
+                gid: 990,
+            }),
+            read_group: Some(Group {
+                name: "fwread".to_string(),
+                gid: 991,
+            }),
+        }
+    }
+
+    fn peer(uid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            pid: Some(1),
+            groups: groups.to_vec(),
+        }
+    }
+
+    fn allow() -> Command {
+        Command::Allow(AllowRequest {
+            prefixes: vec!["192.0.2.1".to_string()],
+            rule: None,
+            comment: None,
+            expires: None,
+            force: false,
+        })
+    }
+
+    #[test]
+    fn root_and_control_group_may_change_read_group_may_read() {
+        let reads = [
+            Command::Status,
+            Command::Stats,
+            Command::List { rule: None },
+        ];
+        let changes = [
+            allow(),
+            Command::Remove(RemoveRequest {
+                prefixes: vec![],
+                rule: None,
+            }),
+            Command::Reload,
+        ];
+        for command in reads.iter().chain(&changes) {
+            assert_eq!(authorize(command, &peer(0, &[0]), &access()), Ok(()));
+            assert_eq!(
+                authorize(command, &peer(1000, &[1000, 990]), &access()),
+                Ok(())
+            );
+            assert!(authorize(command, &peer(1000, &[1000]), &access()).is_err());
+        }
+        for command in &reads {
+            assert_eq!(
+                authorize(command, &peer(1001, &[1001, 991]), &access()),
+                Ok(())
+            );
+        }
+        for command in &changes {
+            let err = authorize(command, &peer(1001, &[991]), &access()).unwrap_err();
+            assert!(err.starts_with("permission denied"), "{err}");
+            assert!(err.contains("group `fwctl`"), "{err}");
+        }
+        // Without groups in the config only root gets in.
+        assert!(authorize(&Command::Status, &peer(1000, &[990]), &Access::default()).is_err());
+    }
+
+    #[test]
+    fn requests_are_checked_for_version_and_shape() {
+        assert_eq!(
+            parse_request(r#"{"version":2,"command":"status"}"#),
+            Ok(Command::Status)
+        );
+        assert_eq!(
+            parse_request(r#"{"version":2,"command":{"list":{"rule":"vendor"}}}"#),
+            Ok(Command::List {
+                rule: Some("vendor".to_string())
+            })
+        );
+        let old = parse_request(r#"{"version":1,"command":"status"}"#).unwrap_err();
+        assert!(old.contains("protocol version 1 is not supported"), "{old}");
+        let unknown = parse_request(r#"{"version":2,"command":"format_disk"}"#).unwrap_err();
+        assert!(
+            unknown.contains("unknown variant `format_disk`"),
+            "{unknown}"
+        );
+        for garbage in ["", "garbage", "{}", "[1,2]", r#"{"version":"2"}"#] {
+            assert!(parse_request(garbage).is_err(), "{garbage}");
+        }
+        let extra = parse_request(
+            r#"{"version":2,"command":{"allow":{"prefixes":[],"rule":null,"comment":null,"expires":null,"force":false,"sudo":true}}}"#,
+        )
+        .unwrap_err();
+        assert!(extra.contains("unknown field `sudo`"), "{extra}");
+    }
+
+    #[test]
+    fn since_takes_durations_and_times() {
+        let hour_ago = parse_since("1h").unwrap();
+        assert!(hour_ago.0 < std::time::SystemTime::now());
+        assert_eq!(
+            parse_since("2026-11-25T08:00:00Z").unwrap().to_string(),
+            "2026-11-25T08:00:00Z"
+        );
+        assert!(
+            parse_since("yesterday")
+                .unwrap_err()
+                .contains("neither a duration")
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Runtime entries on disk: `state_dir/allowlist.toml`, written by the
+//! daemon only, atomically and durably, and never silently discarded.
+//!
+//! A file the daemon cannot use stops it with an error that names the file
+//! and how to recover; the file is left exactly as it was.
+
+use std::{
+    fs::{DirBuilder, File},
+    io,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    entries::{RuntimeEntries, RuntimeEntry},
+    fsutil::{self, MAX_FILE_BYTES, ReadError},
+};
+
+/// The state file, inside `state_dir`.
+pub const STATE_FILE: &str = "allowlist.toml";
+/// Held locked while a daemon uses `state_dir`.
+const LOCK_FILE: &str = "lock";
+/// The format this release reads and writes.
+pub const STATE_VERSION: u32 = 1;
+
+const HEADER: &str = "# Runtime allowlist entries of firewall-ctl, added with `firewall-ctl allow`.\n\
+# Written by the daemon; change entries with `firewall-ctl allow` and `firewall-ctl remove`,\n\
+# and edit this file by hand only while the daemon is stopped.\n";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    entries: Vec<RuntimeEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "cannot use state_dir `{}`: {source}; create it, or point `state_dir` in the config at a writable directory",
+        dir.display()
+    )]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another firewall-ctl daemon is using state_dir `{}`; stop it first, or give this daemon its own `state_dir`",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
+    #[error(
+        "cannot read state file `{path}`: {source}; it was left untouched. To start without its runtime entries, move it aside (`mv {path} {path}.broken`) and add them again with `firewall-ctl allow`",
+        path = path.display()
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
+    },
+    #[error(
+        "state file `{path}` is corrupt: {message}; it was left untouched. Fix it by hand while the daemon is stopped (it is TOML), or move it aside (`mv {path} {path}.broken`) and add its entries again with `firewall-ctl allow`",
+        path = path.display()
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "state file `{path}` has format version {version}, which this firewall-ctl does not know (it reads version {STATE_VERSION}); it was left untouched. It was probably written by a newer release: run that release, or move the file aside (`mv {path} {path}.broken`) and add its entries again with `firewall-ctl allow`",
+        path = path.display()
+    )]
+    Version { path: PathBuf, version: i64 },
+    #[error("writing state file `{}` failed: {source}; nothing was changed", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The state directory of a running daemon, locked against a second one.
+pub struct StateStore {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) `dir`, locks it, and loads its entries.
+    pub fn open(dir: &Path) -> Result<(Self, RuntimeEntries), StateError> {
+        let dir_error = |source| StateError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_error)?;
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(dir_error)?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            StateError::Locked {
+                dir: dir.to_path_buf(),
+            }
+        })?;
+        let path = dir.join(STATE_FILE);
+        let entries = load(&path)?;
+        Ok((Self { path, _lock: lock }, entries))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file with `entries`; durable when this returns `Ok`.
+    pub fn save(&self, entries: &RuntimeEntries) -> Result<(), StateError> {
+        let text = render(entries);
+        fsutil::write_atomically(&self.path, text.as_bytes(), 0o600).map_err(|source| {
+            StateError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+fn render(entries: &RuntimeEntries) -> String {
+    let file = StateFile {
+        version: STATE_VERSION,
+        entries: entries.values().cloned().collect(),
+    };
+    let body = toml::to_string(&file).expect("runtime entries always serialize to TOML");
+    format!("{HEADER}{body}")
+}
+
+/// Loads the entries in `path`; a missing file means none.
+pub fn load(path: &Path) -> Result<RuntimeEntries, StateError> {
+    let text = match fsutil::read_regular_file(path, MAX_FILE_BYTES) {
+        Ok(text) => text,
+        Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => {
+            return Ok(RuntimeEntries::new());
+        }
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    parse(&text).map_err(|err| match err {
+        ParseError::Version(version) => StateError::Version {
+            path: path.to_path_buf(),
+            version,
+        },
+        ParseError::Corrupt(message) => StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: crate::text::escape_controls(&message),
+        },
+    })
+}
+
+enum ParseError {
+    Version(i64),
+    Corrupt(String),
+}
+
+fn parse(text: &str) -> Result<RuntimeEntries, ParseError> {
+    // The version first: a newer format must say so, not look corrupt.
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| ParseError::Corrupt(err.to_string()))?;
+    match table.get("version") {
+        Some(toml::Value::Integer(version)) if *version == i64::from(STATE_VERSION) => {}
+        Some(toml::Value::Integer(version)) => return Err(ParseError::Version(*version)),
+        _ => {
+            return Err(ParseError::Corrupt(
+                "it has no integer `version`".to_string(),
+            ));
+        }
+    }
+    let file: StateFile =
+        toml::from_str(text).map_err(|err| ParseError::Corrupt(err.to_string()))?;
+    let mut entries = RuntimeEntries::new();
+    for entry in file.entries {
+        if let Some(twice) = entries.insert(entry.key(), entry) {
+            return Err(ParseError::Corrupt(format!(
+                "`{}` is listed twice in rule `{}`",
+                twice.prefix, twice.rule
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::entries::{Requester, Timestamp};
+
+    fn entry(prefix: &str, expires: bool) -> RuntimeEntry {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        RuntimeEntry {
+            rule: "vendor".to_string(),
+            prefix: prefix.parse().unwrap(),
+            comment: expires.then(|| "until \"Friday\"\n".to_string()),
+            added_by: Requester {
+                uid: 1000,
+                user: Some("alice".to_string()),
+                pid: Some(4242),
+            },
+            added_at: Timestamp(at),
+            expires_at: expires.then(|| Timestamp(at + Duration::from_secs(3600))),
+        }
+    }
+
+    fn entries(list: &[RuntimeEntry]) -> RuntimeEntries {
+        list.iter()
+            .map(|entry| (entry.key(), entry.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn entries_round_trip_through_a_readable_versioned_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = StateStore::open(dir.path()).unwrap();
+        assert!(loaded.is_empty());
+        let saved = entries(&[entry("203.0.113.0/24", true), entry("2001:db8::/48", false)]);
+        store.save(&saved).unwrap();
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(text.starts_with("# Runtime allowlist entries"), "{text}");
+        assert!(text.contains("version = 1"), "{text}");
+        assert!(text.contains("prefix = \"203.0.113.0/24\""), "{text}");
+        assert!(
+            text.contains("expires_at = \"2027-01-15T09:00:00Z\""),
+            "{text}"
+        );
+        assert_eq!(load(store.path()).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_second_daemon_cannot_use_the_same_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateStore::open(dir.path()).unwrap();
+        let err = StateStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    }
+
+    /// A broken or unknown file stops start-up with the path and a way out,
+    /// and is never rewritten.
+    #[test]
+    fn corrupt_and_unknown_files_are_refused_and_left_untouched() {
+        let cases = [
+            (
+                "version = 1\n[[entries]]\nrule = \"vendor\"\nprefix = \"203.0.113.5/24\"\n",
+                "host bits set",
+            ),
+            ("version = 1\n[[entries]]\nrule = ", "TOML parse error"),
+            ("entries = []\n", "no integer `version`"),
+            ("version = 1\nsurprise = true\n", "unknown field `surprise`"),
+            ("\u{0}\u{1}garbage", "TOML parse error"),
+        ];
+        for (text, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(STATE_FILE);
+            std::fs::write(&path, text).unwrap();
+            let message = StateStore::open(dir.path()).err().unwrap().to_string();
+            assert!(message.contains(expected), "{expected}: {message}");
+            assert!(
+                message.contains(&format!("state file `{}` is corrupt", path.display())),
+                "{message}"
+            );
+            assert!(message.contains(".broken"), "{message}");
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                text,
+                "left untouched"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, "version = 2\n[[entries]]\nnew_field = 1\n").unwrap();
+        let message = StateStore::open(dir.path()).err().unwrap().to_string();
+        assert!(message.contains("format version 2"), "{message}");
+        assert!(message.contains("newer release"), "{message}");
+    }
+
+    #[test]
+    fn duplicates_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = entry("203.0.113.0/24", false);
+        let body = toml::to_string(&StateFile {
+            version: 1,
+            entries: vec![one.clone(), one],
+        })
+        .unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), body).unwrap();
+        let message = StateStore::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            message.contains("`203.0.113.0/24` is listed twice in rule `vendor`"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,730 @@
+//! The one writer of policy state: runtime entries, the state file, the
+//! data plane's maps and the audit log change only here, one request at a
+//! time, on a thread of its own so the async side (socket, signals) never
+//! waits on file or map I/O.
+//!
+//! Every change follows the same order: validate everything, update the
+//! compiled policy, write the data plane's idle slot, make the state file
+//! durable, switch the slot live, append to the audit log, answer. A
+//! failure before the switch undoes the in-memory change and leaves the
+//! live policy and the state file as they were.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use firewall_common::reasons::Reason;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::{
+    Job, PolicyStatus,
+    audit::{Action, AuditLog, AuditRecord, Outcome},
+    server::{self, Access},
+    state::StateStore,
+};
+use crate::{
+    api::{
+        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, ListReport,
+        ReloadReport, RemoveRequest, Response, RuleStats, StatsReport,
+    },
+    config::{self, Config, IpPrefix, SourceError},
+    datapath::Datapath,
+    entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
+    policy::{self, CompiledPolicy, PolicyDiff, explain},
+    system::LiveHost,
+    text::escape_controls,
+};
+
+/// Longest `--comment`.
+const MAX_COMMENT: usize = 1024;
+/// How soon a failed expiry is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything the writer owns.
+pub struct Writer {
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub config: Config,
+    pub runtime: RuntimeEntries,
+    pub policy: CompiledPolicy,
+    pub datapath: Datapath,
+    pub store: StateStore,
+    pub audit: AuditLog,
+    pub status: watch::Sender<Arc<PolicyStatus>>,
+    pub applied_at: SystemTime,
+    pub reloads: u64,
+    pub reloads_rejected: u64,
+    pub last_reload_error: Option<String>,
+    /// Set after an expiry could not be applied: when to try again.
+    pub expiry_retry_at: Option<SystemTime>,
+}
+
+/// One runtime entry to set (`Some`) or remove (`None`).
+struct Edit {
+    key: EntryKey,
+    rule: usize,
+    entry: Option<RuntimeEntry>,
+}
+
+/// A change that was applied, for the reply and the audit record.
+struct Applied {
+    changes: Vec<EntryChange>,
+    warnings: Vec<String>,
+}
+
+impl Writer {
+    /// The status the socket answers with, without asking this thread.
+    pub fn snapshot(&self) -> PolicyStatus {
+        PolicyStatus {
+            config: self.config_path.clone(),
+            mode: api::mode_name(self.policy.enforce),
+            rules: self.policy.rule_names.len(),
+            prefixes_v4: self.policy.v4.len(),
+            prefixes_v6: self.policy.v6.len(),
+            ports: self.policy.ports.len(),
+            applied_at: self
+                .applied_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |age| age.as_secs()),
+            reloads: self.reloads,
+            reloads_rejected: self.reloads_rejected,
+            last_reload_error: self.last_reload_error.clone(),
+            state_dir: self.config.state_dir.clone(),
+            runtime_entries: self.runtime.len(),
+            next_expiry: entries::next_expiry(&self.runtime),
+            access: Access::of(&self.config),
+        }
+    }
+
+    fn publish(&self) {
+        self.status.send_replace(Arc::new(self.snapshot()));
+    }
+
+    /// Serves jobs until the daemon drops the sending side; expires
+    /// entries on time in between.
+    pub fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        if self.datapath.idle_needs_full_write() {
+            // So the first change writes only its diff.
+            if let Err(err) = self.datapath.prepare_idle(&self.policy) {
+                warn!(error = %err, "writing the idle policy slot failed; the first change will rewrite it whole");
+            }
+        }
+        loop {
+            let wake = [
+                entries::next_expiry(&self.runtime).map(|at| at.0),
+                self.expiry_retry_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = wake.map_or(Duration::from_secs(3600), |at| {
+                at.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+            match jobs.recv_timeout(timeout) {
+                Ok(job) => self.handle(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            self.expire_due();
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Audit(record) => {
+                self.record(&record);
+            }
+            Job::Command {
+                command,
+                requester,
+                reply,
+            } => {
+                let response = self.answer(command, requester);
+                if let Some(reply) = reply {
+                    let _ = reply.send(response);
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, command: Command, requester: Option<Requester>) -> Response {
+        match command {
+            Command::Stats => match self.stats() {
+                Ok(report) => Response::Stats(report),
+                Err(err) => Response::Error(format!("{err:#}")),
+            },
+            Command::List { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
+                Some(Err(message)) => Response::Error(message),
+                _ => Response::List(ListReport {
+                    entries: explain::list(&self.config, &self.runtime, rule.as_deref()),
+                }),
+            },
+            Command::Explain { source, port } => match explain::parse_query(&source, &port) {
+                Ok((source, port)) => Response::Explain(explain::explain(
+                    &self.config,
+                    &self.runtime,
+                    &self.policy,
+                    source,
+                    port,
+                )),
+                Err(message) => Response::Error(message),
+            },
+            Command::Allow(request) => self.allow(request, requester),
+            Command::Remove(request) => self.remove(request, requester),
+            Command::Reload => self.reload(requester),
+            // Answered by the server from the published status.
+            Command::Status | Command::AuditLog { .. } => {
+                Response::Error("answered by the server, not the writer".to_string())
+            }
+        }
+    }
+
+    /// Appends to the audit log; a failure is logged, never fatal.
+    fn record(&mut self, record: &AuditRecord) -> Option<String> {
+        match self.audit.append(record) {
+            Ok(()) => None,
+            Err(err) => {
+                let message = format!("appending to the audit log failed: {err}");
+                error!(error = %err, "appending to the audit log failed");
+                Some(message)
+            }
+        }
+    }
+
+    fn rule_index(&self, name: &str) -> Result<usize, String> {
+        self.config
+            .rule(name)
+            .map(|(index, _)| index)
+            .ok_or_else(|| {
+                format!(
+                    "the config has no rule `{}`; its rules are: {}",
+                    escape_controls(name),
+                    self.config
+                        .rules
+                        .iter()
+                        .map(|rule| rule.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    /// Answers a change and audits it, applied or refused.
+    fn audited(&mut self, mut record: AuditRecord, result: Result<Applied, String>) -> Response {
+        match result {
+            Ok(mut applied) => {
+                let changed = applied.changes.iter().any(|change| {
+                    matches!(
+                        change.change,
+                        EntryChangeKind::Added
+                            | EntryChangeKind::Updated
+                            | EntryChangeKind::Removed
+                    )
+                });
+                record.outcome = if changed {
+                    Outcome::Applied
+                } else {
+                    Outcome::Unchanged
+                };
+                record.detail = Some(
+                    applied
+                        .changes
+                        .iter()
+                        .map(|change| format!("{} {}", change.prefix, change.change.name()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+                if changed {
+                    self.publish();
+                    info!(action = ?record.action, rule = ?record.rule, prefixes = ?record.prefixes, user = ?record.user, detail = ?record.detail, "allowlist changed");
+                }
+                applied.warnings.extend(self.record(&record));
+                Response::Change(ChangeReport {
+                    changes: applied.changes,
+                    warnings: applied.warnings,
+                })
+            }
+            Err(message) => {
+                warn!(action = ?record.action, user = ?record.user, error = %message, "allowlist change refused");
+                record.outcome = Outcome::Rejected;
+                record.detail = Some(message.clone());
+                self.record(&record);
+                Response::Error(message)
+            }
+        }
+    }
+
+    fn allow(&mut self, request: AllowRequest, requester: Option<Requester>) -> Response {
+        let mut record = AuditRecord::new(Action::Allow, requester.clone(), Outcome::Rejected);
+        record.rule = request.rule.clone();
+        record.prefixes = request.prefixes.clone();
+        record.comment = request.comment.clone();
+        let result = self.try_allow(&request, requester, &mut record);
+        self.audited(record, result)
+    }
+
+    fn try_allow(
+        &mut self,
+        request: &AllowRequest,
+        requester: Option<Requester>,
+        record: &mut AuditRecord,
+    ) -> Result<Applied, String> {
+        let added_by = requester.ok_or("`allow` needs a requester")?;
+        let rule = match &request.rule {
+            Some(name) => self.rule_index(name)?,
+            None => {
+                let name = self.config.default_rule()?.name.clone();
+                self.rule_index(&name)?
+            }
+        };
+        let rule_config = &self.config.rules[rule];
+        let rule_name = rule_config.name.clone();
+        record.rule = Some(rule_name.clone());
+        if request.prefixes.is_empty() {
+            return Err(
+                "give at least one prefix, e.g. `firewall-ctl allow 203.0.113.0/24`".to_string(),
+            );
+        }
+        if let Some(comment) = &request.comment {
+            if comment.chars().any(char::is_control) {
+                return Err("the comment contains control characters (a newline, an escape, ...); write it on one line of plain text".to_string());
+            }
+            if comment.len() > MAX_COMMENT {
+                return Err(format!(
+                    "the comment is longer than {MAX_COMMENT} bytes; shorten it"
+                ));
+            }
+        }
+        let expires_at = request
+            .expires
+            .as_deref()
+            .map(|text| entries::parse_expiry(text, SystemTime::now()))
+            .transpose()?;
+        record.expires_at = expires_at;
+        let broad_allowed = request.force && rule_config.allow_any_source;
+        let mut prefixes = Vec::new();
+        let mut problems = Vec::new();
+        for text in &request.prefixes {
+            match config::parse_source(text, broad_allowed) {
+                Ok(prefix) if !prefixes.contains(&prefix) => prefixes.push(prefix),
+                Ok(_) => {}
+                Err(err @ SourceError::Broad { .. }) => problems.push(format!(
+                    "{err}; {}",
+                    if rule_config.allow_any_source {
+                        "pass `--force` if that is intended".to_string()
+                    } else {
+                        format!(
+                            "rule `{rule_name}` does not allow that: it needs `allow_any_source = true` in the config, and the command `--force`"
+                        )
+                    }
+                )),
+                Err(err) => problems.push(err.to_string()),
+            }
+        }
+        refuse_if_any(problems)?;
+        self.policy
+            .check_room_for(&prefixes)
+            .map_err(|err| format!("{err}; nothing was changed"))?;
+        let mut changes = Vec::new();
+        let mut edits = Vec::new();
+        for prefix in prefixes {
+            let key = (rule_name.clone(), prefix);
+            let existing = self.runtime.get(&key);
+            let change = if rule_config.sources.contains(&prefix) {
+                EntryChangeKind::InConfig
+            } else if let Some(existing) = existing {
+                let comment = request.comment.clone().or_else(|| existing.comment.clone());
+                let expires = expires_at.or(existing.expires_at);
+                if comment == existing.comment && expires == existing.expires_at {
+                    EntryChangeKind::Unchanged
+                } else {
+                    edits.push(Edit {
+                        key: key.clone(),
+                        rule,
+                        entry: Some(RuntimeEntry {
+                            comment,
+                            expires_at: expires,
+                            ..existing.clone()
+                        }),
+                    });
+                    EntryChangeKind::Updated
+                }
+            } else {
+                edits.push(Edit {
+                    key: key.clone(),
+                    rule,
+                    entry: Some(RuntimeEntry {
+                        rule: rule_name.clone(),
+                        prefix,
+                        comment: request.comment.clone(),
+                        added_by: added_by.clone(),
+                        added_at: Timestamp::now(),
+                        expires_at,
+                    }),
+                });
+                EntryChangeKind::Added
+            };
+            changes.push(EntryChange {
+                rule: rule_name.clone(),
+                prefix: prefix.to_string(),
+                change,
+                expires_at: edits
+                    .last()
+                    .filter(|edit| edit.key == key)
+                    .and_then(|edit| edit.entry.as_ref()?.expires_at)
+                    .or_else(|| self.runtime.get(&key).and_then(|entry| entry.expires_at)),
+            });
+        }
+        self.commit(edits)?;
+        Ok(Applied {
+            changes,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn remove(&mut self, request: RemoveRequest, requester: Option<Requester>) -> Response {
+        let mut record = AuditRecord::new(Action::Remove, requester, Outcome::Rejected);
+        record.rule = request.rule.clone();
+        record.prefixes = request.prefixes.clone();
+        let result = self.try_remove(&request);
+        self.audited(record, result)
+    }
+
+    fn try_remove(&mut self, request: &RemoveRequest) -> Result<Applied, String> {
+        if request.prefixes.is_empty() {
+            return Err("give at least one prefix to remove".to_string());
+        }
+        if let Some(name) = &request.rule {
+            self.rule_index(name)?;
+        }
+        let mut problems = Vec::new();
+        let mut edits: Vec<Edit> = Vec::new();
+        for text in &request.prefixes {
+            let prefix: IpPrefix = match text.parse() {
+                Ok(prefix) => prefix,
+                Err(err) => {
+                    problems.push(format!("{err}"));
+                    continue;
+                }
+            };
+            match self.runtime_rule_of(prefix, request.rule.as_deref()) {
+                Ok(rule) => {
+                    let key = (rule.clone(), prefix);
+                    if !edits.iter().any(|edit| edit.key == key) {
+                        edits.push(Edit {
+                            key,
+                            rule: self.rule_index(&rule)?,
+                            entry: None,
+                        });
+                    }
+                }
+                Err(message) => problems.push(message),
+            }
+        }
+        refuse_if_any(problems)?;
+        let changes = edits
+            .iter()
+            .map(|edit| EntryChange {
+                rule: edit.key.0.clone(),
+                prefix: edit.key.1.to_string(),
+                change: EntryChangeKind::Removed,
+                expires_at: None,
+            })
+            .collect();
+        self.commit(edits)?;
+        Ok(Applied {
+            changes,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The rule whose runtime entry `prefix` is (within `rule`, if given);
+    /// the error explains a config entry, an ambiguity or an absence.
+    fn runtime_rule_of(&self, prefix: IpPrefix, rule: Option<&str>) -> Result<String, String> {
+        let holders: Vec<&str> = self
+            .runtime
+            .keys()
+            .filter(|(name, listed)| *listed == prefix && rule.is_none_or(|rule| rule == name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        match holders.as_slice() {
+            [only] => return Ok(only.to_string()),
+            [] => {}
+            several => {
+                return Err(format!(
+                    "`{prefix}` was added to several rules ({}); pass `--rule NAME`",
+                    several.join(", ")
+                ));
+            }
+        }
+        let in_config: Vec<&str> = self
+            .config
+            .rules
+            .iter()
+            .filter(|candidate| rule.is_none_or(|rule| rule == candidate.name))
+            .filter(|candidate| candidate.sources.contains(&prefix))
+            .map(|candidate| candidate.name.as_str())
+            .collect();
+        Err(if in_config.is_empty() {
+            match rule {
+                Some(rule) => format!(
+                    "`{prefix}` is not in rule `{rule}`; `firewall-ctl list --rule {rule}` shows what is"
+                ),
+                None => {
+                    format!("`{prefix}` is not in the allowlist; `firewall-ctl list` shows what is")
+                }
+            }
+        } else {
+            format!(
+                "`{prefix}` comes from the config file `{}` (rule {}), not from `firewall-ctl allow`; edit the file and run `firewall-ctl reload`",
+                self.config_path.display(),
+                in_config
+                    .iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// Applies `edits` to the runtime entries and the compiled policy,
+    /// collecting changed map keys in `diff`; returns the edits that undo it.
+    fn apply_edits(&mut self, edits: Vec<Edit>, diff: &mut PolicyDiff) -> Vec<Edit> {
+        let mut undo = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let in_config = self.config.rules[edit.rule].sources.contains(&edit.key.1);
+            let previous = match edit.entry {
+                Some(entry) => self.runtime.insert(edit.key.clone(), entry),
+                None => self.runtime.remove(&edit.key),
+            };
+            let listed_before = in_config || previous.is_some();
+            let listed_after = in_config || self.runtime.contains_key(&edit.key);
+            if listed_before != listed_after {
+                self.policy
+                    .set_listed(edit.rule, edit.key.1, listed_after, diff);
+            }
+            undo.push(Edit {
+                key: edit.key,
+                rule: edit.rule,
+                entry: previous,
+            });
+        }
+        undo.reverse();
+        undo
+    }
+
+    /// Makes `edits` live and durable, or changes nothing.
+    fn commit(&mut self, edits: Vec<Edit>) -> Result<(), String> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let mut diff = PolicyDiff::default();
+        let undo = self.apply_edits(edits, &mut diff);
+        let enforce_change = diff.len() > 0;
+        let staged = if enforce_change {
+            self.datapath
+                .write_idle(&self.policy, &diff)
+                .map_err(|err| format!("writing the new policy into the data plane failed: {err}"))
+        } else {
+            Ok(())
+        };
+        if let Err(message) = staged.and_then(|()| {
+            self.store
+                .save(&self.runtime)
+                .map_err(|err| err.to_string())
+        }) {
+            self.apply_edits(undo, &mut PolicyDiff::default());
+            return Err(format!("{message}; nothing was changed"));
+        }
+        if enforce_change {
+            if let Err(err) = self.datapath.switch(&self.policy) {
+                self.apply_edits(undo, &mut PolicyDiff::default());
+                let restored = self.store.save(&self.runtime);
+                return Err(format!(
+                    "switching the data plane to the new policy failed: {err}; nothing was changed{}",
+                    restored.err().map_or(String::new(), |err| format!(
+                        ", but restoring the state file failed too: {err}"
+                    ))
+                ));
+            }
+            self.applied_at = SystemTime::now();
+        }
+        Ok(())
+    }
+
+    /// Removes expired entries from the data plane, then from the state file.
+    fn expire_due(&mut self) {
+        let now = SystemTime::now();
+        if self.expiry_retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let due = entries::expired(&self.runtime, now);
+        if due.is_empty() {
+            return;
+        }
+        let expired: Vec<RuntimeEntry> = due
+            .iter()
+            .filter_map(|key| self.runtime.get(key).cloned())
+            .collect();
+        let edits = due
+            .into_iter()
+            .filter_map(|key| {
+                Some(Edit {
+                    rule: self.config.rule(&key.0)?.0,
+                    key,
+                    entry: None,
+                })
+            })
+            .collect();
+        match self.commit(edits) {
+            Ok(()) => {
+                self.expiry_retry_at = None;
+                self.publish();
+                for entry in expired {
+                    info!(rule = entry.rule, prefix = %entry.prefix, "runtime entry expired and was removed");
+                    self.record(&AuditRecord::expiry(entry, "expired"));
+                }
+            }
+            Err(message) => {
+                error!(error = %message, "removing expired entries failed; trying again in 1 s");
+                self.expiry_retry_at = Some(now + EXPIRY_RETRY);
+            }
+        }
+    }
+
+    fn reload(&mut self, requester: Option<Requester>) -> Response {
+        info!(config = %self.config_path.display(), by = %requester.as_ref().map_or("SIGHUP".to_string(), ToString::to_string), "reloading config");
+        let mut record = AuditRecord::new(Action::Reload, requester, Outcome::Rejected);
+        match self.try_reload() {
+            Ok(mut report) => {
+                self.reloads += 1;
+                self.last_reload_error = None;
+                self.publish();
+                info!(
+                    mode = api::mode_name(self.config.enforce),
+                    rules = report.rules,
+                    prefixes_v4 = report.prefixes_v4,
+                    prefixes_v6 = report.prefixes_v6,
+                    ports = report.ports,
+                    changed_map_entries = report.changed_map_entries,
+                    "new policy applied"
+                );
+                record.outcome = Outcome::Applied;
+                record.detail = Some(format!(
+                    "{} rules, {} IPv4 and {} IPv6 prefixes, {} ports; {} map entries changed",
+                    report.rules,
+                    report.prefixes_v4,
+                    report.prefixes_v6,
+                    report.ports,
+                    report.changed_map_entries
+                ));
+                report.warnings.extend(self.record(&record));
+                Response::Reload(report)
+            }
+            Err(message) => {
+                error!(error = %message, "reload rejected; the running policy is unchanged");
+                self.reloads_rejected += 1;
+                self.last_reload_error = Some(message.clone());
+                self.publish();
+                record.detail = Some(message.clone());
+                self.record(&record);
+                Response::Error(format!(
+                    "reload rejected, the running policy is unchanged: {message}"
+                ))
+            }
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, String> {
+        let config = config::load(&self.config_path, &LiveHost).map_err(|err| err.to_string())?;
+        let mut warnings = Vec::new();
+        if config.interfaces != self.config.interfaces || config.xdp_mode != self.config.xdp_mode {
+            warnings.push(
+                "`interfaces` and `xdp_mode` changes take effect when the daemon restarts"
+                    .to_string(),
+            );
+        }
+        if config.socket != self.config.socket {
+            warnings.push("a `socket` change takes effect when the daemon restarts".to_string());
+        }
+        if config.state_dir != self.config.state_dir {
+            warnings.push("a `state_dir` change takes effect when the daemon restarts".to_string());
+        }
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        let policy = policy::compile(&config, &self.runtime)
+            .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
+        let access = Access::of(&config);
+        if access != Access::of(&self.config) {
+            server::secure(&self.socket, &access).map_err(|err| format!("{err:#}"))?;
+        }
+        let diff = PolicyDiff::between(&self.policy, &policy);
+        self.datapath
+            .apply(&policy, &diff)
+            .map_err(|err| format!("applying the new policy failed: {err}"))?;
+        self.applied_at = SystemTime::now();
+        self.config = Config {
+            // What is attached, and where, is what the old config said.
+            interfaces: std::mem::take(&mut self.config.interfaces),
+            xdp_mode: self.config.xdp_mode,
+            socket: self.config.socket.clone(),
+            state_dir: self.config.state_dir.clone(),
+            ..config
+        };
+        self.policy = policy;
+        Ok(ReloadReport {
+            rules: self.policy.rule_names.len(),
+            prefixes_v4: self.policy.v4.len(),
+            prefixes_v6: self.policy.v6.len(),
+            ports: self.policy.ports.len(),
+            changed_map_entries: diff.len(),
+            warnings,
+        })
+    }
+
+    fn stats(&self) -> anyhow::Result<StatsReport> {
+        let counters = self.datapath.counters()?;
+        let mut report = StatsReport {
+            mode: api::mode_name(self.policy.enforce),
+            rules: counters
+                .rules
+                .into_iter()
+                .map(|(name, counter)| RuleStats {
+                    name,
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                })
+                .collect(),
+            drops: Default::default(),
+            drop_bytes: Default::default(),
+            passed: Default::default(),
+            passed_bytes: Default::default(),
+        };
+        for (reason, counter) in Reason::ALL.iter().zip(&counters.reasons) {
+            let (packets, bytes) = if reason.is_drop() {
+                (&mut report.drops, &mut report.drop_bytes)
+            } else {
+                (&mut report.passed, &mut report.passed_bytes)
+            };
+            packets.insert(reason.name().to_string(), counter.packets);
+            bytes.insert(reason.name().to_string(), counter.bytes);
+        }
+        Ok(report)
+    }
+}
+
+/// Fails with every problem at once, so one multi-prefix call changes
+/// nothing unless all of it is valid.
+fn refuse_if_any(mut problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut seen = BTreeSet::new();
+    problems.retain(|problem| seen.insert(problem.clone()));
+    Err(format!("nothing was changed: {}", problems.join("; ")))
+}

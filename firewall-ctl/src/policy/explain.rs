@@ -1,0 +1,424 @@
+//! `firewall-ctl list` and `firewall-ctl explain`: the effective allowlist
+//! with each entry's origin, and why a packet would pass or drop.
+//!
+//! `explain` asks the same decision function the XDP program runs
+//! ([`firewall_common::verdict::decide`]) on the compiled tables, then looks
+//! up which entry of the winning rule holds the source.
+
+use std::net::IpAddr;
+
+use firewall_common::{
+    reasons::Reason,
+    verdict::{Packet, Source, decide},
+};
+use serde::{Deserialize, Serialize};
+
+use super::CompiledPolicy;
+use crate::{
+    config::{Config, IpPrefix, PortRange},
+    entries::{Origin, Requester, RuntimeEntries, Timestamp},
+    text::escape_controls,
+};
+
+/// One effective allowlist entry (`firewall-ctl list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedEntry {
+    pub rule: String,
+    pub prefix: IpPrefix,
+    /// `config` or `cli`.
+    pub origin: Origin,
+    pub comment: Option<String>,
+    /// Who added a `cli` entry; `null` for config entries.
+    pub added_by: Option<Requester>,
+    pub added_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Every effective entry, rule by rule in config order; within a rule,
+/// config entries first (in file order), then runtime entries by prefix.
+pub fn list(config: &Config, runtime: &RuntimeEntries, rule: Option<&str>) -> Vec<ListedEntry> {
+    config
+        .rules
+        .iter()
+        .filter(|candidate| rule.is_none_or(|name| candidate.name == name))
+        .flat_map(|rule| {
+            let from_config = rule.sources.iter().map(|prefix| ListedEntry {
+                rule: rule.name.clone(),
+                prefix: *prefix,
+                origin: Origin::Config,
+                comment: None,
+                added_by: None,
+                added_at: None,
+                expires_at: None,
+            });
+            let from_cli = runtime
+                .values()
+                .filter(|entry| entry.rule == rule.name)
+                .map(|entry| ListedEntry {
+                    rule: entry.rule.clone(),
+                    prefix: entry.prefix,
+                    origin: Origin::Cli,
+                    comment: entry.comment.clone(),
+                    added_by: Some(entry.added_by.clone()),
+                    added_at: Some(entry.added_at),
+                    expires_at: entry.expires_at,
+                });
+            from_config.chain(from_cli)
+        })
+        .collect()
+}
+
+/// An entry as `explain` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRef {
+    pub prefix: IpPrefix,
+    pub origin: Origin,
+}
+
+/// A rule that admits the packet, and its most specific entry holding the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub rule: String,
+    pub entry: EntryRef,
+}
+
+/// A rule that exposes the port but does not list the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposingRule {
+    pub rule: String,
+    /// Up to [`NEAREST`] entries of the source's family that share the
+    /// longest leading bits with it, nearest first.
+    pub nearest: Vec<EntryRef>,
+}
+
+/// How many near entries `explain` shows per rule.
+pub const NEAREST: usize = 3;
+
+/// `firewall-ctl explain --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainReport {
+    pub source: IpAddr,
+    /// `tcp/443` or `udp/4500`.
+    pub port: String,
+    /// `pass` or `drop`: what the policy decides.
+    pub verdict: String,
+    /// The counter the packet lands in: `allowed`, `not_allowlisted` or `port_closed`.
+    pub reason: String,
+    /// `enforce`, or `monitor` (a `drop` is only counted, and the packet passes).
+    pub mode: String,
+    /// The rule credited in `stats` (the first admitting rule in config order).
+    pub rule: Option<String>,
+    /// That rule's most specific entry holding the source.
+    pub entry: Option<EntryRef>,
+    /// Every rule that admits the packet, in config order.
+    pub admitted_by: Vec<Admission>,
+    /// For `not_allowlisted`: the rules exposing the port and what they
+    /// list nearest to the source.
+    pub exposing_rules: Vec<ExposingRule>,
+}
+
+/// Parses `explain`'s arguments: an address and one port (`443`,
+/// `tcp/443`, `udp/4500`), with the config's port syntax.
+pub fn parse_query(source: &str, port: &str) -> Result<(IpAddr, PortRange), String> {
+    let address: IpAddr = source.parse().map_err(|_| {
+        format!(
+            "`{}` is not an IP address; `explain` takes one address, e.g. `203.0.113.7` or `2001:db8::7`",
+            escape_controls(source)
+        )
+    })?;
+    let range: PortRange = port.parse().map_err(|err| format!("{err}"))?;
+    if range.first != range.last {
+        return Err(format!(
+            "`{range}` is a range; `explain` takes one port, e.g. `tcp/443`"
+        ));
+    }
+    Ok((address, range))
+}
+
+/// Number of leading bits `prefix`'s address shares with `address`
+/// (`None` across families).
+fn shared_bits(prefix: &IpPrefix, address: IpAddr) -> Option<u32> {
+    let (bits, width) = prefix.bits();
+    let address = match address {
+        IpAddr::V4(v4) if prefix.is_v4() => u32::from(v4) as u128,
+        IpAddr::V6(v6) if !prefix.is_v4() => u128::from(v6),
+        _ => return None,
+    };
+    let unused = 128 - u32::from(width);
+    Some(
+        ((bits ^ address) << unused)
+            .leading_zeros()
+            .min(u32::from(prefix.len())),
+    )
+}
+
+/// Explains a packet from `source` to `port` under `policy`, compiled from
+/// `config` and `runtime`.
+pub fn explain(
+    config: &Config,
+    runtime: &RuntimeEntries,
+    policy: &CompiledPolicy,
+    source: IpAddr,
+    port: PortRange,
+) -> ExplainReport {
+    debug_assert_eq!(port.first, port.last, "explain takes one port");
+    let key = firewall_common::maps::PortKey::new(port.protocol, port.first);
+    let packet = Packet::Transport {
+        source: match source {
+            IpAddr::V4(v4) => Source::V4(v4.octets()),
+            IpAddr::V6(v6) => Source::V6(v6.octets()),
+        },
+        port: key,
+    };
+    let verdict = decide(&packet, policy);
+    let entries = list(config, runtime, None);
+    let holding = |rule: &str| {
+        entries
+            .iter()
+            .filter(|entry| entry.rule == rule && entry.prefix.contains(source))
+            .max_by_key(|entry| (entry.prefix.len(), std::cmp::Reverse(entry.origin)))
+            .map(|entry| EntryRef {
+                prefix: entry.prefix,
+                origin: entry.origin,
+            })
+    };
+    let exposing: Vec<&str> = config
+        .rules
+        .iter()
+        .filter(|rule| {
+            rule.ports.iter().any(|range| {
+                range.protocol == port.protocol && (range.first..=range.last).contains(&port.first)
+            })
+        })
+        .map(|rule| rule.name.as_str())
+        .collect();
+    let admitted_by: Vec<Admission> = exposing
+        .iter()
+        .filter_map(|rule| {
+            Some(Admission {
+                rule: rule.to_string(),
+                entry: holding(rule)?,
+            })
+        })
+        .collect();
+    let exposing_rules = if verdict.reason == Reason::NotAllowlisted {
+        exposing
+            .iter()
+            .map(|rule| {
+                let mut near: Vec<(u32, &IpPrefix, Origin)> = entries
+                    .iter()
+                    .filter(|entry| entry.rule == *rule)
+                    .filter_map(|entry| {
+                        Some((
+                            shared_bits(&entry.prefix, source)?,
+                            &entry.prefix,
+                            entry.origin,
+                        ))
+                    })
+                    .collect();
+                near.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+                ExposingRule {
+                    rule: rule.to_string(),
+                    nearest: near
+                        .into_iter()
+                        .take(NEAREST)
+                        .map(|(_, prefix, origin)| EntryRef {
+                            prefix: *prefix,
+                            origin,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let allowed = verdict.reason == Reason::Allowed;
+    let rule = allowed.then(|| policy.rule_names[verdict.rule as usize].clone());
+    ExplainReport {
+        source,
+        port: port.to_string(),
+        verdict: if allowed { "pass" } else { "drop" }.to_string(),
+        reason: verdict.reason.name().to_string(),
+        mode: crate::api::mode_name(config.enforce),
+        entry: rule.as_deref().and_then(holding),
+        rule,
+        admitted_by,
+        exposing_rules,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::tests::parse as parse_config,
+        entries::{RuntimeEntry, Timestamp},
+        policy::compile,
+    };
+
+    const OVERLAP: &str = r#"
+interfaces = ["eth0"]
+
+[[rules]]
+name = "vendor"
+ports = ["tcp/443"]
+sources = ["203.0.113.0/24", "192.0.2.0/28"]
+
+[[rules]]
+name = "office-ssh"
+ports = ["tcp/22", "tcp/443"]
+sources = ["203.0.113.64/26", "198.51.100.0/24"]
+"#;
+
+    fn runtime(entries: &[(&str, &str)]) -> RuntimeEntries {
+        entries
+            .iter()
+            .map(|(rule, prefix)| {
+                let entry = RuntimeEntry {
+                    rule: rule.to_string(),
+                    prefix: prefix.parse().unwrap(),
+                    comment: Some("contractor".to_string()),
+                    added_by: Requester {
+                        uid: 0,
+                        user: Some("root".to_string()),
+                        pid: Some(1),
+                    },
+                    added_at: Timestamp::now(),
+                    expires_at: None,
+                };
+                (entry.key(), entry)
+            })
+            .collect()
+    }
+
+    fn run(runtime: &RuntimeEntries, source: &str, port: &str) -> ExplainReport {
+        let config = parse_config(OVERLAP).unwrap();
+        let policy = compile(&config, runtime).unwrap();
+        explain(
+            &config,
+            runtime,
+            &policy,
+            source.parse().unwrap(),
+            port.parse().unwrap(),
+        )
+    }
+
+    fn entry(prefix: &str, origin: Origin) -> Option<EntryRef> {
+        Some(EntryRef {
+            prefix: prefix.parse().unwrap(),
+            origin,
+        })
+    }
+
+    #[test]
+    fn the_overlap_example_names_rule_and_entry() {
+        let none = RuntimeEntries::new();
+        let inner_ssh = run(&none, "203.0.113.70", "tcp/22");
+        assert_eq!(inner_ssh.verdict, "pass");
+        assert_eq!(inner_ssh.rule.as_deref(), Some("office-ssh"));
+        assert_eq!(inner_ssh.entry, entry("203.0.113.64/26", Origin::Config));
+
+        let inner_https = run(&none, "203.0.113.70", "443");
+        assert_eq!(inner_https.rule.as_deref(), Some("vendor"));
+        assert_eq!(inner_https.entry, entry("203.0.113.0/24", Origin::Config));
+        let admitting: Vec<&str> = inner_https
+            .admitted_by
+            .iter()
+            .map(|admission| admission.rule.as_str())
+            .collect();
+        assert_eq!(admitting, ["vendor", "office-ssh"]);
+
+        let outer_ssh = run(&none, "203.0.113.10", "tcp/22");
+        assert_eq!(
+            (outer_ssh.verdict.as_str(), outer_ssh.reason.as_str()),
+            ("drop", "not_allowlisted")
+        );
+        assert_eq!(outer_ssh.rule, None);
+        assert_eq!(outer_ssh.exposing_rules.len(), 1);
+        assert_eq!(outer_ssh.exposing_rules[0].rule, "office-ssh");
+        assert_eq!(
+            outer_ssh.exposing_rules[0].nearest[0],
+            entry("203.0.113.64/26", Origin::Config).unwrap()
+        );
+    }
+
+    #[test]
+    fn closed_ports_and_runtime_entries() {
+        let closed = run(&RuntimeEntries::new(), "203.0.113.10", "udp/53");
+        assert_eq!(closed.reason, "port_closed");
+        assert!(closed.exposing_rules.is_empty() && closed.admitted_by.is_empty());
+
+        let added = runtime(&[("office-ssh", "192.0.2.99")]);
+        let report = run(&added, "192.0.2.99", "tcp/22");
+        assert_eq!(report.rule.as_deref(), Some("office-ssh"));
+        assert_eq!(report.entry, entry("192.0.2.99/32", Origin::Cli));
+        // The vendor's 192.0.2.0/28 does not hold .99, but is nearest.
+        let report = run(&RuntimeEntries::new(), "192.0.2.99", "tcp/443");
+        let vendor = &report.exposing_rules[0];
+        assert_eq!(vendor.rule, "vendor");
+        assert_eq!(
+            vendor.nearest[0],
+            entry("192.0.2.0/28", Origin::Config).unwrap()
+        );
+        assert!(vendor.nearest.len() <= NEAREST);
+    }
+
+    #[test]
+    fn list_shows_origins_and_filters_by_rule() {
+        let config = parse_config(OVERLAP).unwrap();
+        let added = runtime(&[("vendor", "192.0.2.99")]);
+        let all = list(&config, &added, None);
+        assert_eq!(all.len(), 5);
+        let vendor = list(&config, &added, Some("vendor"));
+        let shown: Vec<(String, Origin)> = vendor
+            .iter()
+            .map(|entry| (entry.prefix.to_string(), entry.origin))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("203.0.113.0/24".to_string(), Origin::Config),
+                ("192.0.2.0/28".to_string(), Origin::Config),
+                ("192.0.2.99/32".to_string(), Origin::Cli),
+            ]
+        );
+        assert_eq!(vendor[2].comment.as_deref(), Some("contractor"));
+    }
+
+    #[test]
+    fn queries_take_one_address_and_one_port() {
+        let (address, port) = parse_query("203.0.113.7", "443").unwrap();
+        assert_eq!(address.to_string(), "203.0.113.7");
+        assert_eq!(port.to_string(), "tcp/443");
+        assert_eq!(
+            parse_query("2001:db8::1", "udp/4500")
+                .unwrap()
+                .1
+                .to_string(),
+            "udp/4500"
+        );
+        assert!(
+            parse_query("203.0.113.0/24", "443")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(
+            parse_query("203.0.113.7", "tcp/1-2")
+                .unwrap_err()
+                .contains("is a range")
+        );
+        assert!(parse_query("203.0.113.7", "icmp").is_err());
+    }
+
+    #[test]
+    fn shared_bits_measure_nearness() {
+        let prefix: IpPrefix = "192.0.2.0/28".parse().unwrap();
+        assert_eq!(
+            shared_bits(&prefix, "192.0.2.99".parse().unwrap()),
+            Some(25)
+        );
+        assert_eq!(shared_bits(&prefix, "192.0.2.1".parse().unwrap()), Some(28));
+        assert_eq!(shared_bits(&prefix, "2001:db8::1".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! Compiles the config and the runtime entries into the exact contents of
+//! the data plane's maps, and keeps them up to date one entry at a time.
+//!
+//! Pure: no I/O, so the whole policy logic is unit-tested. The result is
+//! checked against the map capacities here, so an oversized policy fails
+//! before any map is touched.
+
+pub mod explain;
+pub mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use firewall_common::{
+    limits::{MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY},
+    maps::{PortKey, RuleSet},
+    verdict::{Policy, Source},
+};
+
+pub use self::table::{PrefixKey, PrefixTable};
+use crate::{
+    config::{Config, IpPrefix},
+    entries::RuntimeEntries,
+};
+
+/// Everything the data plane needs, ready to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// Rule names in config order: bit `i` of a [`RuleSet`] is `rule_names[i]`.
+    pub rule_names: Vec<String>,
+    pub v4: PrefixTable,
+    pub v6: PrefixTable,
+    pub ports: BTreeMap<PortKey, RuleSet>,
+    pub enforce: bool,
+}
+
+/// A policy the data plane cannot hold, or runtime entries that no longer
+/// fit the config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "the policy has {count} distinct IPv{family} prefixes; the data plane holds at most {max}: merge adjacent prefixes or split the allowlist across hosts"
+    )]
+    TooManyPrefixes { family: u8, count: usize, max: u32 },
+    #[error(
+        "runtime entries (added with `firewall-ctl allow`) no longer fit the config: {}; put the rules back as they were, or remove the entries first with `firewall-ctl remove PREFIX --rule NAME` and then change the config",
+        misfits.join("; ")
+    )]
+    Misfits { misfits: Vec<String> },
+}
+
+/// Where two policies' map contents differ: the keys to write (or delete)
+/// to turn a slot holding one into a slot holding the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDiff {
+    pub v4: BTreeSet<PrefixKey>,
+    pub v6: BTreeSet<PrefixKey>,
+    pub ports: BTreeSet<PortKey>,
+}
+
+impl PolicyDiff {
+    /// Every key where `old` and `new` differ.
+    pub fn between(old: &CompiledPolicy, new: &CompiledPolicy) -> Self {
+        Self {
+            v4: differing_keys(old.v4.entries(), new.v4.entries()),
+            v6: differing_keys(old.v6.entries(), new.v6.entries()),
+            ports: differing_keys(
+                old.ports.iter().map(|(key, rules)| (*key, *rules)),
+                new.ports.iter().map(|(key, rules)| (*key, *rules)),
+            ),
+        }
+    }
+
+    pub fn extend(&mut self, other: &PolicyDiff) {
+        self.v4.extend(&other.v4);
+        self.v6.extend(&other.v6);
+        self.ports.extend(&other.ports);
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.ports.len()
+    }
+}
+
+/// Keys whose values differ between two maps given as sorted iterators:
+/// one merge pass, linear in their sizes.
+fn differing_keys<K: Ord + Copy>(
+    old: impl Iterator<Item = (K, RuleSet)>,
+    new: impl Iterator<Item = (K, RuleSet)>,
+) -> BTreeSet<K> {
+    let mut changed = BTreeSet::new();
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    loop {
+        match (old.peek().copied(), new.peek().copied()) {
+            (None, None) => return changed,
+            (Some((key, _)), None) => {
+                changed.insert(key);
+                old.next();
+            }
+            (None, Some((key, _))) => {
+                changed.insert(key);
+                new.next();
+            }
+            (Some((old_key, old_rules)), Some((new_key, new_rules))) => {
+                if old_key < new_key {
+                    changed.insert(old_key);
+                    old.next();
+                } else if new_key < old_key {
+                    changed.insert(new_key);
+                    new.next();
+                } else {
+                    if old_rules != new_rules {
+                        changed.insert(old_key);
+                    }
+                    old.next();
+                    new.next();
+                }
+            }
+        }
+    }
+}
+
+/// The trie key of a prefix.
+pub fn key_of(prefix: &IpPrefix) -> PrefixKey {
+    (prefix.bits().0, prefix.len())
+}
+
+/// Runtime entries that `config` cannot take: their rule is gone, or it no
+/// longer allows broad prefixes. Each is described for an error message.
+pub fn misfits(config: &Config, runtime: &RuntimeEntries) -> Vec<String> {
+    runtime
+        .values()
+        .filter_map(|entry| match config.rule(&entry.rule) {
+            None => Some(format!(
+                "`{}` is in rule `{}`, which the config no longer has",
+                entry.prefix, entry.rule
+            )),
+            Some((_, rule)) if entry.prefix.is_broad() && !rule.allow_any_source => Some(format!(
+                "`{}` is in rule `{}`, which no longer has `allow_any_source = true`",
+                entry.prefix, entry.rule
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Compiles `config` plus `runtime` entries. Rule `i` (config order) is bit
+/// `i` of every [`RuleSet`].
+pub fn compile(config: &Config, runtime: &RuntimeEntries) -> Result<CompiledPolicy, PolicyError> {
+    let misfits = misfits(config, runtime);
+    if !misfits.is_empty() {
+        return Err(PolicyError::Misfits { misfits });
+    }
+    let mut v4 = BTreeMap::new();
+    let mut v6 = BTreeMap::new();
+    let mut ports: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
+    let runtime_sources = runtime
+        .values()
+        .filter_map(|entry| Some((config.rule(&entry.rule)?.0, entry.prefix)));
+    let config_sources = config
+        .rules
+        .iter()
+        .enumerate()
+        .flat_map(|(index, rule)| rule.sources.iter().map(move |prefix| (index, *prefix)));
+    for (index, prefix) in config_sources.chain(runtime_sources) {
+        let family = if prefix.is_v4() { &mut v4 } else { &mut v6 };
+        *family.entry(key_of(&prefix)).or_insert(0) |= 1 << index;
+    }
+    for (index, rule) in config.rules.iter().enumerate() {
+        for range in &rule.ports {
+            for port in range.first..=range.last {
+                *ports.entry(PortKey::new(range.protocol, port)).or_insert(0) |= 1 << index;
+            }
+        }
+    }
+    for (family, count) in [(4, v4.len()), (6, v6.len())] {
+        check_capacity(family, count)?;
+    }
+    // Cannot fail: there are only 2 x 65535 TCP and UDP ports.
+    debug_assert!(ports.len() <= MAX_PORT_ENTRIES as usize);
+    Ok(CompiledPolicy {
+        rule_names: config.rules.iter().map(|rule| rule.name.clone()).collect(),
+        v4: PrefixTable::new(32, v4),
+        v6: PrefixTable::new(128, v6),
+        ports,
+        enforce: config.enforce,
+    })
+}
+
+fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
+    if count > MAX_PREFIXES_PER_FAMILY as usize {
+        return Err(PolicyError::TooManyPrefixes {
+            family,
+            count,
+            max: MAX_PREFIXES_PER_FAMILY,
+        });
+    }
+    Ok(())
+}
+
+impl CompiledPolicy {
+    /// Fails if adding `prefixes` would exceed a family's capacity.
+    pub fn check_room_for(&self, prefixes: &[IpPrefix]) -> Result<(), PolicyError> {
+        for (family, table) in [(4, &self.v4), (6, &self.v6)] {
+            let new: BTreeSet<PrefixKey> = prefixes
+                .iter()
+                .filter(|prefix| prefix.is_v4() == (family == 4))
+                .map(key_of)
+                .filter(|key| table.is_new(key))
+                .collect();
+            check_capacity(family, table.len() + new.len())?;
+        }
+        Ok(())
+    }
+
+    /// Sets whether rule `rule` (its config index) lists `prefix`, and adds
+    /// the map keys that changed to `diff`. Applying the opposite call
+    /// restores the policy exactly.
+    pub fn set_listed(
+        &mut self,
+        rule: usize,
+        prefix: IpPrefix,
+        listed: bool,
+        diff: &mut PolicyDiff,
+    ) {
+        let (table, changed) = if prefix.is_v4() {
+            (&mut self.v4, &mut diff.v4)
+        } else {
+            (&mut self.v6, &mut diff.v6)
+        };
+        table.set_listed(key_of(&prefix), 1 << rule, listed, changed);
+    }
+}
+
+/// The compiled tables answer lookups exactly as the kernel's maps do, so
+/// `explain` and the tests run the data plane's own decision on them.
+impl Policy for CompiledPolicy {
+    fn source_rules(&self, source: &Source) -> RuleSet {
+        match source {
+            Source::V4(octets) => self.v4.longest_match(u32::from_be_bytes(*octets) as u128),
+            Source::V6(octets) => self.v6.longest_match(u128::from_be_bytes(*octets)),
+        }
+    }
+
+    fn port_rules(&self, port: &PortKey) -> RuleSet {
+        self.ports.get(port).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! One address family's source trie contents, kept up to date one prefix
+//! at a time.
+//!
+//! An LPM lookup returns only the longest match, so every entry carries the
+//! rules of every listed prefix that contains it (its *effective* rules).
+//! Listing or unlisting one prefix changes the effective rules of that
+//! prefix and of the prefixes nested under it, and nothing else; this type
+//! recomputes exactly that subtree and reports the keys that changed, so a
+//! one-prefix `allow` on a 250k-prefix policy touches a handful of entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use firewall_common::maps::RuleSet;
+
+use crate::config::prefix::network_bits;
+
+/// A trie key: network bits (IPv4 in the low 32 bits) and prefix length.
+/// Sorted by (bits, length), a prefix comes before everything nested in
+/// it, and its subtree is one contiguous range.
+pub type PrefixKey = (u128, u8);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixTable {
+    /// 32 or 128.
+    width: u8,
+    /// Rules that list exactly this prefix.
+    own: BTreeMap<PrefixKey, RuleSet>,
+    /// What the trie holds: own rules plus those of every enclosing prefix.
+    effective: BTreeMap<PrefixKey, RuleSet>,
+}
+
+/// Whether `outer` contains `inner`.
+pub fn contains(outer: PrefixKey, inner: PrefixKey, width: u8) -> bool {
+    outer.1 <= inner.1 && network_bits(inner.0, outer.1, width) == outer.0
+}
+
+/// Pops a stack of nested prefixes down to `key`'s nearest ancestor and
+/// returns that ancestor's effective rules.
+fn pop_to_parent(
+    ancestors: &mut Vec<(PrefixKey, RuleSet)>,
+    key: PrefixKey,
+    width: u8,
+) -> Option<RuleSet> {
+    while let Some(&(top, rules)) = ancestors.last() {
+        if contains(top, key, width) {
+            return Some(rules);
+        }
+        ancestors.pop();
+    }
+    None
+}
+
+impl PrefixTable {
+    /// Builds the table from the rules listing each prefix.
+    pub fn new(width: u8, own: BTreeMap<PrefixKey, RuleSet>) -> Self {
+        // Sorted by (bits, length), a prefix's ancestors come before it and
+        // before anything outside it: one pass with a stack of the current
+        // ancestor chain visits each prefix once.
+        let mut effective = BTreeMap::new();
+        let mut ancestors: Vec<(PrefixKey, RuleSet)> = Vec::new();
+        for (&key, &rules) in &own {
+            let rules = rules | pop_to_parent(&mut ancestors, key, width).unwrap_or(0);
+            ancestors.push((key, rules));
+            effective.insert(key, rules);
+        }
+        Self {
+            width,
+            own,
+            effective,
+        }
+    }
+
+    /// Number of trie entries.
+    pub fn len(&self) -> usize {
+        self.effective.len()
+    }
+
+    /// Entries as the trie holds them, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (PrefixKey, RuleSet)> + '_ {
+        self.effective.iter().map(|(key, rules)| (*key, *rules))
+    }
+
+    pub fn get(&self, key: &PrefixKey) -> Option<RuleSet> {
+        self.effective.get(key).copied()
+    }
+
+    /// Whether adding `key` would add a trie entry.
+    pub fn is_new(&self, key: &PrefixKey) -> bool {
+        !self.own.contains_key(key)
+    }
+
+    /// Rules of the longest prefix containing `address`, as the kernel's
+    /// LPM trie answers.
+    pub fn longest_match(&self, address: u128) -> RuleSet {
+        (0..=self.width)
+            .rev()
+            .find_map(|len| {
+                self.effective
+                    .get(&(network_bits(address, len, self.width), len))
+            })
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets or clears `bit` in the rules listing exactly `key`, updates the
+    /// effective rules of `key` and everything nested in it, and adds every
+    /// trie key whose contents changed to `changed`.
+    pub fn set_listed(
+        &mut self,
+        key: PrefixKey,
+        bit: RuleSet,
+        listed: bool,
+        changed: &mut BTreeSet<PrefixKey>,
+    ) {
+        let own = self.own.get(&key).copied().unwrap_or(0);
+        let own = if listed { own | bit } else { own & !bit };
+        if own == 0 {
+            self.own.remove(&key);
+            if self.effective.remove(&key).is_some() {
+                changed.insert(key);
+            }
+        } else {
+            self.own.insert(key, own);
+        }
+        let base = self.enclosing_rules(key);
+        let last = network_bits(u128::MAX, self.width, self.width);
+        let broadcast = key.0 | (last & !network_bits(last, key.1, self.width));
+        let mut ancestors: Vec<(PrefixKey, RuleSet)> = Vec::new();
+        for (&inner, &rules) in self.own.range(key..=(broadcast, self.width)) {
+            let rules = rules | pop_to_parent(&mut ancestors, inner, self.width).unwrap_or(base);
+            ancestors.push((inner, rules));
+            if self.effective.insert(inner, rules) != Some(rules) {
+                changed.insert(inner);
+            }
+        }
+    }
+
+    /// Effective rules of the nearest listed prefix strictly containing `key`.
+    fn enclosing_rules(&self, key: PrefixKey) -> RuleSet {
+        (0..key.1)
+            .rev()
+            .find_map(|len| {
+                self.effective
+                    .get(&(network_bits(key.0, len, self.width), len))
+            })
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(text: &str) -> PrefixKey {
+        let prefix: crate::config::IpPrefix = text.parse().unwrap();
+        (prefix.bits().0, prefix.len())
+    }
+
+    fn table(own: &[(&str, RuleSet)]) -> PrefixTable {
+        PrefixTable::new(
+            32,
+            own.iter().map(|(text, rules)| (v4(text), *rules)).collect(),
+        )
+    }
+
+    #[test]
+    fn nested_prefixes_inherit_their_parents_rules() {
+        let table = table(&[
+            ("203.0.113.0/24", 0b01),
+            ("203.0.113.64/26", 0b10),
+            ("198.51.100.0/24", 0b10),
+        ]);
+        let entries: Vec<_> = table.entries().collect();
+        assert_eq!(
+            entries,
+            [
+                (v4("198.51.100.0/24"), 0b10),
+                (v4("203.0.113.0/24"), 0b01),
+                (v4("203.0.113.64/26"), 0b11),
+            ]
+        );
+        assert_eq!(table.longest_match(v4("203.0.113.70/32").0), 0b11);
+        assert_eq!(table.longest_match(v4("203.0.113.10/32").0), 0b01);
+        assert_eq!(table.longest_match(v4("192.0.2.1/32").0), 0);
+    }
+
+    #[test]
+    fn listing_a_parent_updates_exactly_its_subtree() {
+        let mut table = table(&[
+            ("203.0.113.64/26", 0b10),
+            ("203.0.113.70/32", 0b100),
+            ("198.51.100.0/24", 0b10),
+        ]);
+        let mut changed = BTreeSet::new();
+        table.set_listed(v4("203.0.113.0/24"), 0b1, true, &mut changed);
+        assert_eq!(
+            changed,
+            BTreeSet::from([
+                v4("203.0.113.0/24"),
+                v4("203.0.113.64/26"),
+                v4("203.0.113.70/32")
+            ])
+        );
+        assert_eq!(table.get(&v4("203.0.113.70/32")), Some(0b111));
+        // Listing the same bit again changes nothing.
+        changed.clear();
+        table.set_listed(v4("203.0.113.0/24"), 0b1, true, &mut changed);
+        assert!(changed.is_empty());
+        // Unlisting restores the original table exactly.
+        table.set_listed(v4("203.0.113.0/24"), 0b1, false, &mut changed);
+        assert_eq!(
+            table,
+            self::table(&[
+                ("203.0.113.64/26", 0b10),
+                ("203.0.113.70/32", 0b100),
+                ("198.51.100.0/24", 0b10),
+            ])
+        );
+        assert_eq!(changed.len(), 3);
+    }
+
+    #[test]
+    fn a_prefix_listed_by_two_rules_stays_until_both_unlist_it() {
+        let mut table = table(&[("192.0.2.0/24", 0b11)]);
+        let mut changed = BTreeSet::new();
+        table.set_listed(v4("192.0.2.0/24"), 0b01, false, &mut changed);
+        assert_eq!(table.get(&v4("192.0.2.0/24")), Some(0b10));
+        table.set_listed(v4("192.0.2.0/24"), 0b10, false, &mut changed);
+        assert_eq!(table.len(), 0);
+    }
+
+    /// Random edits applied one at a time give the same table as building
+    /// it from scratch, and report every key whose contents changed.
+    #[test]
+    fn incremental_edits_equal_a_full_rebuild() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut own: BTreeMap<PrefixKey, RuleSet> = BTreeMap::new();
+        let mut table = PrefixTable::new(32, BTreeMap::new());
+        for _ in 0..3000 {
+            // Prefixes inside 10.0.0.0/16, so they nest often.
+            let len = 16 + (random() % 17) as u8;
+            let key = (
+                network_bits(0x0a00_0000 | (random() as u128 & 0xffff), len, 32),
+                len,
+            );
+            let bit: RuleSet = 1 << (random() % 3);
+            let listed = random() % 3 != 0;
+            let before = table.clone();
+            let mut changed = BTreeSet::new();
+            table.set_listed(key, bit, listed, &mut changed);
+            let rules = own.get(&key).copied().unwrap_or(0);
+            let rules = if listed { rules | bit } else { rules & !bit };
+            if rules == 0 {
+                own.remove(&key);
+            } else {
+                own.insert(key, rules);
+            }
+            let rebuilt = PrefixTable::new(32, own.clone());
+            assert_eq!(table, rebuilt);
+            let really_changed: BTreeSet<PrefixKey> = before
+                .effective
+                .keys()
+                .chain(rebuilt.effective.keys())
+                .filter(|key| before.get(key) != rebuilt.get(key))
+                .copied()
+                .collect();
+            assert_eq!(changed, really_changed);
+        }
+    }
+}
