@@ -51,7 +51,7 @@ pub fn run_in(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Output {
 /// Waits `interval`, then calls `probe`, until it returns `Some` or
 /// `timeout` has passed (`None`). Waiting first means two probes are always
 /// at least `interval` apart.
-fn poll<T>(
+pub fn poll<T>(
     timeout: Duration,
     interval: Duration,
     mut probe: impl FnMut() -> Option<T>,
@@ -72,64 +72,107 @@ fn poll<T>(
 pub struct Daemon {
     child: Option<Child>,
     dir: TempDir,
+    ns: String,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// `--state-dir`: runtime entries and the audit log.
+    pub state_dir: PathBuf,
 }
 
 impl Daemon {
     /// Writes `config` (TOML) and starts the daemon on it in namespace
     /// `ns`; returns once it answers on its socket.
     pub fn start(ns: &Netns, config: &str) -> Daemon {
-        let mut daemon = Daemon::spawn(ns, config);
+        let mut daemon = Daemon::prepare(ns, config);
+        daemon.spawn_and_wait();
+        daemon
+    }
+
+    /// Writes `config` in a fresh directory without starting anything, so a
+    /// test can set up files (a state file, a socket path) first.
+    pub fn prepare(ns: &Netns, config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // Other users may reach the socket inside; its own mode and ACL decide.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let config_path = dir.path().join("firewall.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Daemon {
+            child: None,
+            ns: ns.name.clone(),
+            config: config_path,
+            socket: dir.path().join("ctl.sock"),
+            state_dir: dir.path().join("state"),
+            dir,
+        }
+    }
+
+    /// Starts the prepared (or stopped) daemon; returns once it answers.
+    pub fn spawn_and_wait(&mut self) {
+        self.spawn();
         let answered = poll(Duration::from_secs(20), Duration::from_millis(50), || {
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "daemon exited with {status} during start-up:\n{}",
-                    daemon.log()
+                    self.log()
                 );
             }
-            daemon.try_json(&["status"])
+            self.try_json(&["status"])
         });
         assert!(
             answered.is_some(),
             "daemon did not answer within 20 s:\n{}",
-            daemon.log()
+            self.log()
         );
-        daemon
     }
 
     /// Starts the daemon and waits for it to exit; for configs it must refuse.
     pub fn start_expecting_failure(ns: &Netns, config: &str) -> (i32, String) {
-        let mut daemon = Daemon::spawn(ns, config);
-        let status = daemon.child.take().unwrap().wait().unwrap();
-        (status.code().unwrap_or(-1), daemon.log())
+        Daemon::prepare(ns, config).run_expecting_failure()
     }
 
-    fn spawn(ns: &Netns, config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("firewall.toml");
-        let socket = dir.path().join("ctl.sock");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    /// Starts the prepared daemon and waits for it to exit.
+    pub fn run_expecting_failure(&mut self) -> (i32, String) {
+        self.spawn();
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status.code().unwrap_or(-1), self.log())
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        // Appended: a restarted daemon adds to the same log.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
         // `ip netns exec` execs the daemon, so signals reach it directly.
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+            .args(["netns", "exec", &self.ns])
             .arg(binary())
             .args(["daemon", "--config"])
-            .arg(&config_path)
+            .arg(&self.config)
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning the daemon");
-        Daemon {
-            child: Some(child),
-            dir,
-            config: config_path,
-            socket,
-        }
+        self.child = Some(child);
+    }
+
+    /// Sends `signal` and waits for the daemon to exit; it can be started
+    /// again with [`Daemon::spawn_and_wait`], on the same files.
+    pub fn kill(&mut self, signal: i32) -> i32 {
+        self.signal(signal);
+        let status = self.child.take().unwrap().wait().unwrap();
+        status.code().unwrap_or(-1)
     }
 
     /// The daemon's log so far.
@@ -145,7 +188,32 @@ impl Daemon {
         ctl(&all)
     }
 
-    fn try_json(&self, args: &[&str]) -> Option<Value> {
+    /// Runs the CLI and returns its stdout, failing the test (with the
+    /// daemon's log) if it does not succeed.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert!(
+            output.status.success(),
+            "firewall-ctl {args:?} failed: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs the CLI expecting exit code 1, and returns its stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "firewall-ctl {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8(output.stderr).unwrap()
+    }
+
+    pub fn try_json(&self, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.push("--json");
         let output = self.ctl(&all);
@@ -155,7 +223,7 @@ impl Daemon {
             .then(|| serde_json::from_slice(&output.stdout).expect("--json output is JSON"))
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub fn json(&self, args: &[&str]) -> Value {
         self.try_json(args)
             .unwrap_or_else(|| panic!("firewall-ctl {args:?} failed; daemon log:\n{}", self.log()))
     }
@@ -206,9 +274,8 @@ impl Daemon {
     /// Stops the daemon with `signal` (SIGTERM or SIGINT) and returns its
     /// exit code and log.
     pub fn stop(mut self, signal: i32) -> (i32, String) {
-        self.signal(signal);
-        let status = self.child.take().unwrap().wait().unwrap();
-        (status.code().unwrap_or(-1), self.log())
+        let code = self.kill(signal);
+        (code, self.log())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod frames;
 pub mod lab;
 pub mod traffic;
+pub mod users;
 
 /// The vendor may reach 443 and UDP 4500; the office and the vendor's
 /// 203.0.113.64/26 may reach 22 (the overlap example).

@@ -46,8 +46,8 @@ fn allowlist_is_enforced(mode: &str) {
     );
     assert_eq!(
         socket_mode & 0o777,
-        0o600,
-        "the control socket is root-only"
+        0o660,
+        "the control socket is root's and its group's (root, without `control_group`)"
     );
     let socket = daemon.socket.clone();
 
