@@ -208,6 +208,9 @@ pub struct StatusReport {
     pub reloads_rejected: u64,
     /// Why the last reload was rejected, if it was; cleared by a good one.
     pub last_reload_error: Option<String>,
+    /// A reload is being read, compiled or written right now; `status`
+    /// answers meanwhile from the policy still live.
+    pub reload_in_progress: bool,
     /// Where runtime entries and the audit log live.
     pub state_dir: PathBuf,
     /// Entries added with `firewall-ctl allow` (included in the prefix counts).

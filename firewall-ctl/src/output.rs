@@ -93,6 +93,12 @@ pub fn status(report: &StatusReport) -> String {
         or_dash(report.next_expiry),
         report.state_dir.display()
     );
+    if report.reload_in_progress {
+        let _ = writeln!(
+            out,
+            "reload      in progress; the policy above stays live until it is applied"
+        );
+    }
     if let Some(error) = &report.last_reload_error {
         let _ = writeln!(
             out,

@@ -252,11 +252,17 @@ impl Daemon {
     /// Replaces the config file and sends SIGHUP; returns once the daemon
     /// has either applied or rejected it.
     pub fn reload(&self, config: &str) -> Value {
+        std::fs::write(&self.config, config).unwrap();
+        self.reload_with_signal()
+    }
+
+    /// Sends SIGHUP; returns the status once the daemon has either applied
+    /// or rejected whatever is at the config path.
+    pub fn reload_with_signal(&self) -> Value {
         let attempts = |status: &Value| {
             status["reloads"].as_u64().unwrap() + status["reloads_rejected"].as_u64().unwrap()
         };
         let before = attempts(&self.status());
-        std::fs::write(&self.config, config).unwrap();
         self.signal(libc::SIGHUP);
         let status = poll(Duration::from_secs(10), Duration::from_millis(20), || {
             let status = self.status();

@@ -1,11 +1,14 @@
 //! The data plane at its documented size: 64 rules and a quarter million
 //! prefixes per address family, loaded into the kernel and classifying.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use firewall_tests::{
     addr::*,
-    daemon::Daemon,
+    daemon::{Daemon, poll},
     frames::{tcp_v4, tcp_v6},
     lab::Lab,
     root_or_skip,
@@ -102,9 +105,44 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
         2
     );
 
-    // A reload of the same size replaces it all, atomically.
-    let status = daemon.reload(&config.replace("name = \"last\"", "name = \"final\""));
-    assert_eq!(status["reloads"], 1, "{}", daemon.log());
+    // `allow` at full size writes only what changed.
+    let added = daemon.ctl_ok(&["allow", "192.0.2.99", "--rule", "last"]);
+    assert_eq!(added, "added 192.0.2.99/32 to rule `last`\n");
+    send_frames(&lab.peer, PEER_IF, vec![tcp_v4(STRANGER_V4, 443)]);
+    assert_eq!(
+        daemon.settled_stats().rule("last").0 - before.rule("last").0,
+        3
+    );
+    // Reloading an unchanged config rewrites nothing.
+    let unchanged: serde_json::Value =
+        serde_json::from_str(&daemon.ctl_ok(&["reload", "--json"])).unwrap();
+    assert_eq!(unchanged["changed_map_entries"], 0);
+
+    assert_eq!(
+        daemon.ctl_ok(&["remove", "192.0.2.99"]),
+        "removed 192.0.2.99/32 from rule `last`\n"
+    );
+
+    // A reload of the same size replaces it all, atomically, and `status`
+    // answers from the live policy while it runs.
+    std::fs::write(
+        &daemon.config,
+        config.replace("name = \"last\"", "name = \"final\""),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let mut answered_during_reload = 0;
+    let status = poll(Duration::from_secs(60), Duration::from_millis(20), || {
+        let status = daemon.status();
+        if status["reload_in_progress"] == true {
+            answered_during_reload += 1;
+            assert_eq!(status["reloads"], 1, "the live policy's status");
+        }
+        (status["reloads"] == 2).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("no reload within 60 s:\n{}", daemon.log()));
+    assert!(answered_during_reload > 0, "status waited for the reload");
+    assert_eq!(status["reload_in_progress"], false);
     send_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443)]);
     assert_eq!(daemon.settled_stats().rule("final").0, 1);
 }

@@ -107,6 +107,51 @@ fn attempts() -> Vec<Attempt> {
     ]
 }
 
+/// Tries each connection, prints a table row for it, and returns how many
+/// did not behave as expected.
+fn try_connections(hosts: &[Netns], attempts: &[Attempt]) -> usize {
+    let mut surprises = 0;
+    println!(
+        "\n{:<9} {:<16} {:<20} {:<10} WHY",
+        "HOST", "SOURCE", "TARGET", "RESULT"
+    );
+    for attempt in attempts {
+        let result = connect_tcp(&hosts[attempt.host], attempt.source, attempt.target);
+        let shown = match result {
+            Connect::Connected => "connected",
+            Connect::TimedOut => "DROPPED",
+            Connect::Refused => "refused",
+        };
+        let note = if result == attempt.expect {
+            attempt.why.to_string()
+        } else {
+            surprises += 1;
+            format!(
+                "UNEXPECTED, expected {:?} ({})",
+                attempt.expect, attempt.why
+            )
+        };
+        println!(
+            "{:<9} {:<16} {:<20} {:<10} {note}",
+            HOSTS[attempt.host],
+            attempt.source.to_string(),
+            attempt.target.to_string(),
+            shown
+        );
+    }
+    surprises
+}
+
+/// Runs a CLI command against the demo daemon and prints it with its output.
+fn show(daemon: &Daemon, title: &str, args: &[&str]) {
+    let output = daemon.ctl(args);
+    print!(
+        "\n$ {title}\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn remove_lab() {
     for host in HOSTS.iter().chain(&["switch"]) {
         let _ = std::process::Command::new("ip")
@@ -172,42 +217,71 @@ pub fn run() -> anyhow::Result<()> {
     let daemon = Daemon::start(edge, &config);
     println!("the edge host listens on TCP 443 (IPv4 and IPv6), 22 and 8080\n");
 
-    let mut surprises = 0;
-    println!(
-        "{:<9} {:<16} {:<20} {:<10} WHY",
-        "HOST", "SOURCE", "TARGET", "RESULT"
-    );
-    for attempt in attempts() {
-        let result = connect_tcp(&hosts[attempt.host], attempt.source, attempt.target);
-        let shown = match result {
-            Connect::Connected => "connected",
-            Connect::TimedOut => "DROPPED",
-            Connect::Refused => "refused",
-        };
-        let note = if result == attempt.expect {
-            attempt.why.to_string()
-        } else {
-            surprises += 1;
-            format!(
-                "UNEXPECTED, expected {:?} ({})",
-                attempt.expect, attempt.why
-            )
-        };
-        println!(
-            "{:<9} {:<16} {:<20} {:<10} {note}",
-            HOSTS[attempt.host],
-            attempt.source.to_string(),
-            attempt.target.to_string(),
-            shown
-        );
-    }
+    let mut surprises = try_connections(&hosts, &attempts());
     for (title, args) in [
-        ("firewall-ctl status", ["status"]),
-        ("firewall-ctl stats", ["stats"]),
+        ("firewall-ctl status", &["status"][..]),
+        ("firewall-ctl stats", &["stats"]),
     ] {
-        let output = daemon.ctl(&args);
-        println!("\n$ {title}\n{}", String::from_utf8_lossy(&output.stdout));
+        show(&daemon, title, args);
     }
+
+    println!("\nlive edits: a contractor at {STRANGER_V4} needs HTTPS access for ten minutes");
+    show(
+        &daemon,
+        "firewall-ctl allow 192.0.2.99 --rule office-https --comment 'contractor, OPS-7' --expires 10m",
+        &[
+            "allow",
+            "192.0.2.99",
+            "--rule",
+            "office-https",
+            "--comment",
+            "contractor, OPS-7",
+            "--expires",
+            "10m",
+        ],
+    );
+    let stranger_https = |expect, why| Attempt {
+        host: 3,
+        source: STRANGER_V4.into(),
+        target: at(EDGE_V4, 443),
+        expect,
+        why,
+    };
+    surprises += try_connections(
+        &hosts,
+        &[stranger_https(
+            Connect::Connected,
+            "runtime entry in office-https",
+        )],
+    );
+    show(
+        &daemon,
+        "firewall-ctl list --rule office-https",
+        &["list", "--rule", "office-https"],
+    );
+    show(
+        &daemon,
+        "firewall-ctl explain 192.0.2.99 443",
+        &["explain", "192.0.2.99", "443"],
+    );
+    show(
+        &daemon,
+        "firewall-ctl explain 192.0.2.99 22",
+        &["explain", "192.0.2.99", "22"],
+    );
+    show(
+        &daemon,
+        "firewall-ctl remove 192.0.2.99",
+        &["remove", "192.0.2.99"],
+    );
+    surprises += try_connections(
+        &hosts,
+        &[stranger_https(
+            Connect::TimedOut,
+            "dropped again: not_allowlisted",
+        )],
+    );
+    show(&daemon, "firewall-ctl audit log", &["audit", "log"]);
     let (code, _) = daemon.stop(libc::SIGTERM);
     println!("daemon stopped (exit code {code}); removing the lab");
     drop(hosts);

@@ -27,6 +27,8 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("setpriv", "util-linux"),
+        ("useradd", "passwd"),
+        ("groupadd", "passwd"),
     ] {
         command_from_package(command, package)?;
     }
@@ -138,8 +140,21 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `command` is an executable file in a directory of `PATH` (or
+/// the sbin directories, which a non-login root shell may lack).
+fn on_path(command: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .any(|dir| {
+            std::fs::metadata(dir.join(command)).is_ok_and(|metadata| {
+                std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o111 != 0
+            })
+        })
+}
+
 fn command_from_package(command: &str, package: &str) -> anyhow::Result<()> {
-    if output(Command::new(command).arg("-V")).is_some() {
+    if on_path(command) {
         say(&format!("ok: {command}"));
         return Ok(());
     }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use firewall_tests::lab::NETNS_PREFIX;
+use firewall_tests::{lab::NETNS_PREFIX, users::ACCOUNT_PREFIX};
 
 use crate::{
     cargo::{build_firewall_ctl, cargo, is_root, output},
@@ -21,6 +21,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     let root = is_root();
     if root {
         remove_leftover_namespaces();
+        remove_leftover_accounts();
     } else {
         println!(
             "xtask test: not root: the end-to-end tests skip and say SKIPPED below; run as root to run them"
@@ -100,8 +101,17 @@ fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
     Ok(totals)
 }
 
-/// Namespaces of test runs that were killed before they could clean up:
-/// named `fwt-<pid>-...` after a test process that no longer exists.
+/// Whether `name` is `<prefix><pid>...` of a test process that no longer
+/// exists (killed before it could clean up).
+fn left_over(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists()
+}
+
+/// Namespaces of killed test runs: `fwt-<pid>-...`.
 fn remove_leftover_namespaces() {
     let Some(list) = output(Command::new("ip").args(["netns", "list"])) else {
         return;
@@ -109,14 +119,26 @@ fn remove_leftover_namespaces() {
     for name in list
         .lines()
         .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| left_over(name, NETNS_PREFIX))
     {
-        let owner = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if owner.is_some_and(|pid| !std::path::Path::new("/proc").join(pid).exists()) {
-            println!("xtask test: removing leftover namespace {name}");
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        println!("xtask test: removing leftover namespace {name}");
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+    }
+}
+
+/// Users and groups of killed test runs: `fwt<pid>u<n>`, `fwt<pid>g<n>`.
+fn remove_leftover_accounts() {
+    for (database, remove) in [("/etc/passwd", "userdel"), ("/etc/group", "groupdel")] {
+        let Ok(entries) = std::fs::read_to_string(database) else {
+            continue;
+        };
+        for name in entries
+            .lines()
+            .filter_map(|line| line.split(':').next())
+            .filter(|name| left_over(name, ACCOUNT_PREFIX))
+        {
+            println!("xtask test: removing leftover test account {name}");
+            let _ = Command::new(remove).arg(name).status();
         }
     }
 }

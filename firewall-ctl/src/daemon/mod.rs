@@ -65,6 +65,8 @@ pub struct PolicyStatus {
     pub reloads: u64,
     pub reloads_rejected: u64,
     pub last_reload_error: Option<String>,
+    /// A reload is being read, compiled or written right now.
+    pub reload_in_progress: bool,
     pub state_dir: PathBuf,
     pub runtime_entries: usize,
     pub next_expiry: Option<Timestamp>,
@@ -84,11 +86,27 @@ pub enum Job {
     Audit(AuditRecord),
 }
 
-/// Where the daemon keeps its files and listens, from the command line or
-/// the config.
+/// Where the daemon keeps its files and listens, when the command line
+/// says otherwise than the config.
+#[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Loads the config at `path` with these overrides applied: start-up
+    /// and every reload see the same paths.
+    pub fn load(&self, path: &Path) -> Result<Config, config::ConfigError> {
+        let mut config = config::load(path, &LiveHost)?;
+        if let Some(socket) = &self.socket {
+            config.socket = socket.clone();
+        }
+        if let Some(state_dir) = &self.state_dir {
+            config.state_dir = state_dir.clone();
+        }
+        Ok(config)
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -98,15 +116,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    let mut config = config::load(&config_path, &LiveHost)?;
+    let config = overrides.load(&config_path)?;
     system::check_privileges(&config_path)?;
     system::raise_file_limit();
-    if let Some(state_dir) = overrides.state_dir {
-        config.state_dir = state_dir;
-    }
-    if let Some(socket) = overrides.socket {
-        config.socket = socket;
-    }
     let (store, mut runtime) = StateStore::open(&config.state_dir)?;
     let mut audit = AuditLog::open(&config.state_dir)
         .with_context(|| format!("opening the audit log in `{}`", config.state_dir.display()))?;
@@ -159,6 +171,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         .collect();
     let writer = Writer {
         config_path,
+        overrides,
         socket: config.socket.clone(),
         config,
         runtime,
@@ -171,6 +184,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         reloads: 0,
         reloads_rejected: 0,
         last_reload_error: None,
+        reload_in_progress: false,
         expiry_retry_at: None,
     };
     let status = writer.status.subscribe();

@@ -362,6 +362,7 @@ fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
         reloads: status.reloads,
         reloads_rejected: status.reloads_rejected,
         last_reload_error: status.last_reload_error.clone(),
+        reload_in_progress: status.reload_in_progress,
         state_dir: status.state_dir.clone(),
         runtime_entries: status.runtime_entries,
         next_expiry: status.next_expiry,

@@ -35,7 +35,6 @@ use crate::{
     datapath::Datapath,
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
     policy::{self, CompiledPolicy, PolicyDiff, explain},
-    system::LiveHost,
     text::escape_controls,
 };
 
@@ -47,6 +46,7 @@ const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 /// Everything the writer owns.
 pub struct Writer {
     pub config_path: PathBuf,
+    pub overrides: super::Overrides,
     pub socket: PathBuf,
     pub config: Config,
     pub runtime: RuntimeEntries,
@@ -59,6 +59,7 @@ pub struct Writer {
     pub reloads: u64,
     pub reloads_rejected: u64,
     pub last_reload_error: Option<String>,
+    pub reload_in_progress: bool,
     /// Set after an expiry could not be applied: when to try again.
     pub expiry_retry_at: Option<SystemTime>,
 }
@@ -93,6 +94,7 @@ impl Writer {
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
             last_reload_error: self.last_reload_error.clone(),
+            reload_in_progress: self.reload_in_progress,
             state_dir: self.config.state_dir.clone(),
             runtime_entries: self.runtime.len(),
             next_expiry: entries::next_expiry(&self.runtime),
@@ -390,11 +392,15 @@ impl Writer {
         let mut record = AuditRecord::new(Action::Remove, requester, Outcome::Rejected);
         record.rule = request.rule.clone();
         record.prefixes = request.prefixes.clone();
-        let result = self.try_remove(&request);
+        let result = self.try_remove(&request, &mut record);
         self.audited(record, result)
     }
 
-    fn try_remove(&mut self, request: &RemoveRequest) -> Result<Applied, String> {
+    fn try_remove(
+        &mut self,
+        request: &RemoveRequest,
+        record: &mut AuditRecord,
+    ) -> Result<Applied, String> {
         if request.prefixes.is_empty() {
             return Err("give at least one prefix to remove".to_string());
         }
@@ -426,6 +432,10 @@ impl Writer {
             }
         }
         refuse_if_any(problems)?;
+        let rules: BTreeSet<&str> = edits.iter().map(|edit| edit.key.0.as_str()).collect();
+        if let [only] = rules.into_iter().collect::<Vec<_>>().as_slice() {
+            record.rule = Some(only.to_string());
+        }
         let changes = edits
             .iter()
             .map(|edit| EntryChange {
@@ -599,7 +609,11 @@ impl Writer {
     fn reload(&mut self, requester: Option<Requester>) -> Response {
         info!(config = %self.config_path.display(), by = %requester.as_ref().map_or("SIGHUP".to_string(), ToString::to_string), "reloading config");
         let mut record = AuditRecord::new(Action::Reload, requester, Outcome::Rejected);
-        match self.try_reload() {
+        self.reload_in_progress = true;
+        self.publish();
+        let result = self.try_reload();
+        self.reload_in_progress = false;
+        match result {
             Ok(mut report) => {
                 self.reloads += 1;
                 self.last_reload_error = None;
@@ -640,7 +654,10 @@ impl Writer {
     }
 
     fn try_reload(&mut self) -> Result<ReloadReport, String> {
-        let config = config::load(&self.config_path, &LiveHost).map_err(|err| err.to_string())?;
+        let config = self
+            .overrides
+            .load(&self.config_path)
+            .map_err(|err| err.to_string())?;
         let mut warnings = Vec::new();
         if config.interfaces != self.config.interfaces || config.xdp_mode != self.config.xdp_mode {
             warnings.push(
