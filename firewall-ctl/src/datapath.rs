@@ -41,9 +41,13 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "firewall";
 
-/// How long a packet can still be using the slot that was just retired.
-/// XDP runs to completion within microseconds; this is orders above that.
-const RETIRE_GRACE: Duration = Duration::from_millis(50);
+/// After this long, no packet can still be using a slot that was retired:
+/// XDP runs to completion within microseconds, and an RCU grace period
+/// (which bounds them) takes milliseconds. Only a change that follows the
+/// previous one more closely waits, for an actual grace period.
+const RETIRE_GRACE: Duration = Duration::from_millis(1000);
+/// The wait where the kernel cannot wait for a grace period (`nohz_full`).
+const RETIRE_FALLBACK_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -316,13 +320,15 @@ impl Datapath {
     }
 
     /// Folds the rule counters of a slot that was live into `retired`,
-    /// before the slot is reused. Waits out the grace period first: packets
-    /// that read `ACTIVE` before the switch may still count into it.
+    /// before the slot is reused. Packets that read `ACTIVE` before the
+    /// switch may still count into it: a recent switch waits for them.
     fn fold_retired_counters(&mut self, slot: u32) {
         let Some(since) = self.retiring_since.take() else {
             return;
         };
-        std::thread::sleep(RETIRE_GRACE.saturating_sub(since.elapsed()));
+        if since.elapsed() < RETIRE_GRACE && !crate::system::wait_for_rcu_readers() {
+            std::thread::sleep(RETIRE_FALLBACK_WAIT);
+        }
         match self.slot_rule_counters(slot) {
             Ok(counters) => {
                 for (name, counter) in counters {

@@ -160,13 +160,40 @@ impl fmt::Display for Origin {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + NOW
+    }
+
+    /// An entry root added to `rule` at a fixed time, without comment or expiry.
+    pub fn entry(rule: &str, prefix: &str) -> RuntimeEntry {
+        RuntimeEntry {
+            rule: rule.to_string(),
+            prefix: prefix.parse().unwrap(),
+            comment: None,
+            added_by: Requester {
+                uid: 0,
+                user: Some("root".to_string()),
+                pid: Some(1),
+            },
+            added_at: Timestamp(now()),
+            expires_at: None,
+        }
+    }
+
+    /// Entries of `(rule, prefix)`.
+    pub fn runtime(entries: &[(&str, &str)]) -> RuntimeEntries {
+        entries
+            .iter()
+            .map(|(rule, prefix)| {
+                let entry = entry(rule, prefix);
+                (entry.key(), entry)
+            })
+            .collect()
     }
 
     #[test]
@@ -199,16 +226,8 @@ mod tests {
     #[test]
     fn expired_and_next_expiry() {
         let entry = |prefix: &str, expires: Option<u64>| RuntimeEntry {
-            rule: "r".to_string(),
-            prefix: prefix.parse().unwrap(),
-            comment: None,
-            added_by: Requester {
-                uid: 0,
-                user: None,
-                pid: None,
-            },
-            added_at: Timestamp(now()),
             expires_at: expires.map(|secs| Timestamp(now() + Duration::from_secs(secs))),
+            ..entry("r", prefix)
         };
         let entries: RuntimeEntries = [
             entry("192.0.2.1", Some(10)),

@@ -159,6 +159,17 @@ pub fn set_group_acl(path: &Path, gid: Option<u32>) -> std::io::Result<()> {
     }
 }
 
+/// Waits until every XDP invocation that started before this call has
+/// finished: XDP runs inside an RCU read-side section, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period
+/// (Linux 4.3). Returns `false` where the kernel refuses (`nohz_full`
+/// hosts), so the caller falls back to waiting a fixed time.
+pub fn wait_for_rcu_readers() -> bool {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 }
+}
+
 /// Raises the soft open-file limit to the hard one, so the connection
 /// limit, not the file limit, is what turns clients away.
 pub fn raise_file_limit() {
@@ -204,33 +215,26 @@ mod tests {
             eprintln!("SKIPPED a_group_acl_can_be_set_and_removed: no ACL support here");
             return;
         }
-        let mut buffer = [0u8; 64];
         let name = std::ffi::CString::new("system.posix_acl_access").unwrap();
         let path_c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: NUL-terminated strings and our buffer.
-        let len = unsafe {
-            libc::getxattr(
-                path_c.as_ptr(),
-                name.as_ptr(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-            )
+        let read_acl = || {
+            let mut buffer = [0u8; 64];
+            // SAFETY: NUL-terminated strings and our buffer.
+            let len = unsafe {
+                libc::getxattr(
+                    path_c.as_ptr(),
+                    name.as_ptr(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            (len, buffer)
         };
+        let (len, buffer) = read_acl();
         assert_eq!(len, 4 + 5 * 8);
-        assert_eq!(
-            u32::from_le_bytes(buffer[4 + 2 * 8 + 4..4 + 3 * 8].try_into().unwrap()),
-            4242
-        );
+        let gid = &buffer[4 + 2 * 8 + 4..4 + 3 * 8];
+        assert_eq!(u32::from_le_bytes(gid.try_into().unwrap()), 4242);
         set_group_acl(&path, None).unwrap();
-        // SAFETY: as above.
-        let len = unsafe {
-            libc::getxattr(
-                path_c.as_ptr(),
-                name.as_ptr(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-            )
-        };
-        assert_eq!(len, -1);
+        assert_eq!(read_acl().0, -1);
     }
 }

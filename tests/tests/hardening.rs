@@ -60,6 +60,16 @@ fn only_a_stale_socket_is_ever_replaced() {
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     daemon.kill(libc::SIGKILL);
     daemon.spawn_and_wait();
+
+    // On exit the daemon removes its own socket, and only that: not a file
+    // that took its place meanwhile.
+    std::fs::remove_file(&daemon.socket).unwrap();
+    std::fs::write(&daemon.socket, "someone else's\n").unwrap();
+    daemon.kill(libc::SIGTERM);
+    assert_eq!(
+        std::fs::read_to_string(&daemon.socket).unwrap(),
+        "someone else's\n"
+    );
 }
 
 /// A FIFO or a device in place of the config is refused without hanging:

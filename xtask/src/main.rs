@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI runs, each task doing
 //! its own set-up so it works on a fresh machine.
 
+mod bench;
 mod cargo;
 mod demo;
 mod setup;
@@ -29,6 +30,8 @@ enum Task {
     },
     /// Run the firewall in a throwaway lab of network namespaces and show what it does (root).
     Demo,
+    /// Measure how long `firewall-ctl allow` and `remove` take at 10 and 250k prefixes per family (root).
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|_| ()),
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

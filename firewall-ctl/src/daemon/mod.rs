@@ -30,10 +30,10 @@ use self::{
     writer::Writer,
 };
 use crate::{
-    api::{self, Command, InterfaceStatus, Response},
+    api::{self, Command, InterfaceStatus, Response, StatusReport},
     config::{self, Config},
     datapath::{Attachment, Datapath},
-    entries::{self, Requester, RuntimeEntries, Timestamp},
+    entries::{self, Requester, RuntimeEntries},
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
 };
@@ -52,24 +52,10 @@ pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
 
 /// What the writer publishes after every change, so the socket can answer
 /// `status` (and check permissions) without waiting for it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PolicyStatus {
-    pub config: PathBuf,
-    pub mode: String,
-    pub rules: usize,
-    pub prefixes_v4: usize,
-    pub prefixes_v6: usize,
-    pub ports: usize,
-    /// Unix time.
-    pub applied_at: u64,
-    pub reloads: u64,
-    pub reloads_rejected: u64,
-    pub last_reload_error: Option<String>,
-    /// A reload is being read, compiled or written right now.
-    pub reload_in_progress: bool,
-    pub state_dir: PathBuf,
-    pub runtime_entries: usize,
-    pub next_expiry: Option<Timestamp>,
+    /// `status` as of the last change; the server fills in the uptime.
+    pub report: StatusReport,
     pub access: Access,
 }
 
@@ -169,8 +155,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             xdp_mode: attachment.mode,
         })
         .collect();
-    let writer = Writer {
+    let mut writer = Writer {
         config_path,
+        interfaces,
         overrides,
         socket: config.socket.clone(),
         config,
@@ -179,7 +166,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         datapath,
         store,
         audit,
-        status: watch::channel(Arc::default()).0,
+        status: None,
         applied_at: SystemTime::now(),
         reloads: 0,
         reloads_rejected: 0,
@@ -187,8 +174,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         reload_in_progress: false,
         expiry_retry_at: None,
     };
-    let status = writer.status.subscribe();
-    writer.status.send_replace(Arc::new(writer.snapshot()));
+    let (status_sender, status) = watch::channel(Arc::new(writer.snapshot()));
+    writer.status = Some(status_sender);
     let (jobs, pending) = mpsc::channel();
     std::thread::Builder::new()
         .name("policy-writer".to_string())
@@ -197,7 +184,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let shared = Arc::new(server::Shared {
         jobs: jobs.clone(),
         status,
-        interfaces,
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

@@ -28,7 +28,7 @@ use super::{
     audit::{self, Action, AuditRecord, Outcome},
 };
 use crate::{
-    api::{self, AuditLogReport, Command, InterfaceStatus, Request, Response, StatusReport},
+    api::{self, AuditLogReport, Command, Request, Response, StatusReport},
     entries::{Requester, Timestamp},
     system,
     text::escape_controls,
@@ -112,12 +112,26 @@ pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), 
     })
 }
 
-/// The control socket's file, removed when the daemon exits for any reason.
-pub struct SocketFile(PathBuf);
+/// The control socket's file, removed when the daemon exits for any
+/// reason, but only if it is still the socket this daemon bound (same
+/// device and inode): never a file someone put there since.
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if identity(&self.path) == Some(self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -158,7 +172,10 @@ pub fn bind(path: &Path, access: &Access) -> anyhow::Result<(UnixListener, Socke
     unsafe { libc::umask(previous) };
     let listener =
         bound.with_context(|| format!("binding the control socket `{}`", path.display()))?;
-    let file = SocketFile(path.to_path_buf());
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        identity: identity(path).context("the socket vanished right after it was bound")?,
+    };
     secure(path, access)?;
     Ok((listener, file))
 }
@@ -187,7 +204,6 @@ pub fn secure(path: &Path, access: &Access) -> anyhow::Result<()> {
 pub struct Shared {
     pub jobs: std::sync::mpsc::Sender<Job>,
     pub status: watch::Receiver<Arc<PolicyStatus>>,
-    pub interfaces: Vec<InterfaceStatus>,
     pub started: Instant,
 }
 
@@ -328,7 +344,7 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
     }
     match command {
         Command::Status => Response::Status(status_report(&status, shared)),
-        Command::AuditLog { since } => audit_log(&status.state_dir, since).await,
+        Command::AuditLog { since } => audit_log(&status.report.state_dir, since).await,
         command => {
             let (reply, answer) = oneshot::channel();
             let job = Job::Command {
@@ -348,24 +364,8 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
 
 fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
     StatusReport {
-        pid: std::process::id(),
-        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
-        config: status.config.clone(),
         uptime_seconds: shared.started.elapsed().as_secs(),
-        mode: status.mode.clone(),
-        interfaces: shared.interfaces.clone(),
-        rules: status.rules,
-        prefixes_v4: status.prefixes_v4,
-        prefixes_v6: status.prefixes_v6,
-        ports: status.ports,
-        policy_applied_at: status.applied_at,
-        reloads: status.reloads,
-        reloads_rejected: status.reloads_rejected,
-        last_reload_error: status.last_reload_error.clone(),
-        reload_in_progress: status.reload_in_progress,
-        state_dir: status.state_dir.clone(),
-        runtime_entries: status.runtime_entries,
-        next_expiry: status.next_expiry,
+        ..status.report.clone()
     }
 }
 

@@ -201,24 +201,22 @@ fn parse(text: &str) -> Result<RuntimeEntries, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
     use crate::entries::{Requester, Timestamp};
 
     fn entry(prefix: &str, expires: bool) -> RuntimeEntry {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry = crate::entries::tests::entry("vendor", prefix);
         RuntimeEntry {
-            rule: "vendor".to_string(),
-            prefix: prefix.parse().unwrap(),
             comment: expires.then(|| "until \"Friday\"\n".to_string()),
             added_by: Requester {
                 uid: 1000,
                 user: Some("alice".to_string()),
                 pid: Some(4242),
             },
-            added_at: Timestamp(at),
-            expires_at: expires.then(|| Timestamp(at + Duration::from_secs(3600))),
+            expires_at: expires.then(|| Timestamp(entry.added_at.0 + Duration::from_secs(3600))),
+            ..entry
         }
     }
 

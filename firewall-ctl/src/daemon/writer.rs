@@ -28,8 +28,8 @@ use super::{
 };
 use crate::{
     api::{
-        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, ListReport,
-        ReloadReport, RemoveRequest, Response, RuleStats, StatsReport,
+        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, InterfaceStatus,
+        ListReport, ReloadReport, RemoveRequest, Response, RuleStats, StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
     datapath::Datapath,
@@ -54,7 +54,10 @@ pub struct Writer {
     pub datapath: Datapath,
     pub store: StateStore,
     pub audit: AuditLog,
-    pub status: watch::Sender<Arc<PolicyStatus>>,
+    /// Where the status is published, once the server listens.
+    pub status: Option<watch::Sender<Arc<PolicyStatus>>>,
+    /// What is attached where (fixed while the daemon runs).
+    pub interfaces: Vec<InterfaceStatus>,
     pub applied_at: SystemTime,
     pub reloads: u64,
     pub reloads_rejected: u64,
@@ -81,29 +84,37 @@ impl Writer {
     /// The status the socket answers with, without asking this thread.
     pub fn snapshot(&self) -> PolicyStatus {
         PolicyStatus {
-            config: self.config_path.clone(),
-            mode: api::mode_name(self.policy.enforce),
-            rules: self.policy.rule_names.len(),
-            prefixes_v4: self.policy.v4.len(),
-            prefixes_v6: self.policy.v6.len(),
-            ports: self.policy.ports.len(),
-            applied_at: self
-                .applied_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |age| age.as_secs()),
-            reloads: self.reloads,
-            reloads_rejected: self.reloads_rejected,
-            last_reload_error: self.last_reload_error.clone(),
-            reload_in_progress: self.reload_in_progress,
-            state_dir: self.config.state_dir.clone(),
-            runtime_entries: self.runtime.len(),
-            next_expiry: entries::next_expiry(&self.runtime),
+            report: StatusReport {
+                pid: std::process::id(),
+                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+                config: self.config_path.clone(),
+                uptime_seconds: 0,
+                mode: api::mode_name(self.policy.enforce),
+                interfaces: self.interfaces.clone(),
+                rules: self.policy.rule_names.len(),
+                prefixes_v4: self.policy.v4.len(),
+                prefixes_v6: self.policy.v6.len(),
+                ports: self.policy.ports.len(),
+                policy_applied_at: self
+                    .applied_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |age| age.as_secs()),
+                reloads: self.reloads,
+                reloads_rejected: self.reloads_rejected,
+                last_reload_error: self.last_reload_error.clone(),
+                reload_in_progress: self.reload_in_progress,
+                state_dir: self.config.state_dir.clone(),
+                runtime_entries: self.runtime.len(),
+                next_expiry: entries::next_expiry(&self.runtime),
+            },
             access: Access::of(&self.config),
         }
     }
 
     fn publish(&self) {
-        self.status.send_replace(Arc::new(self.snapshot()));
+        if let Some(status) = &self.status {
+            status.send_replace(Arc::new(self.snapshot()));
+        }
     }
 
     /// Serves jobs until the daemon drops the sending side; expires

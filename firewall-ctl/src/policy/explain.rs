@@ -251,11 +251,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::tests::parse as parse_config,
-        entries::{RuntimeEntry, Timestamp},
-        policy::compile,
-    };
+    use crate::{config::tests::parse as parse_config, policy::compile};
 
     const OVERLAP: &str = r#"
 interfaces = ["eth0"]
@@ -272,24 +268,11 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
 "#;
 
     fn runtime(entries: &[(&str, &str)]) -> RuntimeEntries {
-        entries
-            .iter()
-            .map(|(rule, prefix)| {
-                let entry = RuntimeEntry {
-                    rule: rule.to_string(),
-                    prefix: prefix.parse().unwrap(),
-                    comment: Some("contractor".to_string()),
-                    added_by: Requester {
-                        uid: 0,
-                        user: Some("root".to_string()),
-                        pid: Some(1),
-                    },
-                    added_at: Timestamp::now(),
-                    expires_at: None,
-                };
-                (entry.key(), entry)
-            })
-            .collect()
+        let mut runtime = crate::entries::tests::runtime(entries);
+        for entry in runtime.values_mut() {
+            entry.comment = Some("contractor".to_string());
+        }
+        runtime
     }
 
     fn run(runtime: &RuntimeEntries, source: &str, port: &str) -> ExplainReport {

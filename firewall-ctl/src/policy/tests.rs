@@ -12,7 +12,10 @@ use firewall_common::{
 };
 
 use super::*;
-use crate::{config, entries::RuntimeEntries};
+use crate::{
+    config,
+    entries::{RuntimeEntries, tests::runtime},
+};
 
 fn config(rules: &str) -> Config {
     config::tests::parse(&format!("interfaces = [\"eth0\"]\n{rules}")).unwrap()
@@ -253,28 +256,6 @@ fn a_quarter_million_prefixes_fit_and_more_do_not() {
         err.to_string().contains("262145 distinct IPv6 prefixes"),
         "{err}"
     );
-}
-
-fn runtime(entries: &[(&str, &str)]) -> RuntimeEntries {
-    use crate::entries::{Requester, RuntimeEntry, Timestamp};
-    entries
-        .iter()
-        .map(|(rule, prefix)| {
-            let entry = RuntimeEntry {
-                rule: rule.to_string(),
-                prefix: prefix.parse().unwrap(),
-                comment: None,
-                added_by: Requester {
-                    uid: 0,
-                    user: None,
-                    pid: None,
-                },
-                added_at: Timestamp::now(),
-                expires_at: None,
-            };
-            (entry.key(), entry)
-        })
-        .collect()
 }
 
 #[test]
