@@ -97,12 +97,20 @@ impl fmt::Display for XdpModeSetting {
 pub struct Rule {
     pub name: String,
     pub ports: Vec<PortRange>,
+    /// Sorted, without duplicates.
     pub sources: Vec<IpPrefix>,
     pub comment: Option<String>,
     /// May list `0.0.0.0/0`, `::/0` and other broad prefixes.
     pub allow_any_source: bool,
     /// `firewall-ctl allow` without `--rule` adds here.
     pub default: bool,
+}
+
+impl Rule {
+    /// Whether the config lists `prefix` in this rule.
+    pub fn lists(&self, prefix: &IpPrefix) -> bool {
+        self.sources.binary_search(prefix).is_ok()
+    }
 }
 
 impl Config {
@@ -472,6 +480,8 @@ impl Validator<'_> {
                 Err(err) => self.problem(text, format!("rule `{name}`: {err}")),
             }
         }
+        sources.sort_unstable();
+        sources.dedup();
         Rule {
             name: name.clone(),
             ports,

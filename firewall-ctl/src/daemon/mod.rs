@@ -177,9 +177,15 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let (status_sender, status) = watch::channel(Arc::new(writer.snapshot()));
     writer.status = Some(status_sender);
     let (jobs, pending) = mpsc::channel();
+    let (writer_stopped, mut writer_gone) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("policy-writer".to_string())
-        .spawn(move || writer.run(pending))
+        .spawn(move || {
+            // Dropped when `run` returns or unwinds: the daemon must not
+            // live on without the one writer of its policy.
+            let _stopped = writer_stopped;
+            writer.run(pending)
+        })
         .context("starting the policy writer thread")?;
     let shared = Arc::new(server::Shared {
         jobs: jobs.clone(),
@@ -187,16 +193,19 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));
-    loop {
+    let outcome = loop {
         tokio::select! {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading config");
                 let _ = jobs.send(Job::Command { command: Command::Reload, requester: None, reply: None });
             }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            _ = &mut writer_gone => break Err(anyhow::anyhow!(
+                "the policy writer stopped unexpectedly; exiting so that the service manager restarts the daemon"
+            )),
         }
-    }
+    };
     info!("shutting down");
     server.abort();
     // The links are ours, not the writer's: detaching never waits for a
@@ -204,7 +213,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     for attachment in attachments {
         attachment.detach();
     }
-    Ok(())
+    outcome
 }
 
 /// Removes entries that expired while the daemon was not running, before

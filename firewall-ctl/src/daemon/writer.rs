@@ -253,7 +253,7 @@ impl Writer {
                 );
                 if changed {
                     self.publish();
-                    info!(action = ?record.action, rule = ?record.rule, prefixes = ?record.prefixes, user = ?record.user, detail = ?record.detail, "allowlist changed");
+                    info!(action = ?record.action, rule = record.rule.as_deref().unwrap_or("-"), prefixes = ?record.prefixes, user = %describe(record.user.as_ref()), detail = record.detail.as_deref().unwrap_or_default(), "allowlist changed");
                 }
                 applied.warnings.extend(self.record(&record));
                 Response::Change(ChangeReport {
@@ -262,7 +262,7 @@ impl Writer {
                 })
             }
             Err(message) => {
-                warn!(action = ?record.action, user = ?record.user, error = %message, "allowlist change refused");
+                warn!(action = ?record.action, user = %describe(record.user.as_ref()), error = %message, "allowlist change refused");
                 record.outcome = Outcome::Rejected;
                 record.detail = Some(message.clone());
                 self.record(&record);
@@ -342,27 +342,25 @@ impl Writer {
         self.policy
             .check_room_for(&prefixes)
             .map_err(|err| format!("{err}; nothing was changed"))?;
-        let mut changes = Vec::new();
+        let mut kinds = Vec::new();
         let mut edits = Vec::new();
         for prefix in prefixes {
             let key = (rule_name.clone(), prefix);
-            let existing = self.runtime.get(&key);
-            let change = if rule_config.sources.contains(&prefix) {
+            let kind = if rule_config.lists(&prefix) {
                 EntryChangeKind::InConfig
-            } else if let Some(existing) = existing {
-                let comment = request.comment.clone().or_else(|| existing.comment.clone());
-                let expires = expires_at.or(existing.expires_at);
-                if comment == existing.comment && expires == existing.expires_at {
+            } else if let Some(existing) = self.runtime.get(&key) {
+                let updated = RuntimeEntry {
+                    comment: request.comment.clone().or_else(|| existing.comment.clone()),
+                    expires_at: expires_at.or(existing.expires_at),
+                    ..existing.clone()
+                };
+                if updated == *existing {
                     EntryChangeKind::Unchanged
                 } else {
                     edits.push(Edit {
                         key: key.clone(),
                         rule,
-                        entry: Some(RuntimeEntry {
-                            comment,
-                            expires_at: expires,
-                            ..existing.clone()
-                        }),
+                        entry: Some(updated),
                     });
                     EntryChangeKind::Updated
                 }
@@ -381,18 +379,18 @@ impl Writer {
                 });
                 EntryChangeKind::Added
             };
-            changes.push(EntryChange {
-                rule: rule_name.clone(),
-                prefix: prefix.to_string(),
-                change,
-                expires_at: edits
-                    .last()
-                    .filter(|edit| edit.key == key)
-                    .and_then(|edit| edit.entry.as_ref()?.expires_at)
-                    .or_else(|| self.runtime.get(&key).and_then(|entry| entry.expires_at)),
-            });
+            kinds.push((key, kind));
         }
         self.commit(edits)?;
+        let changes = kinds
+            .into_iter()
+            .map(|(key, change)| EntryChange {
+                expires_at: self.runtime.get(&key).and_then(|entry| entry.expires_at),
+                rule: key.0,
+                prefix: key.1.to_string(),
+                change,
+            })
+            .collect();
         Ok(Applied {
             changes,
             warnings: Vec::new(),
@@ -487,7 +485,7 @@ impl Writer {
             .rules
             .iter()
             .filter(|candidate| rule.is_none_or(|rule| rule == candidate.name))
-            .filter(|candidate| candidate.sources.contains(&prefix))
+            .filter(|candidate| candidate.lists(&prefix))
             .map(|candidate| candidate.name.as_str())
             .collect();
         Err(if in_config.is_empty() {
@@ -517,7 +515,7 @@ impl Writer {
     fn apply_edits(&mut self, edits: Vec<Edit>, diff: &mut PolicyDiff) -> Vec<Edit> {
         let mut undo = Vec::with_capacity(edits.len());
         for edit in edits {
-            let in_config = self.config.rules[edit.rule].sources.contains(&edit.key.1);
+            let in_config = self.config.rules[edit.rule].lists(&edit.key.1);
             let previous = match edit.entry {
                 Some(entry) => self.runtime.insert(edit.key.clone(), entry),
                 None => self.runtime.remove(&edit.key),
@@ -618,7 +616,7 @@ impl Writer {
     }
 
     fn reload(&mut self, requester: Option<Requester>) -> Response {
-        info!(config = %self.config_path.display(), by = %requester.as_ref().map_or("SIGHUP".to_string(), ToString::to_string), "reloading config");
+        info!(config = %self.config_path.display(), by = %describe(requester.as_ref()), "reloading config");
         let mut record = AuditRecord::new(Action::Reload, requester, Outcome::Rejected);
         self.reload_in_progress = true;
         self.publish();
@@ -744,6 +742,14 @@ impl Writer {
         }
         Ok(report)
     }
+}
+
+/// Who asked, for logs: a user, or the daemon itself (SIGHUP, expiry).
+fn describe(requester: Option<&Requester>) -> String {
+    requester.map_or_else(
+        || "the daemon (signal or timer)".to_string(),
+        ToString::to_string,
+    )
 }
 
 /// Fails with every problem at once, so one multi-prefix call changes

@@ -35,7 +35,7 @@ pub struct ListedEntry {
 }
 
 /// Every effective entry, rule by rule in config order; within a rule,
-/// config entries first (in file order), then runtime entries by prefix.
+/// config entries first, then runtime entries, each by prefix.
 pub fn list(config: &Config, runtime: &RuntimeEntries, rule: Option<&str>) -> Vec<ListedEntry> {
     config
         .rules
@@ -361,8 +361,8 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
         assert_eq!(
             shown,
             [
-                ("203.0.113.0/24".to_string(), Origin::Config),
                 ("192.0.2.0/28".to_string(), Origin::Config),
+                ("203.0.113.0/24".to_string(), Origin::Config),
                 ("192.0.2.99/32".to_string(), Origin::Cli),
             ]
         );
