@@ -701,3 +701,60 @@ fn reload_reports_a_broken_config_and_keeps_the_policy() {
         .collect();
     assert_eq!(reloads, ["applied", "rejected", "rejected"]);
 }
+
+/// Sets or clears the immutable attribute of `path`: not even root can then
+/// create, rename or change files in it, as on a full or failing disk.
+fn immutable(path: &std::path::Path, on: bool) {
+    let status = std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chattr on {}", path.display());
+}
+
+/// A state file that cannot be written: a change is refused whole, and an
+/// expiry still takes the entry out of the data plane.
+#[test]
+fn an_unwritable_state_dir_refuses_changes_but_not_expiry() {
+    if !root_or_skip("an_unwritable_state_dir_refuses_changes_but_not_expiry") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let daemon = Daemon::start(&lab.edge, &config_with_default());
+    daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "2s"]);
+    assert_eq!(https(&lab, STRANGER_V4), Connect::Connected);
+    immutable(&daemon.state_dir, true);
+    let refused = daemon.ctl_err(&["allow", "198.51.100.200"]);
+    let expired = poll(Duration::from_secs(4), Duration::from_millis(100), || {
+        (daemon.status()["runtime_entries"] == 0).then_some(())
+    });
+    let stranger = https(&lab, STRANGER_V4);
+    immutable(&daemon.state_dir, false);
+    assert!(
+        refused.contains("writing state file") && refused.contains("nothing was changed"),
+        "{refused}"
+    );
+    assert!(
+        expired.is_some(),
+        "the entry did not expire:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        stranger,
+        Connect::TimedOut,
+        "the expired entry still admitted traffic"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("the change is live but could not be saved")
+    );
+    // The refused entry was never live, nor listed.
+    assert!(
+        listed(&daemon)
+            .iter()
+            .all(|(_, prefix, _)| prefix != "198.51.100.200/32")
+    );
+}

@@ -29,6 +29,7 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("setpriv", "util-linux"),
         ("useradd", "passwd"),
         ("groupadd", "passwd"),
+        ("chattr", "e2fsprogs"),
     ] {
         command_from_package(command, package)?;
     }

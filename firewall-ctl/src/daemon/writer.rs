@@ -67,6 +67,18 @@ pub struct Writer {
     pub expiry_retry_at: Option<SystemTime>,
 }
 
+/// When a change is saved, relative to going live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Saved before it goes live (`allow`, `remove`): what is acknowledged
+    /// survives a crash, and a change that cannot be saved is not made.
+    Required,
+    /// Live first, then saved if the disk allows (expiry): an expired entry
+    /// must stop admitting traffic even on a full disk, and one left in the
+    /// file is dropped at the next start anyway.
+    BestEffort,
+}
+
 /// One runtime entry to set (`Some`) or remove (`None`).
 struct Edit {
     key: EntryKey,
@@ -381,7 +393,7 @@ impl Writer {
             };
             kinds.push((key, kind));
         }
-        self.commit(edits)?;
+        self.commit(edits, Durability::Required)?;
         let changes = kinds
             .into_iter()
             .map(|(key, change)| EntryChange {
@@ -454,7 +466,7 @@ impl Writer {
                 expires_at: None,
             })
             .collect();
-        self.commit(edits)?;
+        self.commit(edits, Durability::Required)?;
         Ok(Applied {
             changes,
             warnings: Vec::new(),
@@ -536,46 +548,60 @@ impl Writer {
         undo
     }
 
-    /// Makes `edits` live and durable, or changes nothing.
-    fn commit(&mut self, edits: Vec<Edit>) -> Result<(), String> {
+    /// Makes `edits` live and durable, or changes nothing (see [`Durability`]).
+    fn commit(&mut self, edits: Vec<Edit>, durability: Durability) -> Result<(), String> {
         if edits.is_empty() {
             return Ok(());
         }
         let mut diff = PolicyDiff::default();
         let undo = self.apply_edits(edits, &mut diff);
         let enforce_change = diff.len() > 0;
-        let staged = if enforce_change {
+        let mut staged = if enforce_change {
             self.datapath
                 .write_idle(&self.policy, &diff)
                 .map_err(|err| format!("writing the new policy into the data plane failed: {err}"))
         } else {
             Ok(())
         };
-        if let Err(message) = staged.and_then(|()| {
-            self.store
-                .save(&self.runtime)
-                .map_err(|err| err.to_string())
-        }) {
+        if durability == Durability::Required {
+            staged = staged.and_then(|()| self.save());
+        }
+        if let Err(message) = staged {
             self.apply_edits(undo, &mut PolicyDiff::default());
             return Err(format!("{message}; nothing was changed"));
         }
         if enforce_change {
             if let Err(err) = self.datapath.switch(&self.policy) {
                 self.apply_edits(undo, &mut PolicyDiff::default());
-                let restored = self.store.save(&self.runtime);
+                let restored = match durability {
+                    Durability::Required => self.save().err(),
+                    Durability::BestEffort => None,
+                };
                 return Err(format!(
                     "switching the data plane to the new policy failed: {err}; nothing was changed{}",
-                    restored.err().map_or(String::new(), |err| format!(
+                    restored.map_or(String::new(), |err| format!(
                         ", but restoring the state file failed too: {err}"
                     ))
                 ));
             }
             self.applied_at = SystemTime::now();
         }
+        if durability == Durability::BestEffort {
+            if let Err(message) = self.save() {
+                error!(error = %message, "the change is live but could not be saved; the state file still has the old entries");
+            }
+        }
         Ok(())
     }
 
-    /// Removes expired entries from the data plane, then from the state file.
+    fn save(&self) -> Result<(), String> {
+        self.store
+            .save(&self.runtime)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Removes expired entries from the data plane, then from the state
+    /// file: a full disk must not keep an expired entry admitting traffic.
     fn expire_due(&mut self) {
         let now = SystemTime::now();
         if self.expiry_retry_at.is_some_and(|at| at > now) {
@@ -599,7 +625,7 @@ impl Writer {
                 })
             })
             .collect();
-        match self.commit(edits) {
+        match self.commit(edits, Durability::BestEffort) {
             Ok(()) => {
                 self.expiry_retry_at = None;
                 self.publish();
