@@ -423,6 +423,20 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
         .unwrap();
     assert_eq!(applied["user"]["user"], operator.name.as_str());
     assert!(daemon.log().contains("permission denied"));
+
+    // A reload without the groups takes the socket back to root alone.
+    std::fs::write(&daemon.config, config_with_default()).unwrap();
+    daemon.ctl_ok(&["reload"]);
+    for user in [&reader, &operator] {
+        let output = user.ctl(&daemon.socket, &["status"]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&output.stderr)
+                .contains("permission denied on the control socket"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// Sends `request` on a fresh connection and returns the answer line.
