@@ -145,4 +145,27 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     assert_eq!(status["reload_in_progress"], false);
     send_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443)]);
     assert_eq!(daemon.settled_stats().rule("final").0, 1);
+
+    // SIGTERM in the middle of a reload is honoured without waiting for it.
+    std::fs::write(&daemon.config, &config).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let reloading = poll(Duration::from_secs(10), Duration::from_millis(5), || {
+        (daemon.status()["reload_in_progress"] == true).then_some(())
+    });
+    assert!(
+        reloading.is_some(),
+        "the reload never showed as in progress"
+    );
+    let (code, log) = daemon.stop(libc::SIGTERM);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.ends_with("detached XDP program interface=\"edge0\"\n"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("new policy applied").count(),
+        2,
+        "the daemon waited for the reload before exiting:\n{log}"
+    );
+    assert!(!lab.edge.xdp_attached(EDGE_IF));
 }
