@@ -18,7 +18,26 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     /// `PerCpuArray<Counter>` indexed by [`super::rule_stats_index`].
     pub const RULE_STATS: &str = "RULE_STATS";
+
+    /// Every map, as pinned under `bpf_dir`.
+    pub const ALL: [&str; 9] = [
+        ACTIVE,
+        SOURCES_V4[0],
+        SOURCES_V4[1],
+        SOURCES_V6[0],
+        SOURCES_V6[1],
+        PORTS[0],
+        PORTS[1],
+        REASON_STATS,
+        RULE_STATS,
+    ];
 }
+
+/// Version of the maps' layout: names, types, keys, values and sizes. A
+/// daemon adopts pinned maps only of its own version; bump this with any
+/// change to a map, and a daemon of the new release loads fresh maps, fills
+/// them, and swaps the program on the pinned links without a gap.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a

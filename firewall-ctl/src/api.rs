@@ -213,6 +213,8 @@ pub struct StatusReport {
     pub reload_in_progress: bool,
     /// Where runtime entries and the audit log live.
     pub state_dir: PathBuf,
+    /// Where the maps and links are pinned.
+    pub bpf_dir: PathBuf,
     /// Entries added with `firewall-ctl allow` (included in the prefix counts).
     pub runtime_entries: usize,
     /// When the next runtime entry expires.

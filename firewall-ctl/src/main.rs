@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod daemon;
 mod datapath;
+mod detach;
 mod entries;
 mod fsutil;
 mod output;
@@ -52,6 +53,21 @@ enum CliCommand {
         /// Where runtime entries and the audit log live [default: the config's `state_dir`].
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Where maps and links are pinned [default: the config's `bpf_dir`].
+        #[arg(long, value_name = "DIR")]
+        bpf_dir: Option<PathBuf>,
+    },
+    /// Remove the firewall: stop the daemon if it runs, detach the program and unpin everything (root).
+    Detach {
+        /// Take `bpf_dir` and `socket` from this config [default: /sys/fs/bpf/firewall-ctl].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The pinned firewall to remove [default: the config's `bpf_dir`].
+        #[arg(long, value_name = "DIR")]
+        bpf_dir: Option<PathBuf>,
+        /// Detach from this interface only; the maps stay.
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
     },
     /// Validate a config without root and summarise it.
     Check {
@@ -151,7 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let call = |command| api::call(&socket, command);
     let json = cli.json;
     match cli.command {
-        CliCommand::Daemon { config, state_dir } => {
+        CliCommand::Daemon {
+            config,
+            state_dir,
+            bpf_dir,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -163,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let overrides = daemon::Overrides {
                 socket: cli.socket,
                 state_dir,
+                bpf_dir,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -170,6 +191,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(daemon::run(config, overrides))
         }
         CliCommand::Check { config } => print(json, &check::report(&config)?, output::check),
+        CliCommand::Detach {
+            config,
+            bpf_dir,
+            interface,
+        } => {
+            let (config_socket, config_bpf_dir) = match config.as_deref() {
+                Some(path) => config::paths(path)?,
+                None => (socket, PathBuf::from(config::DEFAULT_BPF_DIR)),
+            };
+            let bpf_dir = bpf_dir.unwrap_or(config_bpf_dir);
+            let socket = cli.socket.unwrap_or(config_socket);
+            system::check_privileges_for("detach")?;
+            let report = detach::run(&socket, &bpf_dir, interface.as_deref())?;
+            print(json, &report, output::detach)
+        }
         CliCommand::Status => match call(Command::Status)? {
             Response::Status(report) => print(json, &report, output::status),
             other => unexpected(other),

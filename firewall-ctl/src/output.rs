@@ -279,6 +279,27 @@ pub fn audit_log(report: &AuditLogReport) -> String {
     out
 }
 
+pub fn detach(report: &crate::detach::DetachReport) -> String {
+    let mut out = String::new();
+    if let Some(pid) = report.stopped_daemon_pid {
+        let _ = writeln!(out, "stopped the daemon (pid {pid})");
+    }
+    for interface in &report.detached {
+        let _ = writeln!(
+            out,
+            "detached the XDP program from {interface}: its traffic is no longer filtered"
+        );
+    }
+    if report.removed_maps {
+        let _ = writeln!(
+            out,
+            "removed the pinned maps in {}",
+            report.bpf_dir.display()
+        );
+    }
+    out
+}
+
 /// For humans: seconds since the Unix epoch as a UTC time.
 pub fn unix_time(seconds: u64) -> Timestamp {
     Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))

@@ -12,10 +12,33 @@ pub enum SystemError {
         "firewall-ctl daemon needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root, e.g. `sudo firewall-ctl daemon --config {config}`"
     )]
     Privileges { config: String },
+    #[error(
+        "firewall-ctl {command} needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root"
+    )]
+    CommandPrivileges { command: &'static str },
 }
 
 /// Fails unless the effective capabilities allow loading and attaching XDP.
 pub fn check_privileges(config: &Path) -> Result<(), SystemError> {
+    if has_bpf_privileges() {
+        Ok(())
+    } else {
+        Err(SystemError::Privileges {
+            config: config.display().to_string(),
+        })
+    }
+}
+
+/// Fails unless `command` (which touches pinned BPF objects) may run.
+pub fn check_privileges_for(command: &'static str) -> Result<(), SystemError> {
+    if has_bpf_privileges() {
+        Ok(())
+    } else {
+        Err(SystemError::CommandPrivileges { command })
+    }
+}
+
+fn has_bpf_privileges() -> bool {
     let effective = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -26,13 +49,7 @@ pub fn check_privileges(config: &Path) -> Result<(), SystemError> {
         })
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
-    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
-        Ok(())
-    } else {
-        Err(SystemError::Privileges {
-            config: config.display().to_string(),
-        })
-    }
+    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
 }
 
 /// Whether this host (this network namespace) has an interface `name`.

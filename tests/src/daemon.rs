@@ -68,15 +68,50 @@ pub fn poll<T>(
     }
 }
 
-/// A running daemon; stopped with SIGTERM on drop.
+/// A BPF file system mounted for one daemon's pins, outside `/sys` (which
+/// `ip netns exec` replaces), so the pins outlive a daemon's restart.
+/// Unmounted on drop, which releases everything pinned in it.
+pub struct BpfFs {
+    pub path: PathBuf,
+}
+
+impl BpfFs {
+    pub fn mount(path: PathBuf) -> BpfFs {
+        std::fs::create_dir_all(&path).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .output()
+            .expect("running mount");
+        assert!(
+            output.status.success(),
+            "mounting a BPF file system at {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        BpfFs { path }
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
+/// A running daemon; stopped with SIGTERM on drop, and its pinned firewall
+/// removed with its BPF file system.
 pub struct Daemon {
     child: Option<Child>,
+    _bpffs: BpfFs,
     dir: TempDir,
     ns: String,
     pub config: PathBuf,
     pub socket: PathBuf,
     /// `--state-dir`: runtime entries and the audit log.
     pub state_dir: PathBuf,
+    /// `--bpf-dir`: the pinned maps and links.
+    pub bpf_dir: PathBuf,
 }
 
 impl Daemon {
@@ -100,12 +135,15 @@ impl Daemon {
         .unwrap();
         let config_path = dir.path().join("firewall.toml");
         std::fs::write(&config_path, config).unwrap();
+        let bpffs = BpfFs::mount(dir.path().join("bpf"));
         Daemon {
             child: None,
             ns: ns.name.clone(),
             config: config_path,
             socket: dir.path().join("ctl.sock"),
             state_dir: dir.path().join("state"),
+            bpf_dir: bpffs.path.join("firewall-ctl"),
+            _bpffs: bpffs,
             dir,
         }
     }
@@ -159,12 +197,32 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--bpf-dir")
+            .arg(&self.bpf_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning the daemon");
         self.child = Some(child);
+    }
+
+    /// Runs `firewall-ctl detach` on this daemon's firewall (stopping the
+    /// daemon if it runs) with extra `args`; returns its stdout.
+    pub fn detach(&mut self, args: &[&str]) -> String {
+        let bpf_dir = self.bpf_dir.to_str().unwrap();
+        let output = self.ctl(&[&["detach", "--bpf-dir", bpf_dir][..], args].concat());
+        assert!(
+            output.status.success(),
+            "detach failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if let Some(mut child) = self.child.take() {
+            // Stopped by `detach`; reap it.
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(0), "{}", self.log());
+        }
+        String::from_utf8(output.stdout).unwrap()
     }
 
     /// Sends `signal` and waits for the daemon to exit; it can be started
@@ -275,13 +333,6 @@ impl Daemon {
         let pid = self.child.as_ref().unwrap().id() as i32;
         // SAFETY: signalling our own child.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Stops the daemon with `signal` (SIGTERM or SIGINT) and returns its
-    /// exit code and log.
-    pub fn stop(mut self, signal: i32) -> (i32, String) {
-        let code = self.kill(signal);
-        (code, self.log())
     }
 }
 

@@ -168,12 +168,133 @@ pub fn send_frames(ns: &Netns, interface: &'static str, frames: Vec<Vec<u8>>) {
     });
 }
 
-/// Sends `frames` over and over from `ns` until `stop` is set; returns how
-/// many rounds were sent. Runs on its own thread: join the handle.
-pub fn flood_frames(
+/// Counts the TCP SYNs to `port` that reach the host's stack on an
+/// interface, per IPv4 source: an AF_PACKET socket sees a frame only after
+/// XDP passed it.
+pub struct Sniffer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<SniffedCounts>,
+}
+
+/// What a [`Sniffer`] saw.
+#[derive(Debug, Default)]
+pub struct SniffedCounts {
+    /// SYNs per IPv4 source address.
+    pub syns: std::collections::HashMap<std::net::Ipv4Addr, u64>,
+    /// Frames the kernel dropped because the sniffer's buffer was full; a
+    /// count is exact only when this is 0.
+    pub missed: u32,
+}
+
+impl Sniffer {
+    pub fn start(ns: &Netns, interface: &'static str, port: u16) -> Sniffer {
+        let path = format!("/run/netns/{}", ns.name);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let (ready, started) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            crate::lab::enter(&path);
+            let socket = Socket::new(
+                Domain::PACKET,
+                Type::RAW,
+                Some(Protocol::from((libc::ETH_P_ALL as u16).to_be() as i32)),
+            )
+            .expect("AF_PACKET socket");
+            socket.set_recv_buffer_size(16 << 20).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            socket.bind_device(Some(interface.as_bytes())).unwrap();
+            ready.send(()).unwrap();
+            let mut counts = SniffedCounts::default();
+            let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(len) => {
+                        // SAFETY: recv initialised the first `len` bytes.
+                        let frame: Vec<u8> = buffer[..len]
+                            .iter()
+                            .map(|b| unsafe { b.assume_init() })
+                            .collect();
+                        if let Some(source) = syn_source(&frame, port) {
+                            *counts.syns.entry(source).or_default() += 1;
+                        }
+                    }
+                    Err(err)
+                        if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                    {
+                        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    Err(err) => panic!("sniffer recv: {err}"),
+                }
+            }
+            counts.missed = packet_drops(&socket);
+            counts
+        });
+        started.recv().expect("the sniffer started");
+        Sniffer { stop, thread }
+    }
+
+    /// Stops once the interface has been quiet for a moment; returns the counts.
+    pub fn finish(self) -> SniffedCounts {
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sniffer thread")
+    }
+}
+
+/// The IPv4 source of a TCP SYN (without ACK) to `port` in an Ethernet frame.
+fn syn_source(frame: &[u8], port: u16) -> Option<std::net::Ipv4Addr> {
+    if frame.len() < 14 + 20 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let header = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 6 || ip.len() < header + 20 {
+        return None;
+    }
+    let tcp = &ip[header..];
+    let syn_only = tcp[13] & 0x12 == 0x02;
+    (u16::from_be_bytes([tcp[2], tcp[3]]) == port && syn_only)
+        .then(|| std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
+}
+
+/// PACKET_STATISTICS' `tp_drops`: frames lost to a full receive buffer.
+fn packet_drops(socket: &Socket) -> u32 {
+    let mut stats = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: a valid socket and a buffer of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "PACKET_STATISTICS: {}",
+        std::io::Error::last_os_error()
+    );
+    stats.tp_drops
+}
+
+/// Sends `frames` in rounds from `ns` until `stop` is set, pausing
+/// `interval` after each round (`Duration::ZERO`: a flood); returns the
+/// number of rounds. Runs on its own thread: join the handle.
+pub fn stream_frames(
     ns: &Netns,
     interface: &'static str,
     frames: Vec<Vec<u8>>,
+    interval: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u64> {
     let path = format!("/run/netns/{}", ns.name);
@@ -186,6 +307,9 @@ pub fn flood_frames(
                 socket.send(frame);
             }
             rounds += 1;
+            if !interval.is_zero() {
+                std::thread::sleep(interval);
+            }
         }
         rounds
     })

@@ -87,12 +87,27 @@ fn allowlist_is_enforced(mode: &str) {
     assert!(stats.drops("port_closed") >= 3, "{stats:?}");
     assert_eq!(stats.drops("malformed"), 0);
 
-    // SIGTERM detaches: the door is open again and the exit is clean.
-    let (code, log) = daemon.stop(libc::SIGTERM);
-    assert_eq!(code, 0, "{log}");
-    assert!(log.contains("detached XDP program"), "{log}");
-    assert!(!lab.edge.xdp_attached(EDGE_IF));
+    // SIGTERM stops the daemon cleanly, and the firewall stays: still
+    // attached, still dropping strangers.
+    let mut daemon = daemon;
+    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("the firewall stays attached and enforcing")
+    );
+    assert!(lab.edge.xdp_attached(EDGE_IF));
     assert!(!socket.exists(), "the socket is removed on exit");
+    assert_eq!(tcp(STRANGER_V4.into(), at(EDGE_V4, 443)), Connect::TimedOut);
+    assert_eq!(tcp(VENDOR_V4.into(), at(EDGE_V4, 443)), Connect::Connected);
+
+    // `detach` removes it: the door is open again.
+    let detached = daemon.detach(&[]);
+    assert!(
+        detached.contains("detached the XDP program from edge0"),
+        "{detached}"
+    );
+    assert!(!lab.edge.xdp_attached(EDGE_IF));
     assert_eq!(
         tcp(STRANGER_V4.into(), at(EDGE_V4, 443)),
         Connect::Connected

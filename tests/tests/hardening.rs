@@ -2,7 +2,7 @@
 //! files that never end, a busy interface, and text that would drive a
 //! terminal.
 
-use std::{os::unix::fs::symlink, time::Duration};
+use std::os::unix::fs::symlink;
 
 use firewall_tests::{
     addr::*,
@@ -80,7 +80,7 @@ fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
         return;
     }
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab.edge, &config("driver"));
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     std::fs::remove_file(&daemon.config).unwrap();
     let fifo = std::ffi::CString::new(daemon.config.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path.
@@ -103,11 +103,10 @@ fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
     assert!(reported.contains("it is a character device"), "{reported}");
     assert_eq!(daemon.status()["reloads_rejected"], 3);
 
-    let started = std::time::Instant::now();
-    let (code, log) = daemon.stop(libc::SIGTERM);
+    let code = daemon.kill(libc::SIGTERM);
+    let log = daemon.log();
     assert_eq!(code, 0, "{log}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(!lab.edge.xdp_attached(EDGE_IF));
+    assert!(lab.edge.xdp_attached(EDGE_IF), "the pinned firewall stays");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use firewall_tests::{
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
-    traffic::{Connect, connect_tcp, flood_frames, listen_tcp, send_frames},
+    traffic::{Connect, connect_tcp, listen_tcp, send_frames, stream_frames},
 };
 
 fn https(lab: &Lab, source: impl Into<IpAddr>) -> Connect {
@@ -157,10 +157,11 @@ fn reloads_are_atomic_under_traffic() {
     let daemon = Daemon::start(&lab.edge, &a);
     let before = daemon.stats();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = flood_frames(
+    let flood = stream_frames(
         &lab.peer,
         PEER_IF,
         vec![tcp_v4(VENDOR_V4, 443), tcp_v4(STRANGER_V4, 8443)],
+        std::time::Duration::ZERO,
         stop.clone(),
     );
     for round in 0..20 {
@@ -233,7 +234,7 @@ fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
         return;
     }
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab.edge, &config("auto"));
+    let mut daemon = Daemon::start(&lab.edge, &config("auto"));
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
     let second = run_in(
         &lab.edge,
@@ -253,11 +254,15 @@ fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
     );
     // The first one is unharmed.
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
-    // SIGINT (Ctrl-C) detaches as cleanly as SIGTERM.
-    let (code, log) = daemon.stop(libc::SIGINT);
+    // SIGINT (Ctrl-C) stops as cleanly as SIGTERM; the firewall stays.
+    let code = daemon.kill(libc::SIGINT);
+    let log = daemon.log();
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains("detached XDP program"), "{log}");
-    assert!(!lab.edge.xdp_attached(EDGE_IF), "the program is detached");
+    assert!(
+        log.contains("the firewall stays attached and enforcing"),
+        "{log}"
+    );
+    assert!(lab.edge.xdp_attached(EDGE_IF));
 }
 
 #[test]

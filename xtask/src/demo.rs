@@ -18,6 +18,9 @@ use crate::{
     setup,
 };
 
+/// The BPF file system the demo's daemon pins in, for the Ctrl-C handler.
+static DEMO_BPFFS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 /// Every namespace of the demo starts with this.
 const PREFIX: &str = "fwdemo-";
 const HOSTS: [&str; 4] = ["edge", "vendor", "office", "stranger"];
@@ -168,8 +171,15 @@ pub fn run() -> anyhow::Result<()> {
     }
     setup::run().and_then(build_firewall_ctl)?;
     remove_lab(); // from an earlier run that was killed
-    // Ctrl-C also reaches the daemon (same process group), which detaches.
+    // Ctrl-C also reaches the daemon (same process group), which stops;
+    // unmounting its BPF file system removes the firewall it pinned there.
     ctrlc::set_handler(|| {
+        if let Some(bpffs) = DEMO_BPFFS.get() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(bpffs)
+                .output();
+        }
         remove_lab();
         eprintln!("\ninterrupted: lab removed");
         std::process::exit(130);
@@ -215,6 +225,9 @@ pub fn run() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", config_path.display()))?;
     println!("starting `firewall-ctl daemon --config examples/firewall.toml` on the edge host");
     let daemon = Daemon::start(edge, &config);
+    if let Some(bpffs) = daemon.bpf_dir.parent() {
+        let _ = DEMO_BPFFS.set(bpffs.to_path_buf());
+    }
     println!("the edge host listens on TCP 443 (IPv4 and IPv6), 22 and 8080\n");
 
     let mut surprises = try_connections(&hosts, &attempts());
@@ -282,8 +295,22 @@ pub fn run() -> anyhow::Result<()> {
         )],
     );
     show(&daemon, "firewall-ctl audit log", &["audit", "log"]);
-    let (code, _) = daemon.stop(libc::SIGTERM);
-    println!("daemon stopped (exit code {code}); removing the lab");
+    let mut daemon = daemon;
+    let code = daemon.kill(libc::SIGTERM);
+    println!("\nthe daemon stopped (exit code {code}); the firewall stays attached and enforcing:");
+    surprises += try_connections(
+        &hosts,
+        &[stranger_https(
+            Connect::TimedOut,
+            "still dropped: not_allowlisted",
+        )],
+    );
+    print!("\n$ firewall-ctl detach\n{}", daemon.detach(&[]));
+    surprises += try_connections(
+        &hosts,
+        &[stranger_https(Connect::Connected, "no firewall any more")],
+    );
+    println!("\nremoving the lab");
     drop(hosts);
     drop(switch);
     if surprises > 0 {

@@ -35,6 +35,9 @@ pub const DEFAULT_SOCKET: &str = "/run/firewall-ctl/ctl.sock";
 /// Where runtime entries and the audit log live unless the config says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/firewall-ctl";
 
+/// Where the program's maps and links are pinned unless the config says otherwise.
+pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/firewall-ctl";
+
 /// What the config refers to on this host. The daemon and `check` ask the
 /// real host; tests describe one.
 pub trait Host {
@@ -57,6 +60,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Runtime entries and the audit log.
     pub state_dir: PathBuf,
+    /// Pinned maps and links, on a BPF file system.
+    pub bpf_dir: PathBuf,
     /// Members may change the allowlist through the socket (root always may).
     pub control_group: Option<Group>,
     /// Members may read status, stats, the allowlist and the audit log.
@@ -229,6 +234,7 @@ struct RawConfig {
     enforce: bool,
     socket: Option<Spanned<PathBuf>>,
     state_dir: Option<PathBuf>,
+    bpf_dir: Option<PathBuf>,
     control_group: Option<Spanned<String>>,
     read_group: Option<Spanned<String>>,
     #[serde(default)]
@@ -264,6 +270,38 @@ pub fn load(path: &Path, host: &dyn Host) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         problems,
     })
+}
+
+/// The socket and `bpf_dir` a config names, without validating the rest:
+/// removing a firewall must work when its config no longer fits the host
+/// (an interface gone, a group deleted).
+pub fn paths(path: &Path) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let text =
+        fsutil::read_regular_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                line: err.span().map(|span| LineIndex::new(&text).line_of(&span)),
+                message: escape_controls(err.message().trim_end()),
+            }],
+        })?;
+    let path_of = |key: &str, default: &str| {
+        PathBuf::from(
+            table
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .unwrap_or(default),
+        )
+    };
+    Ok((
+        path_of("socket", DEFAULT_SOCKET),
+        path_of("bpf_dir", DEFAULT_BPF_DIR),
+    ))
 }
 
 /// Validates config text; every problem found is returned.
@@ -424,6 +462,9 @@ impl Validator<'_> {
             state_dir: raw
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            bpf_dir: raw
+                .bpf_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR)),
             control_group: self.group("control_group", raw.control_group),
             read_group: self.group("read_group", raw.read_group),
             rules,

@@ -78,6 +78,7 @@ pub enum Job {
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub bpf_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -90,6 +91,9 @@ impl Overrides {
         }
         if let Some(state_dir) = &self.state_dir {
             config.state_dir = state_dir.clone();
+        }
+        if let Some(bpf_dir) = &self.bpf_dir {
+            config.bpf_dir = bpf_dir.clone();
         }
         Ok(config)
     }
@@ -118,14 +122,20 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     })?;
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
 
-    let mut datapath = Datapath::load()?;
-    // Fill the maps before attaching: the first packet already sees the policy.
-    datapath.apply(&policy, &PolicyDiff::default())?;
-    let mut attachments: Vec<Attachment> = Vec::new();
-    for interface in &config.interfaces {
-        // On error `attachments` drops, detaching what was attached.
-        attachments.push(datapath.attach(interface, config.xdp_mode)?);
+    let mut datapath = Datapath::load(&config.bpf_dir)?;
+    if datapath.adopted() {
+        info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
     }
+    // Fill the maps before attaching: the first packet already sees the
+    // policy. With adopted maps this is the idle slot: one switch replaces
+    // the old daemon's policy.
+    datapath.apply(&policy, &PolicyDiff::default())?;
+    let attachments: Vec<Attachment> = config
+        .interfaces
+        .iter()
+        .map(|interface| datapath.attach(interface, config.xdp_mode))
+        .collect::<Result<_, _>>()?;
+    datapath.remove_stale_pins(&config.interfaces);
     info!(
         config = %config_path.display(),
         socket = %config.socket.display(),
@@ -148,6 +158,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         warn!(error = %err, "appending to the audit log failed");
     }
 
+    let bpf_dir = config.bpf_dir.clone();
     let interfaces = attachments
         .iter()
         .map(|attachment| InterfaceStatus {
@@ -206,13 +217,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             )),
         }
     };
-    info!("shutting down");
     server.abort();
-    // The links are ours, not the writer's: detaching never waits for a
-    // change in progress.
-    for attachment in attachments {
-        attachment.detach();
-    }
+    // The pinned links keep the program attached and enforcing the last
+    // policy: stopping the daemon never opens the door.
+    info!(bpf_dir = %bpf_dir.display(), "stopping; the firewall stays attached and enforcing (`firewall-ctl detach` removes it)");
     outcome
 }
 

@@ -116,6 +116,7 @@ impl Writer {
                 last_reload_error: self.last_reload_error.clone(),
                 reload_in_progress: self.reload_in_progress,
                 state_dir: self.config.state_dir.clone(),
+                bpf_dir: self.config.bpf_dir.clone(),
                 runtime_entries: self.runtime.len(),
                 next_expiry: entries::next_expiry(&self.runtime),
             },
@@ -586,10 +587,10 @@ impl Writer {
             }
             self.applied_at = SystemTime::now();
         }
-        if durability == Durability::BestEffort {
-            if let Err(message) = self.save() {
-                error!(error = %message, "the change is live but could not be saved; the state file still has the old entries");
-            }
+        if durability == Durability::BestEffort
+            && let Err(message) = self.save()
+        {
+            error!(error = %message, "the change is live but could not be saved; the state file still has the old entries");
         }
         Ok(())
     }
@@ -703,8 +704,11 @@ impl Writer {
         if config.socket != self.config.socket {
             warnings.push("a `socket` change takes effect when the daemon restarts".to_string());
         }
-        if config.state_dir != self.config.state_dir {
-            warnings.push("a `state_dir` change takes effect when the daemon restarts".to_string());
+        if config.state_dir != self.config.state_dir || config.bpf_dir != self.config.bpf_dir {
+            warnings.push(
+                "`state_dir` and `bpf_dir` changes take effect when the daemon restarts"
+                    .to_string(),
+            );
         }
         for warning in &warnings {
             warn!("{warning}");
@@ -726,6 +730,7 @@ impl Writer {
             xdp_mode: self.config.xdp_mode,
             socket: self.config.socket.clone(),
             state_dir: self.config.state_dir.clone(),
+            bpf_dir: self.config.bpf_dir.clone(),
             ..config
         };
         self.policy = policy;

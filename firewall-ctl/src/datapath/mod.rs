@@ -10,17 +10,29 @@
 //! slot may differ from the live policy (its *lag*: the keys of the last
 //! change), so a change writes those keys plus its own, not the whole
 //! policy. A one-prefix `allow` on a 250k-prefix policy is a few syscalls.
+//!
+//! Maps and links are pinned under `bpf_dir` ([`pins`]): the program stays
+//! attached and enforcing when the daemon stops or crashes, and the next
+//! daemon adopts it: same maps, its own program swapped onto the links
+//! atomically, its policy written into the idle slot and switched once.
+
+pub mod pins;
 
 use std::{
     collections::HashMap as StdHashMap,
     fmt,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{Link as _, ProgramError, Xdp, XdpMode, xdp::XdpLink},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
     sys::SyscallError,
 };
 use firewall_common::{
@@ -30,6 +42,7 @@ use firewall_common::{
 };
 use tracing::{info, warn};
 
+use self::pins::{PinDir, PinDirError};
 use crate::{
     config::XdpModeSetting,
     policy::{CompiledPolicy, PolicyDiff, PrefixKey, PrefixTable},
@@ -51,8 +64,17 @@ const RETIRE_FALLBACK_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error(transparent)]
+    PinDir(#[from] PinDirError),
     #[error("loading the eBPF object failed: {0}")]
     Object(#[source] aya::EbpfError),
+    #[error("pinning the link of `{interface}` at `{}` failed: {source}", path.display())]
+    Pin {
+        interface: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the kernel rejected the XDP program: {0}")]
     Program(#[source] ProgramError),
     #[error(
@@ -64,7 +86,7 @@ pub enum DatapathError {
         interface: String,
         mode: AttachMode,
         #[source]
-        source: ProgramError,
+        source: LinkError,
     },
     #[error("program `{name}` is missing from the eBPF object")]
     MissingProgram { name: &'static str },
@@ -80,8 +102,23 @@ pub enum DatapathError {
     Cpus(#[source] std::io::Error),
 }
 
+/// A step of attaching, pinning or adopting a link that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error(transparent)]
+    Pin(#[from] aya::pin::PinError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// The XDP mode an interface actually runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Driver,
@@ -106,27 +143,32 @@ impl AttachMode {
     }
 }
 
-/// The program on one interface. Owns the link: dropping it detaches.
+/// The program on one interface, kept attached by its pinned link.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub interface: String,
     pub mode: AttachMode,
-    link: XdpLink,
+    /// Taken over from an earlier daemon (the program was swapped on its
+    /// link), rather than attached now.
+    pub adopted: bool,
 }
 
-impl Attachment {
-    /// Detaches from the interface and says so.
-    pub fn detach(self) {
-        match self.link.detach() {
-            Ok(()) => info!(interface = self.interface, "detached XDP program"),
-            Err(err) => {
-                warn!(interface = self.interface, error = %err, "detaching XDP program failed")
-            }
+impl XdpModeSetting {
+    /// Whether a link attached in `mode` satisfies this setting.
+    fn accepts(self, mode: AttachMode) -> bool {
+        match self {
+            XdpModeSetting::Auto => true,
+            XdpModeSetting::Driver => mode == AttachMode::Driver,
+            XdpModeSetting::Skb => mode == AttachMode::Skb,
         }
     }
 }
 
 /// Whether an attach failed because the interface already has an XDP program.
-fn is_busy(error: &ProgramError) -> bool {
+fn is_busy(error: &LinkError) -> bool {
+    let LinkError::Program(error) = error else {
+        return false;
+    };
     let errno = match error {
         ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         ProgramError::XdpError(aya::programs::XdpError::NetlinkError(netlink)) => {
@@ -149,6 +191,7 @@ pub struct Counters {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    pins: PinDir,
     active: ActivePolicy,
     /// Keys at which the idle slot may differ from the live policy; `None`
     /// when anything may (nothing written yet, or a write failed halfway).
@@ -167,24 +210,45 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 }
 
 impl Datapath {
-    /// Loads the object and the program into the kernel; nothing is
-    /// attached yet, and every packet passes until the first [`Datapath::switch`].
-    pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(PROGRAM).map_err(DatapathError::Object)?;
+    /// Loads the program into the kernel with the maps pinned under
+    /// `bpf_dir`: the maps an earlier daemon of the same layout left there
+    /// (live policy, counters), else new ones. Nothing is attached yet; a
+    /// new set of maps passes every packet until the first
+    /// [`Datapath::switch`].
+    pub fn load(bpf_dir: &Path) -> Result<Self, DatapathError> {
+        let pins = PinDir::open(bpf_dir)?;
+        let paths: Vec<(&str, PathBuf)> = names::ALL
+            .iter()
+            .map(|name| (*name, pins.maps_dir().join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAM).map_err(DatapathError::Object)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
             .try_into()
             .map_err(DatapathError::Program)?;
         program.load().map_err(DatapathError::Program)?;
-        Ok(Self {
+        let mut datapath = Self {
             ebpf,
+            pins,
             active: ActivePolicy::default(),
             idle_lag: None,
             slot_rules: [Vec::new(), Vec::new()],
             retiring_since: None,
             retired: StdHashMap::new(),
-        })
+        };
+        let active: Array<&MapData, ActivePolicy> = datapath.map(names::ACTIVE)?;
+        datapath.active = active.get(&0, 0).map_err(map_error(names::ACTIVE))?;
+        Ok(datapath)
+    }
+
+    /// Whether the maps were adopted with a live policy in them.
+    pub fn adopted(&self) -> bool {
+        self.active.ready()
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -194,40 +258,68 @@ impl Datapath {
             .expect("loaded in Datapath::load")
     }
 
-    /// Attaches to `interface`. `Auto` tries driver mode, then generic.
+    /// Makes this daemon's program run on `interface`, pinned. A link an
+    /// earlier daemon pinned there in a mode `setting` accepts is kept and
+    /// gets this program swapped in atomically; otherwise the program is
+    /// attached (`Auto`: driver mode, else generic) and its link pinned.
     pub fn attach(
         &mut self,
         interface: &str,
         setting: XdpModeSetting,
     ) -> Result<Attachment, DatapathError> {
-        let attempt = |datapath: &mut Self, mode: AttachMode| {
-            let program = datapath.program();
-            program
-                .attach(interface, mode.flags())
-                .and_then(|id| program.take_link(id))
-                .map_err(|source| {
-                    if is_busy(&source) {
-                        DatapathError::Busy {
-                            interface: interface.to_string(),
-                        }
-                    } else {
-                        DatapathError::Attach {
+        if let Some((mode, path)) = self.pins.link_of(interface) {
+            if !setting.accepts(mode) {
+                warn!(interface, pinned = %mode, wanted = %setting, "the pinned link has another XDP mode; re-attaching (the interface is unprotected for a moment)");
+            } else {
+                match self.swap_program_on(&path) {
+                    Ok(()) => {
+                        info!(interface, %mode, "adopted the pinned XDP link; this daemon's program now runs on it");
+                        return Ok(Attachment {
                             interface: interface.to_string(),
                             mode,
-                            source,
-                        }
+                            adopted: true,
+                        });
                     }
-                })
+                    Err(err) => {
+                        warn!(interface, error = %err, "the pinned XDP link cannot be reused (was the interface recreated?); attaching anew")
+                    }
+                }
+            }
+            self.pins
+                .remove_link(interface)
+                .map_err(|source| DatapathError::Pin {
+                    interface: interface.to_string(),
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let attempt = |datapath: &mut Self, mode: AttachMode| {
+            datapath.attach_pinned(interface, mode).map_err(|source| {
+                if is_busy(&source) {
+                    DatapathError::Busy {
+                        interface: interface.to_string(),
+                    }
+                } else {
+                    DatapathError::Attach {
+                        interface: interface.to_string(),
+                        mode,
+                        source,
+                    }
+                }
+            })
         };
-        let (mode, link) = match setting {
-            XdpModeSetting::Driver => (AttachMode::Driver, attempt(self, AttachMode::Driver)?),
-            XdpModeSetting::Skb => (AttachMode::Skb, attempt(self, AttachMode::Skb)?),
+        let mode = match setting {
+            XdpModeSetting::Driver => {
+                attempt(self, AttachMode::Driver).map(|()| AttachMode::Driver)?
+            }
+            XdpModeSetting::Skb => attempt(self, AttachMode::Skb).map(|()| AttachMode::Skb)?,
             XdpModeSetting::Auto => match attempt(self, AttachMode::Driver) {
-                Ok(link) => (AttachMode::Driver, link),
+                Ok(()) => AttachMode::Driver,
                 Err(err @ DatapathError::Busy { .. }) => return Err(err),
                 Err(err) => {
                     warn!(interface, error = %err, "driver mode unavailable; falling back to generic (skb) mode, which is slower");
-                    (AttachMode::Skb, attempt(self, AttachMode::Skb)?)
+                    attempt(self, AttachMode::Skb)?;
+                    AttachMode::Skb
                 }
             },
         };
@@ -235,8 +327,58 @@ impl Datapath {
         Ok(Attachment {
             interface: interface.to_string(),
             mode,
-            link,
+            adopted: false,
         })
+    }
+
+    /// Attaches in `mode` through a BPF link and pins the link.
+    fn attach_pinned(&mut self, interface: &str, mode: AttachMode) -> Result<(), LinkError> {
+        let path = self.pins.link_path(interface, mode);
+        self.pins.prepare_link(interface)?;
+        let program = self.program();
+        let id = program.attach(interface, mode.flags())?;
+        let link = FdLink::try_from(program.take_link(id)?)?;
+        // Our descriptor closes at the end of this function; the pin keeps
+        // the link, and with it the program, attached.
+        link.pin(&path)?;
+        Ok(())
+    }
+
+    /// Replaces the program on the pinned link at `path` with this one:
+    /// one `bpf_link_update`, so no packet goes unfiltered.
+    fn swap_program_on(&mut self, path: &Path) -> Result<(), LinkError> {
+        let pinned = PinnedLink::from_pin(path)?;
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        let program = self.program();
+        let id = program.attach_to_link(link)?;
+        drop(program.take_link(id)?);
+        Ok(())
+    }
+
+    /// Unpins links of interfaces that are not in `interfaces`, and maps of
+    /// other layout versions (no link runs their program any more).
+    pub fn remove_stale_pins(&self, interfaces: &[String]) {
+        for (interface, _, _) in self.pins.links() {
+            if !interfaces.contains(&interface) {
+                match self.pins.remove_link(&interface) {
+                    Ok(()) => info!(
+                        interface,
+                        "detached XDP program: the interface is no longer in the config"
+                    ),
+                    Err(err) => {
+                        warn!(interface, error = %err, "unpinning the link of a removed interface failed")
+                    }
+                }
+            }
+        }
+        for old in self.pins.other_layouts() {
+            match std::fs::remove_dir_all(&old) {
+                Ok(()) => info!(maps = %old.display(), "removed the maps of an older layout"),
+                Err(err) => {
+                    warn!(maps = %old.display(), error = %err, "removing the maps of an older layout failed")
+                }
+            }
+        }
     }
 
     /// The slot that is not live (slot 0 before anything is live).
@@ -565,9 +707,63 @@ where
 
 #[cfg(test)]
 mod tests {
-    use object::{Object as _, ObjectSection as _, SectionKind};
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
     use super::PROGRAM;
+
+    /// The maps of layout version 1: name, type, key size, value size,
+    /// max entries, flags (from the object's `bpf_map_def`s).
+    const LAYOUT_1: [(&str, u32, u32, u32, u32, u32); 9] = [
+        ("ACTIVE", 2, 4, 4, 1, 0),
+        ("PORTS_0", 1, 4, 8, 131_072, 1),
+        ("PORTS_1", 1, 4, 8, 131_072, 1),
+        ("REASON_STATS", 6, 4, 16, 11, 0),
+        ("RULE_STATS", 6, 4, 16, 128, 0),
+        ("SOURCES_V4_0", 11, 8, 8, 262_144, 1),
+        ("SOURCES_V4_1", 11, 8, 8, 262_144, 1),
+        ("SOURCES_V6_0", 11, 20, 8, 262_144, 1),
+        ("SOURCES_V6_1", 11, 20, 8, 262_144, 1),
+    ];
+
+    /// A daemon adopts pinned maps of its own layout version only, so any
+    /// change to a map must come with a new version: this fails until it does.
+    #[test]
+    fn the_map_layout_matches_its_version() {
+        let object = object::File::parse(PROGRAM).expect("the embedded object is ELF");
+        let section = object
+            .section_by_name("maps")
+            .expect("a maps section");
+        let data = section.data().unwrap();
+        let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+        let mut maps: Vec<(&str, u32, u32, u32, u32, u32)> = object
+            .symbols()
+            .filter(|symbol| symbol.section_index() == Some(section.index()))
+            .map(|symbol| {
+                let at = symbol.address() as usize - section.address() as usize;
+                (
+                    symbol.name().unwrap(),
+                    word(at),
+                    word(at + 4),
+                    word(at + 8),
+                    word(at + 12),
+                    word(at + 16),
+                )
+            })
+            .collect();
+        maps.sort();
+        assert_eq!(
+            firewall_common::maps::LAYOUT_VERSION,
+            1,
+            "record the new version's layout in this test"
+        );
+        assert_eq!(
+            maps, LAYOUT_1,
+            "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
+        );
+        let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
+        names.sort();
+        assert_eq!(names, LAYOUT_1.map(|map| map.0), "names::ALL lists every map");
+    }
 
     /// Helpers the data plane may call, each in Linux 5.15 (the LTS floor
     /// edge hosts run). Add one only after checking the kernel it arrived in.

@@ -1,0 +1,141 @@
+//! The firewall outlives its daemon: stops, crashes and restarts onto a new
+//! policy never let a stranger's packet through nor drop an allowlisted
+//! one; only `firewall-ctl detach` removes it.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use firewall_tests::{
+    addr::*,
+    config,
+    daemon::Daemon,
+    frames::tcp_v4,
+    lab::Lab,
+    root_or_skip,
+    traffic::{Connect, Sniffer, connect_tcp, listen_tcp, stream_frames},
+};
+
+/// How often the stream sends one SYN from each source.
+const STREAM_INTERVAL: Duration = Duration::from_micros(100);
+
+#[test]
+fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
+    if !root_or_skip("restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    let sniffer = Sniffer::start(&lab.edge, EDGE_IF, 443);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = stream_frames(
+        &lab.peer,
+        PEER_IF,
+        vec![tcp_v4(STRANGER_V4, 443), tcp_v4(VENDOR_V4, 443)],
+        STREAM_INTERVAL,
+        stop.clone(),
+    );
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    pause();
+
+    // SIGTERM, a moment without a daemon, then a restart.
+    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+    assert!(lab.edge.xdp_attached(EDGE_IF));
+    pause();
+    daemon.spawn_and_wait();
+    pause();
+
+    // kill -9: still attached and enforcing, then adopted again.
+    daemon.kill(libc::SIGKILL);
+    assert!(
+        lab.edge.xdp_attached(EDGE_IF),
+        "after kill -9 the program stays"
+    );
+    pause();
+    daemon.spawn_and_wait();
+    pause();
+
+    // A restart onto a changed policy: the vendor moves to another rule,
+    // which also admits the office.
+    daemon.kill(libc::SIGTERM);
+    std::fs::write(
+        &daemon.config,
+        config("driver").replace("name = \"vendor\"", "name = \"vendor-renamed\"")
+            + "\n[[rules]]\nname = \"more\"\nports = [\"tcp/443\"]\nsources = [\"198.51.100.0/24\"]\n",
+    )
+    .unwrap();
+    daemon.spawn_and_wait();
+    pause();
+    assert_eq!(daemon.status()["rules"], 3);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = stream.join().unwrap();
+    let seen = sniffer.finish();
+    assert_eq!(
+        seen.missed, 0,
+        "the sniffer lost frames; its counts prove nothing"
+    );
+    assert!(rounds > 100, "only {rounds} rounds sent");
+    assert_eq!(
+        seen.syns.get(&STRANGER_V4).copied().unwrap_or(0),
+        0,
+        "a stranger's SYN passed"
+    );
+    assert_eq!(
+        seen.syns.get(&VENDOR_V4).copied().unwrap_or(0),
+        rounds,
+        "an allowlisted SYN was dropped"
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("adopted the pinned XDP link").count(),
+        3,
+        "{log}"
+    );
+    // Counters went on across the restarts of the same version.
+    let stats = daemon.stats();
+    assert!(stats.drops("not_allowlisted") >= rounds, "{stats:?}");
+}
+
+#[test]
+fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
+    if !root_or_skip("detach_removes_the_firewall_with_or_without_a_running_daemon") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let https = || connect_tcp(&lab.peer, STRANGER_V4.into(), at(EDGE_V4, 443));
+
+    // Running: detach stops the daemon first.
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    let pid = daemon.status()["pid"].as_u64().unwrap();
+    let report = daemon.detach(&["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["stopped_daemon_pid"], pid);
+    assert_eq!(report["detached"], serde_json::json!(["edge0"]));
+    assert_eq!(report["removed_maps"], true);
+    assert!(!lab.edge.xdp_attached(EDGE_IF));
+    assert!(!daemon.bpf_dir.exists(), "everything is unpinned");
+    assert_eq!(https(), Connect::Connected);
+
+    // Crashed: the firewall stays until detach, which finds no daemon.
+    daemon.spawn_and_wait();
+    daemon.kill(libc::SIGKILL);
+    assert_eq!(https(), Connect::TimedOut);
+    let text = daemon.detach(&["--interface", "edge0"]);
+    assert_eq!(
+        text,
+        "detached the XDP program from edge0: its traffic is no longer filtered\n"
+    );
+    assert_eq!(https(), Connect::Connected);
+    assert!(daemon.bpf_dir.exists(), "--interface leaves the maps");
+
+    // Nothing left to detach, or a wrong interface, says so.
+    let bpf_dir = daemon.bpf_dir.to_str().unwrap().to_string();
+    let wrong = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir, "--interface", "eth9"]);
+    assert!(wrong.contains("is not attached to `eth9`"), "{wrong}");
+    daemon.detach(&[]);
+    let none = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir]);
+    assert!(none.contains("no firewall is pinned in"), "{none}");
+}
