@@ -14,7 +14,7 @@ use firewall_tests::{
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
-    traffic::{Connect, Sniffer, connect_tcp, listen_tcp, stream_frames},
+    traffic::{Connect, Sniffer, connect_tcp, listen_tcp, send_frames, stream_frames},
 };
 
 /// How often the stream sends one SYN from each source.
@@ -138,4 +138,59 @@ fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
     daemon.detach(&[]);
     let none = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir]);
     assert!(none.contains("no firewall is pinned in"), "{none}");
+}
+
+#[test]
+fn counters_carry_on_across_restarts_changes_and_reloads() {
+    if !root_or_skip("counters_carry_on_across_restarts_changes_and_reloads") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    let send = |count: usize| {
+        send_frames(
+            &lab.peer,
+            PEER_IF,
+            (0..count)
+                .flat_map(|_| [tcp_v4(VENDOR_V4, 443), tcp_v4(STRANGER_V4, 443)])
+                .collect(),
+        )
+    };
+    send(50);
+    let counted = |daemon: &Daemon| {
+        let stats = daemon.settled_stats();
+        (stats.rule("vendor").0, stats.drops("not_allowlisted"))
+    };
+    let (vendor, strangers) = counted(&daemon);
+    assert!(vendor >= 50 && strangers >= 50);
+
+    daemon.kill(libc::SIGTERM);
+    daemon.spawn_and_wait();
+    assert_eq!(counted(&daemon), (vendor, strangers), "after a restart");
+    daemon.kill(libc::SIGKILL);
+    daemon.spawn_and_wait();
+    assert_eq!(counted(&daemon), (vendor, strangers), "after kill -9");
+
+    // Changes switch slots; the counts stay and grow exactly.
+    daemon.ctl_ok(&["allow", "192.0.2.77", "--rule", "vendor"]);
+    daemon.ctl_ok(&["remove", "192.0.2.77"]);
+    send(10);
+    assert_eq!(counted(&daemon), (vendor + 10, strangers + 10));
+
+    // A reload that reorders the rules folds the slots' counts by name.
+    let swapped = config("driver")
+        .replacen(
+            "[[rules]]\nname = \"vendor\"",
+            "[[rules]]\nname = \"placeholder\"",
+            1,
+        )
+        .replace("name = \"office-ssh\"", "name = \"vendor-first\"");
+    let reordered = format!(
+        "{}\n[[rules]]\nname = \"vendor\"\nports = [\"tcp/443\"]\nsources = [\"203.0.113.0/24\"]\n",
+        swapped
+    );
+    assert_eq!(daemon.reload(&reordered)["reloads"], 1, "{}", daemon.log());
+    daemon.kill(libc::SIGKILL);
+    daemon.spawn_and_wait();
+    assert_eq!(counted(&daemon).0, vendor + 10, "{}", daemon.log());
 }

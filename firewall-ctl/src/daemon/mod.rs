@@ -125,6 +125,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut datapath = Datapath::load(&config.bpf_dir)?;
     if datapath.adopted() {
         info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
+        if let Some(ledger) = store.ledger()
+            && datapath.restore_ledger(ledger)
+        {
+            info!("per-rule counters carry on from the previous daemon");
+        }
     }
     // Fill the maps before attaching: the first packet already sees the
     // policy. With adopted maps this is the idle slot: one switch replaces
@@ -136,6 +141,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         .map(|interface| datapath.attach(interface, config.xdp_mode))
         .collect::<Result<_, _>>()?;
     datapath.remove_stale_pins(&config.interfaces);
+    if let Some(ledger) = datapath.take_changed_ledger() {
+        store.save_ledger(&ledger);
+    }
     info!(
         config = %config_path.display(),
         socket = %config.socket.display(),

@@ -15,6 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    datapath::CounterLedger,
     entries::{RuntimeEntries, RuntimeEntry},
     fsutil::{self, MAX_FILE_BYTES, ReadError},
 };
@@ -23,6 +24,8 @@ use crate::{
 pub const STATE_FILE: &str = "allowlist.toml";
 /// Held locked while a daemon uses `state_dir`.
 const LOCK_FILE: &str = "lock";
+/// Which rules the pinned counters count for (see [`CounterLedger`]).
+const LEDGER_FILE: &str = "counters.json";
 /// The format this release reads and writes.
 pub const STATE_VERSION: u32 = 1;
 
@@ -84,6 +87,7 @@ pub enum StateError {
 /// The state directory of a running daemon, locked against a second one.
 pub struct StateStore {
     path: PathBuf,
+    dir: PathBuf,
     _lock: Flock<File>,
 }
 
@@ -112,7 +116,12 @@ impl StateStore {
         })?;
         let path = dir.join(STATE_FILE);
         let entries = load(&path)?;
-        Ok((Self { path, _lock: lock }, entries))
+        let store = Self {
+            path,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        };
+        Ok((store, entries))
     }
 
     pub fn path(&self) -> &Path {
@@ -128,6 +137,28 @@ impl StateStore {
                 source,
             }
         })
+    }
+}
+
+impl StateStore {
+    /// The counter ledger an earlier daemon saved, if any can be read.
+    pub fn ledger(&self) -> Option<CounterLedger> {
+        let path = self.dir.join(LEDGER_FILE);
+        let text = fsutil::read_regular_file(&path, MAX_FILE_BYTES).ok()?;
+        serde_json::from_str(&text)
+            .inspect_err(|err| {
+                tracing::warn!(file = %path.display(), error = %err, "ignoring an unreadable counter ledger; per-rule counters start from zero")
+            })
+            .ok()
+    }
+
+    /// Saves the counter ledger; losing it only resets per-rule counters.
+    pub fn save_ledger(&self, ledger: &CounterLedger) {
+        let path = self.dir.join(LEDGER_FILE);
+        let text = serde_json::to_vec(ledger).expect("a ledger serializes");
+        if let Err(err) = fsutil::write_atomically(&path, &text, 0o600) {
+            tracing::warn!(file = %path.display(), error = %err, "saving the counter ledger failed; per-rule counters will restart from zero after a restart");
+        }
     }
 }
 

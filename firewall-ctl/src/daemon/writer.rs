@@ -138,6 +138,7 @@ impl Writer {
             if let Err(err) = self.datapath.prepare_idle(&self.policy) {
                 warn!(error = %err, "writing the idle policy slot failed; the first change will rewrite it whole");
             }
+            self.save_ledger_if_changed();
         }
         loop {
             let wake = [
@@ -156,6 +157,14 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.expire_due();
+            self.save_ledger_if_changed();
+        }
+    }
+
+    /// Saves the counter ledger if a write gave a slot other rules.
+    fn save_ledger_if_changed(&mut self) {
+        if let Some(ledger) = self.datapath.take_changed_ledger() {
+            self.store.save_ledger(&ledger);
         }
     }
 

@@ -19,7 +19,7 @@
 pub mod pins;
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -196,13 +196,32 @@ pub struct Datapath {
     /// Keys at which the idle slot may differ from the live policy; `None`
     /// when anything may (nothing written yet, or a write failed halfway).
     idle_lag: Option<PolicyDiff>,
-    /// Rule names of the policy written to each slot, in config order.
-    slot_rules: [Vec<String>; 2],
-    /// When the idle slot stopped being live, until its rule counters have
-    /// been folded into `retired`.
+    /// Which rule each slot's counters count for, and what rules counted
+    /// before their slot was given other rules.
+    ledger: CounterLedger,
+    /// Set when `ledger` changed: the caller saves it (see
+    /// [`Datapath::take_changed_ledger`]).
+    ledger_changed: bool,
+    /// When the idle slot stopped being live: until a grace period has
+    /// passed, a packet may still be reading it.
     retiring_since: Option<Instant>,
-    /// What rules counted in slots since replaced, by rule name.
-    retired: StdHashMap<String, Counter>,
+}
+
+/// Per-rule counters outlive policy changes and daemon restarts: a slot's
+/// rule counters keep counting for the rule names written there, and only
+/// when a slot gets other rule names (a reload that adds, removes or
+/// reorders rules) are its counts folded into `retired`, by name. A rule's
+/// total is what it has in `retired` plus what both slots count for it.
+/// The daemon saves the ledger whenever it changes, so a restarted daemon,
+/// adopting the same maps (`maps_id`), carries every rule's counts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterLedger {
+    /// Id of the `ACTIVE` map: the ledger belongs to these maps only.
+    pub maps_id: u32,
+    /// Rule names of each slot's counters, in config order.
+    pub slot_rules: [Vec<String>; 2],
+    /// `(packets, bytes)` by rule name, from slots since given other rules.
+    pub retired: BTreeMap<String, (u64, u64)>,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -237,13 +256,32 @@ impl Datapath {
             pins,
             active: ActivePolicy::default(),
             idle_lag: None,
-            slot_rules: [Vec::new(), Vec::new()],
+            ledger: CounterLedger::default(),
+            ledger_changed: false,
             retiring_since: None,
-            retired: StdHashMap::new(),
         };
         let active: Array<&MapData, ActivePolicy> = datapath.map(names::ACTIVE)?;
         datapath.active = active.get(&0, 0).map_err(map_error(names::ACTIVE))?;
+        datapath.ledger.maps_id = MapData::from_pin(datapath.pins.maps_dir().join(names::ACTIVE))
+            .and_then(|map| map.info())
+            .map_err(map_error(names::ACTIVE))?
+            .id();
         Ok(datapath)
+    }
+
+    /// Takes over the counter ledger an earlier daemon saved, if it belongs
+    /// to these maps; returns whether it did.
+    pub fn restore_ledger(&mut self, ledger: CounterLedger) -> bool {
+        let ours = self.adopted() && ledger.maps_id == self.ledger.maps_id;
+        if ours {
+            self.ledger = ledger;
+        }
+        ours
+    }
+
+    /// The ledger, if it changed since the last call: to be saved.
+    pub fn take_changed_ledger(&mut self) -> Option<CounterLedger> {
+        std::mem::take(&mut self.ledger_changed).then(|| self.ledger.clone())
     }
 
     /// Whether the maps were adopted with a live policy in them.
@@ -411,7 +449,7 @@ impl Datapath {
         changed: &PolicyDiff,
     ) -> Result<(), DatapathError> {
         let slot = self.idle_slot();
-        self.fold_retired_counters(slot);
+        self.wait_for_retired_readers();
         let lag = self.idle_lag.take();
         let result = match &lag {
             Some(lag) => {
@@ -424,8 +462,9 @@ impl Datapath {
         // If the write failed halfway, the slot holds a mix: `idle_lag`
         // stays `None`, so the next write rewrites it whole.
         result?;
-        self.zero_rule_counters(slot)?;
-        self.slot_rules[slot as usize] = policy.rule_names.clone();
+        if self.ledger.slot_rules[slot as usize] != policy.rule_names {
+            self.give_rules(slot, &policy.rule_names)?;
+        }
         self.idle_lag = Some(changed.clone());
         Ok(())
     }
@@ -461,29 +500,25 @@ impl Datapath {
         self.write_idle(policy, &PolicyDiff::default())
     }
 
-    /// Folds the rule counters of a slot that was live into `retired`,
-    /// before the slot is reused. Packets that read `ACTIVE` before the
-    /// switch may still count into it: a recent switch waits for them.
-    fn fold_retired_counters(&mut self, slot: u32) {
-        let Some(since) = self.retiring_since.take() else {
-            return;
-        };
-        if since.elapsed() < RETIRE_GRACE && !crate::system::wait_for_rcu_readers() {
+    /// Waits, if the last switch was recent, until no packet can still be
+    /// using the slot it retired: XDP runs inside an RCU read-side section.
+    fn wait_for_retired_readers(&mut self) {
+        if let Some(since) = self.retiring_since.take()
+            && since.elapsed() < RETIRE_GRACE
+            && !crate::system::wait_for_rcu_readers()
+        {
             std::thread::sleep(RETIRE_FALLBACK_WAIT);
-        }
-        match self.slot_rule_counters(slot) {
-            Ok(counters) => {
-                for (name, counter) in counters {
-                    *self.retired.entry(name).or_default() += counter;
-                }
-            }
-            Err(err) => {
-                warn!(error = %err, "reading the replaced policy's rule counters failed; their counts before this change are lost")
-            }
         }
     }
 
-    fn zero_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+    /// Makes `slot`'s rule counters count for `rules`: what they counted
+    /// for the slot's old rules is folded into `retired` by name first.
+    fn give_rules(&mut self, slot: u32, rules: &[String]) -> Result<(), DatapathError> {
+        for (name, counter) in self.slot_rule_counters(slot)? {
+            let total = self.ledger.retired.entry(name).or_default();
+            total.0 += counter.packets;
+            total.1 += counter.bytes;
+        }
         let cpus = aya::util::nr_cpus().map_err(|(_, err)| DatapathError::Cpus(err))?;
         let mut stats: PerCpuArray<&mut MapData, Counter> = self.map_mut(names::RULE_STATS)?;
         for rule in 0..MAX_RULES as u32 {
@@ -493,6 +528,8 @@ impl Datapath {
                 .set(rule_stats_index(slot, rule), zeros, 0)
                 .map_err(map_error(names::RULE_STATS))?;
         }
+        self.ledger.slot_rules[slot as usize] = rules.to_vec();
+        self.ledger_changed = true;
         Ok(())
     }
 
@@ -576,10 +613,10 @@ impl Datapath {
         M::try_from(map).map_err(map_error(name))
     }
 
-    /// Per-rule counters of `slot`, by the names of the rules written there.
+    /// Per-rule counters of `slot`, by the names of the rules they count for.
     fn slot_rule_counters(&self, slot: u32) -> Result<Vec<(String, Counter)>, DatapathError> {
         let stats: PerCpuArray<&MapData, Counter> = self.map(names::RULE_STATS)?;
-        self.slot_rules[slot as usize]
+        self.ledger.slot_rules[slot as usize]
             .iter()
             .enumerate()
             .map(|(rule, name)| {
@@ -602,20 +639,27 @@ impl Datapath {
                     .map_err(map_error(names::REASON_STATS))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut earlier = self.retired.clone();
-        if self.retiring_since.is_some() {
-            // Not folded into `retired` yet: still in the idle slot.
-            for (name, counter) in self.slot_rule_counters(self.idle_slot())? {
-                *earlier.entry(name).or_default() += counter;
+        let mut totals: BTreeMap<String, Counter> = self
+            .ledger
+            .retired
+            .iter()
+            .map(|(name, (packets, bytes))| {
+                let counter = Counter {
+                    packets: *packets,
+                    bytes: *bytes,
+                };
+                (name.clone(), counter)
+            })
+            .collect();
+        for slot in 0..2 {
+            for (name, counter) in self.slot_rule_counters(slot)? {
+                *totals.entry(name).or_default() += counter;
             }
         }
         let rules = if self.active.ready() {
-            self.slot_rule_counters(self.active.slot())?
-                .into_iter()
-                .map(|(name, mut total)| {
-                    total += earlier.get(&name).copied().unwrap_or_default();
-                    (name, total)
-                })
+            self.ledger.slot_rules[self.active.slot() as usize]
+                .iter()
+                .map(|name| (name.clone(), totals.get(name).copied().unwrap_or_default()))
                 .collect()
         } else {
             Vec::new()
@@ -730,9 +774,7 @@ mod tests {
     #[test]
     fn the_map_layout_matches_its_version() {
         let object = object::File::parse(PROGRAM).expect("the embedded object is ELF");
-        let section = object
-            .section_by_name("maps")
-            .expect("a maps section");
+        let section = object.section_by_name("maps").expect("a maps section");
         let data = section.data().unwrap();
         let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
         let mut maps: Vec<(&str, u32, u32, u32, u32, u32)> = object
@@ -762,7 +804,11 @@ mod tests {
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
-        assert_eq!(names, LAYOUT_1.map(|map| map.0), "names::ALL lists every map");
+        assert_eq!(
+            names,
+            LAYOUT_1.map(|map| map.0),
+            "names::ALL lists every map"
+        );
     }
 
     /// Helpers the data plane may call, each in Linux 5.15 (the LTS floor
