@@ -221,11 +221,24 @@ pub struct StatusReport {
     pub next_expiry: Option<Timestamp>,
 }
 
+/// One configured interface, as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
-    /// The mode actually in use.
-    pub xdp_mode: AttachMode,
+    /// The mode the kernel runs an XDP program in there, if any.
+    pub xdp_mode: Option<AttachMode>,
+    pub state: InterfaceState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceState {
+    /// The kernel runs this daemon's program on it.
+    Protected,
+    /// It exists but does not run this daemon's program (being re-attached).
+    Unprotected,
+    /// No such interface right now; attached again when it appears.
+    Missing,
 }
 
 /// `firewall-ctl stats`. Counters run from daemon start; a rule keeps its

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use firewall_common::reasons::Reason;
 
 use crate::{
-    api::{AuditLogReport, ChangeReport, ListReport, ReloadReport, StatsReport, StatusReport},
+    api::{
+        AuditLogReport, ChangeReport, InterfaceState, ListReport, ReloadReport, StatsReport,
+        StatusReport,
+    },
     check::CheckReport,
     entries::Timestamp,
     policy::explain::{EntryRef, ExplainReport},
@@ -64,7 +67,17 @@ pub fn status(report: &StatusReport) -> String {
     let interfaces: Vec<String> = report
         .interfaces
         .iter()
-        .map(|interface| format!("{} ({})", interface.name, interface.xdp_mode))
+        .map(|interface| match interface.state {
+            InterfaceState::Protected => {
+                format!("{} ({})", interface.name, or_dash(interface.xdp_mode))
+            }
+            InterfaceState::Unprotected => {
+                format!("{} (UNPROTECTED, re-attaching)", interface.name)
+            }
+            InterfaceState::Missing => {
+                format!("{} (MISSING, attached when it appears)", interface.name)
+            }
+        })
         .collect();
     let mut out = String::new();
     let _ = writeln!(

@@ -130,37 +130,49 @@ impl Lab {
             edge: Netns::create(format!("{id}-edge")),
             peer: Netns::create(format!("{id}-peer")),
         };
-        ip(&format!(
-            "link add {EDGE_IF} netns {} address {} type veth peer name {PEER_IF} netns {} address {}",
-            lab.edge.name,
-            mac(EDGE_MAC),
-            lab.peer.name,
-            mac(PEER_MAC)
-        ));
         for ns in [&lab.edge, &lab.peer] {
             // Fewer unsolicited packets: the tests count exactly.
             ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
             ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
             ns.ip("link set lo up");
         }
-        lab.edge.ip(&format!("addr add {EDGE_V4}/24 dev {EDGE_IF}"));
-        lab.edge
+        lab.wire();
+        lab
+    }
+
+    /// Creates the veth pair between the hosts with their addresses and
+    /// routes; again after [`Lab::unwire`], like an interface rebuilt.
+    pub fn wire(&self) {
+        ip(&format!(
+            "link add {EDGE_IF} netns {} address {} type veth peer name {PEER_IF} netns {} address {}",
+            self.edge.name,
+            mac(EDGE_MAC),
+            self.peer.name,
+            mac(PEER_MAC)
+        ));
+        self.edge
+            .ip(&format!("addr add {EDGE_V4}/24 dev {EDGE_IF}"));
+        self.edge
             .ip(&format!("addr add {EDGE_V6}/64 dev {EDGE_IF} nodad"));
         for v4 in [STRANGER_V4, VENDOR_V4, INNER_V4, OFFICE_V4] {
             let len = if v4 == STRANGER_V4 { 24 } else { 32 };
-            lab.peer.ip(&format!("addr add {v4}/{len} dev {PEER_IF}"));
+            self.peer.ip(&format!("addr add {v4}/{len} dev {PEER_IF}"));
         }
-        lab.peer
+        self.peer
             .ip(&format!("addr add {STRANGER_V6}/64 dev {PEER_IF} nodad"));
-        lab.peer
+        self.peer
             .ip(&format!("addr add {VENDOR_V6}/128 dev {PEER_IF} nodad"));
-        lab.edge.ip(&format!("link set {EDGE_IF} up"));
-        lab.peer.ip(&format!("link set {PEER_IF} up"));
+        self.edge.ip(&format!("link set {EDGE_IF} up"));
+        self.peer.ip(&format!("link set {PEER_IF} up"));
         // The edge reaches the vendor and office ranges on-link.
         for route in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/48"] {
-            lab.edge.ip(&format!("route add {route} dev {EDGE_IF}"));
+            self.edge.ip(&format!("route add {route} dev {EDGE_IF}"));
         }
-        lab
+    }
+
+    /// Deletes the veth pair (both ends go together).
+    pub fn unwire(&self) {
+        self.edge.ip(&format!("link del {EDGE_IF}"));
     }
 
     /// Every address the peer can send from.

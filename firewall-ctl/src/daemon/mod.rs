@@ -6,6 +6,7 @@
 //! writer's published status for `status` and sending it everything else.
 
 pub mod audit;
+mod links;
 mod server;
 pub mod state;
 mod writer;
@@ -30,9 +31,9 @@ use self::{
     writer::Writer,
 };
 use crate::{
-    api::{self, Command, InterfaceStatus, Response, StatusReport},
+    api::{self, Command, Response, StatusReport},
     config::{self, Config},
-    datapath::{Attachment, Datapath},
+    datapath::Datapath,
     entries::{self, Requester, RuntimeEntries},
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
@@ -54,9 +55,14 @@ pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
 /// `status` (and check permissions) without waiting for it.
 #[derive(Clone, Debug)]
 pub struct PolicyStatus {
-    /// `status` as of the last change; the server fills in the uptime.
+    /// `status` as of the last change; the server fills in the uptime and
+    /// the interfaces (as the kernel reports them).
     pub report: StatusReport,
     pub access: Access,
+    /// The interfaces the config names.
+    pub interfaces: Vec<String>,
+    /// The kernel's id of this daemon's XDP program.
+    pub program_id: u32,
 }
 
 /// Work for the writer.
@@ -70,6 +76,8 @@ pub enum Job {
     },
     /// A refusal the server decided on, to append to the audit log.
     Audit(AuditRecord),
+    /// Interfaces the kernel does not run our program on: attach it.
+    Reattach(Vec<String>),
 }
 
 /// Where the daemon keeps its files and listens, when the command line
@@ -135,12 +143,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // policy. With adopted maps this is the idle slot: one switch replaces
     // the old daemon's policy.
     datapath.apply(&policy, &PolicyDiff::default())?;
-    let attachments: Vec<Attachment> = config
-        .interfaces
-        .iter()
-        .map(|interface| datapath.attach(interface, config.xdp_mode))
-        .collect::<Result<_, _>>()?;
+    for interface in &config.interfaces {
+        datapath.attach(interface, config.xdp_mode)?;
+    }
     datapath.remove_stale_pins(&config.interfaces);
+    let program_id = datapath.program_id()?;
     if let Some(ledger) = datapath.take_changed_ledger() {
         store.save_ledger(&ledger);
     }
@@ -167,16 +174,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
 
     let bpf_dir = config.bpf_dir.clone();
-    let interfaces = attachments
-        .iter()
-        .map(|attachment| InterfaceStatus {
-            name: attachment.interface.clone(),
-            xdp_mode: attachment.mode,
-        })
-        .collect();
     let mut writer = Writer {
         config_path,
-        interfaces,
+        program_id,
         overrides,
         socket: config.socket.clone(),
         config,
@@ -193,8 +193,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         reload_in_progress: false,
         expiry_retry_at: None,
     };
-    let (status_sender, status) = watch::channel(Arc::new(writer.snapshot()));
+    let first_status = Arc::new(writer.snapshot());
+    let (status_sender, status) = watch::channel(first_status.clone());
     writer.status = Some(status_sender);
+    // What the kernel runs where, before the socket answers `status`.
+    let (netlink, link_events) = links::connect().context("opening netlink")?;
+    let (interfaces_sender, interfaces) =
+        watch::channel(links::check(&netlink, &first_status).await);
     let (jobs, pending) = mpsc::channel();
     let (writer_stopped, mut writer_gone) = oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -206,9 +211,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             writer.run(pending)
         })
         .context("starting the policy writer thread")?;
+    tokio::spawn(links::watch(
+        netlink,
+        link_events,
+        status.clone(),
+        interfaces_sender,
+        jobs.clone(),
+    ));
     let shared = Arc::new(server::Shared {
         jobs: jobs.clone(),
         status,
+        interfaces,
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

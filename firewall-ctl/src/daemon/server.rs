@@ -204,6 +204,8 @@ pub fn secure(path: &Path, access: &Access) -> anyhow::Result<()> {
 pub struct Shared {
     pub jobs: std::sync::mpsc::Sender<Job>,
     pub status: watch::Receiver<Arc<PolicyStatus>>,
+    /// What the kernel runs on each configured interface.
+    pub interfaces: watch::Receiver<Vec<api::InterfaceStatus>>,
     pub started: Instant,
 }
 
@@ -365,6 +367,7 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
 fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
     StatusReport {
         uptime_seconds: shared.started.elapsed().as_secs(),
+        interfaces: shared.interfaces.borrow().clone(),
         ..status.report.clone()
     }
 }

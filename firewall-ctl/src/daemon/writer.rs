@@ -28,11 +28,11 @@ use super::{
 };
 use crate::{
     api::{
-        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, InterfaceStatus,
-        ListReport, ReloadReport, RemoveRequest, Response, RuleStats, StatsReport, StatusReport,
+        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, ListReport,
+        ReloadReport, RemoveRequest, Response, RuleStats, StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
-    datapath::Datapath,
+    datapath::{Attachment, Datapath},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
     policy::{self, CompiledPolicy, PolicyDiff, explain},
     text::escape_controls,
@@ -56,8 +56,8 @@ pub struct Writer {
     pub audit: AuditLog,
     /// Where the status is published, once the server listens.
     pub status: Option<watch::Sender<Arc<PolicyStatus>>>,
-    /// What is attached where (fixed while the daemon runs).
-    pub interfaces: Vec<InterfaceStatus>,
+    /// The kernel's id of this daemon's XDP program.
+    pub program_id: u32,
     pub applied_at: SystemTime,
     pub reloads: u64,
     pub reloads_rejected: u64,
@@ -102,7 +102,8 @@ impl Writer {
                 config: self.config_path.clone(),
                 uptime_seconds: 0,
                 mode: api::mode_name(self.policy.enforce),
-                interfaces: self.interfaces.clone(),
+                // Filled in by the server from the link watcher.
+                interfaces: Vec::new(),
                 rules: self.policy.rule_names.len(),
                 prefixes_v4: self.policy.v4.len(),
                 prefixes_v6: self.policy.v6.len(),
@@ -121,6 +122,8 @@ impl Writer {
                 next_expiry: entries::next_expiry(&self.runtime),
             },
             access: Access::of(&self.config),
+            interfaces: self.config.interfaces.clone(),
+            program_id: self.program_id,
         }
     }
 
@@ -173,6 +176,7 @@ impl Writer {
             Job::Audit(record) => {
                 self.record(&record);
             }
+            Job::Reattach(interfaces) => self.reattach(interfaces),
             Job::Command {
                 command,
                 requester,
@@ -704,12 +708,6 @@ impl Writer {
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
         let mut warnings = Vec::new();
-        if config.interfaces != self.config.interfaces || config.xdp_mode != self.config.xdp_mode {
-            warnings.push(
-                "`interfaces` and `xdp_mode` changes take effect when the daemon restarts"
-                    .to_string(),
-            );
-        }
         if config.socket != self.config.socket {
             warnings.push("a `socket` change takes effect when the daemon restarts".to_string());
         }
@@ -728,15 +726,40 @@ impl Writer {
         if access != Access::of(&self.config) {
             server::secure(&self.socket, &access).map_err(|err| format!("{err:#}"))?;
         }
+        // New interfaces (or all, in a new mode) first: if one cannot be
+        // attached, the reload is rejected before the policy changes.
+        let attach: Vec<&String> = config
+            .interfaces
+            .iter()
+            .filter(|name| {
+                config.xdp_mode != self.config.xdp_mode || !self.config.interfaces.contains(name)
+            })
+            .collect();
+        let mut attached = Vec::new();
+        for name in attach {
+            match self.datapath.attach(name, config.xdp_mode) {
+                Ok(attachment) => attached.push(attachment),
+                Err(err) => {
+                    self.detach_new(&attached);
+                    return Err(format!("attaching to `{name}` failed: {err}"));
+                }
+            }
+        }
         let diff = PolicyDiff::between(&self.policy, &policy);
-        self.datapath
-            .apply(&policy, &diff)
-            .map_err(|err| format!("applying the new policy failed: {err}"))?;
+        if let Err(err) = self.datapath.apply(&policy, &diff) {
+            self.detach_new(&attached);
+            return Err(format!("applying the new policy failed: {err}"));
+        }
+        for name in &self.config.interfaces {
+            if !config.interfaces.contains(name)
+                && let Err(err) = self.datapath.detach(name)
+            {
+                warnings.push(format!("detaching from `{name}` failed: {err}"));
+            }
+        }
         self.applied_at = SystemTime::now();
         self.config = Config {
-            // What is attached, and where, is what the old config said.
-            interfaces: std::mem::take(&mut self.config.interfaces),
-            xdp_mode: self.config.xdp_mode,
+            // Where the daemon listens and keeps its files is fixed while it runs.
             socket: self.config.socket.clone(),
             state_dir: self.config.state_dir.clone(),
             bpf_dir: self.config.bpf_dir.clone(),
@@ -751,6 +774,33 @@ impl Writer {
             changed_map_entries: diff.len(),
             warnings,
         })
+    }
+
+    /// Detaches interfaces a failed reload had just attached.
+    fn detach_new(&self, attached: &[Attachment]) {
+        for attachment in attached.iter().filter(|attachment| !attachment.adopted) {
+            if !self.config.interfaces.contains(&attachment.interface)
+                && let Err(err) = self.datapath.detach(&attachment.interface)
+            {
+                error!(interface = attachment.interface, error = %err, "detaching after a rejected reload failed");
+            }
+        }
+    }
+
+    /// Attaches where the link watcher found the kernel not running our
+    /// program (an interface deleted and created again).
+    fn reattach(&mut self, interfaces: Vec<String>) {
+        for name in interfaces {
+            if !self.config.interfaces.contains(&name) {
+                continue;
+            }
+            match self.datapath.attach(&name, self.config.xdp_mode) {
+                Ok(_) => info!(interface = name, "re-attached the XDP program"),
+                Err(err) => {
+                    error!(interface = name, error = %err, "re-attaching the XDP program failed; the interface stays unprotected")
+                }
+            }
+        }
     }
 
     fn stats(&self) -> anyhow::Result<StatsReport> {

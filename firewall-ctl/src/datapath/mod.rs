@@ -369,6 +369,22 @@ impl Datapath {
         })
     }
 
+    /// Detaches from `interface` by unpinning its link.
+    pub fn detach(&self, interface: &str) -> std::io::Result<()> {
+        self.pins.remove_link(interface)?;
+        info!(interface, "detached XDP program");
+        Ok(())
+    }
+
+    /// The kernel's id of this daemon's program: what `status` looks for
+    /// on each interface.
+    pub fn program_id(&mut self) -> Result<u32, DatapathError> {
+        self.program()
+            .info()
+            .map(|info| info.id())
+            .map_err(DatapathError::Program)
+    }
+
     /// Attaches in `mode` through a BPF link and pins the link.
     fn attach_pinned(&mut self, interface: &str, mode: AttachMode) -> Result<(), LinkError> {
         let path = self.pins.link_path(interface, mode);

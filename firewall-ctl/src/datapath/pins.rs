@@ -12,7 +12,7 @@
 use std::{
     fs::DirBuilder,
     io,
-    os::unix::fs::DirBuilderExt as _,
+    os::{fd::FromRawFd as _, unix::fs::DirBuilderExt as _},
     path::{Path, PathBuf},
 };
 
@@ -39,6 +39,48 @@ pub enum PinDirError {
         #[source]
         source: io::Error,
     },
+}
+
+/// `BPF_OBJ_GET` then `BPF_LINK_DETACH` (Linux 5.9) on the link pinned at
+/// `path`: the kernel detaches it at once, under the RTNL lock.
+fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // `union bpf_attr` for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    let mut get = [0u64; 2];
+    get[0] = path.as_ptr() as u64;
+    // SAFETY: the attribute points at a NUL-terminated path that outlives
+    // the call; the size is the attribute's.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            get.as_ptr(),
+            std::mem::size_of_val(&get),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // `union bpf_attr` for BPF_LINK_DETACH: link_fd.
+    let detach = [std::os::fd::AsRawFd::as_raw_fd(&fd) as u32];
+    // SAFETY: a plain attribute of the size given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_ptr(),
+            std::mem::size_of_val(&detach),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The pin directory of one firewall.
@@ -164,18 +206,27 @@ impl PinDir {
             .create(self.root.join(LINKS_DIR).join(interface))
     }
 
-    /// Unpins the link of `interface`: the kernel detaches the program
-    /// once no one holds the link.
+    /// Detaches the program from `interface` and unpins its link. The
+    /// link is detached explicitly first: unpinning alone frees it (and
+    /// detaches) only later, from a kernel work queue, and the caller wants
+    /// the interface free when this returns.
     pub fn remove_link(&self, interface: &str) -> io::Result<()> {
         let dir = self.root.join(LINKS_DIR).join(interface);
+        for pin in self.children(&dir) {
+            // A link whose interface is gone is detached already.
+            let _ = detach_pinned_link(&pin);
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             result => result,
         }
     }
 
-    /// Unpins everything and removes the directory.
+    /// Detaches every link and unpins everything.
     pub fn remove_all(self) -> io::Result<()> {
+        for (interface, _, _) in self.links() {
+            self.remove_link(&interface)?;
+        }
         std::fs::remove_dir_all(&self.root)
     }
 
