@@ -47,7 +47,9 @@ pub enum Command {
     },
     Allow(AllowRequest),
     Remove(RemoveRequest),
-    Reload,
+    Reload(ReloadRequest),
+    /// Keeps the policy of a `reload --confirm`.
+    Confirm,
 }
 
 impl Command {
@@ -61,7 +63,8 @@ impl Command {
             Command::AuditLog { .. } => "audit log",
             Command::Allow(_) => "allow",
             Command::Remove(_) => "remove",
-            Command::Reload => "reload",
+            Command::Reload(_) => "reload",
+            Command::Confirm => "confirm",
         }
     }
 
@@ -70,7 +73,7 @@ impl Command {
     pub fn is_change(&self) -> bool {
         matches!(
             self,
-            Command::Allow(_) | Command::Remove(_) | Command::Reload
+            Command::Allow(_) | Command::Remove(_) | Command::Reload(_) | Command::Confirm
         )
     }
 }
@@ -93,6 +96,48 @@ pub struct AllowRequest {
 pub struct RemoveRequest {
     pub prefixes: Vec<String>,
     pub rule: Option<String>,
+    /// The caller's SSH session, for the lockout guard.
+    pub ssh: Option<SshSession>,
+    /// Cut the caller's SSH session anyway.
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// Roll back unless `confirm` comes within this long (`2m`).
+    pub confirm: Option<String>,
+    /// The caller's SSH session, for the lockout guard.
+    pub ssh: Option<SshSession>,
+    /// Cut the caller's SSH session anyway.
+    pub force: bool,
+}
+
+/// Where the CLI's own SSH session comes from and goes to, from
+/// `SSH_CONNECTION` (`client_ip client_port server_ip server_port`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSession {
+    pub client: std::net::IpAddr,
+    pub port: u16,
+}
+
+impl SshSession {
+    /// The session this process runs in, if any.
+    pub fn from_env() -> Option<Self> {
+        Self::parse(&std::env::var("SSH_CONNECTION").ok()?)
+    }
+
+    pub fn parse(connection: &str) -> Option<Self> {
+        let fields: Vec<&str> = connection.split_whitespace().collect();
+        let [client, _, _, port] = fields.as_slice() else {
+            return None;
+        };
+        Some(Self {
+            client: client.parse().ok()?,
+            port: port.parse().ok()?,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,7 +156,15 @@ pub enum Response {
     AuditLog(AuditLogReport),
     Change(ChangeReport),
     Reload(ReloadReport),
+    Confirm(ConfirmReport),
     Error(String),
+}
+
+/// `firewall-ctl confirm --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmReport {
+    /// When the rollback would have happened.
+    pub rollback_was_due: Timestamp,
 }
 
 /// `firewall-ctl list --json`.
@@ -183,6 +236,8 @@ pub struct ReloadReport {
     pub ports: usize,
     /// Map entries written to switch to the new policy.
     pub changed_map_entries: usize,
+    /// With `--confirm`: when the daemon rolls back unless confirmed.
+    pub rollback_at: Option<Timestamp>,
     pub warnings: Vec<String>,
 }
 
@@ -219,6 +274,9 @@ pub struct StatusReport {
     pub runtime_entries: usize,
     /// When the next runtime entry expires.
     pub next_expiry: Option<Timestamp>,
+    /// A `reload --confirm` waiting for `firewall-ctl confirm`: when the
+    /// daemon rolls back to the previous config.
+    pub rollback_at: Option<Timestamp>,
 }
 
 /// One configured interface, as the kernel reports it.

@@ -21,6 +21,47 @@ pub struct CheckReport {
     pub prefixes_v6: usize,
     /// Distinct (protocol, port) pairs exposed.
     pub ports: usize,
+    /// Things that are valid but probably not meant.
+    pub warnings: Vec<String>,
+}
+
+/// Where sshd's config is read for its port.
+const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
+
+/// The first `Port` of an sshd config, else 22.
+fn ssh_port(sshd_config: Option<&str>) -> u16 {
+    sshd_config
+        .into_iter()
+        .flat_map(str::lines)
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let key = words.next()?;
+            key.eq_ignore_ascii_case("port")
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .next()
+        .unwrap_or(22)
+}
+
+/// What `check` warns about in a valid config.
+fn warnings(config: &config::Config, ssh_port: u16) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.rules.is_empty() {
+        warnings.push("no rules: every port is closed".to_string());
+    }
+    let admits_ssh = config.rules.iter().any(|rule| {
+        rule.ports.iter().any(|range| {
+            range.protocol == firewall_common::maps::protocol::TCP
+                && (range.first..=range.last).contains(&ssh_port)
+        })
+    });
+    if !admits_ssh && config.enforce {
+        warnings.push(format!(
+            "no rule admits SSH (tcp/{ssh_port}): if you manage this host over SSH through a protected interface, this config locks you out; add a rule exposing tcp/{ssh_port} for your admin range"
+        ));
+    }
+    warnings
 }
 
 #[derive(Serialize)]
@@ -57,5 +98,39 @@ pub fn report(path: &Path) -> anyhow::Result<CheckReport> {
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),
         ports: policy.ports.len(),
+        warnings: warnings(
+            &config,
+            ssh_port(std::fs::read_to_string(SSHD_CONFIG).ok().as_deref()),
+        ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ssh_port_comes_from_sshd_config() {
+        assert_eq!(ssh_port(None), 22);
+        assert_eq!(ssh_port(Some("# Port 2222\nPermitRootLogin no\n")), 22);
+        assert_eq!(ssh_port(Some("Port 2222\nPort 22\n")), 2222);
+        assert_eq!(ssh_port(Some("  port   2200\n")), 2200);
+    }
+
+    #[test]
+    fn a_config_without_ssh_is_warned_about() {
+        let with = config::tests::parse(
+            "interfaces = [\"eth0\"]\n[[rules]]\nname = \"ssh\"\nports = [\"tcp/20-25\"]\nsources = [\"198.51.100.0/24\"]\n",
+        )
+        .unwrap();
+        assert!(warnings(&with, 22).is_empty());
+        let warned = warnings(&with, 2222);
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0].contains("no rule admits SSH (tcp/2222)"),
+            "{warned:?}"
+        );
+        let empty = config::tests::parse("interfaces = [\"eth0\"]").unwrap();
+        assert_eq!(warnings(&empty, 22).len(), 2);
+    }
 }

@@ -21,7 +21,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    api::{AllowRequest, Command, RemoveRequest, Response},
+    api::{AllowRequest, Command, ReloadRequest, RemoveRequest, Response, SshSession},
     config::DEFAULT_SOCKET,
     entries::RuntimeEntries,
 };
@@ -104,6 +104,9 @@ enum CliCommand {
         /// The rule to remove from [default: the one rule that has the prefix].
         #[arg(long, value_name = "NAME")]
         rule: Option<String>,
+        /// Remove even if it cuts this SSH session (`SSH_CONNECTION`).
+        #[arg(long)]
+        force: bool,
     },
     /// Every effective allowlist entry with its rule, origin, comment, author and expiry.
     List {
@@ -111,7 +114,16 @@ enum CliCommand {
         rule: Option<String>,
     },
     /// Reload the config like SIGHUP, and report whether it was applied (exit code 1 if rejected).
-    Reload,
+    Reload {
+        /// Roll back to the previous config unless `firewall-ctl confirm` comes within this long (`2m`).
+        #[arg(long, value_name = "DURATION")]
+        confirm: Option<String>,
+        /// Reload even if it cuts this SSH session (`SSH_CONNECTION`).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep the config of a `reload --confirm` (stops its rollback).
+    Confirm,
     /// Why a packet from SOURCE to PORT would pass or drop: the rule and entry, or the drop reason.
     Explain {
         /// The packet's source address.
@@ -233,8 +245,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => unexpected(other),
             }
         }
-        CliCommand::Remove { prefixes, rule } => {
-            match call(Command::Remove(RemoveRequest { prefixes, rule }))? {
+        CliCommand::Remove {
+            prefixes,
+            rule,
+            force,
+        } => {
+            let request = RemoveRequest {
+                prefixes,
+                rule,
+                ssh: SshSession::from_env(),
+                force,
+            };
+            match call(Command::Remove(request))? {
                 Response::Change(report) => print(json, &report, output::change),
                 other => unexpected(other),
             }
@@ -243,8 +265,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Response::List(report) => print(json, &report, output::list),
             other => unexpected(other),
         },
-        CliCommand::Reload => match call(Command::Reload)? {
-            Response::Reload(report) => print(json, &report, output::reload),
+        CliCommand::Reload { confirm, force } => {
+            let request = ReloadRequest {
+                confirm,
+                ssh: SshSession::from_env(),
+                force,
+            };
+            match call(Command::Reload(request))? {
+                Response::Reload(report) => print(json, &report, output::reload),
+                other => unexpected(other),
+            }
+        }
+        CliCommand::Confirm => match call(Command::Confirm)? {
+            Response::Confirm(report) => print(json, &report, output::confirm),
             other => unexpected(other),
         },
         CliCommand::Explain {

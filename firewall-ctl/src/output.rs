@@ -106,6 +106,12 @@ pub fn status(report: &StatusReport) -> String {
         or_dash(report.next_expiry),
         report.state_dir.display()
     );
+    if let Some(at) = report.rollback_at {
+        let _ = writeln!(
+            out,
+            "pending     a reload rolls back at {at} unless `firewall-ctl confirm` comes first"
+        );
+    }
     if report.reload_in_progress {
         let _ = writeln!(
             out,
@@ -192,6 +198,12 @@ pub fn reload(report: &ReloadReport) -> String {
         report.ports,
         report.changed_map_entries
     );
+    if let Some(at) = report.rollback_at {
+        let _ = writeln!(
+            out,
+            "it rolls back to the previous config at {at} unless you run `firewall-ctl confirm` before"
+        );
+    }
     for warning in &report.warnings {
         let _ = writeln!(out, "warning: {}", escape_controls(warning));
     }
@@ -292,6 +304,13 @@ pub fn audit_log(report: &AuditLogReport) -> String {
     out
 }
 
+pub fn confirm(report: &crate::api::ConfirmReport) -> String {
+    format!(
+        "confirmed: the reloaded config stays (it would have rolled back at {})\n",
+        report.rollback_was_due
+    )
+}
+
 pub fn detach(report: &crate::detach::DetachReport) -> String {
     let mut out = String::new();
     if let Some(pid) = report.stopped_daemon_pid {
@@ -376,13 +395,13 @@ pub fn check(report: &CheckReport) -> String {
             ]
         })
         .collect();
-    let warning = if report.rules.is_empty() {
-        "warning: no rules, every port is closed\n"
-    } else {
-        ""
-    };
+    let warnings: String = report
+        .warnings
+        .iter()
+        .map(|warning| format!("warning: {}\n", escape_controls(warning)))
+        .collect();
     format!(
-        "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warning}",
+        "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warnings}",
         report.config.display(),
         report.mode,
         report.interfaces.join(", "),

@@ -240,10 +240,19 @@ impl Daemon {
 
     /// Runs `firewall-ctl --socket <ours> <args>`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        let socket = self.socket.to_str().unwrap();
-        let mut all = vec!["--socket", socket];
-        all.extend_from_slice(args);
-        ctl(&all)
+        self.ctl_with_env(&[], args)
+    }
+
+    /// Runs `firewall-ctl --socket <ours> <args>` with extra environment
+    /// variables (`SSH_CONNECTION`, ...).
+    pub fn ctl_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("running firewall-ctl")
     }
 
     /// Runs the CLI and returns its stdout, failing the test (with the

@@ -261,12 +261,20 @@ struct RawRule {
 
 /// Reads and validates the config at `path` for `host`.
 pub fn load(path: &Path, host: &dyn Host) -> Result<Config, ConfigError> {
-    let text =
-        fsutil::read_regular_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    parse(&text, host).map_err(|problems| ConfigError::Invalid {
+    parse_at(path, &read(path)?, host)
+}
+
+/// Reads the config file at `path` (a regular file of bounded size).
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    fsutil::read_regular_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Validates `text`, the contents of (or a copy kept of) the config at `path`.
+pub fn parse_at(path: &Path, text: &str, host: &dyn Host) -> Result<Config, ConfigError> {
+    parse(text, host).map_err(|problems| ConfigError::Invalid {
         path: path.to_path_buf(),
         problems,
     })
@@ -276,11 +284,7 @@ pub fn load(path: &Path, host: &dyn Host) -> Result<Config, ConfigError> {
 /// removing a firewall must work when its config no longer fits the host
 /// (an interface gone, a group deleted).
 pub fn paths(path: &Path) -> Result<(PathBuf, PathBuf), ConfigError> {
-    let text =
-        fsutil::read_regular_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let text = read(path)?;
     let table: toml::Table = text
         .parse()
         .map_err(|err: toml::de::Error| ConfigError::Invalid {

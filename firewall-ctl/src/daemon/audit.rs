@@ -36,6 +36,10 @@ pub enum Action {
     Remove,
     Expire,
     Reload,
+    /// A `reload --confirm` kept.
+    Confirm,
+    /// A `reload --confirm` undone because no `confirm` came in time.
+    Rollback,
     /// A read-only command refused for lack of permission.
     Read,
 }

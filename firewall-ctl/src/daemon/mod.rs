@@ -92,8 +92,15 @@ pub struct Overrides {
 impl Overrides {
     /// Loads the config at `path` with these overrides applied: start-up
     /// and every reload see the same paths.
-    pub fn load(&self, path: &Path) -> Result<Config, config::ConfigError> {
-        let mut config = config::load(path, &LiveHost)?;
+    pub fn load(&self, path: &Path) -> Result<(Config, String), config::ConfigError> {
+        let text = config::read(path)?;
+        Ok((self.parse(path, &text)?, text))
+    }
+
+    /// Validates `text`, a copy kept of the config at `path` (the policy a
+    /// pending reload rolls back to), with these overrides applied.
+    pub fn parse(&self, path: &Path, text: &str) -> Result<Config, config::ConfigError> {
+        let mut config = config::parse_at(path, text, &LiveHost)?;
         if let Some(socket) = &self.socket {
             config.socket = socket.clone();
         }
@@ -114,13 +121,22 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    let config = overrides.load(&config_path)?;
+    let (file_config, file_text) = overrides.load(&config_path)?;
     system::check_privileges(&config_path)?;
     system::raise_file_limit();
-    let (store, mut runtime) = StateStore::open(&config.state_dir)?;
-    let mut audit = AuditLog::open(&config.state_dir)
-        .with_context(|| format!("opening the audit log in `{}`", config.state_dir.display()))?;
+    let state_dir = file_config.state_dir.clone();
+    let (store, mut runtime) = StateStore::open(&state_dir)?;
+    let mut audit = AuditLog::open(&state_dir)
+        .with_context(|| format!("opening the audit log in `{}`", state_dir.display()))?;
     drop_expired(&mut runtime, &store, &mut audit)?;
+    let (config, config_text, pending) = resume_pending_reload(
+        &config_path,
+        &overrides,
+        &store,
+        &mut audit,
+        file_config,
+        file_text,
+    )?;
     let policy = policy::compile(&config, &runtime).with_context(|| {
         format!(
             "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
@@ -191,6 +207,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         reloads_rejected: 0,
         last_reload_error: None,
         reload_in_progress: false,
+        config_text,
+        pending,
         expiry_retry_at: None,
     };
     let first_status = Arc::new(writer.snapshot());
@@ -229,7 +247,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         tokio::select! {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading config");
-                let _ = jobs.send(Job::Command { command: Command::Reload, requester: None, reply: None });
+                let _ = jobs.send(Job::Command { command: Command::Reload(Default::default()), requester: None, reply: None });
             }
             _ = interrupt.recv() => break Ok(()),
             _ = terminate.recv() => break Ok(()),
@@ -243,6 +261,46 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // policy: stopping the daemon never opens the door.
     info!(bpf_dir = %bpf_dir.display(), "stopping; the firewall stays attached and enforcing (`firewall-ctl detach` removes it)");
     outcome
+}
+
+/// The config to start with when a `reload --confirm` was pending as the
+/// last daemon stopped: if its time is up, the config it replaced (rolled
+/// back now, audited); if not, the new config, still pending. Otherwise the
+/// config file as read.
+fn resume_pending_reload(
+    config_path: &Path,
+    overrides: &Overrides,
+    store: &StateStore,
+    audit: &mut AuditLog,
+    config: Config,
+    text: String,
+) -> anyhow::Result<(Config, String, Option<writer::Pending>)> {
+    let Some(pending) = store.pending_reload()? else {
+        return Ok((config, text, None));
+    };
+    let previous = overrides
+        .parse(config_path, &pending.previous_config)
+        .context("the config a pending `reload --confirm` rolls back to")?;
+    if pending.rollback_at.0 > SystemTime::now() {
+        info!(rollback_at = %pending.rollback_at, "a reload still waits for confirmation; it rolls back unless `firewall-ctl confirm` comes in time");
+        let pending = writer::Pending {
+            rollback_at: pending.rollback_at,
+            previous,
+            previous_text: pending.previous_config,
+        };
+        return Ok((config, text, Some(pending)));
+    }
+    warn!(rollback_was_due = %pending.rollback_at, "a reload was not confirmed before the daemon stopped: starting with the config it replaced");
+    let mut record = AuditRecord::new(Action::Rollback, None, Outcome::Applied);
+    record.detail = Some(format!(
+        "not confirmed by {}: the daemon starts with the previous config; the config file still has the unconfirmed version",
+        pending.rollback_at
+    ));
+    if let Err(err) = audit.append(&record) {
+        warn!(error = %err, "appending to the audit log failed");
+    }
+    store.clear_pending_reload()?;
+    Ok((previous, pending.previous_config, None))
 }
 
 /// Removes entries that expired while the daemon was not running, before

@@ -329,7 +329,8 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
         let action = match &command {
             Command::Allow(_) => Action::Allow,
             Command::Remove(_) => Action::Remove,
-            Command::Reload => Action::Reload,
+            Command::Reload(_) => Action::Reload,
+            Command::Confirm => Action::Confirm,
             _ => Action::Read,
         };
         let mut record = AuditRecord::new(action, Some(requester), Outcome::Denied);
@@ -458,8 +459,11 @@ mod tests {
             Command::Remove(RemoveRequest {
                 prefixes: vec![],
                 rule: None,
+                ssh: None,
+                force: false,
             }),
-            Command::Reload,
+            Command::Reload(Default::default()),
+            Command::Confirm,
         ];
         for command in reads.iter().chain(&changes) {
             assert_eq!(authorize(command, &peer(0, &[0]), &access()), Ok(()));

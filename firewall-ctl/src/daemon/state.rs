@@ -26,6 +26,20 @@ pub const STATE_FILE: &str = "allowlist.toml";
 const LOCK_FILE: &str = "lock";
 /// Which rules the pinned counters count for (see [`CounterLedger`]).
 const LEDGER_FILE: &str = "counters.json";
+/// A `reload --confirm` waiting for confirmation, and what it rolls back to.
+const PENDING_FILE: &str = "pending-reload.toml";
+
+/// A reload that rolls back unless confirmed: kept on disk so that a
+/// daemon restarted meanwhile still rolls back on time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingReload {
+    pub version: u32,
+    /// When the previous config comes back unless `confirm` came first.
+    pub rollback_at: crate::entries::Timestamp,
+    /// The config text that was live before the reload.
+    pub previous_config: String,
+}
 /// The format this release reads and writes.
 pub const STATE_VERSION: u32 = 1;
 
@@ -158,6 +172,53 @@ impl StateStore {
         let text = serde_json::to_vec(ledger).expect("a ledger serializes");
         if let Err(err) = fsutil::write_atomically(&path, &text, 0o600) {
             tracing::warn!(file = %path.display(), error = %err, "saving the counter ledger failed; per-rule counters will restart from zero after a restart");
+        }
+    }
+}
+
+impl StateStore {
+    /// The pending reload, if one waits for confirmation. An unreadable
+    /// file stops start-up like a corrupt state file: it decides which
+    /// policy comes back.
+    pub fn pending_reload(&self) -> Result<Option<PendingReload>, StateError> {
+        let path = self.dir.join(PENDING_FILE);
+        let text = match fsutil::read_regular_file(&path, MAX_FILE_BYTES) {
+            Ok(text) => text,
+            Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let pending: PendingReload = toml::from_str(&text).map_err(|err| StateError::Corrupt {
+            path: path.clone(),
+            message: crate::text::escape_controls(&err.to_string()),
+        })?;
+        if pending.version != STATE_VERSION {
+            return Err(StateError::Version {
+                path,
+                version: i64::from(pending.version),
+            });
+        }
+        Ok(Some(pending))
+    }
+
+    /// Records a pending reload, durably, before it goes live.
+    pub fn save_pending_reload(&self, pending: &PendingReload) -> Result<(), StateError> {
+        let path = self.dir.join(PENDING_FILE);
+        let text = toml::to_string(pending).expect("a pending reload serializes");
+        fsutil::write_atomically(&path, text.as_bytes(), 0o600)
+            .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Forgets the pending reload (confirmed or rolled back).
+    pub fn clear_pending_reload(&self) -> Result<(), StateError> {
+        let path = self.dir.join(PENDING_FILE);
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                Err(StateError::Write { path, source: err })
+            }
+            _ => fsutil::sync_dir(&self.dir).map_err(|source| StateError::Write {
+                path: self.dir.clone(),
+                source,
+            }),
         }
     }
 }

@@ -24,17 +24,18 @@ use super::{
     Job, PolicyStatus,
     audit::{Action, AuditLog, AuditRecord, Outcome},
     server::{self, Access},
-    state::StateStore,
+    state::{PendingReload, STATE_VERSION, StateStore},
 };
 use crate::{
     api::{
-        self, AllowRequest, ChangeReport, Command, EntryChange, EntryChangeKind, ListReport,
-        ReloadReport, RemoveRequest, Response, RuleStats, StatsReport, StatusReport,
+        self, AllowRequest, ChangeReport, Command, ConfirmReport, EntryChange, EntryChangeKind,
+        ListReport, ReloadReport, ReloadRequest, RemoveRequest, Response, RuleStats, SshSession,
+        StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
     datapath::{Attachment, Datapath},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
-    policy::{self, CompiledPolicy, PolicyDiff, explain},
+    policy::{self, CompiledPolicy, PolicyDiff, explain, guard},
     text::escape_controls,
 };
 
@@ -63,8 +64,37 @@ pub struct Writer {
     pub reloads_rejected: u64,
     pub last_reload_error: Option<String>,
     pub reload_in_progress: bool,
+    /// The text of the config that is live (what a rollback comes back to).
+    pub config_text: String,
+    /// A `reload --confirm` waiting for `confirm`.
+    pub pending: Option<Pending>,
     /// Set after an expiry could not be applied: when to try again.
     pub expiry_retry_at: Option<SystemTime>,
+}
+
+/// A reload that rolls back unless confirmed.
+pub struct Pending {
+    pub rollback_at: Timestamp,
+    /// The config before the reload, and its text.
+    pub previous: Config,
+    pub previous_text: String,
+}
+
+/// Longest `--confirm` window: long enough to test from outside, short
+/// enough that a lost session gets its access back the same day.
+const MAX_CONFIRM_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `reload --confirm` (`90s`, `2m`) into the rollback time.
+fn parse_confirm_window(text: &str) -> Result<Timestamp, String> {
+    match humantime::parse_duration(text) {
+        Ok(window) if !window.is_zero() && window <= MAX_CONFIRM_WINDOW => {
+            Ok(Timestamp(SystemTime::now() + window))
+        }
+        _ => Err(format!(
+            "`--confirm {}` is not a duration between 1s and 24h; write e.g. `--confirm 2m`",
+            escape_controls(text)
+        )),
+    }
 }
 
 /// When a change is saved, relative to going live.
@@ -120,6 +150,7 @@ impl Writer {
                 bpf_dir: self.config.bpf_dir.clone(),
                 runtime_entries: self.runtime.len(),
                 next_expiry: entries::next_expiry(&self.runtime),
+                rollback_at: self.pending.as_ref().map(|pending| pending.rollback_at),
             },
             access: Access::of(&self.config),
             interfaces: self.config.interfaces.clone(),
@@ -147,6 +178,7 @@ impl Writer {
             let wake = [
                 entries::next_expiry(&self.runtime).map(|at| at.0),
                 self.expiry_retry_at,
+                self.pending.as_ref().map(|pending| pending.rollback_at.0),
             ]
             .into_iter()
             .flatten()
@@ -160,6 +192,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.expire_due();
+            self.roll_back_if_due();
             self.save_ledger_if_changed();
         }
     }
@@ -214,7 +247,8 @@ impl Writer {
             },
             Command::Allow(request) => self.allow(request, requester),
             Command::Remove(request) => self.remove(request, requester),
-            Command::Reload => self.reload(requester),
+            Command::Reload(request) => self.reload(request, requester),
+            Command::Confirm => self.confirm(requester),
             // Answered by the server from the published status.
             Command::Status | Command::AuditLog { .. } => {
                 Response::Error("answered by the server, not the writer".to_string())
@@ -323,6 +357,14 @@ impl Writer {
         let rule_config = &self.config.rules[rule];
         let rule_name = rule_config.name.clone();
         record.rule = Some(rule_name.clone());
+        if let Some(pending) = &self.pending
+            && pending.previous.rule(&rule_name).is_none()
+        {
+            return Err(format!(
+                "rule `{rule_name}` comes with the reload that waits for confirmation until {}; run `firewall-ctl confirm` first, so a rollback cannot strand the entry",
+                pending.rollback_at
+            ));
+        }
         if request.prefixes.is_empty() {
             return Err(
                 "give at least one prefix, e.g. `firewall-ctl allow 203.0.113.0/24`".to_string(),
@@ -407,7 +449,7 @@ impl Writer {
             };
             kinds.push((key, kind));
         }
-        self.commit(edits, Durability::Required)?;
+        self.commit(edits, Durability::Required, None)?;
         let changes = kinds
             .into_iter()
             .map(|(key, change)| EntryChange {
@@ -480,7 +522,11 @@ impl Writer {
                 expires_at: None,
             })
             .collect();
-        self.commit(edits, Durability::Required)?;
+        self.commit(
+            edits,
+            Durability::Required,
+            request.ssh.filter(|_| !request.force),
+        )?;
         Ok(Applied {
             changes,
             warnings: Vec::new(),
@@ -562,13 +608,26 @@ impl Writer {
         undo
     }
 
-    /// Makes `edits` live and durable, or changes nothing (see [`Durability`]).
-    fn commit(&mut self, edits: Vec<Edit>, durability: Durability) -> Result<(), String> {
+    /// Makes `edits` live and durable, or changes nothing (see
+    /// [`Durability`]). With `ssh`, refuses edits that would cut that session.
+    fn commit(
+        &mut self,
+        edits: Vec<Edit>,
+        durability: Durability,
+        ssh: Option<SshSession>,
+    ) -> Result<(), String> {
         if edits.is_empty() {
             return Ok(());
         }
+        let session_was_in = ssh.filter(|session| guard::admits(&self.policy, session));
         let mut diff = PolicyDiff::default();
         let undo = self.apply_edits(edits, &mut diff);
+        if let Some(session) = session_was_in
+            && !guard::admits(&self.policy, &session)
+        {
+            self.apply_edits(undo, &mut PolicyDiff::default());
+            return Err(guard::cut_message(&self.config, &session));
+        }
         let enforce_change = diff.len() > 0;
         let mut staged = if enforce_change {
             self.datapath
@@ -639,7 +698,7 @@ impl Writer {
                 })
             })
             .collect();
-        match self.commit(edits, Durability::BestEffort) {
+        match self.commit(edits, Durability::BestEffort, None) {
             Ok(()) => {
                 self.expiry_retry_at = None;
                 self.publish();
@@ -655,12 +714,12 @@ impl Writer {
         }
     }
 
-    fn reload(&mut self, requester: Option<Requester>) -> Response {
+    fn reload(&mut self, request: ReloadRequest, requester: Option<Requester>) -> Response {
         info!(config = %self.config_path.display(), by = %describe(requester.as_ref()), "reloading config");
         let mut record = AuditRecord::new(Action::Reload, requester, Outcome::Rejected);
         self.reload_in_progress = true;
         self.publish();
-        let result = self.try_reload();
+        let result = self.try_reload(&request);
         self.reload_in_progress = false;
         match result {
             Ok(mut report) => {
@@ -678,12 +737,15 @@ impl Writer {
                 );
                 record.outcome = Outcome::Applied;
                 record.detail = Some(format!(
-                    "{} rules, {} IPv4 and {} IPv6 prefixes, {} ports; {} map entries changed",
+                    "{} rules, {} IPv4 and {} IPv6 prefixes, {} ports; {} map entries changed{}",
                     report.rules,
                     report.prefixes_v4,
                     report.prefixes_v6,
                     report.ports,
-                    report.changed_map_entries
+                    report.changed_map_entries,
+                    report.rollback_at.map_or(String::new(), |at| format!(
+                        "; rolls back at {at} unless confirmed"
+                    ))
                 ));
                 report.warnings.extend(self.record(&record));
                 Response::Reload(report)
@@ -702,11 +764,64 @@ impl Writer {
         }
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, String> {
-        let config = self
+    fn try_reload(&mut self, request: &ReloadRequest) -> Result<ReloadReport, String> {
+        if let Some(pending) = &self.pending {
+            return Err(format!(
+                "a reload waits for confirmation until {}; run `firewall-ctl confirm` to keep it, or let it roll back, then reload again",
+                pending.rollback_at
+            ));
+        }
+        let rollback_at = request
+            .confirm
+            .as_deref()
+            .map(parse_confirm_window)
+            .transpose()?;
+        let (config, text) = self
             .overrides
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
+        let policy = policy::compile(&config, &self.runtime)
+            .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
+        if let Some(session) = request.ssh.filter(|_| !request.force)
+            && let Some(cut) = guard::cuts(&self.policy, &policy, &config, &session)
+        {
+            return Err(cut);
+        }
+        if let Some(rollback_at) = rollback_at {
+            let pending = PendingReload {
+                version: STATE_VERSION,
+                rollback_at,
+                previous_config: self.config_text.clone(),
+            };
+            self.store
+                .save_pending_reload(&pending)
+                .map_err(|err| err.to_string())?;
+            self.pending = Some(Pending {
+                rollback_at,
+                previous: self.config.clone(),
+                previous_text: self.config_text.clone(),
+            });
+        }
+        let applied = self.apply_config(config, policy);
+        if applied.is_err() && rollback_at.is_some() {
+            self.pending = None;
+            if let Err(err) = self.store.clear_pending_reload() {
+                error!(error = %err, "forgetting the pending reload failed");
+            }
+        }
+        let mut report = applied?;
+        self.config_text = text;
+        report.rollback_at = rollback_at;
+        Ok(report)
+    }
+
+    /// Makes `config` (compiled to `policy`) live: interfaces, maps, and
+    /// the config the writer checks requests against.
+    fn apply_config(
+        &mut self,
+        config: Config,
+        policy: CompiledPolicy,
+    ) -> Result<ReloadReport, String> {
         let mut warnings = Vec::new();
         if config.socket != self.config.socket {
             warnings.push("a `socket` change takes effect when the daemon restarts".to_string());
@@ -720,8 +835,6 @@ impl Writer {
         for warning in &warnings {
             warn!("{warning}");
         }
-        let policy = policy::compile(&config, &self.runtime)
-            .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
         let access = Access::of(&config);
         if access != Access::of(&self.config) {
             server::secure(&self.socket, &access).map_err(|err| format!("{err:#}"))?;
@@ -772,8 +885,81 @@ impl Writer {
             prefixes_v6: self.policy.v6.len(),
             ports: self.policy.ports.len(),
             changed_map_entries: diff.len(),
+            rollback_at: None,
             warnings,
         })
+    }
+
+    fn confirm(&mut self, requester: Option<Requester>) -> Response {
+        let mut record = AuditRecord::new(Action::Confirm, requester, Outcome::Rejected);
+        let Some(pending) = self.pending.take() else {
+            let message = "no reload is waiting for confirmation".to_string();
+            record.detail = Some(message.clone());
+            self.record(&record);
+            return Response::Error(message);
+        };
+        if let Err(err) = self.store.clear_pending_reload() {
+            let message = format!(
+                "{err}; the reload still rolls back at {}",
+                pending.rollback_at
+            );
+            self.pending = Some(pending);
+            record.detail = Some(message.clone());
+            self.record(&record);
+            return Response::Error(message);
+        }
+        info!(rollback_was_due = %pending.rollback_at, "reload confirmed; it stays");
+        record.outcome = Outcome::Applied;
+        record.detail = Some(format!(
+            "the reload stays (rollback was due at {})",
+            pending.rollback_at
+        ));
+        self.record(&record);
+        self.publish();
+        Response::Confirm(ConfirmReport {
+            rollback_was_due: pending.rollback_at,
+        })
+    }
+
+    /// Puts back the config a `reload --confirm` replaced, once its time is up.
+    fn roll_back_if_due(&mut self) {
+        let Some(pending) = self
+            .pending
+            .take_if(|pending| pending.rollback_at.0 <= SystemTime::now())
+        else {
+            return;
+        };
+        let mut record = AuditRecord::new(Action::Rollback, None, Outcome::Rejected);
+        let result = policy::compile(&pending.previous, &self.runtime)
+            .map_err(|err| err.to_string())
+            .and_then(|policy| self.apply_config(pending.previous.clone(), policy));
+        match result {
+            Ok(report) => {
+                self.config_text = pending.previous_text;
+                if let Err(err) = self.store.clear_pending_reload() {
+                    error!(error = %err, "forgetting the pending reload failed; a restart would roll back again, to the same config");
+                }
+                warn!(
+                    rules = report.rules,
+                    "the reload was not confirmed in time: rolled back to the previous config (the config file still has the unconfirmed version)"
+                );
+                record.outcome = Outcome::Applied;
+                record.detail = Some(format!(
+                    "not confirmed by {}: the previous config is live again ({} rules); the config file still has the unconfirmed version",
+                    pending.rollback_at, report.rules
+                ));
+            }
+            Err(message) => {
+                error!(error = %message, "rolling back the unconfirmed reload failed; trying again in 1 s");
+                record.detail = Some(message);
+                self.pending = Some(Pending {
+                    rollback_at: Timestamp(SystemTime::now() + EXPIRY_RETRY),
+                    ..pending
+                });
+            }
+        }
+        self.record(&record);
+        self.publish();
     }
 
     /// Detaches interfaces a failed reload had just attached.

@@ -6,6 +6,7 @@
 //! before any map is touched.
 
 pub mod explain;
+pub mod guard;
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
