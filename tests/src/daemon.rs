@@ -112,6 +112,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     /// `--bpf-dir`: the pinned maps and links.
     pub bpf_dir: PathBuf,
+    /// Extra environment for the daemon (`NOTIFY_SOCKET`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -143,6 +145,7 @@ impl Daemon {
             socket: dir.path().join("ctl.sock"),
             state_dir: dir.path().join("state"),
             bpf_dir: bpffs.path.join("firewall-ctl"),
+            env: Vec::new(),
             _bpffs: bpffs,
             dir,
         }
@@ -179,7 +182,8 @@ impl Daemon {
         (status.code().unwrap_or(-1), self.log())
     }
 
-    fn spawn(&mut self) {
+    /// Starts the daemon process without waiting for it.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "the daemon is already running");
         // Appended: a restarted daemon adds to the same log.
         let log = std::fs::File::options()
@@ -200,6 +204,7 @@ impl Daemon {
             .arg("--bpf-dir")
             .arg(&self.bpf_dir)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -231,6 +236,11 @@ impl Daemon {
         self.signal(signal);
         let status = self.child.take().unwrap().wait().unwrap();
         status.code().unwrap_or(-1)
+    }
+
+    /// The directory holding the daemon's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The daemon's log so far.

@@ -364,3 +364,95 @@ fn check_validates_a_config_without_root() {
         "{stderr}"
     );
 }
+
+/// The daemon under a service manager (`Type=notify`): a stand-in listens
+/// on NOTIFY_SOCKET, as systemd would.
+#[test]
+fn systemd_hears_ready_only_once_enforcing_then_watchdog_and_stopping() {
+    if !root_or_skip("systemd_hears_ready_only_once_enforcing_then_watchdog_and_stopping") {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let mut daemon = Daemon::prepare(&lab.edge, &config("driver"));
+    let path = daemon.dir().join("notify.sock");
+    let manager = UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    daemon.env = vec![
+        (
+            "NOTIFY_SOCKET".to_string(),
+            path.to_str().unwrap().to_string(),
+        ),
+        ("WATCHDOG_USEC".to_string(), "400000".to_string()),
+    ];
+    daemon.spawn();
+    let next = || {
+        let mut buffer = [0u8; 512];
+        let len = manager.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    };
+    let ready = next();
+    // At the moment READY arrives, the policy is already enforced.
+    let attached = lab.edge.xdp_attached(EDGE_IF);
+    let log = daemon.log();
+    assert_eq!(ready, "READY=1\n");
+    assert!(attached, "READY before the program was attached");
+    assert!(
+        log.contains("firewall-ctl daemon running"),
+        "READY before start-up finished:\n{log}"
+    );
+    assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
+    assert_eq!(https(&lab, VENDOR_V4), Connect::Connected);
+    assert_eq!(next(), "WATCHDOG=1\n");
+    daemon.signal(libc::SIGTERM);
+    let stopping = (0..10)
+        .map(|_| next())
+        .find(|message| message != "WATCHDOG=1\n")
+        .unwrap();
+    assert_eq!(stopping, "STOPPING=1\n");
+}
+
+/// The shipped unit file passes `systemd-analyze verify` (pointed at the
+/// binary under test, without the man page it names).
+#[test]
+fn the_shipped_systemd_unit_verifies() {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("SKIPPED the_shipped_systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/firewall-ctl.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("Type=notify")
+            && unit.contains("ExecReload=/usr/local/sbin/firewall-ctl reload")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firewall-ctl.service");
+    let binary = firewall_tests::daemon::binary();
+    let local: String = unit
+        .replace("/usr/local/sbin/firewall-ctl", binary.to_str().unwrap())
+        .lines()
+        .filter(|line| !line.starts_with("Documentation="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&path, local).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -78,6 +78,8 @@ pub enum Job {
     Audit(AuditRecord),
     /// Interfaces the kernel does not run our program on: attach it.
     Reattach(Vec<String>),
+    /// Answers when the writer is free: the service manager's watchdog.
+    Ping(oneshot::Sender<()>),
 }
 
 /// Where the daemon keeps its files and listens, when the command line
@@ -243,6 +245,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));
+    // Only now: the policy is enforced on every interface and the socket answers.
+    notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(interval, jobs.clone()));
+    }
     let outcome = loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -256,11 +263,41 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             )),
         }
     };
+    notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     // The pinned links keep the program attached and enforcing the last
     // policy: stopping the daemon never opens the door.
     info!(bpf_dir = %bpf_dir.display(), "stopping; the firewall stays attached and enforcing (`firewall-ctl detach` removes it)");
     outcome
+}
+
+/// Tells the service manager (systemd `Type=notify`), if any, how we are.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(error = %err, "notifying the service manager failed");
+    }
+}
+
+/// Pings the service manager's watchdog while the daemon is healthy: twice
+/// per interval, each time after the policy writer has answered, so a
+/// writer stuck for a whole interval gets the daemon restarted.
+async fn watchdog(interval: std::time::Duration, jobs: mpsc::Sender<Job>) {
+    let half = interval / 2;
+    loop {
+        tokio::time::sleep(half).await;
+        let (answered, answer) = oneshot::channel();
+        if jobs.send(Job::Ping(answered)).is_err() {
+            return;
+        }
+        if tokio::time::timeout(half, answer)
+            .await
+            .is_ok_and(|answer| answer.is_ok())
+        {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            warn!("the policy writer did not answer the watchdog in time");
+        }
+    }
 }
 
 /// The config to start with when a `reload --confirm` was pending as the

@@ -210,6 +210,9 @@ impl Writer {
                 self.record(&record);
             }
             Job::Reattach(interfaces) => self.reattach(interfaces),
+            Job::Ping(answer) => {
+                let _ = answer.send(());
+            }
             Job::Command {
                 command,
                 requester,
