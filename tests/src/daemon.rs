@@ -305,6 +305,14 @@ impl Daemon {
             .unwrap_or_else(|| panic!("firewall-ctl {args:?} failed; daemon log:\n{}", self.log()))
     }
 
+    /// The records of `audit log --json`, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        self.json(&["audit", "log"])["records"]
+            .as_array()
+            .expect("audit records")
+            .clone()
+    }
+
     pub fn status(&self) -> Value {
         self.json(&["status"])
     }

@@ -40,13 +40,6 @@ fn listed(daemon: &Daemon) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn audit_records(daemon: &Daemon) -> Vec<Value> {
-    daemon.json(&["audit", "log"])["records"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// `config("driver")` with `default = true` on the vendor rule.
 fn config_with_default() -> String {
     config("driver").replace(
@@ -149,7 +142,7 @@ fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
     assert!(padded.contains("write `/24`"), "{padded}");
 
     // Every change and refusal is in the audit log, with who asked.
-    let records = audit_records(&daemon);
+    let records = daemon.audit();
     let summary: Vec<(String, String)> = records
         .iter()
         .map(|record| {
@@ -281,7 +274,8 @@ fn an_expiring_entry_admits_then_stops_admitting() {
     });
     assert!(gone.is_some(), "not expired after 4 s:\n{}", daemon.log());
     assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
-    let expiry = audit_records(&daemon)
+    let expiry = daemon
+        .audit()
         .into_iter()
         .find(|record| record["action"] == "expire")
         .expect("the expiry is audited");
@@ -321,7 +315,8 @@ fn entries_that_expired_while_the_daemon_was_down_are_never_enforced() {
         .map(|(_, prefix, _)| prefix)
         .collect();
     assert_eq!(cli, ["192.0.2.98/32"]);
-    let expired = audit_records(&daemon)
+    let expired = daemon
+        .audit()
         .into_iter()
         .find(|record| record["action"] == "expire")
         .unwrap();
@@ -407,7 +402,7 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
         String::from_utf8_lossy(&outside.stderr)
     );
 
-    let records = audit_records(&daemon);
+    let records = daemon.audit();
     let denied: Vec<&Value> = records
         .iter()
         .filter(|record| record["outcome"] == "denied")
@@ -708,7 +703,8 @@ fn reload_reports_a_broken_config_and_keeps_the_policy() {
             .contains("`198.51.100.9/32` is in rule `office-ssh`, which the config no longer has"),
         "{orphaned}"
     );
-    let reloads: Vec<String> = audit_records(&daemon)
+    let reloads: Vec<String> = daemon
+        .audit()
         .iter()
         .filter(|record| record["action"] == "reload")
         .map(|record| record["outcome"].as_str().unwrap().to_string())

@@ -26,9 +26,8 @@ fn with_stranger() -> String {
 }
 
 fn audit_actions(daemon: &Daemon) -> Vec<(String, String)> {
-    daemon.json(&["audit", "log"])["records"]
-        .as_array()
-        .unwrap()
+    daemon
+        .audit()
         .iter()
         .map(|record| {
             (
