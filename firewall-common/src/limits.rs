@@ -17,5 +17,8 @@ pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
+/// Size of the flow table unless the config's `max_flows` says otherwise.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+
 /// Policy slots: one live, one being written (see [`crate::maps::ActivePolicy`]).
 pub const POLICY_SLOTS: u32 = 2;

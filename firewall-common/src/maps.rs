@@ -18,9 +18,17 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     /// `PerCpuArray<Counter>` indexed by [`super::rule_stats_index`].
     pub const RULE_STATS: &str = "RULE_STATS";
+    /// `LruHashMap<FlowKey, FlowState>`: flows the host started.
+    pub const FLOWS: &str = "FLOWS";
+    /// `Array<FlowConfig>`, one entry.
+    pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
+    /// `PerCpuArray<u64>` indexed by [`crate::flow::flow_stats`].
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    /// `PerCpuArray<FlowKey>`, one entry: the data plane's scratch space.
+    pub const FLOW_KEY_SCRATCH: &str = "FLOW_KEY_SCRATCH";
 
     /// Every map, as pinned under `bpf_dir`.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 13] = [
         ACTIVE,
         SOURCES_V4[0],
         SOURCES_V4[1],
@@ -30,6 +38,10 @@ pub mod names {
         PORTS[1],
         REASON_STATS,
         RULE_STATS,
+        FLOWS,
+        FLOW_CONFIG,
+        FLOW_STATS,
+        FLOW_KEY_SCRATCH,
     ];
 }
 
@@ -37,7 +49,7 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a
@@ -141,6 +153,10 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::ActivePolicy {}
+    // SAFETY: as above; every padding byte is an explicit field.
+    unsafe impl aya::Pod for crate::flow::FlowKey {}
+    unsafe impl aya::Pod for crate::flow::FlowState {}
+    unsafe impl aya::Pod for crate::flow::FlowConfig {}
 }
 
 #[cfg(test)]

@@ -30,10 +30,17 @@ pub enum Reason {
     NonIp = 9,
     /// Drop: a non-first fragment from a source no rule allowlists.
     Fragment = 10,
+    /// A reply to a flow the host started (flow tracking).
+    ReturnTraffic = 11,
+    /// Drop, with flow tracking: an ICMP error that quotes no tracked flow.
+    IcmpUnrelated = 12,
+    /// Drop, with flow tracking: neighbour discovery with a hop limit other
+    /// than 255, or MLD from a source neither link-local nor unspecified.
+    NeighborInvalid = 13,
 }
 
 /// Number of [`Reason`] variants: the size of `REASON_STATS`.
-pub const REASON_COUNT: u32 = 11;
+pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
     /// Every reason, in counter-index order.
@@ -49,11 +56,23 @@ impl Reason {
         Reason::Malformed,
         Reason::NonIp,
         Reason::Fragment,
+        Reason::ReturnTraffic,
+        Reason::IcmpUnrelated,
+        Reason::NeighborInvalid,
     ];
 
     /// Whether the verdict is a drop (in monitor mode: would be a drop).
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Reason::NotAllowlisted as u32)
+        matches!(
+            self,
+            Reason::NotAllowlisted
+                | Reason::PortClosed
+                | Reason::Malformed
+                | Reason::NonIp
+                | Reason::Fragment
+                | Reason::IcmpUnrelated
+                | Reason::NeighborInvalid
+        )
     }
 
     /// The stable name used in tables, JSON and metrics.
@@ -70,6 +89,9 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::NonIp => "non_ip",
             Reason::Fragment => "fragment",
+            Reason::ReturnTraffic => "return_traffic",
+            Reason::IcmpUnrelated => "icmp_unrelated",
+            Reason::NeighborInvalid => "neighbor_invalid",
         }
     }
 }
@@ -86,13 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn exactly_the_five_drop_reasons_are_drops() {
-        let drops: [&str; 5] = [
+    fn exactly_the_drop_reasons_are_drops() {
+        let drops: [&str; 7] = [
             "not_allowlisted",
             "port_closed",
             "malformed",
             "non_ip",
             "fragment",
+            "icmp_unrelated",
+            "neighbor_invalid",
         ];
         for reason in Reason::ALL {
             assert_eq!(

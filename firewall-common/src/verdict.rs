@@ -6,6 +6,7 @@
 //! the logic that ships is the logic that is tested.
 
 use crate::{
+    flow::{FlowKey, Track},
     maps::{PortKey, RuleSet},
     reasons::Reason,
 };
@@ -108,22 +109,233 @@ pub fn decide<P: Policy + ?Sized>(packet: &Packet, policy: &P) -> Verdict {
     }
 }
 
+/// The flow tracking side of the policy, for flow keys held as `K` (see
+/// [`Track`]).
+pub trait Flows<K = FlowKey> {
+    /// Whether outbound flows are tracked; with tracking, ICMP errors must
+    /// quote a tracked flow and neighbour discovery must be valid.
+    fn tracking(&self) -> bool;
+    /// Whether `key` is a live tracked flow. The data plane also refreshes
+    /// it, and starts its close timer when `closes`.
+    fn tracked(&self, key: &K, closes: bool) -> bool;
+}
+
+/// Decides one arriving packet with flow tracking: the allowlist first
+/// (allowed traffic costs no flow lookup), then, for what it would drop,
+/// whether the packet answers a flow the host started.
+#[inline(always)]
+pub fn decide_tracked<K, P: Policy + Flows<K> + ?Sized>(
+    packet: &Packet,
+    track: &Track<K>,
+    policy: &P,
+) -> Verdict {
+    let verdict = decide(packet, policy);
+    match (verdict.reason, track) {
+        (
+            Reason::NotAllowlisted | Reason::PortClosed,
+            Track::Flow {
+                key,
+                opens: false,
+                closes,
+            },
+        ) if policy.tracking() && policy.tracked(key, *closes) => {
+            Verdict::of(Reason::ReturnTraffic)
+        }
+        (Reason::IcmpError, Track::Related { quoted }) if policy.tracking() => match quoted {
+            Some(key) if policy.tracked(key, false) => verdict,
+            _ => Verdict::of(Reason::IcmpUnrelated),
+        },
+        (Reason::Neighbor, Track::InvalidNeighbor) if policy.tracking() => {
+            Verdict::of(Reason::NeighborInvalid)
+        }
+        _ => verdict,
+    }
+}
+
+/// What an ICMP (`v6 == false`) or ICMPv6 message type is, for the policy
+/// and for flow tracking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpKind {
+    EchoRequest,
+    EchoReply,
+    /// Destination unreachable and time exceeded; ICMPv6 errors 1-4.
+    Error,
+    /// ICMPv6 neighbour discovery (133-137) and multicast listener
+    /// discovery (130-132, 143).
+    Neighbor,
+    Other,
+}
+
+#[inline(always)]
+pub const fn icmp_kind(v6: bool, icmp_type: u8) -> IcmpKind {
+    if v6 {
+        match icmp_type {
+            1..=4 => IcmpKind::Error,
+            128 => IcmpKind::EchoRequest,
+            129 => IcmpKind::EchoReply,
+            130..=137 | 143 => IcmpKind::Neighbor,
+            _ => IcmpKind::Other,
+        }
+    } else {
+        match icmp_type {
+            3 | 11 => IcmpKind::Error,
+            8 => IcmpKind::EchoRequest,
+            0 => IcmpKind::EchoReply,
+            _ => IcmpKind::Other,
+        }
+    }
+}
+
 /// How the ICMP (`v6 == false`) or ICMPv6 message `icmp_type` is treated.
 /// Shared so the XDP program and the documentation cannot disagree.
 #[inline(always)]
 pub const fn icmp_packet(v6: bool, icmp_type: u8, source: Source) -> Packet {
-    if v6 {
-        match icmp_type {
-            1..=4 => Packet::IcmpError,
-            128 => Packet::EchoRequest { source },
-            130..=137 | 143 => Packet::Neighbor,
-            _ => Packet::Unexposed,
+    match icmp_kind(v6, icmp_type) {
+        IcmpKind::Error => Packet::IcmpError,
+        IcmpKind::EchoRequest => Packet::EchoRequest { source },
+        IcmpKind::Neighbor => Packet::Neighbor,
+        IcmpKind::EchoReply | IcmpKind::Other => Packet::Unexposed,
+    }
+}
+
+/// A policy and a flow table seen as one, for [`decide_tracked`].
+pub struct WithFlows<'a, P: ?Sized, F: ?Sized>(pub &'a P, pub &'a F);
+
+impl<P: Policy + ?Sized, F: ?Sized> Policy for WithFlows<'_, P, F> {
+    fn source_rules(&self, source: &Source) -> RuleSet {
+        self.0.source_rules(source)
+    }
+
+    fn port_rules(&self, port: &PortKey) -> RuleSet {
+        self.0.port_rules(port)
+    }
+}
+
+impl<K, P: ?Sized, F: Flows<K> + ?Sized> Flows<K> for WithFlows<'_, P, F> {
+    fn tracking(&self) -> bool {
+        self.1.tracking()
+    }
+
+    fn tracked(&self, key: &K, closes: bool) -> bool {
+        self.1.tracked(key, closes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{flow::Direction, maps::protocol};
+
+    /// Port 443 exposed to 203.0.113.0/24; one tracked flow; tracking on or off.
+    struct Fixture {
+        tracking: bool,
+        live: FlowKey,
+    }
+
+    impl Policy for Fixture {
+        fn source_rules(&self, source: &Source) -> RuleSet {
+            u64::from(matches!(source, Source::V4([203, 0, 113, _])))
         }
-    } else {
-        match icmp_type {
-            3 | 11 => Packet::IcmpError,
-            8 => Packet::EchoRequest { source },
-            _ => Packet::Unexposed,
+
+        fn port_rules(&self, port: &PortKey) -> RuleSet {
+            u64::from(*port == PortKey::new(protocol::TCP, 443))
         }
+    }
+
+    impl Flows for Fixture {
+        fn tracking(&self) -> bool {
+            self.tracking
+        }
+
+        fn tracked(&self, key: &FlowKey, _: bool) -> bool {
+            *key == self.live
+        }
+    }
+
+    const PEER: Source = Source::V4([198, 51, 100, 7]);
+    const HOST: Source = Source::V4([192, 0, 2, 1]);
+
+    fn reply(source_port: u16, opens: bool) -> (Packet, Track) {
+        (
+            Packet::Transport {
+                source: PEER,
+                port: PortKey::new(protocol::TCP, 40000),
+            },
+            Track::Flow {
+                key: FlowKey::of(
+                    Direction::Ingress,
+                    protocol::TCP,
+                    &PEER,
+                    &HOST,
+                    source_port,
+                    40000,
+                ),
+                opens,
+                closes: false,
+            },
+        )
+    }
+
+    fn fixture(tracking: bool) -> Fixture {
+        Fixture {
+            tracking,
+            live: FlowKey::of(Direction::Egress, protocol::TCP, &HOST, &PEER, 40000, 443),
+        }
+    }
+
+    #[test]
+    fn replies_to_tracked_flows_pass_and_nothing_else_changes() {
+        let on = fixture(true);
+        let (packet, track) = reply(443, false);
+        assert_eq!(
+            decide_tracked(&packet, &track, &on).reason,
+            Reason::ReturnTraffic
+        );
+        // Wrong port pair, or a SYN from outside: no match.
+        let (packet, track) = reply(444, false);
+        assert_eq!(
+            decide_tracked(&packet, &track, &on).reason,
+            Reason::PortClosed
+        );
+        let (packet, track) = reply(443, true);
+        assert_eq!(
+            decide_tracked(&packet, &track, &on).reason,
+            Reason::PortClosed
+        );
+        // Tracking off: as without it.
+        let (packet, track) = reply(443, false);
+        assert_eq!(
+            decide_tracked(&packet, &track, &fixture(false)).reason,
+            Reason::PortClosed
+        );
+    }
+
+    #[test]
+    fn with_tracking_icmp_errors_must_be_related_and_neighbors_valid() {
+        let on = fixture(true);
+        let related = Track::Related {
+            quoted: Some(on.live),
+        };
+        assert_eq!(
+            decide_tracked(&Packet::IcmpError, &related, &on).reason,
+            Reason::IcmpError
+        );
+        let unrelated = Track::Related { quoted: None };
+        assert_eq!(
+            decide_tracked(&Packet::IcmpError, &unrelated, &on).reason,
+            Reason::IcmpUnrelated
+        );
+        assert_eq!(
+            decide_tracked(&Packet::IcmpError, &unrelated, &fixture(false)).reason,
+            Reason::IcmpError
+        );
+        assert_eq!(
+            decide_tracked(&Packet::Neighbor, &Track::<FlowKey>::InvalidNeighbor, &on).reason,
+            Reason::NeighborInvalid
+        );
+        assert_eq!(
+            decide_tracked(&Packet::Neighbor, &Track::<FlowKey>::None, &on).reason,
+            Reason::Neighbor
+        );
     }
 }

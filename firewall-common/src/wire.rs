@@ -25,6 +25,14 @@ pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
 pub const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 
 pub const TCP_HEADER_LEN: usize = 20;
+/// TCP flags (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+/// The bytes of a quoted transport header an ICMP error must carry that
+/// flow tracking reads: the TCP or UDP ports (RFC 792 guarantees 8).
+pub const QUOTED_PORTS_LEN: usize = 4;
 pub const UDP_HEADER_LEN: usize = 8;
 /// Type, code, checksum and the 4 bytes every ICMP message has after them.
 pub const ICMP_HEADER_LEN: usize = 8;

@@ -2,8 +2,6 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
-
 /// Deepest header offset the parser reads at. Checking it before every
 /// access keeps the offset's range known to the verifier, and no header
 /// we parse can start later (2 VLAN tags + IPv4/IPv6 + 6 extension headers
@@ -19,11 +17,13 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// A cursor over the frame from `data` to `end`, as XDP and TC
+    /// contexts give them.
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
+    pub fn new(data: usize, end: usize) -> Self {
         Self {
-            data: ctx.data(),
-            end: ctx.data_end(),
+            data,
+            end,
             offset: 0,
         }
     }

@@ -1,8 +1,11 @@
-//! The firewall-ctl XDP program.
+//! The firewall-ctl programs.
 //!
-//! One entry point: parse the frame into a [`Packet`], ask the live policy
-//! slot for a [`Verdict`], count it, and pass or drop. Every path ends in
-//! [`finish`], so no verdict escapes the counters.
+//! `firewall` (XDP, ingress): parse the frame, ask the live policy slot and
+//! the flow table for a [`Verdict`], count it, and pass or drop. Every path
+//! ends in [`finish`], so no verdict escapes the counters.
+//!
+//! `track_egress` (TC, egress): record the flows the host sends, so that
+//! their replies pass as return traffic. It never drops anything.
 #![no_std]
 #![no_main]
 
@@ -11,17 +14,21 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::xdp,
-    programs::XdpContext,
+    bindings::{
+        TC_ACT_OK,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use firewall_common::{
+    flow::{Direction, Track},
     maps::rule_stats_index,
     reasons::Reason,
-    verdict::{Verdict, decide},
+    verdict::{Verdict, decide_tracked},
 };
 
-use crate::maps::SlotPolicy;
+use crate::{cursor::Cursor, maps::SlotPolicy};
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
@@ -30,9 +37,27 @@ pub fn firewall(ctx: XdpContext) -> u32 {
         // Loaded but not yet filled by user space: touch nothing.
         return XDP_PASS;
     }
-    let packet = parse::packet(&ctx);
-    let verdict = decide(&packet, &SlotPolicy::new(active.slot()));
+    let (packet, track) =
+        parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Ingress);
+    let verdict = decide_tracked(&packet, &track, &SlotPolicy::new(active.slot()));
     finish(&ctx, active.slot(), &verdict, active.enforce())
+}
+
+/// Headers the egress parser may read, pulled into the linear part of the
+/// packet first: Ethernet, two VLAN tags, IPv6 with extension headers, the
+/// transport header.
+const EGRESS_HEADROOM: u32 = 256;
+
+#[classifier]
+pub fn track_egress(ctx: TcContext) -> i32 {
+    // Best effort: a packet shorter than this is linear anyway.
+    let _ = ctx.pull_data(ctx.len().min(EGRESS_HEADROOM));
+    if let (_, Track::Flow { key, closes, .. }) =
+        parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Egress)
+    {
+        maps::record_outgoing(&key, closes);
+    }
+    TC_ACT_OK
 }
 
 #[inline(always)]

@@ -2,14 +2,19 @@
 //! values are defined in `firewall_common::maps`; user space writes them.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use firewall_common::{
-    limits::{MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY, MAX_RULES, POLICY_SLOTS},
+    flow::{FlowConfig, FlowKey, FlowState, flow_stats},
+    limits::{
+        DEFAULT_MAX_FLOWS, MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY, MAX_RULES, POLICY_SLOTS,
+    },
     maps::{ActivePolicy, Counter, PortKey, RuleSet},
     reasons::REASON_COUNT,
-    verdict::{Policy, Source},
+    verdict::{Flows, Policy, Source},
 };
 
 /// Which slot is live and whether to enforce. One entry.
@@ -50,6 +55,96 @@ pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RE
 pub static RULE_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(POLICY_SLOTS * MAX_RULES as u32, 0);
 
+/// Flows the host started, written by the TC egress program. LRU: when
+/// full, the least recently used flow makes room (user space counts those
+/// evictions). User space sets the size from `max_flows` at load.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The flow key of the packet being parsed (or of the packet an ICMP error
+/// quotes): 40 bytes the 512-byte BPF stack cannot spare per copy. One
+/// entry per CPU; a program run uses it from parse to verdict.
+#[map]
+static FLOW_KEY_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Marks a flow key held in `FLOW_KEY_SCRATCH` (see `Track`).
+#[derive(Clone, Copy)]
+pub struct ScratchKey;
+
+/// Stores `key` in the scratch entry; `None` if the map has no entry
+/// (it always has one).
+#[inline(always)]
+pub fn store_key(key: FlowKey) -> Option<ScratchKey> {
+    let slot = FLOW_KEY_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU map value: nothing else writes it while we run.
+    unsafe { *slot = key };
+    Some(ScratchKey)
+}
+
+/// The flow key in the scratch entry.
+#[inline(always)]
+fn scratch_key() -> Option<&'static FlowKey> {
+    FLOW_KEY_SCRATCH.get(0)
+}
+
+/// Whether flows are tracked, and their timeouts. One entry.
+#[map]
+static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(1, 0);
+
+/// Flows created, per protocol (`flow_stats`), per CPU.
+#[map]
+static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stats::COUNT, 0);
+
+/// The flow tracking settings; all zero (off) until user space sets them.
+#[inline(always)]
+fn flow_config() -> FlowConfig {
+    FLOW_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// Records a packet the host sends on the flow in the scratch entry:
+/// creates the flow (unless the packet closes it: a FIN or RST starts
+/// nothing), or refreshes it.
+#[inline(always)]
+pub fn record_outgoing(_: &ScratchKey, closes: bool) {
+    let Some(key) = scratch_key() else {
+        return;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value; concurrent writers only store timestamps
+        // and flags, any of which is a valid state.
+        unsafe { touch(&mut *state, now, closes) };
+        return;
+    }
+    if closes {
+        return;
+    }
+    let state = FlowState {
+        last_seen_ns: now,
+        closing: 0,
+        pad: 0,
+    };
+    if FLOWS.insert(key, &state, BPF_NOEXIST as u64).is_ok()
+        && let Some(created) = FLOW_STATS.get_ptr_mut(flow_stats::created(key.protocol))
+    {
+        // SAFETY: per-CPU value.
+        unsafe { *created += 1 };
+    }
+}
+
+/// Refreshes a flow seen at `now`; a FIN or RST starts its close timer,
+/// which later packets do not extend.
+#[inline(always)]
+fn touch(state: &mut FlowState, now: u64, closes: bool) {
+    if state.closing == 0 {
+        state.last_seen_ns = now;
+        if closes {
+            state.closing = 1;
+        }
+    }
+}
+
 /// The live slot and mode; not ready (all zero) until user space sets it.
 #[inline(always)]
 pub fn active_policy() -> ActivePolicy {
@@ -67,7 +162,7 @@ pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
     }
 }
 
-/// The policy of one slot.
+/// The policy of one slot, and the flow table.
 pub struct SlotPolicy {
     slot: u32,
 }
@@ -76,6 +171,32 @@ impl SlotPolicy {
     #[inline(always)]
     pub fn new(slot: u32) -> Self {
         Self { slot }
+    }
+}
+
+impl Flows<ScratchKey> for SlotPolicy {
+    #[inline(always)]
+    fn tracking(&self) -> bool {
+        flow_config().enabled != 0
+    }
+
+    #[inline(always)]
+    fn tracked(&self, _: &ScratchKey, closes: bool) -> bool {
+        let Some(key) = scratch_key() else {
+            return false;
+        };
+        let Some(state) = FLOWS.get_ptr_mut(key) else {
+            return false;
+        };
+        // SAFETY: bpf_ktime_get_ns has no preconditions; the state is a map
+        // value (see `record_outgoing`).
+        let (now, state) = unsafe { (bpf_ktime_get_ns(), &mut *state) };
+        let timeout = flow_config().timeout_ns(key.protocol, state.closing != 0);
+        if now.saturating_sub(state.last_seen_ns) > timeout {
+            return false;
+        }
+        touch(state, now, closes);
+        true
     }
 }
 

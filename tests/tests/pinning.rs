@@ -60,15 +60,17 @@ fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
     // pinned maps to an older version's directory: the new daemon fills new
     // maps and swaps its program onto the links, then removes the old maps.
     daemon.kill(libc::SIGKILL);
+    let version = firewall_common::maps::LAYOUT_VERSION;
+    let older = format!("maps-v{}", version - 1);
     std::fs::rename(
-        daemon.bpf_dir.join("maps-v1"),
-        daemon.bpf_dir.join("maps-v0"),
+        daemon.bpf_dir.join(format!("maps-v{version}")),
+        daemon.bpf_dir.join(&older),
     )
     .unwrap();
     pause();
     daemon.spawn_and_wait();
     assert!(
-        !daemon.bpf_dir.join("maps-v0").exists(),
+        !daemon.bpf_dir.join(&older).exists(),
         "the old layout's maps are removed"
     );
     assert!(daemon.log().contains("removed the maps of an older layout"));

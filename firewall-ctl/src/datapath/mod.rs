@@ -771,13 +771,18 @@ mod tests {
 
     use super::PROGRAM;
 
-    /// The maps of layout version 1: name, type, key size, value size,
-    /// max entries, flags (from the object's `bpf_map_def`s).
-    const LAYOUT_1: [(&str, u32, u32, u32, u32, u32); 9] = [
+    /// The maps of layout version 2: name, type, key size, value size,
+    /// max entries, flags (from the object's `bpf_map_def`s). Version 1
+    /// had no flow maps and 11 reasons.
+    const LAYOUT_2: [(&str, u32, u32, u32, u32, u32); 13] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
+        ("FLOWS", 9, 40, 16, 65_536, 0),
+        ("FLOW_CONFIG", 2, 4, 40, 1, 0),
+        ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
+        ("FLOW_STATS", 6, 4, 8, 3, 0),
         ("PORTS_0", 1, 4, 8, 131_072, 1),
         ("PORTS_1", 1, 4, 8, 131_072, 1),
-        ("REASON_STATS", 6, 4, 16, 11, 0),
+        ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
         ("SOURCES_V4_0", 11, 8, 8, 262_144, 1),
         ("SOURCES_V4_1", 11, 8, 8, 262_144, 1),
@@ -811,32 +816,38 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            1,
+            2,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_1,
+            maps, LAYOUT_2,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_1.map(|map| map.0),
+            LAYOUT_2.map(|map| map.0),
             "names::ALL lists every map"
         );
     }
 
-    /// Helpers the data plane may call, each in Linux 5.15 (the LTS floor
-    /// edge hosts run). Add one only after checking the kernel it arrived in.
-    const HELPERS_IN_5_15: [(i32, &str); 1] = [(1, "bpf_map_lookup_elem, Linux 3.19")];
+    /// Helpers the data plane (XDP and TC programs) may call, each in Linux
+    /// 5.15 (the LTS floor edge hosts run). Add one only after checking the
+    /// kernel it arrived in.
+    const HELPERS_IN_5_15: [(i32, &str); 4] = [
+        (1, "bpf_map_lookup_elem, Linux 3.19"),
+        (2, "bpf_map_update_elem, Linux 3.19"),
+        (5, "bpf_ktime_get_ns, Linux 4.1"),
+        (39, "bpf_skb_pull_data, Linux 4.9"),
+    ];
 
     const BPF_CALL: u8 = 0x85;
     const SRC_HELPER: u8 = 0;
     const SRC_LOCAL_FUNCTION: u8 = 1;
 
     #[test]
-    fn the_xdp_program_calls_only_helpers_available_in_linux_5_15() {
+    fn every_program_calls_only_helpers_available_in_linux_5_15() {
         let object = object::File::parse(PROGRAM).expect("the embedded object is ELF");
         let mut calls = 0;
         for section in object

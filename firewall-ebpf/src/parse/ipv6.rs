@@ -1,6 +1,7 @@
 //! IPv6 and its extension header chain.
 
 use firewall_common::{
+    flow::{Direction, Track},
     limits::MAX_IPV6_EXT_HEADERS,
     verdict::{Packet, Source},
     wire::{
@@ -10,18 +11,18 @@ use firewall_common::{
     },
 };
 
-use super::transport;
-use crate::cursor::Cursor;
+use super::{Ip, transport, untracked};
+use crate::{cursor::Cursor, maps::ScratchKey};
 
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct Ipv6Hdr {
-    version_class_flow: [u8; 4],
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
     payload_len: [u8; 2],
-    next_header: u8,
-    hop_limit: u8,
-    source: [u8; 16],
-    destination: [u8; 16],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub source: [u8; 16],
+    pub destination: [u8; 16],
 }
 
 /// The first two bytes every extension header shares.
@@ -45,12 +46,17 @@ const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADER_LEN);
 
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
+pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Track<ScratchKey>)> {
     let ip = cursor.read::<Ipv6Hdr>()?;
     if ip.version_class_flow[0] >> 4 != 6 {
-        return Some(Packet::Malformed);
+        return untracked(Packet::Malformed);
     }
     let source = Source::V6(ip.source);
+    let ip_info = Ip {
+        source,
+        destination: Source::V6(ip.destination),
+        hop_limit: ip.hop_limit,
+    };
     let mut next_header = ip.next_header;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
@@ -67,16 +73,16 @@ pub fn parse(cursor: &mut Cursor) -> Option<Packet> {
             IPV6_FRAGMENT => {
                 let fragment = cursor.read::<FragmentHdr>()?;
                 if u16::from_be_bytes(fragment.offset_flags) >> 3 != 0 {
-                    return Some(Packet::LaterFragment { source });
+                    return untracked(Packet::LaterFragment { source });
                 }
                 next_header = fragment.next_header;
             }
-            _ => return transport::parse(cursor, next_header, source),
+            _ => return transport::parse(cursor, next_header, &ip_info, direction),
         }
     }
     // Still an extension header after the deepest we walk: too deep.
     if is_ipv6_extension_header(next_header) {
-        return Some(Packet::Malformed);
+        return untracked(Packet::Malformed);
     }
-    transport::parse(cursor, next_header, source)
+    transport::parse(cursor, next_header, &ip_info, direction)
 }

@@ -1,12 +1,30 @@
-//! The transport header: destination port for TCP and UDP, type for ICMP.
+//! The transport header: destination port for TCP and UDP, type for ICMP;
+//! for flow tracking, the flow, and the flow an ICMP error quotes.
 
 use firewall_common::{
+    flow::{Direction, FlowKey, Track, neighbor_is_valid},
     maps::{PortKey, protocol},
-    verdict::{Packet, Source, icmp_packet},
-    wire::{ICMP_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN},
+    verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
+    wire::{
+        ICMP_HEADER_LEN, IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN, QUOTED_PORTS_LEN, TCP_ACK,
+        TCP_FIN, TCP_HEADER_LEN, TCP_RST, TCP_SYN, UDP_HEADER_LEN,
+    },
 };
 
-use crate::cursor::Cursor;
+use super::{Ip, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
+use crate::{
+    cursor::Cursor,
+    maps::{ScratchKey, store_key},
+};
+
+/// The tracking meaning of a flow packet whose key was stored (`Some`).
+#[inline(always)]
+fn flow_track(key: Option<ScratchKey>, opens: bool, closes: bool) -> Track<ScratchKey> {
+    match key {
+        Some(key) => Track::Flow { key, opens, closes },
+        None => Track::None,
+    }
+}
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -43,30 +61,157 @@ const _: () = assert!(core::mem::size_of::<TcpHdr>() == TCP_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<IcmpHdr>() == ICMP_HEADER_LEN);
 
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Ports {
+    source: [u8; 2],
+    destination: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<Ports>() == QUOTED_PORTS_LEN);
+
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor, ip_protocol: u8, source: Source) -> Option<Packet> {
-    let v6 = matches!(source, Source::V6(_));
-    let packet = match ip_protocol {
+pub fn parse(
+    cursor: &mut Cursor,
+    ip_protocol: u8,
+    ip: &Ip,
+    direction: Direction,
+) -> Option<(Packet, Track<ScratchKey>)> {
+    let v6 = matches!(ip.source, Source::V6(_));
+    let flow = |source_port, destination_port| {
+        store_key(FlowKey::of(
+            direction,
+            ip_protocol,
+            &ip.source,
+            &ip.destination,
+            source_port,
+            destination_port,
+        ))
+    };
+    let parsed = match ip_protocol {
         protocol::TCP => {
             let tcp = cursor.peek::<TcpHdr>()?;
             if tcp.data_offset_flags[0] >> 4 < 5 {
-                return Some(Packet::Malformed);
+                return untracked(Packet::Malformed);
             }
-            Packet::Transport {
-                source,
-                port: PortKey::new(protocol::TCP, u16::from_be_bytes(tcp.destination_port)),
-            }
+            let flags = tcp.data_offset_flags[1];
+            let destination = u16::from_be_bytes(tcp.destination_port);
+            (
+                Packet::Transport {
+                    source: ip.source,
+                    port: PortKey::new(protocol::TCP, destination),
+                },
+                flow_track(
+                    flow(u16::from_be_bytes(tcp.source_port), destination),
+                    flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                    flags & (TCP_FIN | TCP_RST) != 0,
+                ),
+            )
         }
         protocol::UDP => {
             let udp = cursor.peek::<UdpHdr>()?;
-            Packet::Transport {
-                source,
-                port: PortKey::new(protocol::UDP, u16::from_be_bytes(udp.destination_port)),
+            let destination = u16::from_be_bytes(udp.destination_port);
+            (
+                Packet::Transport {
+                    source: ip.source,
+                    port: PortKey::new(protocol::UDP, destination),
+                },
+                flow_track(
+                    flow(u16::from_be_bytes(udp.source_port), destination),
+                    false,
+                    false,
+                ),
+            )
+        }
+        protocol::ICMP | protocol::ICMPV6 if (ip_protocol == protocol::ICMPV6) == v6 => {
+            let icmp = cursor.peek::<IcmpHdr>()?;
+            let identifier = u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]);
+            let track = match (icmp_kind(v6, icmp.icmp_type), direction) {
+                (IcmpKind::EchoRequest, Direction::Egress) => {
+                    flow_track(flow(identifier, 0), false, false)
+                }
+                (IcmpKind::EchoReply, Direction::Ingress) => {
+                    flow_track(flow(0, identifier), false, false)
+                }
+                (IcmpKind::Error, _) => {
+                    cursor.skip(ICMP_HEADER_LEN);
+                    Track::Related {
+                        quoted: quoted(cursor, v6),
+                    }
+                }
+                (IcmpKind::Neighbor, _) => match ip.source {
+                    Source::V6(source)
+                        if !neighbor_is_valid(icmp.icmp_type, ip.hop_limit, &source) =>
+                    {
+                        Track::InvalidNeighbor
+                    }
+                    _ => Track::None,
+                },
+                _ => Track::None,
+            };
+            (icmp_packet(v6, icmp.icmp_type, ip.source), track)
+        }
+        _ => (Packet::Unexposed, Track::None),
+    };
+    Some(parsed)
+}
+
+/// The flow of the packet an ICMP error quotes (a packet the host sent):
+/// its IP header and the first bytes of its transport header.
+#[inline(always)]
+fn quoted(cursor: &mut Cursor, v6: bool) -> Option<ScratchKey> {
+    let (protocol, source, destination) = if v6 {
+        let header = cursor.read::<Ipv6Hdr>()?;
+        if header.version_class_flow[0] >> 4 != 6 {
+            return None;
+        }
+        (
+            header.next_header,
+            Source::V6(header.source),
+            Source::V6(header.destination),
+        )
+    } else {
+        let header = cursor.read::<Ipv4Hdr>()?;
+        let header_len = ((header.version_ihl & 0x0f) as usize) * 4;
+        if header.version_ihl >> 4 != 4
+            || header_len < IPV4_HEADER_LEN
+            || u16::from_be_bytes(header.flags_fragment_offset) & IPV4_FRAGMENT_OFFSET_MASK != 0
+        {
+            return None;
+        }
+        cursor.skip(header_len - IPV4_HEADER_LEN);
+        (
+            header.protocol,
+            Source::V4(header.source),
+            Source::V4(header.destination),
+        )
+    };
+    let key = |source_port, destination_port| {
+        store_key(FlowKey::of(
+            Direction::Egress,
+            protocol,
+            &source,
+            &destination,
+            source_port,
+            destination_port,
+        ))
+    };
+    match protocol {
+        protocol::TCP | protocol::UDP => {
+            let ports = cursor.peek::<Ports>()?;
+            key(
+                u16::from_be_bytes(ports.source),
+                u16::from_be_bytes(ports.destination),
+            )
+        }
+        protocol::ICMP | protocol::ICMPV6 if (protocol == protocol::ICMPV6) == v6 => {
+            let icmp = cursor.peek::<IcmpHdr>()?;
+            if icmp_kind(v6, icmp.icmp_type) == IcmpKind::EchoRequest {
+                key(u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]), 0)
+            } else {
+                None
             }
         }
-        protocol::ICMP if !v6 => icmp_packet(false, cursor.peek::<IcmpHdr>()?.icmp_type, source),
-        protocol::ICMPV6 if v6 => icmp_packet(true, cursor.peek::<IcmpHdr>()?.icmp_type, source),
-        _ => Packet::Unexposed,
-    };
-    Some(packet)
+        _ => None,
+    }
 }
