@@ -262,6 +262,15 @@ pub fn explain(report: &ExplainReport) -> String {
     out
 }
 
+/// The name a unit enum variant has in JSON (`"allow"`, `"applied"`), so
+/// tables and `--json` spell values the same.
+fn json_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 pub fn audit_log(report: &AuditLogReport) -> String {
     let rows: Vec<Vec<String>> = report
         .records
@@ -269,14 +278,8 @@ pub fn audit_log(report: &AuditLogReport) -> String {
         .map(|record| {
             vec![
                 record.time.to_string(),
-                serde_json::to_value(record.action)
-                    .ok()
-                    .and_then(|value| value.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                serde_json::to_value(record.outcome)
-                    .ok()
-                    .and_then(|value| value.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                json_name(record.action),
+                json_name(record.outcome),
                 or_dash(record.user.as_ref()),
                 or_dash(record.rule.as_ref()),
                 if record.prefixes.is_empty() {

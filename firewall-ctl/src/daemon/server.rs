@@ -335,12 +335,11 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
         };
         let mut record = AuditRecord::new(action, Some(requester), Outcome::Denied);
         record.detail = Some(message.clone());
-        if let Command::Allow(request) = &command {
-            record.rule = request.rule.clone();
-            record.prefixes = request.prefixes.clone();
-        } else if let Command::Remove(request) = &command {
-            record.rule = request.rule.clone();
-            record.prefixes = request.prefixes.clone();
+        if let Command::Allow(api::AllowRequest { rule, prefixes, .. })
+        | Command::Remove(api::RemoveRequest { rule, prefixes, .. }) = &command
+        {
+            record.rule = rule.clone();
+            record.prefixes = prefixes.clone();
         }
         let _ = shared.jobs.send(Job::Audit(record));
         return Response::Error(message);
