@@ -75,16 +75,99 @@ impl FlowKey {
     }
 }
 
+/// What a TCP segment says about the end of its connection: its FIN and
+/// RST flags. One byte, as on the wire: the data plane copies it around,
+/// and the BPF verifier rejects code that copies parts of it left unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ends(u8);
+
+impl Ends {
+    /// No FIN, no RST: every UDP and ICMP packet.
+    pub const NONE: Self = Self(0);
+    pub const FIN: Self = Self(crate::wire::TCP_FIN);
+    pub const RST: Self = Self(crate::wire::TCP_RST);
+
+    /// From the TCP header's flags byte.
+    #[inline(always)]
+    pub const fn of_tcp_flags(flags: u8) -> Self {
+        Self(flags & (crate::wire::TCP_FIN | crate::wire::TCP_RST))
+    }
+
+    #[inline(always)]
+    pub const fn fin(self) -> bool {
+        self.0 & crate::wire::TCP_FIN != 0
+    }
+
+    #[inline(always)]
+    pub const fn rst(self) -> bool {
+        self.0 & crate::wire::TCP_RST != 0
+    }
+}
+
 /// What the `FLOWS` map keeps per flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `bpf_ktime_get_ns` of the last packet either way (of the FIN or RST
-    /// once closing).
+    /// `bpf_ktime_get_ns` of the last packet either way; once the flow is
+    /// [closed](FlowState::closed), of the packet that closed it.
     pub last_seen_ns: u64,
-    /// Non-zero once a FIN or RST was seen: the close timeout applies.
-    pub closing: u32,
+    /// [`FlowState::FIN_SENT`], [`FlowState::FIN_RECEIVED`], [`FlowState::RESET`].
+    pub ends: u32,
     pub pad: u32,
+}
+
+impl FlowState {
+    /// The host sent a FIN: it sends no more, but may still receive.
+    pub const FIN_SENT: u32 = 1 << 0;
+    /// The peer sent a FIN: the host may still send.
+    pub const FIN_RECEIVED: u32 = 1 << 1;
+    pub const RESET: u32 = 1 << 2;
+
+    /// A flow first seen at `now`, on a packet crossing `direction`.
+    #[inline(always)]
+    pub const fn new(now: u64, direction: Direction, ends: Ends) -> Self {
+        let mut state = Self {
+            last_seen_ns: now,
+            ends: 0,
+            pad: 0,
+        };
+        state.mark(direction, ends);
+        state
+    }
+
+    /// Both sides sent a FIN, or either a RST: the close timeout runs.
+    /// A half-closed connection (one FIN) still carries data the other way
+    /// and keeps the idle timeout.
+    #[inline(always)]
+    pub const fn closed(&self) -> bool {
+        self.ends & Self::RESET != 0
+            || self.ends & (Self::FIN_SENT | Self::FIN_RECEIVED)
+                == Self::FIN_SENT | Self::FIN_RECEIVED
+    }
+
+    /// Records a packet of the flow seen at `now` crossing `direction`.
+    /// The close timer runs from the packet that closed the flow: later
+    /// packets (retransmitted FINs, stray ACKs) do not extend it.
+    #[inline(always)]
+    pub const fn observe(&mut self, now: u64, direction: Direction, ends: Ends) {
+        if !self.closed() {
+            self.last_seen_ns = now;
+            self.mark(direction, ends);
+        }
+    }
+
+    #[inline(always)]
+    const fn mark(&mut self, direction: Direction, ends: Ends) {
+        if ends.fin() {
+            self.ends |= match direction {
+                Direction::Egress => Self::FIN_SENT,
+                Direction::Ingress => Self::FIN_RECEIVED,
+            };
+        }
+        if ends.rst() {
+            self.ends |= Self::RESET;
+        }
+    }
 }
 
 /// Flow tracking settings (`FLOW_CONFIG`, one entry), written by user space.
@@ -104,23 +187,34 @@ pub struct FlowConfig {
 impl FlowConfig {
     /// How long a flow lives without traffic.
     #[inline(always)]
-    pub const fn timeout_ns(&self, protocol: u8, closing: bool) -> u64 {
+    pub const fn timeout_ns(&self, protocol: u8, closed: bool) -> u64 {
         match protocol {
-            protocol::TCP if closing => self.tcp_close_timeout_ns,
+            protocol::TCP if closed => self.tcp_close_timeout_ns,
             protocol::TCP => self.tcp_timeout_ns,
             protocol::UDP => self.udp_timeout_ns,
             _ => self.icmp_timeout_ns,
         }
     }
+
+    /// Whether the flow `state` of `protocol` has timed out at `now`.
+    #[inline(always)]
+    pub const fn expired(&self, protocol: u8, state: &FlowState, now: u64) -> bool {
+        now.saturating_sub(state.last_seen_ns) > self.timeout_ns(protocol, state.closed())
+    }
 }
 
-/// Indices of `FLOW_STATS` (per-CPU `u64`): flows created, per protocol.
+/// Indices of `FLOW_STATS` (per-CPU `u64`). With the flows in the table,
+/// they tell how many the LRU evicted: created - swept - live.
 pub mod flow_stats {
+    /// Flows created by the egress program, per protocol.
     pub const CREATED_TCP: u32 = 0;
     pub const CREATED_UDP: u32 = 1;
     pub const CREATED_ICMP: u32 = 2;
+    /// Expired flows user space deleted (written by user space only, on
+    /// the first CPU's value), kept with the maps across daemon restarts.
+    pub const SWEPT: u32 = 3;
     /// Entries of `FLOW_STATS`.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 
     /// The index counting flows of `protocol`.
     #[inline(always)]
@@ -146,8 +240,7 @@ pub enum Track<K = FlowKey> {
         key: K,
         /// A TCP SYN without ACK: opens a connection, never a reply.
         opens: bool,
-        /// A TCP FIN or RST: the connection is closing.
-        closes: bool,
+        ends: Ends,
     },
     /// An ICMP error quoting a packet of flow `quoted`; `None` when the
     /// quoted headers cannot be read.
@@ -157,6 +250,29 @@ pub enum Track<K = FlowKey> {
     /// Neighbour discovery with a hop limit other than 255 (RFC 4861), or
     /// MLD from a source neither link-local nor unspecified (RFC 2710, 3810).
     InvalidNeighbor,
+}
+
+impl<K> Track<K> {
+    /// A UDP datagram or ICMP echo of flow `key`.
+    #[inline(always)]
+    pub const fn flow(key: K) -> Self {
+        Track::Flow {
+            key,
+            opens: false,
+            ends: Ends::NONE,
+        }
+    }
+
+    /// A TCP segment of flow `key` with header flags `flags`.
+    #[inline(always)]
+    pub const fn tcp(key: K, flags: u8) -> Self {
+        use crate::wire::{TCP_ACK, TCP_SYN};
+        Track::Flow {
+            key,
+            opens: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            ends: Ends::of_tcp_flags(flags),
+        }
+    }
 }
 
 /// Whether an ICMPv6 neighbour discovery or MLD message may be genuine:
@@ -203,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_closes_on_both_fins_or_a_reset_and_its_close_timer_is_not_extended() {
+        let fin = Ends::FIN;
+        let mut state = FlowState::new(1, Direction::Egress, fin);
+        assert!(!state.closed(), "half-closed: the peer may still send");
+        state.observe(2, Direction::Ingress, Ends::NONE);
+        assert_eq!(state.last_seen_ns, 2);
+        state.observe(3, Direction::Ingress, fin);
+        assert!(state.closed());
+        state.observe(9, Direction::Egress, Ends::NONE);
+        assert_eq!(
+            state.last_seen_ns, 3,
+            "the close timer runs from the last FIN"
+        );
+        let reset = FlowState::new(1, Direction::Ingress, Ends::RST);
+        assert!(reset.closed());
+        assert_eq!(Ends::of_tcp_flags(0x11), fin);
+    }
+
+    #[test]
     fn timeouts_by_protocol_and_state() {
         let config = FlowConfig {
             enabled: 1,
@@ -216,5 +351,10 @@ mod tests {
         assert_eq!(config.timeout_ns(protocol::TCP, true), 2);
         assert_eq!(config.timeout_ns(protocol::UDP, false), 3);
         assert_eq!(config.timeout_ns(protocol::ICMPV6, false), 4);
+        let seen_at_10 = FlowState::new(10, Direction::Egress, Ends::NONE);
+        assert!(!config.expired(protocol::UDP, &seen_at_10, 13));
+        assert!(config.expired(protocol::UDP, &seen_at_10, 14));
+        // A clock that went "back" (a value written on another CPU) is fresh.
+        assert!(!config.expired(protocol::UDP, &seen_at_10, 5));
     }
 }

@@ -6,7 +6,7 @@
 //! the logic that ships is the logic that is tested.
 
 use crate::{
-    flow::{FlowKey, Track},
+    flow::{Ends, FlowKey, Track},
     maps::{PortKey, RuleSet},
     reasons::Reason,
 };
@@ -115,9 +115,10 @@ pub trait Flows<K = FlowKey> {
     /// Whether outbound flows are tracked; with tracking, ICMP errors must
     /// quote a tracked flow and neighbour discovery must be valid.
     fn tracking(&self) -> bool;
-    /// Whether `key` is a live tracked flow. The data plane also refreshes
-    /// it, and starts its close timer when `closes`.
-    fn tracked(&self, key: &K, closes: bool) -> bool;
+    /// Whether `key` is a live tracked flow. `seen`: a packet of the flow
+    /// arrived (the data plane refreshes the flow and notes its FIN or
+    /// RST); `None`: only a look, for the flow an ICMP error quotes.
+    fn tracked(&self, key: &K, seen: Option<Ends>) -> bool;
 }
 
 /// Decides one arriving packet with flow tracking: the allowlist first
@@ -136,13 +137,13 @@ pub fn decide_tracked<K, P: Policy + Flows<K> + ?Sized>(
             Track::Flow {
                 key,
                 opens: false,
-                closes,
+                ends,
             },
-        ) if policy.tracking() && policy.tracked(key, *closes) => {
+        ) if policy.tracking() && policy.tracked(key, Some(*ends)) => {
             Verdict::of(Reason::ReturnTraffic)
         }
         (Reason::IcmpError, Track::Related { quoted }) if policy.tracking() => match quoted {
-            Some(key) if policy.tracked(key, false) => verdict,
+            Some(key) if policy.tracked(key, None) => verdict,
             _ => Verdict::of(Reason::IcmpUnrelated),
         },
         (Reason::Neighbor, Track::InvalidNeighbor) if policy.tracking() => {
@@ -216,8 +217,8 @@ impl<K, P: ?Sized, F: Flows<K> + ?Sized> Flows<K> for WithFlows<'_, P, F> {
         self.1.tracking()
     }
 
-    fn tracked(&self, key: &K, closes: bool) -> bool {
-        self.1.tracked(key, closes)
+    fn tracked(&self, key: &K, seen: Option<Ends>) -> bool {
+        self.1.tracked(key, seen)
     }
 }
 
@@ -247,7 +248,7 @@ mod tests {
             self.tracking
         }
 
-        fn tracked(&self, key: &FlowKey, _: bool) -> bool {
+        fn tracked(&self, key: &FlowKey, _: Option<Ends>) -> bool {
             *key == self.live
         }
     }
@@ -271,7 +272,7 @@ mod tests {
                     40000,
                 ),
                 opens,
-                closes: false,
+                ends: Ends::NONE,
             },
         )
     }

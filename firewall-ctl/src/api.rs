@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::audit::AuditRecord,
-    datapath::AttachMode,
+    datapath::{AttachMode, flows::FlowTable},
     entries::Timestamp,
     policy::explain::{ExplainReport, ListedEntry},
 };
@@ -277,6 +277,10 @@ pub struct StatusReport {
     /// A `reload --confirm` waiting for `firewall-ctl confirm`: when the
     /// daemon rolls back to the previous config.
     pub rollback_at: Option<Timestamp>,
+    /// Tracked flows (`track_outbound`), as of the last sweep (every few
+    /// seconds); `None` when tracking is off.
+    #[serde(default)]
+    pub flows: Option<FlowTable>,
 }
 
 /// One configured interface, as the kernel reports it.
@@ -310,9 +314,13 @@ pub struct StatsReport {
     /// Packets per drop reason.
     pub drops: BTreeMap<String, u64>,
     pub drop_bytes: BTreeMap<String, u64>,
-    /// Packets per pass reason (`allowed` is the sum over rules).
+    /// Packets per pass reason (`allowed` is the sum over rules;
+    /// `return_traffic` the replies to flows the host started).
     pub passed: BTreeMap<String, u64>,
     pub passed_bytes: BTreeMap<String, u64>,
+    /// The flow table now, with its evictions; `None` when tracking is off.
+    #[serde(default)]
+    pub flows: Option<FlowTable>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

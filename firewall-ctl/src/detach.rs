@@ -101,7 +101,8 @@ pub fn run(socket: &Path, bpf_dir: &Path, interface: Option<&str>) -> anyhow::Re
         .iter()
         .filter(|(name, _, _)| interface.is_none_or(|interface| interface == name))
     {
-        pins.remove_link(name)
+        crate::datapath::flows::remove_netlink_filter(name);
+        pins.remove_interface(name)
             .with_context(|| format!("unpinning the link of `{name}`"))?;
         detached.push(name.clone());
     }

@@ -10,6 +10,7 @@ use crate::{
         StatusReport,
     },
     check::CheckReport,
+    datapath::flows::FlowTable,
     entries::Timestamp,
     policy::explain::{EntryRef, ExplainReport},
     text::escape_controls,
@@ -106,6 +107,7 @@ pub fn status(report: &StatusReport) -> String {
         or_dash(report.next_expiry),
         report.state_dir.display()
     );
+    let _ = writeln!(out, "flows       {}", flow_table(report.flows.as_ref()));
     if let Some(at) = report.rollback_at {
         let _ = writeln!(
             out,
@@ -126,6 +128,22 @@ pub fn status(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+/// One line on the flow table: live flows by protocol, size, evictions.
+fn flow_table(flows: Option<&FlowTable>) -> String {
+    match flows {
+        None => "not tracked (`track_outbound = false`)".to_string(),
+        Some(flows) => format!(
+            "{} tracked (tcp {}, udp {}, icmp {}) of {}; {} evicted",
+            flows.tcp + flows.udp + flows.icmp,
+            flows.tcp,
+            flows.udp,
+            flows.icmp,
+            flows.capacity,
+            flows.evicted
+        ),
+    }
 }
 
 pub fn change(report: &ChangeReport) -> String {
@@ -377,8 +395,9 @@ pub fn stats(report: &StatsReport) -> String {
         "DROPPED"
     };
     format!(
-        "mode: {}\n\n{}\n{}\n{}",
+        "mode: {}\nflows: {}\n\n{}\n{}\n{}",
         report.mode,
+        flow_table(report.flows.as_ref()),
         table(&["RULE", "PACKETS", "BYTES"], &rules),
         table(&[drop_title, "PACKETS", "BYTES"], &by_reason(true)),
         table(&["PASSED", "PACKETS", "BYTES"], &by_reason(false)),

@@ -15,7 +15,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     macros::{classifier, xdp},
@@ -37,9 +37,9 @@ pub fn firewall(ctx: XdpContext) -> u32 {
         // Loaded but not yet filled by user space: touch nothing.
         return XDP_PASS;
     }
-    let (packet, track) =
+    let (packet, tracked) =
         parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Ingress);
-    let verdict = decide_tracked(&packet, &track, &SlotPolicy::new(active.slot()));
+    let verdict = decide_tracked(&packet, &tracked.track(), &SlotPolicy::new(active.slot()));
     finish(&ctx, active.slot(), &verdict, active.enforce())
 }
 
@@ -52,12 +52,11 @@ const EGRESS_HEADROOM: u32 = 256;
 pub fn track_egress(ctx: TcContext) -> i32 {
     // Best effort: a packet shorter than this is linear anyway.
     let _ = ctx.pull_data(ctx.len().min(EGRESS_HEADROOM));
-    if let (_, Track::Flow { key, closes, .. }) =
-        parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Egress)
-    {
-        maps::record_outgoing(&key, closes);
+    let (_, tracked) = parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Egress);
+    if let Track::Flow { key, ends, .. } = tracked.track() {
+        maps::record_outgoing(&key, ends);
     }
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]

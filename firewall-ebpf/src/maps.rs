@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use firewall_common::{
-    flow::{FlowConfig, FlowKey, FlowState, flow_stats},
+    flow::{Direction, Ends, FlowConfig, FlowKey, FlowState, flow_stats},
     limits::{
         DEFAULT_MAX_FLOWS, MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY, MAX_RULES, POLICY_SLOTS,
     },
@@ -101,47 +101,38 @@ fn flow_config() -> FlowConfig {
     FLOW_CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// Records a packet the host sends on the flow in the scratch entry:
-/// creates the flow (unless the packet closes it: a FIN or RST starts
-/// nothing), or refreshes it.
+/// Records a packet the host sends on the flow in the scratch entry: a
+/// live flow is refreshed; an unknown or expired one starts anew, unless
+/// the packet is a RST, which starts nothing.
 #[inline(always)]
-pub fn record_outgoing(_: &ScratchKey, closes: bool) {
+pub fn record_outgoing(_: &ScratchKey, ends: Ends) {
     let Some(key) = scratch_key() else {
         return;
     };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = FlowState::new(now, Direction::Egress, ends);
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value; concurrent writers only store timestamps
         // and flags, any of which is a valid state.
-        unsafe { touch(&mut *state, now, closes) };
+        let state = unsafe { &mut *state };
+        if flow_config().expired(key.protocol, state, now) {
+            // The same addresses and ports again (a reused port): a new flow
+            // in the old entry.
+            *state = fresh;
+        } else {
+            state.observe(now, Direction::Egress, ends);
+        }
         return;
     }
-    if closes {
+    if ends.rst() {
         return;
     }
-    let state = FlowState {
-        last_seen_ns: now,
-        closing: 0,
-        pad: 0,
-    };
-    if FLOWS.insert(key, &state, BPF_NOEXIST as u64).is_ok()
+    if FLOWS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok()
         && let Some(created) = FLOW_STATS.get_ptr_mut(flow_stats::created(key.protocol))
     {
         // SAFETY: per-CPU value.
         unsafe { *created += 1 };
-    }
-}
-
-/// Refreshes a flow seen at `now`; a FIN or RST starts its close timer,
-/// which later packets do not extend.
-#[inline(always)]
-fn touch(state: &mut FlowState, now: u64, closes: bool) {
-    if state.closing == 0 {
-        state.last_seen_ns = now;
-        if closes {
-            state.closing = 1;
-        }
     }
 }
 
@@ -181,7 +172,7 @@ impl Flows<ScratchKey> for SlotPolicy {
     }
 
     #[inline(always)]
-    fn tracked(&self, _: &ScratchKey, closes: bool) -> bool {
+    fn tracked(&self, _: &ScratchKey, seen: Option<Ends>) -> bool {
         let Some(key) = scratch_key() else {
             return false;
         };
@@ -191,11 +182,12 @@ impl Flows<ScratchKey> for SlotPolicy {
         // SAFETY: bpf_ktime_get_ns has no preconditions; the state is a map
         // value (see `record_outgoing`).
         let (now, state) = unsafe { (bpf_ktime_get_ns(), &mut *state) };
-        let timeout = flow_config().timeout_ns(key.protocol, state.closing != 0);
-        if now.saturating_sub(state.last_seen_ns) > timeout {
+        if flow_config().expired(key.protocol, state, now) {
             return false;
         }
-        touch(state, now, closes);
+        if let Some(ends) = seen {
+            state.observe(now, Direction::Ingress, ends);
+        }
         true
     }
 }

@@ -161,11 +161,7 @@ fn transport(
                     source: ip.source,
                     port: PortKey::new(protocol::TCP, be16([tcp[2], tcp[3]])),
                 },
-                Track::Flow {
-                    key: flow(be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]])),
-                    opens: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-                    closes: flags & (TCP_FIN | TCP_RST) != 0,
-                },
+                Track::tcp(flow(be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]])), flags),
             )
         }
         protocol::UDP => {
@@ -175,11 +171,7 @@ fn transport(
                     source: ip.source,
                     port: PortKey::new(protocol::UDP, be16([udp[2], udp[3]])),
                 },
-                Track::Flow {
-                    key: flow(be16([udp[0], udp[1]]), be16([udp[2], udp[3]])),
-                    opens: false,
-                    closes: false,
-                },
+                Track::flow(flow(be16([udp[0], udp[1]]), be16([udp[2], udp[3]]))),
             )
         }
         protocol::ICMP | protocol::ICMPV6 if (ip_protocol == protocol::ICMPV6) == v6 => {
@@ -187,16 +179,8 @@ fn transport(
             let packet = icmp_packet(v6, icmp[0], ip.source);
             let identifier = be16([icmp[4], icmp[5]]);
             let track = match (icmp_kind(v6, icmp[0]), direction) {
-                (IcmpKind::EchoRequest, Direction::Egress) => Track::Flow {
-                    key: flow(identifier, 0),
-                    opens: false,
-                    closes: false,
-                },
-                (IcmpKind::EchoReply, Direction::Ingress) => Track::Flow {
-                    key: flow(0, identifier),
-                    opens: false,
-                    closes: false,
-                },
+                (IcmpKind::EchoRequest, Direction::Egress) => Track::flow(flow(identifier, 0)),
+                (IcmpKind::EchoReply, Direction::Ingress) => Track::flow(flow(0, identifier)),
                 (IcmpKind::Error, _) => Track::Related {
                     quoted: quoted(frame, at + ICMP_HEADER_LEN, v6),
                 },
@@ -275,6 +259,7 @@ fn quoted(frame: &[u8], at: usize, v6: bool) -> Option<FlowKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::Ends;
 
     const VENDOR: [u8; 4] = [203, 0, 113, 10];
 
@@ -371,7 +356,7 @@ mod tests {
             Track::Flow {
                 key: answered,
                 opens: false,
-                closes: false,
+                ends: Ends::NONE,
             },
         ) = (outgoing, reply)
         else {
@@ -386,7 +371,13 @@ mod tests {
         );
         let fin = tcp_flags(PEER, 443, HOST, 40000, TCP_FIN | TCP_ACK);
         let (_, fin) = parse_tracked(&fin, Direction::Ingress);
-        assert!(matches!(fin, Track::Flow { closes: true, .. }));
+        assert!(matches!(
+            fin,
+            Track::Flow {
+                ends: Ends::FIN,
+                ..
+            }
+        ));
     }
 
     #[test]

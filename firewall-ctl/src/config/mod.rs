@@ -6,6 +6,7 @@
 //! (interfaces, groups, the socket path) is asked of a [`Host`], so all of
 //! it is unit-tested without one.
 
+pub mod flows;
 pub mod ports;
 pub mod prefix;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::{
+    flows::FlowSettings,
     ports::PortRange,
     prefix::{IpPrefix, PrefixError},
 };
@@ -66,6 +68,10 @@ pub struct Config {
     pub control_group: Option<Group>,
     /// Members may read status, stats, the allowlist and the audit log.
     pub read_group: Option<Group>,
+    /// Replies to flows the host starts pass (return traffic), ICMP errors
+    /// must quote such a flow, neighbour discovery must be on-link.
+    pub track_outbound: bool,
+    pub flows: FlowSettings,
     pub rules: Vec<Rule>,
 }
 
@@ -237,11 +243,19 @@ struct RawConfig {
     bpf_dir: Option<PathBuf>,
     control_group: Option<Spanned<String>>,
     read_group: Option<Spanned<String>>,
+    #[serde(default = "track_outbound_by_default")]
+    track_outbound: bool,
+    #[serde(default)]
+    flows: flows::RawFlows,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
 
 fn enforce_by_default() -> bool {
+    true
+}
+
+fn track_outbound_by_default() -> bool {
     true
 }
 
@@ -471,6 +485,8 @@ impl Validator<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR)),
             control_group: self.group("control_group", raw.control_group),
             read_group: self.group("read_group", raw.read_group),
+            track_outbound: raw.track_outbound,
+            flows: self.flows(raw.flows),
             rules,
         }
     }

@@ -398,3 +398,67 @@ fn missing_interfaces_are_named_with_their_line() {
         }]
     );
 }
+
+#[test]
+fn flow_tracking_is_on_by_default_and_its_keys_are_checked() {
+    let defaults = parse("interfaces = [\"eth0\"]").unwrap();
+    assert!(defaults.track_outbound);
+    assert_eq!(defaults.flows, FlowSettings::default());
+    assert_eq!(
+        defaults.flows.udp_timeout,
+        std::time::Duration::from_secs(60)
+    );
+
+    let set = parse(
+        "interfaces = [\"eth0\"]\ntrack_outbound = false\n[flows]\nudp_timeout = \"2s\"\ntcp_timeout = \"1h\"\ntcp_close_timeout = \"5s\"\nicmp_timeout = \"10s\"\nmax_flows = 1024\n",
+    )
+    .unwrap();
+    assert!(!set.track_outbound);
+    assert_eq!(
+        set.flows,
+        FlowSettings {
+            tcp_timeout: std::time::Duration::from_secs(3600),
+            tcp_close_timeout: std::time::Duration::from_secs(5),
+            udp_timeout: std::time::Duration::from_secs(2),
+            icmp_timeout: std::time::Duration::from_secs(10),
+            max_flows: 1024,
+        }
+    );
+    let plane = set.flows.data_plane(true);
+    assert_eq!(plane.enabled, 1);
+    assert_eq!(plane.udp_timeout_ns, 2_000_000_000);
+    assert_eq!(set.flows.data_plane(false).enabled, 0);
+
+    let problems = parse(
+        "interfaces = [\"eth0\"]\n[flows]\nudp_timeout = \"soon\"\ntcp_timeout = \"0s\"\nmax_flows = 10\n",
+    )
+    .unwrap_err();
+    let messages: Vec<(Option<usize>, &str)> = problems
+        .iter()
+        .map(|problem| (problem.line, problem.message.as_str()))
+        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert_eq!(messages[0].0, Some(5));
+    assert!(
+        messages[0]
+            .1
+            .starts_with("`flows.max_flows = 10` is out of range; use 64 to 4194304"),
+        "{messages:?}"
+    );
+    assert_eq!(messages[1].0, Some(4));
+    assert!(
+        messages[1]
+            .1
+            .starts_with("`flows.tcp_timeout = \"0s\"` is out of range; write a duration from 1s to 30days, e.g. \"5days\""),
+        "{messages:?}"
+    );
+    assert_eq!(messages[2].0, Some(3));
+    assert!(
+        messages[2]
+            .1
+            .starts_with("`flows.udp_timeout = \"soon\"` is not a duration"),
+        "{messages:?}"
+    );
+    let (_, unknown) = only_problem("interfaces = [\"eth0\"]\n[flows]\nudp_timeot = \"2s\"\n");
+    assert!(unknown.contains("unknown field `udp_timeot`"), "{unknown}");
+}

@@ -148,7 +148,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     })?;
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
 
-    let mut datapath = Datapath::load(&config.bpf_dir)?;
+    let mut datapath = Datapath::load(&config.bpf_dir, config.flows.max_flows)?;
     if datapath.adopted() {
         info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
         if let Some(ledger) = store.ledger()
@@ -157,6 +157,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             info!("per-rule counters carry on from the previous daemon");
         }
     }
+    // Tracking before the policy: the policy switched in next already
+    // sees the flows of the host's connections (from their next packet).
+    datapath.set_tracking(
+        &config.interfaces,
+        config.flows.data_plane(config.track_outbound),
+    )?;
     // Fill the maps before attaching: the first packet already sees the
     // policy. With adopted maps this is the idle slot: one switch replaces
     // the old daemon's policy.
@@ -212,6 +218,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         config_text,
         pending,
         expiry_retry_at: None,
+        flows: None,
+        next_flow_sweep: SystemTime::now(),
     };
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());

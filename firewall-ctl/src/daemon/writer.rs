@@ -33,7 +33,7 @@ use crate::{
         StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
-    datapath::{Attachment, Datapath},
+    datapath::{Attachment, Datapath, flows::FlowTable},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
     policy::{self, CompiledPolicy, PolicyDiff, explain, guard},
     text::escape_controls,
@@ -43,6 +43,8 @@ use crate::{
 const MAX_COMMENT: usize = 1024;
 /// How soon a failed expiry is tried again.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+/// How often timed-out flows are deleted and the flow table counted.
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything the writer owns.
 pub struct Writer {
@@ -70,6 +72,10 @@ pub struct Writer {
     pub pending: Option<Pending>,
     /// Set after an expiry could not be applied: when to try again.
     pub expiry_retry_at: Option<SystemTime>,
+    /// The flow table as of the last sweep; `None` when tracking is off.
+    pub flows: Option<FlowTable>,
+    /// When the flow table is swept next.
+    pub next_flow_sweep: SystemTime,
 }
 
 /// A reload that rolls back unless confirmed.
@@ -151,6 +157,7 @@ impl Writer {
                 runtime_entries: self.runtime.len(),
                 next_expiry: entries::next_expiry(&self.runtime),
                 rollback_at: self.pending.as_ref().map(|pending| pending.rollback_at),
+                flows: self.flows,
             },
             access: Access::of(&self.config),
             interfaces: self.config.interfaces.clone(),
@@ -179,6 +186,7 @@ impl Writer {
                 entries::next_expiry(&self.runtime).map(|at| at.0),
                 self.expiry_retry_at,
                 self.pending.as_ref().map(|pending| pending.rollback_at.0),
+                self.config.track_outbound.then_some(self.next_flow_sweep),
             ]
             .into_iter()
             .flatten()
@@ -194,6 +202,30 @@ impl Writer {
             self.expire_due();
             self.roll_back_if_due();
             self.save_ledger_if_changed();
+            if self.config.track_outbound && self.next_flow_sweep <= SystemTime::now() {
+                self.sweep_flows();
+            }
+        }
+    }
+
+    /// Deletes timed-out flows and publishes the table's counts; warns
+    /// when the table evicted flows since the last sweep.
+    fn sweep_flows(&mut self) {
+        self.next_flow_sweep = SystemTime::now() + FLOW_SWEEP_INTERVAL;
+        match self.datapath.sweep_flows(false) {
+            Ok(table) => {
+                let evicted_before = self.flows.map_or(table.evicted, |before| before.evicted);
+                if table.evicted > evicted_before {
+                    warn!(
+                        evicted = table.evicted - evicted_before,
+                        max_flows = table.capacity,
+                        "the flow table is full: the least recently used flows were evicted, and replies to them are dropped; raise `flows.max_flows`"
+                    );
+                }
+                self.flows = Some(table);
+                self.publish();
+            }
+            Err(err) => warn!(error = %err, "sweeping the flow table failed"),
         }
     }
 
@@ -835,6 +867,12 @@ impl Writer {
                     .to_string(),
             );
         }
+        if config.flows.max_flows != self.config.flows.max_flows {
+            warnings.push(format!(
+                "a `flows.max_flows` change takes effect when the daemon restarts (tracked flows are carried over); the table keeps {} entries until then",
+                self.config.flows.max_flows
+            ));
+        }
         for warning in &warnings {
             warn!("{warning}");
         }
@@ -861,9 +899,16 @@ impl Writer {
                 }
             }
         }
+        if let Err(err) = self.set_tracking(&config) {
+            self.detach_new(&attached);
+            return Err(format!("flow tracking: {err}"));
+        }
         let diff = PolicyDiff::between(&self.policy, &policy);
         if let Err(err) = self.datapath.apply(&policy, &diff) {
             self.detach_new(&attached);
+            if let Err(err) = self.set_tracking(&self.config.clone()) {
+                error!(error = %err, "restoring the flow tracking settings of the running config failed");
+            }
             return Err(format!("applying the new policy failed: {err}"));
         }
         for name in &self.config.interfaces {
@@ -882,6 +927,9 @@ impl Writer {
             ..config
         };
         self.policy = policy;
+        if !self.config.track_outbound {
+            self.flows = None;
+        }
         Ok(ReloadReport {
             rules: self.policy.rule_names.len(),
             prefixes_v4: self.policy.v4.len(),
@@ -989,10 +1037,26 @@ impl Writer {
                     error!(interface = name, error = %err, "re-attaching the XDP program failed; the interface stays unprotected")
                 }
             }
+            if self.config.track_outbound
+                && let Err(err) = self.datapath.track_egress(&name)
+            {
+                error!(interface = name, error = %err, "re-attaching the flow tracking program failed; replies to the host's connections there are dropped");
+            }
         }
     }
 
-    fn stats(&self) -> anyhow::Result<StatsReport> {
+    /// Makes the data plane track flows as `config` says, on its interfaces.
+    fn set_tracking(&mut self, config: &Config) -> Result<(), crate::datapath::DatapathError> {
+        self.datapath.set_tracking(
+            &config.interfaces,
+            config.flows.data_plane(config.track_outbound),
+        )
+    }
+
+    fn stats(&mut self) -> anyhow::Result<StatsReport> {
+        if self.config.track_outbound {
+            self.sweep_flows();
+        }
         let counters = self.datapath.counters()?;
         let mut report = StatsReport {
             mode: api::mode_name(self.policy.enforce),
@@ -1009,6 +1073,7 @@ impl Writer {
             drop_bytes: Default::default(),
             passed: Default::default(),
             passed_bytes: Default::default(),
+            flows: self.flows,
         };
         for (reason, counter) in Reason::ALL.iter().zip(&counters.reasons) {
             let (packets, bytes) = if reason.is_drop() {

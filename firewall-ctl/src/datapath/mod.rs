@@ -16,6 +16,7 @@
 //! daemon adopts it: same maps, its own program swapped onto the links
 //! atomically, its policy written into the idle slot and switched once.
 
+pub mod flows;
 pub mod pins;
 
 use std::{
@@ -85,6 +86,12 @@ pub enum DatapathError {
     Attach {
         interface: String,
         mode: AttachMode,
+        #[source]
+        source: LinkError,
+    },
+    #[error("attaching the flow tracking program to `{interface}` (TC egress) failed: {source}")]
+    Egress {
+        interface: String,
         #[source]
         source: LinkError,
     },
@@ -205,6 +212,10 @@ pub struct Datapath {
     /// When the idle slot stopped being live: until a grace period has
     /// passed, a packet may still be reading it.
     retiring_since: Option<Instant>,
+    /// What `FLOW_CONFIG` holds.
+    flow_config: firewall_common::flow::FlowConfig,
+    /// Size of the flow table.
+    max_flows: u32,
 }
 
 /// Per-rule counters outlive policy changes and daemon restarts: a slot's
@@ -231,19 +242,21 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 impl Datapath {
     /// Loads the program into the kernel with the maps pinned under
     /// `bpf_dir`: the maps an earlier daemon of the same layout left there
-    /// (live policy, counters), else new ones. Nothing is attached yet; a
-    /// new set of maps passes every packet until the first
-    /// [`Datapath::switch`].
-    pub fn load(bpf_dir: &Path) -> Result<Self, DatapathError> {
+    /// (live policy, counters, flows), else new ones, with a flow table of
+    /// `max_flows`. Nothing is attached yet; a new set of maps passes every
+    /// packet until the first [`Datapath::switch`].
+    pub fn load(bpf_dir: &Path, max_flows: u32) -> Result<Self, DatapathError> {
         let pins = PinDir::open(bpf_dir)?;
         let paths: Vec<(&str, PathBuf)> = names::ALL
             .iter()
             .map(|name| (*name, pins.maps_dir().join(name)))
             .collect();
+        let resized = flows::resized_table(&pins.maps_dir().join(names::FLOWS), max_flows);
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries(names::FLOWS, max_flows);
         let mut ebpf = loader.load(PROGRAM).map_err(DatapathError::Object)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -259,7 +272,12 @@ impl Datapath {
             ledger: CounterLedger::default(),
             ledger_changed: false,
             retiring_since: None,
+            flow_config: Default::default(),
+            max_flows,
         };
+        if let Some(old) = resized {
+            datapath.carry_flows_from(old)?;
+        }
         let active: Array<&MapData, ActivePolicy> = datapath.map(names::ACTIVE)?;
         datapath.active = active.get(&0, 0).map_err(map_error(names::ACTIVE))?;
         datapath.ledger.maps_id = MapData::from_pin(datapath.pins.maps_dir().join(names::ACTIVE))
@@ -324,7 +342,7 @@ impl Datapath {
                 }
             }
             self.pins
-                .remove_link(interface)
+                .remove_xdp_link(interface)
                 .map_err(|source| DatapathError::Pin {
                     interface: interface.to_string(),
                     path: path.clone(),
@@ -369,9 +387,10 @@ impl Datapath {
         })
     }
 
-    /// Detaches from `interface` by unpinning its link.
+    /// Detaches the programs from `interface` by unpinning their links.
     pub fn detach(&self, interface: &str) -> std::io::Result<()> {
-        self.pins.remove_link(interface)?;
+        flows::remove_netlink_filter(interface);
+        self.pins.remove_interface(interface)?;
         info!(interface, "detached XDP program");
         Ok(())
     }
@@ -412,9 +431,9 @@ impl Datapath {
     /// Unpins links of interfaces that are not in `interfaces`, and maps of
     /// other layout versions (no link runs their program any more).
     pub fn remove_stale_pins(&self, interfaces: &[String]) {
-        for (interface, _, _) in self.pins.links() {
+        for interface in self.pins.interfaces() {
             if !interfaces.contains(&interface) {
-                match self.pins.remove_link(&interface) {
+                match self.detach(&interface) {
                     Ok(()) => info!(
                         interface,
                         "detached XDP program: the interface is no longer in the config"
@@ -779,7 +798,7 @@ mod tests {
         ("FLOWS", 9, 40, 16, 65_536, 0),
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
-        ("FLOW_STATS", 6, 4, 8, 3, 0),
+        ("FLOW_STATS", 6, 4, 8, 4, 0),
         ("PORTS_0", 1, 4, 8, 131_072, 1),
         ("PORTS_1", 1, 4, 8, 131_072, 1),
         ("REASON_STATS", 6, 4, 16, 14, 0),

@@ -7,6 +7,7 @@
 //! bpf_dir/
 //!   maps-v1/ACTIVE, SOURCES_V4_0, ...   the maps of layout version 1
 //!   links/eth0/driver                   the XDP link on eth0 (attach mode in the name)
+//!   links/eth0/tc-egress                its TC egress link (flow tracking, TCX)
 //! ```
 
 use std::{
@@ -24,6 +25,8 @@ use super::AttachMode;
 const CONVENTIONAL_MOUNT: &str = "/sys/fs/bpf";
 const MAPS_PREFIX: &str = "maps-v";
 const LINKS_DIR: &str = "links";
+/// Name of the TC egress link's pin, beside the XDP link's.
+const EGRESS_LINK: &str = "tc-egress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinDirError {
@@ -81,6 +84,17 @@ fn detach_pinned_link(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Detaches the link pinned at `path` and unpins it; nothing to do if
+/// nothing is pinned there.
+fn remove_pinned_link(path: &Path) -> io::Result<()> {
+    // A link whose interface is gone is detached already.
+    let _ = detach_pinned_link(path);
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
 }
 
 /// The pin directory of one firewall.
@@ -190,6 +204,22 @@ impl PinDir {
         links
     }
 
+    /// Where the TC egress link of `interface` is pinned.
+    pub fn egress_link_path(&self, interface: &str) -> PathBuf {
+        self.root.join(LINKS_DIR).join(interface).join(EGRESS_LINK)
+    }
+
+    /// Interfaces with anything pinned.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .children(&self.root.join(LINKS_DIR))
+            .iter()
+            .filter_map(|dir| dir.file_name()?.to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The pinned link of `interface`, if any.
     pub fn link_of(&self, interface: &str) -> Option<(AttachMode, PathBuf)> {
         self.links()
@@ -206,17 +236,27 @@ impl PinDir {
             .create(self.root.join(LINKS_DIR).join(interface))
     }
 
-    /// Detaches the program from `interface` and unpins its link. The
+    /// Detaches the XDP program from `interface` and unpins its link. The
     /// link is detached explicitly first: unpinning alone frees it (and
     /// detaches) only later, from a kernel work queue, and the caller wants
     /// the interface free when this returns.
-    pub fn remove_link(&self, interface: &str) -> io::Result<()> {
-        let dir = self.root.join(LINKS_DIR).join(interface);
-        for pin in self.children(&dir) {
-            // A link whose interface is gone is detached already.
-            let _ = detach_pinned_link(&pin);
+    pub fn remove_xdp_link(&self, interface: &str) -> io::Result<()> {
+        for mode in [AttachMode::Driver, AttachMode::Skb] {
+            remove_pinned_link(&self.link_path(interface, mode))?;
         }
-        match std::fs::remove_dir_all(&dir) {
+        Ok(())
+    }
+
+    /// Detaches the TC egress program from `interface` and unpins its link.
+    pub fn remove_egress_link(&self, interface: &str) -> io::Result<()> {
+        remove_pinned_link(&self.egress_link_path(interface))
+    }
+
+    /// Detaches everything from `interface` and removes its directory.
+    pub fn remove_interface(&self, interface: &str) -> io::Result<()> {
+        self.remove_xdp_link(interface)?;
+        self.remove_egress_link(interface)?;
+        match std::fs::remove_dir_all(self.root.join(LINKS_DIR).join(interface)) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             result => result,
         }
@@ -224,8 +264,8 @@ impl PinDir {
 
     /// Detaches every link and unpins everything.
     pub fn remove_all(self) -> io::Result<()> {
-        for (interface, _, _) in self.links() {
-            self.remove_link(&interface)?;
+        for interface in self.interfaces() {
+            self.remove_interface(&interface)?;
         }
         std::fs::remove_dir_all(&self.root)
     }

@@ -1,13 +1,13 @@
 //! IPv4, options included.
 
 use firewall_common::{
-    flow::{Direction, Track},
+    flow::Direction,
     verdict::{Packet, Source},
     wire::{IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN},
 };
 
-use super::{Ip, transport, untracked};
-use crate::{cursor::Cursor, maps::ScratchKey};
+use super::{Ip, Tracked, transport, untracked};
+use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -27,7 +27,7 @@ pub struct Ipv4Hdr {
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HEADER_LEN);
 
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Track<ScratchKey>)> {
+pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
     let ip = cursor.read::<Ipv4Hdr>()?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4

@@ -1,7 +1,7 @@
 //! IPv6 and its extension header chain.
 
 use firewall_common::{
-    flow::{Direction, Track},
+    flow::Direction,
     limits::MAX_IPV6_EXT_HEADERS,
     verdict::{Packet, Source},
     wire::{
@@ -11,8 +11,8 @@ use firewall_common::{
     },
 };
 
-use super::{Ip, transport, untracked};
-use crate::{cursor::Cursor, maps::ScratchKey};
+use super::{Ip, Tracked, transport, untracked};
+use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -46,7 +46,7 @@ const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADER_LEN);
 
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Track<ScratchKey>)> {
+pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
     let ip = cursor.read::<Ipv6Hdr>()?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return untracked(Packet::Malformed);

@@ -10,7 +10,7 @@ mod ipv6;
 mod transport;
 
 use firewall_common::{
-    flow::{Direction, Track},
+    flow::{Direction, Ends, Track},
     limits::MAX_VLAN_DEPTH,
     verdict::{Packet, Source},
     wire::{ARP_BODY_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
@@ -46,25 +46,94 @@ pub struct Ip {
     pub hop_limit: u8,
 }
 
+/// What a packet means for flow tracking, as the parser hands it on, with
+/// every field set on every path. A `Track` built on each path would leave
+/// the bytes of the variants not taken undefined, and LLVM may fill such
+/// bytes from any register, a pointer included, which the verifier rejects
+/// ("invalid size of register spill"). [`Tracked::track`] makes the
+/// `Track` where it is used. The flow key itself is in the scratch map.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    kind: u8,
+    opens: bool,
+    ends: Ends,
+}
+
+impl Tracked {
+    const KIND_NONE: u8 = 0;
+    const KIND_FLOW: u8 = 1;
+    const KIND_RELATED: u8 = 2;
+    const KIND_RELATED_UNREADABLE: u8 = 3;
+    const KIND_INVALID_NEIGHBOR: u8 = 4;
+
+    const fn of(kind: u8) -> Self {
+        Self {
+            kind,
+            opens: false,
+            ends: Ends::NONE,
+        }
+    }
+
+    pub const NOTHING: Self = Self::of(Self::KIND_NONE);
+    pub const INVALID_NEIGHBOR: Self = Self::of(Self::KIND_INVALID_NEIGHBOR);
+
+    /// A packet of the flow whose key was stored (`Some`); `track` says how.
+    #[inline(always)]
+    pub fn flow(key: Option<ScratchKey>, track: Track<ScratchKey>) -> Self {
+        match (key, track) {
+            (Some(_), Track::Flow { opens, ends, .. }) => Self {
+                kind: Self::KIND_FLOW,
+                opens,
+                ends,
+            },
+            _ => Self::NOTHING,
+        }
+    }
+
+    /// An ICMP error, quoting the flow whose key was stored (`Some`).
+    #[inline(always)]
+    pub const fn related(quoted: Option<ScratchKey>) -> Self {
+        Self::of(if quoted.is_some() {
+            Self::KIND_RELATED
+        } else {
+            Self::KIND_RELATED_UNREADABLE
+        })
+    }
+
+    #[inline(always)]
+    pub const fn track(self) -> Track<ScratchKey> {
+        match self.kind {
+            Self::KIND_FLOW => Track::Flow {
+                key: ScratchKey,
+                opens: self.opens,
+                ends: self.ends,
+            },
+            Self::KIND_RELATED => Track::Related {
+                quoted: Some(ScratchKey),
+            },
+            Self::KIND_RELATED_UNREADABLE => Track::Related { quoted: None },
+            Self::KIND_INVALID_NEIGHBOR => Track::InvalidNeighbor,
+            _ => Track::None,
+        }
+    }
+}
+
 /// A parse result without a meaning for flow tracking.
 #[inline(always)]
-pub fn untracked(packet: Packet) -> Option<(Packet, Track<ScratchKey>)> {
-    Some((packet, Track::None))
+pub fn untracked(packet: Packet) -> Option<(Packet, Tracked)> {
+    Some((packet, Tracked::NOTHING))
 }
 
 /// Parses the frame under `cursor`, crossing the interface `direction`:
 /// what the allowlist decides on, and what it means for flow tracking.
 #[inline(always)]
-pub fn packet(mut cursor: Cursor, direction: Direction) -> (Packet, Track<ScratchKey>) {
-    parse_ethernet(&mut cursor, direction).unwrap_or((Packet::Malformed, Track::None))
+pub fn packet(mut cursor: Cursor, direction: Direction) -> (Packet, Tracked) {
+    parse_ethernet(&mut cursor, direction).unwrap_or((Packet::Malformed, Tracked::NOTHING))
 }
 
 /// `None` means a header was cut short: the caller reports `Malformed`.
 #[inline(always)]
-fn parse_ethernet(
-    cursor: &mut Cursor,
-    direction: Direction,
-) -> Option<(Packet, Track<ScratchKey>)> {
+fn parse_ethernet(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
     let eth = cursor.read::<EthHdr>()?;
     let mut ether_type = u16::from_be_bytes(eth.ether_type);
     for _ in 0..MAX_VLAN_DEPTH {

@@ -6,25 +6,16 @@ use firewall_common::{
     maps::{PortKey, protocol},
     verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
     wire::{
-        ICMP_HEADER_LEN, IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN, QUOTED_PORTS_LEN, TCP_ACK,
-        TCP_FIN, TCP_HEADER_LEN, TCP_RST, TCP_SYN, UDP_HEADER_LEN,
+        ICMP_HEADER_LEN, IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN, QUOTED_PORTS_LEN,
+        TCP_HEADER_LEN, UDP_HEADER_LEN,
     },
 };
 
-use super::{Ip, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
+use super::{Ip, Tracked, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
 use crate::{
     cursor::Cursor,
     maps::{ScratchKey, store_key},
 };
-
-/// The tracking meaning of a flow packet whose key was stored (`Some`).
-#[inline(always)]
-fn flow_track(key: Option<ScratchKey>, opens: bool, closes: bool) -> Track<ScratchKey> {
-    match key {
-        Some(key) => Track::Flow { key, opens, closes },
-        None => Track::None,
-    }
-}
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -76,7 +67,7 @@ pub fn parse(
     ip_protocol: u8,
     ip: &Ip,
     direction: Direction,
-) -> Option<(Packet, Track<ScratchKey>)> {
+) -> Option<(Packet, Tracked)> {
     let v6 = matches!(ip.source, Source::V6(_));
     let flow = |source_port, destination_port| {
         store_key(FlowKey::of(
@@ -101,10 +92,9 @@ pub fn parse(
                     source: ip.source,
                     port: PortKey::new(protocol::TCP, destination),
                 },
-                flow_track(
+                Tracked::flow(
                     flow(u16::from_be_bytes(tcp.source_port), destination),
-                    flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-                    flags & (TCP_FIN | TCP_RST) != 0,
+                    Track::tcp(ScratchKey, flags),
                 ),
             )
         }
@@ -116,10 +106,9 @@ pub fn parse(
                     source: ip.source,
                     port: PortKey::new(protocol::UDP, destination),
                 },
-                flow_track(
+                Tracked::flow(
                     flow(u16::from_be_bytes(udp.source_port), destination),
-                    false,
-                    false,
+                    Track::flow(ScratchKey),
                 ),
             )
         }
@@ -128,30 +117,28 @@ pub fn parse(
             let identifier = u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]);
             let track = match (icmp_kind(v6, icmp.icmp_type), direction) {
                 (IcmpKind::EchoRequest, Direction::Egress) => {
-                    flow_track(flow(identifier, 0), false, false)
+                    Tracked::flow(flow(identifier, 0), Track::flow(ScratchKey))
                 }
                 (IcmpKind::EchoReply, Direction::Ingress) => {
-                    flow_track(flow(0, identifier), false, false)
+                    Tracked::flow(flow(0, identifier), Track::flow(ScratchKey))
                 }
                 (IcmpKind::Error, _) => {
                     cursor.skip(ICMP_HEADER_LEN);
-                    Track::Related {
-                        quoted: quoted(cursor, v6),
-                    }
+                    Tracked::related(quoted(cursor, v6))
                 }
                 (IcmpKind::Neighbor, _) => match ip.source {
                     Source::V6(source)
                         if !neighbor_is_valid(icmp.icmp_type, ip.hop_limit, &source) =>
                     {
-                        Track::InvalidNeighbor
+                        Tracked::INVALID_NEIGHBOR
                     }
-                    _ => Track::None,
+                    _ => Tracked::NOTHING,
                 },
-                _ => Track::None,
+                _ => Tracked::NOTHING,
             };
             (icmp_packet(v6, icmp.icmp_type, ip.source), track)
         }
-        _ => (Packet::Unexposed, Track::None),
+        _ => (Packet::Unexposed, Tracked::NOTHING),
     };
     Some(parsed)
 }

@@ -1,0 +1,340 @@
+//! Flow tracking in the kernel: the TC egress program that records the
+//! flows the host starts, the table it fills, and what user space does
+//! with it (settings, sweeping expired flows, counting evictions).
+//!
+//! The egress program is attached through TCX (Linux 6.6) and pinned
+//! beside the XDP link, so it survives the daemon like the XDP program;
+//! older kernels get a classic clsact filter at a fixed priority and
+//! handle, which the kernel keeps without a pin and a restarted daemon
+//! replaces in place.
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    },
+    util::KernelVersion,
+};
+use firewall_common::{
+    flow::{FlowConfig, FlowKey, FlowState, flow_stats},
+    maps::{names, protocol},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{Datapath, DatapathError, LinkError, absent_is_removed, map_error};
+
+/// Name of the TC egress function in the object.
+const EGRESS_PROGRAM: &str = "track_egress";
+/// The classic filter's priority (runs after filters with a lower one) and
+/// handle, on kernels without TCX.
+const NETLINK_PRIORITY: u16 = 0xfc00;
+const NETLINK_HANDLE: u32 = 0xfc11;
+
+/// Flows in the table, by protocol, and what the table has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTable {
+    /// Live (not timed out) flows.
+    pub tcp: u64,
+    pub udp: u64,
+    pub icmp: u64,
+    /// Size of the table (`max_flows`).
+    pub capacity: u32,
+    /// Flows the egress program created, ever (with these maps).
+    pub created: u64,
+    /// Flows the table's LRU evicted to make room: created, minus swept
+    /// (timed out, deleted by the daemon), minus live.
+    pub evicted: u64,
+}
+
+/// Whether this kernel has TCX links (Linux 6.6), which can be pinned and
+/// updated atomically.
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The egress program, loaded into the kernel on first use (a daemon that
+/// tracks nothing loads none).
+fn egress_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(EGRESS_PROGRAM)
+        .ok_or(DatapathError::MissingProgram {
+            name: EGRESS_PROGRAM,
+        })?
+        .try_into()
+        .map_err(DatapathError::Program)?;
+    if program.fd().is_err() {
+        program.load().map_err(DatapathError::Program)?;
+    }
+    Ok(program)
+}
+
+/// Swaps `program` onto the TCX link pinned at `path`.
+fn swap_onto(program: &mut SchedClassifier, path: &Path) -> Result<(), LinkError> {
+    let pinned = PinnedLink::from_pin(path)?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+    let id = program.attach_to_link(link)?;
+    drop(program.take_link(id)?);
+    Ok(())
+}
+
+/// Attaches `program` to `interface`'s egress through TCX, after any other
+/// program there, and pins the link at `path`.
+fn attach_pinned(
+    program: &mut SchedClassifier,
+    interface: &str,
+    path: &Path,
+) -> Result<(), LinkError> {
+    let id = program.attach_with_options(
+        interface,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    FdLink::try_from(program.take_link(id)?)?.pin(path)?;
+    Ok(())
+}
+
+/// Kernels without TCX: a clsact filter at a fixed priority and handle,
+/// replaced in place when an earlier daemon left one.
+fn attach_classic(program: &mut SchedClassifier, interface: &str) -> Result<(), LinkError> {
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) | Err(TcError::AlreadyAttached) => {}
+        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(err) => return Err(ProgramError::from(err).into()),
+    }
+    let handle = TcHandle::from(NETLINK_HANDLE);
+    let existing = SchedClassifierLink::attached(
+        interface,
+        TcAttachType::Egress,
+        NETLINK_PRIORITY,
+        handle,
+        None,
+    )?;
+    let id = match program.attach_to_link(existing) {
+        Ok(id) => id,
+        Err(_) => program.attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: NETLINK_PRIORITY,
+                handle,
+                classid: None,
+            }),
+        )?,
+    };
+    // The filter lives on the qdisc, not in this process: forget the
+    // handle, whose drop would remove it.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// Removes the classic egress filter of an older daemon or kernel from
+/// `interface`; nothing to do where there is none.
+pub fn remove_netlink_filter(interface: &str) {
+    match tc::qdisc_detach_program(interface, TcAttachType::Egress, EGRESS_PROGRAM) {
+        Ok(()) => info!(interface, "removed the TC egress filter"),
+        Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+        // No clsact qdisc, or the interface is gone: no filter either.
+        Err(_) => {}
+    }
+}
+
+/// Moves the flows of `old` (a table of another size) into `new`, as many
+/// as fit, so replies of connections in progress keep passing.
+fn carry_flows(old: MapData, new: &mut HashMap<&mut MapData, FlowKey, FlowState>) -> usize {
+    let Ok(old) = HashMap::<MapData, FlowKey, FlowState>::try_from(Map::LruHashMap(old)) else {
+        return 0;
+    };
+    old.iter()
+        .flatten()
+        .filter(|(key, state)| new.insert(key, state, 0).is_ok())
+        .count()
+}
+
+/// A pinned flow table whose size is not `max_flows`: unpinned (the old
+/// program keeps it until it is replaced) and returned, to be carried over
+/// into the new table by [`carry_flows`].
+pub(super) fn resized_table(pin: &Path, max_flows: u32) -> Option<MapData> {
+    let old = MapData::from_pin(pin).ok()?;
+    let size = old.info().ok()?.max_entries();
+    if size == max_flows {
+        return None;
+    }
+    info!(from = size, to = max_flows, "resizing the flow table");
+    std::fs::remove_file(pin)
+        .inspect_err(|err| warn!(error = %err, "unpinning the old flow table failed"))
+        .ok()?;
+    Some(old)
+}
+
+impl Datapath {
+    /// Carries the flows of the table `old` was into the new one.
+    pub(super) fn carry_flows_from(&mut self, old: MapData) -> Result<(), DatapathError> {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::FLOWS)?;
+        let carried = carry_flows(old, &mut flows);
+        info!(
+            flows = carried,
+            "carried tracked flows into the resized table"
+        );
+        Ok(())
+    }
+
+    /// Whether flows are tracked, and their timeouts: `FLOW_CONFIG`.
+    fn set_flow_config(&mut self, config: FlowConfig) -> Result<(), DatapathError> {
+        let mut map: aya::maps::Array<&mut MapData, FlowConfig> =
+            self.map_mut(names::FLOW_CONFIG)?;
+        map.set(0, config, 0)
+            .map_err(map_error(names::FLOW_CONFIG))?;
+        self.flow_config = config;
+        Ok(())
+    }
+
+    /// Turns flow tracking on `interfaces` on (`config.enabled`) or off.
+    /// On: the egress program is attached everywhere before the XDP
+    /// program is told to use the table, so no reply is judged by an empty
+    /// one; an attach that fails leaves the settings as they were. Off:
+    /// the XDP program stops using the table first, then the egress
+    /// program goes and the table is emptied.
+    pub fn set_tracking(
+        &mut self,
+        interfaces: &[String],
+        config: FlowConfig,
+    ) -> Result<(), DatapathError> {
+        if config.enabled != 0 {
+            for interface in interfaces {
+                self.track_egress(interface)?;
+            }
+            return self.set_flow_config(config);
+        }
+        self.set_flow_config(config)?;
+        for interface in interfaces {
+            if let Err(err) = self.untrack_egress(interface) {
+                warn!(interface, error = %err, "detaching the TC egress program failed");
+            }
+        }
+        self.sweep_flows(true).map(drop)
+    }
+
+    /// Makes this daemon's egress program record the flows leaving
+    /// `interface`: an earlier daemon's pinned link gets it swapped in,
+    /// otherwise it is attached and pinned.
+    pub fn track_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let failed = |source: LinkError| DatapathError::Egress {
+            interface: interface.to_string(),
+            source,
+        };
+        let program = egress_program(&mut self.ebpf)?;
+        if !has_tcx() {
+            attach_classic(program, interface).map_err(failed)?;
+            info!(
+                interface,
+                "attached the TC egress program (flow tracking, classic filter)"
+            );
+            return Ok(());
+        }
+        let path = self.pins.egress_link_path(interface);
+        if path.exists() {
+            match swap_onto(program, &path) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    warn!(interface, error = %err, "the pinned egress link cannot be reused; attaching anew");
+                    self.pins
+                        .remove_egress_link(interface)
+                        .map_err(|err| failed(err.into()))?;
+                }
+            }
+        }
+        self.pins
+            .prepare_link(interface)
+            .map_err(|err| failed(err.into()))?;
+        attach_pinned(program, interface, &path).map_err(failed)?;
+        info!(interface, "attached the TC egress program (flow tracking)");
+        Ok(())
+    }
+
+    /// Stops recording the flows leaving `interface`.
+    fn untrack_egress(&self, interface: &str) -> std::io::Result<()> {
+        remove_netlink_filter(interface);
+        self.pins.remove_egress_link(interface)?;
+        info!(interface, "detached the TC egress program");
+        Ok(())
+    }
+
+    /// Deletes timed-out flows (every flow with `all`), and counts the rest.
+    /// The kernel ignores timed-out flows already; deleting them keeps the
+    /// table's room for live ones and makes evictions countable.
+    pub fn sweep_flows(&mut self, all: bool) -> Result<FlowTable, DatapathError> {
+        let now = monotonic_ns();
+        let config = self.flow_config;
+        let mut table = FlowTable {
+            capacity: self.max_flows,
+            ..FlowTable::default()
+        };
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::FLOWS)?;
+        let mut expired = Vec::new();
+        // Collected first: deleting while walking restarts the walk.
+        for entry in flows.iter() {
+            let (key, state) = entry.map_err(map_error(names::FLOWS))?;
+            if all || config.expired(key.protocol, &state, now) {
+                expired.push(key);
+                continue;
+            }
+            match key.protocol {
+                protocol::TCP => table.tcp += 1,
+                protocol::UDP => table.udp += 1,
+                _ => table.icmp += 1,
+            }
+        }
+        for key in &expired {
+            flows
+                .remove(key)
+                .or_else(absent_is_removed)
+                .map_err(map_error(names::FLOWS))?;
+        }
+        let mut stats: PerCpuArray<&mut MapData, u64> = self.map_mut(names::FLOW_STATS)?;
+        let per_cpu =
+            |stats: &PerCpuArray<&mut MapData, u64>, index| -> Result<Vec<u64>, DatapathError> {
+                Ok(stats
+                    .get(&index, 0)
+                    .map_err(map_error(names::FLOW_STATS))?
+                    .iter()
+                    .copied()
+                    .collect())
+            };
+        for index in [
+            flow_stats::CREATED_TCP,
+            flow_stats::CREATED_UDP,
+            flow_stats::CREATED_ICMP,
+        ] {
+            table.created += per_cpu(&stats, index)?.iter().sum::<u64>();
+        }
+        let mut swept = per_cpu(&stats, flow_stats::SWEPT)?;
+        if !expired.is_empty() {
+            swept[0] += expired.len() as u64;
+            let values = PerCpuValues::try_from(swept.clone()).map_err(DatapathError::Cpus)?;
+            stats
+                .set(flow_stats::SWEPT, values, 0)
+                .map_err(map_error(names::FLOW_STATS))?;
+        }
+        table.evicted = table
+            .created
+            .saturating_sub(swept.iter().sum::<u64>())
+            .saturating_sub(table.tcp + table.udp + table.icmp);
+        Ok(table)
+    }
+}
