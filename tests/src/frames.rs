@@ -167,16 +167,83 @@ pub fn ipv6(source: Ipv6Addr, chain: &[Ext], protocol: u8, payload: &[u8]) -> Ve
     packet
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// A TCP SYN to `port`, 20 bytes, no options.
 pub fn tcp_syn(port: u16) -> Vec<u8> {
-    let mut header = vec![0xc3, 0x50]; // source port 50000
+    tcp_segment(50000, port, TCP_SYN)
+}
+
+/// A TCP header from `source_port` to `port` with `flags`, 20 bytes.
+pub fn tcp_segment(source_port: u16, port: u16, flags: u8) -> Vec<u8> {
+    let mut header = source_port.to_be_bytes().to_vec();
     header.extend_from_slice(&port.to_be_bytes());
-    header.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    header.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     header
 }
 
+/// Offsets in an untagged frame.
+const IPV4_AT: usize = 14;
+const IPV6_AT: usize = 14;
+
+/// The frame the edge would send for the flow that `frame` (an untagged
+/// IPv4 or IPv6 frame to the edge, without extension headers) answers:
+/// addresses and ports swapped, sent to a MAC address no host in the lab
+/// has, so nothing answers it.
+pub fn reversed(frame: &[u8]) -> Vec<u8> {
+    const NOBODY: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&NOBODY);
+    out[6..12].copy_from_slice(&EDGE_MAC);
+    let (source, destination, transport, protocol) =
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            ETH_IPV4 => (
+                IPV4_AT + 12..IPV4_AT + 16,
+                IPV4_AT + 16..IPV4_AT + 20,
+                IPV4_AT + usize::from(frame[IPV4_AT] & 0x0f) * 4,
+                frame[IPV4_AT + 9],
+            ),
+            ETH_IPV6 => (
+                IPV6_AT + 8..IPV6_AT + 24,
+                IPV6_AT + 24..IPV6_AT + 40,
+                IPV6_AT + 40,
+                frame[IPV6_AT + 6],
+            ),
+            other => panic!("reversed: ethertype {other:#x}"),
+        };
+    out[source.clone()].copy_from_slice(&frame[destination.clone()]);
+    out[destination].copy_from_slice(&frame[source]);
+    if protocol == TCP || protocol == UDP {
+        out[transport..transport + 2].copy_from_slice(&frame[transport + 2..transport + 4]);
+        out[transport + 2..transport + 4].copy_from_slice(&frame[transport..transport + 2]);
+    }
+    out
+}
+
+/// IPv4 from `source` to `destination` (no options, not fragmented).
+pub fn ipv4_between(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    protocol: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = ipv4(source, protocol, &[], 0, payload);
+    packet[16..20].copy_from_slice(&destination.octets());
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let checksum = internet_checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet
+}
+
 pub fn udp(port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut datagram = vec![0xc3, 0x50];
+    udp_from(50000, port, payload)
+}
+
+pub fn udp_from(source_port: u16, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut datagram = source_port.to_be_bytes().to_vec();
     datagram.extend_from_slice(&port.to_be_bytes());
     datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     datagram.extend_from_slice(&[0, 0]);

@@ -1,16 +1,18 @@
 //! Differential test of the XDP parser: thousands of frames mutated from
 //! valid ones (truncated, bytes overwritten), sent through the real data
-//! plane. The kernel's counters must equal, per reason and per rule, what
-//! the reference parser (`firewall_common::model::frame`) and `decide`
-//! predict for exactly those frames.
+//! plane with flow tracking on. The kernel's counters must equal, per
+//! reason and per rule, what the reference parser
+//! (`firewall_common::model::frame`) and `decide_tracked` predict for
+//! exactly those frames, given the flows the edge sent first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::{
+    flow::{Direction, Ends, FlowKey, Track},
     maps::protocol::{TCP as TCP_PROTOCOL, UDP as UDP_PROTOCOL},
     model::{PortRange, Prefix, ReferencePolicy, ReferenceRule, frame},
     reasons::Reason,
-    verdict::{Source, decide},
+    verdict::{Flows, Source, WithFlows, decide_tracked},
 };
 use firewall_tests::{
     addr::*,
@@ -49,9 +51,67 @@ impl Rng {
     }
 }
 
+/// Replies to flows the edge starts (see [`outgoing`]): a TCP ACK, a UDP
+/// answer over IPv6, an echo reply, and a port unreachable error from a
+/// router quoting the edge's UDP datagram.
+fn replies() -> Vec<Vec<u8>> {
+    let quoted_udp = ipv4_between(EDGE_V4, STRANGER_V4, UDP, &udp_from(40002, 53, b""));
+    let mut unreachable = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    unreachable.extend_from_slice(&quoted_udp);
+    vec![
+        ethernet(
+            &[],
+            ETH_IPV4,
+            &ipv4(STRANGER_V4, TCP, &[], 0, &tcp_segment(443, 40000, TCP_ACK)),
+        ),
+        ethernet(
+            &[],
+            ETH_IPV6,
+            &ipv6(STRANGER_V6, &[], UDP, &udp_from(53, 40001, b"answer")),
+        ),
+        ethernet(&[], ETH_IPV4, &ipv4(STRANGER_V4, ICMP, &[], 0, &icmp(0))),
+        ethernet(&[], ETH_IPV4, &ipv4(OFFICE_V4, ICMP, &[], 0, &unreachable)),
+    ]
+}
+
+/// What the edge sends first, so the replies above answer tracked flows:
+/// a SYN, a UDP query (IPv6 and IPv4) and an echo request.
+fn outgoing() -> Vec<Vec<u8>> {
+    let replies = replies();
+    let mut syn = reversed(&replies[0]);
+    syn[14 + 20 + 13] = TCP_SYN;
+    let mut echo_request = reversed(&replies[2]);
+    echo_request[14 + 20] = 8;
+    let udp_v4 = ethernet(
+        &[],
+        ETH_IPV4,
+        &ipv4(STRANGER_V4, UDP, &[], 0, &udp_from(53, 40002, b"")),
+    );
+    vec![syn, reversed(&replies[1]), echo_request, reversed(&udp_v4)]
+}
+
+/// The reference flow table: the flows of [`outgoing`].
+struct ReferenceFlows(BTreeSet<FlowKey>);
+
+impl Flows for ReferenceFlows {
+    fn tracking(&self) -> bool {
+        true
+    }
+
+    fn tracked(&self, key: &FlowKey, _: Option<Ends>) -> bool {
+        self.0.contains(key)
+    }
+}
+
 /// Valid frames covering every parser path.
 fn templates() -> Vec<Vec<u8>> {
-    vec![
+    let mut neighbor_solicitation =
+        ethernet(&[], ETH_IPV6, &ipv6(STRANGER_V6, &[], ICMPV6, &icmp(135)));
+    // Hop limit 255: on-link, as RFC 4861 requires.
+    neighbor_solicitation[14 + 7] = 255;
+    let mut templates = replies();
+    templates.push(neighbor_solicitation);
+    templates.extend([
         tcp_v4(VENDOR_V4, 443),
         tcp_v4(INNER_V4, 22),
         tcp_v6(VENDOR_V6, 443),
@@ -104,7 +164,8 @@ fn templates() -> Vec<Vec<u8>> {
         ethernet(&[], ETH_IPV6, &ipv6(STRANGER_V6, &[], ICMPV6, &icmp(2))),
         ethernet(&[], ETH_IPV6, &ipv6(STRANGER_V6, &[], ICMPV6, &icmp(135))),
         arp_request(STRANGER_V4),
-    ]
+    ]);
+    templates
 }
 
 /// Byte values that steer the parser: ethertypes, IP versions and header
@@ -190,7 +251,20 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
         },
     ];
     let names = ["vendor", "office-ssh"];
-    let reference = ReferencePolicy(&rules);
+    let policy = ReferencePolicy(&rules);
+    let flows = ReferenceFlows(
+        outgoing()
+            .iter()
+            .map(
+                |frame| match frame::parse_tracked(frame, Direction::Egress).1 {
+                    Track::Flow { key, .. } => key,
+                    other => panic!("an outgoing template is no flow: {other:?}"),
+                },
+            )
+            .collect(),
+    );
+    assert_eq!(flows.0.len(), 4);
+    let reference = WithFlows(&policy, &flows);
 
     let templates = templates();
     let seed = seed();
@@ -204,7 +278,8 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
     let mut expected_reasons: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut expected_rules: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for frame in &frames {
-        let verdict = decide(&frame::parse(frame), &reference);
+        let (packet, track) = frame::parse_tracked(frame, Direction::Ingress);
+        let verdict = decide_tracked(&packet, &track, &reference);
         let bytes = frame.len() as u64;
         let tally = expected_reasons.entry(verdict.reason.name()).or_default();
         *tally = (tally.0 + 1, tally.1 + bytes);
@@ -216,17 +291,7 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
         }
     }
     // The mutations must reach every verdict, or the test proves less.
-    // Flow tracking's verdicts need a configured flow table; this daemon
-    // runs without one (the data plane's default until user space sets it).
-    let tracking = [
-        Reason::ReturnTraffic,
-        Reason::IcmpUnrelated,
-        Reason::NeighborInvalid,
-    ];
-    for reason in Reason::ALL
-        .into_iter()
-        .filter(|reason| !tracking.contains(reason))
-    {
+    for reason in Reason::ALL {
         assert!(
             expected_reasons.contains_key(reason.name()),
             "no mutated frame is {reason:?}: {expected_reasons:?}"
@@ -234,8 +299,21 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
     }
 
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab.edge, &config("driver"));
-    let before = daemon.stats();
+    // Timeouts longer than the test, so no flow ages out halfway.
+    let daemon = Daemon::start(
+        &lab.edge,
+        &format!(
+            "{}\n[flows]\ntcp_close_timeout = \"1h\"\nudp_timeout = \"1h\"\nicmp_timeout = \"1h\"\n",
+            config("driver")
+        ),
+    );
+    send_frames(&lab.edge, EDGE_IF, outgoing());
+    let before = daemon.settled_stats();
+    assert_eq!(
+        before.0["flows"],
+        serde_json::json!({"tcp": 1, "udp": 2, "icmp": 1, "capacity": 65536, "created": 4, "evicted": 0}),
+        "the edge's packets went out through the TC program"
+    );
     send_frames(&lab.peer, PEER_IF, frames);
     let after = daemon.settled_stats();
 

@@ -298,17 +298,19 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
 }
 
 #[test]
-fn arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted() {
+fn without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted()
+{
     if !root_or_skip(
-        "arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted",
+        "without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted",
     ) {
         return;
     }
     let lab = Lab::new();
-    let daemon = start(&lab, "driver");
-    let icmp4 =
-        |source, icmp_type| ethernet(&[], ETH_IPV4, &ipv4(source, ICMP, &[], 0, &icmp(icmp_type)));
-    let icmp6 = |source, icmp_type| v6_frame(source, &[], ICMPV6, &icmp(icmp_type));
+    let daemon = Daemon::start(
+        &lab.edge,
+        &config("driver").replace("xdp_mode", "track_outbound = false\nxdp_mode"),
+    );
+    assert_eq!(daemon.status()["flows"], serde_json::Value::Null);
     let frames = vec![
         arp_request(STRANGER_V4),
         icmp6(STRANGER_V6, 135),         // neighbour solicitation
@@ -337,5 +339,60 @@ fn arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted
         &before,
         &after,
         &[("not_allowlisted", 2), ("port_closed", 2), ("non_ip", 2)],
+    );
+}
+
+fn icmp4(source: Ipv4Addr, icmp_type: u8) -> Vec<u8> {
+    ethernet(&[], ETH_IPV4, &ipv4(source, ICMP, &[], 0, &icmp(icmp_type)))
+}
+
+fn icmp6(source: Ipv6Addr, icmp_type: u8) -> Vec<u8> {
+    v6_frame(source, &[], ICMPV6, &icmp(icmp_type))
+}
+
+/// An ICMPv6 message with hop limit `hop_limit`.
+fn icmp6_hops(source: Ipv6Addr, icmp_type: u8, hop_limit: u8) -> Vec<u8> {
+    let mut frame = icmp6(source, icmp_type);
+    frame[14 + 7] = hop_limit;
+    frame
+}
+
+#[test]
+fn with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related() {
+    if !root_or_skip("with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related") {
+        return;
+    }
+    let lab = Lab::new();
+    let daemon = start(&lab, "driver");
+    let link_local: Ipv6Addr = "fe80::99".parse().unwrap();
+    let frames = vec![
+        icmp6_hops(STRANGER_V6, 135, 255), // neighbour solicitation, on-link
+        icmp6_hops(STRANGER_V6, 136, 255), // neighbour advertisement, on-link
+        icmp6_hops(link_local, 134, 255),  // router advertisement, on-link
+        icmp6_hops(STRANGER_V6, 135, 64),  // solicitation routed from afar
+        icmp6_hops(link_local, 134, 254),  // router advertisement routed from afar
+        icmp6_hops(STRANGER_V6, 137, 1),   // redirect routed from afar
+        icmp6_hops(link_local, 143, 1),    // MLDv2 report from a link-local source
+        icmp6_hops(Ipv6Addr::UNSPECIFIED, 143, 1), // MLDv2 report during DAD
+        icmp6_hops(STRANGER_V6, 143, 1),   // MLDv2 report from a global source
+        icmp6_hops(STRANGER_V6, 130, 1),   // MLD query from a global source
+        icmp4(STRANGER_V4, 3),             // destination unreachable, quoting nothing
+        icmp4(STRANGER_V4, 11),            // time exceeded, quoting nothing
+        icmp6(STRANGER_V6, 2),             // packet too big, quoting nothing
+        icmp4(STRANGER_V4, 8),             // echo request, stranger
+        icmp4(VENDOR_V4, 8),               // echo request, allowlisted
+    ];
+    let (before, after) = send(&lab, &daemon, frames);
+    assert!(delta_passed(&before, &after, "neighbor") >= 5);
+    assert_eq!(delta_passed(&before, &after, "icmp_error"), 0);
+    assert_eq!(delta_passed(&before, &after, "icmp_echo"), 1);
+    assert_drops(
+        &before,
+        &after,
+        &[
+            ("neighbor_invalid", 5),
+            ("icmp_unrelated", 3),
+            ("not_allowlisted", 1),
+        ],
     );
 }
