@@ -345,7 +345,7 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
         return Response::Error(message);
     }
     match command {
-        Command::Status => Response::Status(status_report(&status, shared)),
+        Command::Status => Response::Status(status_report(&status, shared).await),
         Command::AuditLog { since } => audit_log(&status.report.state_dir, since).await,
         command => {
             let (reply, answer) = oneshot::channel();
@@ -364,10 +364,25 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
     }
 }
 
-fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
+/// How long `status` waits for the link watcher to check the interfaces
+/// of a config just applied.
+const INTERFACES_CHECK_WAIT: Duration = Duration::from_secs(1);
+
+async fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
+    // Right after a reload the watcher may still report the interfaces of
+    // the config before: wait (briefly) for its check of the current ones.
+    let mut interfaces = shared.interfaces.clone();
+    let current = |states: &Vec<api::InterfaceStatus>| {
+        states
+            .iter()
+            .map(|state| &state.name)
+            .eq(status.interfaces.iter())
+    };
+    let _ = tokio::time::timeout(INTERFACES_CHECK_WAIT, interfaces.wait_for(current)).await;
+    let interfaces = interfaces.borrow().clone();
     StatusReport {
         uptime_seconds: shared.started.elapsed().as_secs(),
-        interfaces: shared.interfaces.borrow().clone(),
+        interfaces,
         ..status.report.clone()
     }
 }
