@@ -408,6 +408,27 @@ impl Stats {
         )
     }
 
+    /// Packets passed for `reason` since `before`.
+    pub fn passed_since(&self, before: &Stats, reason: &str) -> u64 {
+        self.passed(reason) - before.passed(reason)
+    }
+
+    /// Asserts the drop counters changed since `before` by exactly
+    /// `expected` (reason, packets) and no other drop reason moved.
+    pub fn assert_drops_since(&self, before: &Stats, expected: &[(&str, u64)]) {
+        for (reason, count) in before.all_drops() {
+            let delta = self.drops(&reason) - count.as_u64().unwrap();
+            let want = expected
+                .iter()
+                .find(|(name, _)| *name == reason)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(
+                delta, want,
+                "drop reason {reason}: before {before:?} after {self:?}"
+            );
+        }
+    }
+
     /// Every drop reason's packet count, for "nothing else changed" checks.
     pub fn all_drops(&self) -> serde_json::Map<String, Value> {
         self.0["drops"].as_object().unwrap().clone()

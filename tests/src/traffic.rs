@@ -314,3 +314,92 @@ pub fn stream_frames(
         rounds
     })
 }
+
+/// Serves one TCP connection on `address` in `ns`: echoes what it reads
+/// until the client closes its side, then closes. Returns what it echoed.
+pub fn echo_tcp_once(ns: &Netns, address: SocketAddr) -> std::thread::JoinHandle<Vec<u8>> {
+    let listener = listen_tcp(ns, address);
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut echoed = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut stream, &mut buffer) {
+                Ok(0) | Err(_) => return echoed,
+                Ok(len) => {
+                    echoed.extend_from_slice(&buffer[..len]);
+                    if std::io::Write::write_all(&mut stream, &buffer[..len]).is_err() {
+                        return echoed;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A TCP connection from `source` (address and port, in `ns`) to `target`,
+/// with reads that give up after [`DROP_WAIT`].
+pub fn tcp_stream(
+    ns: &Netns,
+    source: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    ns.run(move || {
+        let socket = tcp_socket(target);
+        socket.set_reuse_address(true)?;
+        socket.bind(&source.into())?;
+        socket.connect_timeout(&target.into(), DROP_WAIT)?;
+        let stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(DROP_WAIT))?;
+        Ok(stream)
+    })
+}
+
+/// Answers each datagram to `address` in `ns` with the same bytes, until
+/// none arrives for [`DROP_WAIT`] after the first.
+pub fn echo_udp(ns: &Netns, address: SocketAddr) -> std::thread::JoinHandle<usize> {
+    let socket = bind_udp(ns, address);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buffer = [0u8; 2048];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+            socket.send_to(&buffer[..len], from).unwrap();
+            answered += 1;
+            socket.set_read_timeout(Some(DROP_WAIT)).unwrap();
+        }
+        answered
+    })
+}
+
+/// Pings `target` from `source` in `ns` once (an ICMP or ICMPv6 datagram
+/// socket; needs `net.ipv4.ping_group_range` to include root's group);
+/// whether the echo reply came back.
+pub fn ping(ns: &Netns, source: IpAddr, target: IpAddr) -> bool {
+    ns.run(move || {
+        let (domain, protocol, request, reply) = match target {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8, 0),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128, 129),
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(protocol)).expect("ping socket");
+        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        socket.set_read_timeout(Some(DROP_WAIT)).unwrap();
+        // Type, code, checksum and identifier are the kernel's to fill.
+        let echo = [request, 0, 0, 0, 0, 0, 0, 1, b'f', b'w'];
+        socket
+            .send_to(&echo, &SocketAddr::new(target, 0).into())
+            .unwrap();
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        match socket.recv(&mut buffer) {
+            // SAFETY: `recv` initialised the first byte it reports.
+            Ok(len) => len > 0 && unsafe { buffer[0].assume_init() } == reply,
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(err) => panic!("ping {source} -> {target}: {err}"),
+        }
+    })
+}

@@ -20,30 +20,10 @@ fn send(lab: &Lab, daemon: &Daemon, frames: Vec<Vec<u8>>) -> (Stats, Stats) {
     (before, daemon.settled_stats())
 }
 
-/// Asserts the drop counters changed by exactly `expected` (reason, packets)
-/// and no other drop reason moved.
-fn assert_drops(before: &Stats, after: &Stats, expected: &[(&str, u64)]) {
-    for (reason, count) in before.all_drops() {
-        let delta = after.drops(&reason) - count.as_u64().unwrap();
-        let want = expected
-            .iter()
-            .find(|(name, _)| *name == reason)
-            .map_or(0, |(_, n)| *n);
-        assert_eq!(
-            delta, want,
-            "drop reason {reason}: before {before:?} after {after:?}"
-        );
-    }
-}
-
 fn delta_rule(before: &Stats, after: &Stats, rule: &str) -> (u64, u64) {
     let (p0, b0) = before.rule(rule);
     let (p1, b1) = after.rule(rule);
     (p1 - p0, b1 - b0)
-}
-
-fn delta_passed(before: &Stats, after: &Stats, reason: &str) -> u64 {
-    after.passed(reason) - before.passed(reason)
 }
 
 fn start(lab: &Lab, mode: &str) -> Daemon {
@@ -77,12 +57,8 @@ fn counters_equal_crafted_packets(mode: &str) {
         (25 + 7 + 1 + 1, 25 * 54 + 7 * 74 + 54 + 45)
     );
     assert_eq!(delta_rule(&before, &after, "office-ssh"), (5, 5 * 54));
-    assert_eq!(delta_passed(&before, &after, "allowed"), 39);
-    assert_drops(
-        &before,
-        &after,
-        &[("not_allowlisted", 5), ("port_closed", 5)],
-    );
+    assert_eq!(after.passed_since(&before, "allowed"), 39);
+    after.assert_drops_since(&before, &[("not_allowlisted", 5), ("port_closed", 5)]);
     assert_eq!(
         after.drop_bytes("not_allowlisted") - before.drop_bytes("not_allowlisted"),
         3 * 54 + 2 * 74
@@ -138,9 +114,8 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
         delta_rule(&before, &after, "vendor"),
         (4, 58 + 58 + 62 + 78)
     );
-    assert_drops(
+    after.assert_drops_since(
         &before,
-        &after,
         &[("not_allowlisted", 2), ("port_closed", 1), ("malformed", 1)],
     );
 }
@@ -164,7 +139,7 @@ fn ipv4_options_are_skipped_to_find_the_port() {
     ];
     let (before, after) = send(&lab, &daemon, frames);
     assert_eq!(delta_rule(&before, &after, "vendor"), (2, 58 + 94));
-    assert_drops(&before, &after, &[("not_allowlisted", 1)]);
+    after.assert_drops_since(&before, &[("not_allowlisted", 1)]);
 
     // Inconsistent headers: IHL below 5, total length below the header.
     let mut short_ihl = ipv4(VENDOR_V4, TCP, &[], 0, &tcp_syn(443));
@@ -179,7 +154,7 @@ fn ipv4_options_are_skipped_to_find_the_port() {
         .collect();
     let (before, after) = send(&lab, &daemon, frames);
     assert_eq!(delta_rule(&before, &after, "vendor"), (0, 0));
-    assert_drops(&before, &after, &[("malformed", 3)]);
+    after.assert_drops_since(&before, &[("malformed", 3)]);
 }
 
 fn v6_frame(source: Ipv6Addr, chain: &[Ext], protocol: u8, payload: &[u8]) -> Vec<u8> {
@@ -213,9 +188,8 @@ fn ipv6_extension_headers_are_walked_to_find_the_port() {
     let (before, after) = send(&lab, &daemon, frames);
     // 14 + 40 + (8 + 16 + 8 + 8 + 16 + 8) + 20 = 138; 14 + 40 + 24 + 9 = 87.
     assert_eq!(delta_rule(&before, &after, "vendor"), (2, 138 + 87));
-    assert_drops(
+    after.assert_drops_since(
         &before,
-        &after,
         &[("not_allowlisted", 1), ("port_closed", 2), ("malformed", 1)],
     );
 }
@@ -250,7 +224,7 @@ fn truncated_frames_are_dropped_as_malformed() {
     ];
     let (before, after) = send(&lab, &daemon, frames);
     assert_eq!(delta_rule(&before, &after, "vendor"), (0, 0));
-    assert_drops(&before, &after, &[("malformed", 11)]);
+    after.assert_drops_since(&before, &[("malformed", 11)]);
 }
 
 #[test]
@@ -292,9 +266,9 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
         ),
     ];
     let (before, after) = send(&lab, &daemon, frames);
-    assert_eq!(delta_passed(&before, &after, "fragment_allowed"), 3);
+    assert_eq!(after.passed_since(&before, "fragment_allowed"), 3);
     assert_eq!(delta_rule(&before, &after, "vendor"), (1, 54));
-    assert_drops(&before, &after, &[("fragment", 3), ("not_allowlisted", 1)]);
+    after.assert_drops_since(&before, &[("fragment", 3), ("not_allowlisted", 1)]);
 }
 
 #[test]
@@ -331,13 +305,12 @@ fn without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only
     ];
     let (before, after) = send(&lab, &daemon, frames);
     // The peer's own stack may add ARP and ND of its own, never fewer.
-    assert!(delta_passed(&before, &after, "arp") >= 1);
-    assert!(delta_passed(&before, &after, "neighbor") >= 3);
-    assert_eq!(delta_passed(&before, &after, "icmp_error"), 4);
-    assert_eq!(delta_passed(&before, &after, "icmp_echo"), 2);
-    assert_drops(
+    assert!(after.passed_since(&before, "arp") >= 1);
+    assert!(after.passed_since(&before, "neighbor") >= 3);
+    assert_eq!(after.passed_since(&before, "icmp_error"), 4);
+    assert_eq!(after.passed_since(&before, "icmp_echo"), 2);
+    after.assert_drops_since(
         &before,
-        &after,
         &[("not_allowlisted", 2), ("port_closed", 2), ("non_ip", 2)],
     );
 }
@@ -383,12 +356,11 @@ fn with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related() {
         icmp4(VENDOR_V4, 8),               // echo request, allowlisted
     ];
     let (before, after) = send(&lab, &daemon, frames);
-    assert!(delta_passed(&before, &after, "neighbor") >= 5);
-    assert_eq!(delta_passed(&before, &after, "icmp_error"), 0);
-    assert_eq!(delta_passed(&before, &after, "icmp_echo"), 1);
-    assert_drops(
+    assert!(after.passed_since(&before, "neighbor") >= 5);
+    assert_eq!(after.passed_since(&before, "icmp_error"), 0);
+    assert_eq!(after.passed_since(&before, "icmp_echo"), 1);
+    after.assert_drops_since(
         &before,
-        &after,
         &[
             ("neighbor_invalid", 5),
             ("icmp_unrelated", 3),

@@ -30,6 +30,7 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("useradd", "passwd"),
         ("groupadd", "passwd"),
         ("chattr", "e2fsprogs"),
+        ("nft", "nftables"),
     ] {
         command_from_package(command, package)?;
     }
