@@ -6,6 +6,10 @@
 //! daemon validating, writing the changed map entries, making the state
 //! file durable, switching and auditing, the answer), as an operator or a
 //! script sees it.
+//!
+//! Then the XDP program's cost per packet, with flow tracking off and on,
+//! measured by the kernel (`BPF_PROG_TEST_RUN`) on the program the daemon
+//! attached, with its live maps.
 
 use std::{
     net::Ipv4Addr,
@@ -14,12 +18,22 @@ use std::{
 };
 
 use anyhow::bail;
-use firewall_tests::{daemon::Daemon, lab::Lab};
+use firewall_tests::{
+    addr::{EDGE_IF, STRANGER_V4},
+    daemon::Daemon,
+    frames::{ETH_IPV4, TCP, TCP_ACK, ethernet, ipv4, tcp_segment, tcp_v4},
+    lab::Lab,
+};
 
 use crate::{
     cargo::{EbpfToolchain, cargo, is_root, run as run_command, workspace_root},
-    setup,
+    setup, test_run,
 };
+
+/// Runs per `BPF_PROG_TEST_RUN`; the kernel reports their mean.
+const TEST_RUNS: u32 = 1_000_000;
+/// `BPF_PROG_TEST_RUN`s per case; the median is reported.
+const TEST_RUN_SAMPLES: usize = 5;
 
 /// Prefixes per family of the large policy: the issue's reference size.
 const LARGE: u32 = 250_000;
@@ -93,6 +107,7 @@ pub fn run() -> anyhow::Result<()> {
         "{:<28} {:<22} {:>6} {:>6}",
         "POLICY", "CASE", "MEDIAN", "MAX"
     );
+    let mut per_packet = Vec::new();
     for count in [10, LARGE] {
         let lab = Lab::new();
         let daemon = Daemon::start(&lab.edge, &config(count));
@@ -123,6 +138,7 @@ pub fn run() -> anyhow::Result<()> {
         ] {
             println!("{policy:<28} {case:<22} {}", median_and_max(samples));
         }
+        per_packet.extend(per_packet_costs(&daemon, count, &policy)?);
     }
     println!(
         "\n`status` is the floor: starting the CLI and one socket round trip. A change\n\
@@ -130,5 +146,61 @@ pub fn run() -> anyhow::Result<()> {
          (membarrier) before it reuses the retired policy slot; that is the\n\
          difference between the isolated and the back-to-back rows."
     );
+    println!(
+        "\nXDP program, ns per packet (kernel BPF_PROG_TEST_RUN, mean of {TEST_RUNS} runs, median of {TEST_RUN_SAMPLES})"
+    );
+    println!(
+        "{:<28} {:<40} {:>9} {:>9}",
+        "POLICY", "PACKET", "TRACK OFF", "TRACK ON"
+    );
+    for row in per_packet {
+        println!("{row}");
+    }
+    println!(
+        "\nWith tracking on, only what the allowlist would drop looks up the flow\n\
+         table, and a SYN from outside never does (it cannot be a reply)."
+    );
     Ok(())
+}
+
+/// Per-packet cost of an allowed packet and of two strangers' packets,
+/// with `track_outbound` off and on: one table row per packet.
+fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result<Vec<String>> {
+    let cases = [
+        ("vendor SYN to 443 (allowed)", tcp_v4(Ipv4Addr::new(198, 18, 0, 1), 443)),
+        ("stranger SYN to 443 (dropped)", tcp_v4(STRANGER_V4, 443)),
+        (
+            "stranger ACK to port 40000 (dropped)",
+            ethernet(
+                &[],
+                ETH_IPV4,
+                &ipv4(STRANGER_V4, TCP, &[], 0, &tcp_segment(443, 40000, TCP_ACK)),
+            ),
+        ),
+    ];
+    let mut costs = vec![Vec::new(); cases.len()];
+    for track in [false, true] {
+        let status = daemon.reload(&format!("track_outbound = {track}\n{}", config(count)));
+        if !status["last_reload_error"].is_null() {
+            bail!("reload: {}", status["last_reload_error"]);
+        }
+        let program = test_run::program_of_link(
+            &daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"),
+        )?;
+        for ((_, frame), costs) in cases.iter().zip(&mut costs) {
+            let mut samples = Vec::new();
+            for _ in 0..TEST_RUN_SAMPLES {
+                samples.push(test_run::run(&program, frame, TEST_RUNS)?.0);
+            }
+            samples.sort_unstable();
+            costs.push(samples[samples.len() / 2]);
+        }
+    }
+    Ok(cases
+        .iter()
+        .zip(costs)
+        .map(|((case, _), costs)| {
+            format!("{policy:<28} {case:<40} {:>9} {:>9}", costs[0], costs[1])
+        })
+        .collect())
 }

@@ -6,6 +6,7 @@ mod cargo;
 mod demo;
 mod setup;
 mod test;
+mod test_run;
 
 use std::process::ExitCode;
 
