@@ -21,6 +21,8 @@ pub struct CheckReport {
     pub prefixes_v6: usize,
     /// Distinct (protocol, port) pairs exposed.
     pub ports: usize,
+    pub track_outbound: bool,
+    pub flows: CheckedFlows,
     /// Things that are valid but probably not meant.
     pub warnings: Vec<String>,
 }
@@ -56,12 +58,40 @@ fn warnings(config: &config::Config, ssh_port: u16) -> Vec<String> {
                 && (range.first..=range.last).contains(&ssh_port)
         })
     });
+    if !config.track_outbound && config.enforce {
+        warnings.push(
+            "track_outbound = false: replies to this host's own connections (DNS, NTP, updates, its calls to the vendor) are dropped unless a rule admits their source and port".to_string(),
+        );
+    }
     if !admits_ssh && config.enforce {
         warnings.push(format!(
             "no rule admits SSH (tcp/{ssh_port}): if you manage this host over SSH through a protected interface, this config locks you out; add a rule exposing tcp/{ssh_port} for your admin range"
         ));
     }
     warnings
+}
+
+/// `[flows]`, durations as they are written in the config.
+#[derive(Serialize)]
+pub struct CheckedFlows {
+    pub tcp_timeout: String,
+    pub tcp_close_timeout: String,
+    pub udp_timeout: String,
+    pub icmp_timeout: String,
+    pub max_flows: u32,
+}
+
+impl From<&config::FlowSettings> for CheckedFlows {
+    fn from(flows: &config::FlowSettings) -> Self {
+        let text = |duration| humantime::format_duration(duration).to_string();
+        Self {
+            tcp_timeout: text(flows.tcp_timeout),
+            tcp_close_timeout: text(flows.tcp_close_timeout),
+            udp_timeout: text(flows.udp_timeout),
+            icmp_timeout: text(flows.icmp_timeout),
+            max_flows: flows.max_flows,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -98,6 +128,8 @@ pub fn report(path: &Path) -> anyhow::Result<CheckReport> {
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),
         ports: policy.ports.len(),
+        track_outbound: config.track_outbound,
+        flows: CheckedFlows::from(&config.flows),
         warnings: warnings(
             &config,
             ssh_port(std::fs::read_to_string(SSHD_CONFIG).ok().as_deref()),
@@ -132,5 +164,22 @@ mod tests {
         );
         let empty = config::tests::parse("interfaces = [\"eth0\"]").unwrap();
         assert_eq!(warnings(&empty, 22).len(), 2);
+    }
+
+    #[test]
+    fn a_config_without_flow_tracking_is_warned_about() {
+        let off = config::tests::parse(
+            "interfaces = [\"eth0\"]\ntrack_outbound = false\n[[rules]]\nname = \"ssh\"\nports = [\"tcp/22\"]\nsources = [\"198.51.100.0/24\"]\n",
+        )
+        .unwrap();
+        let warned = warnings(&off, 22);
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0].starts_with("track_outbound = false: replies to this host's own connections")
+        );
+        let flows = CheckedFlows::from(&off.flows);
+        assert_eq!(flows.tcp_timeout, "5days");
+        assert_eq!(flows.udp_timeout, "1m");
+        assert_eq!(flows.max_flows, 65536);
     }
 }

@@ -422,8 +422,21 @@ pub fn check(report: &CheckReport) -> String {
         .iter()
         .map(|warning| format!("warning: {}\n", escape_controls(warning)))
         .collect();
+    let flows = &report.flows;
+    let tracking = if report.track_outbound {
+        format!(
+            "replies to the host's own flows pass: tcp {} (closing {}), udp {}, icmp {}; up to {} flows",
+            flows.tcp_timeout,
+            flows.tcp_close_timeout,
+            flows.udp_timeout,
+            flows.icmp_timeout,
+            flows.max_flows
+        )
+    } else {
+        "off (`track_outbound = false`)".to_string()
+    };
     format!(
-        "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\n{warnings}",
+        "config `{}` is valid: {} mode, interfaces {}, xdp_mode {}\n\n{}\n{} rules, {} IPv4 prefixes, {} IPv6 prefixes, {} ports\nflow tracking: {tracking}\n{warnings}",
         report.config.display(),
         report.mode,
         report.interfaces.join(", "),

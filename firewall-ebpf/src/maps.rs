@@ -128,7 +128,7 @@ pub fn record_outgoing(_: &ScratchKey, ends: Ends) {
     if ends.rst() {
         return;
     }
-    if FLOWS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok()
+    if FLOWS.insert(key, fresh, BPF_NOEXIST as u64).is_ok()
         && let Some(created) = FLOW_STATS.get_ptr_mut(flow_stats::created(key.protocol))
     {
         // SAFETY: per-CPU value.

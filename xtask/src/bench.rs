@@ -167,7 +167,10 @@ pub fn run() -> anyhow::Result<()> {
 /// with `track_outbound` off and on: one table row per packet.
 fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result<Vec<String>> {
     let cases = [
-        ("vendor SYN to 443 (allowed)", tcp_v4(Ipv4Addr::new(198, 18, 0, 1), 443)),
+        (
+            "vendor SYN to 443 (allowed)",
+            tcp_v4(Ipv4Addr::new(198, 18, 0, 1), 443),
+        ),
         ("stranger SYN to 443 (dropped)", tcp_v4(STRANGER_V4, 443)),
         (
             "stranger ACK to port 40000 (dropped)",
@@ -184,9 +187,8 @@ fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result
         if !status["last_reload_error"].is_null() {
             bail!("reload: {}", status["last_reload_error"]);
         }
-        let program = test_run::program_of_link(
-            &daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"),
-        )?;
+        let program =
+            test_run::program_of_link(&daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"))?;
         for ((_, frame), costs) in cases.iter().zip(&mut costs) {
             let mut samples = Vec::new();
             for _ in 0..TEST_RUN_SAMPLES {

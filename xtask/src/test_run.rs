@@ -45,7 +45,8 @@ fn owned(fd: i64) -> OwnedFd {
 pub fn program_of_link(pin: &Path) -> anyhow::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
     let mut get = [path.as_ptr() as u64, 0, 0];
-    let link = owned(bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", pin.display()))?);
+    let link =
+        owned(bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", pin.display()))?);
     // `struct bpf_link_info` starts with type, id, prog_id (u32 each).
     let mut info = [0u32; 64];
     let mut get_info = [
