@@ -53,6 +53,28 @@ fn count(value: &Value) -> u64 {
         .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
+/// Connects from `source` in `ns` to an echo server the peer starts at
+/// `target`, and checks that `message` comes back; the connection and the
+/// server, which returns what it echoed once the connection closes.
+fn exchange(
+    lab: &Lab,
+    ns: &Netns,
+    source: SocketAddr,
+    target: SocketAddr,
+    message: &[u8],
+) -> (std::net::TcpStream, std::thread::JoinHandle<Vec<u8>>) {
+    let server = echo_tcp_once(&lab.peer, target);
+    let mut stream = tcp_stream(ns, source, target)
+        .unwrap_or_else(|err| panic!("{source} connects to {target}: {err}"));
+    stream.write_all(message).unwrap();
+    let mut answer = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut answer)
+        .unwrap_or_else(|err| panic!("the answer from {target}: {err}"));
+    assert_eq!(answer, message);
+    (stream, server)
+}
+
 /// A UDP query from `source` in `ns` to `target`, and its answer if one
 /// came back in time.
 fn udp_query(ns: &Netns, source: SocketAddr, target: SocketAddr) -> std::io::Result<Vec<u8>> {
@@ -80,16 +102,14 @@ fn the_edge_talks_to_peers_no_rule_admits_and_they_still_cannot_reach_it() {
         // Listening, so that only the firewall can keep a SYN out.
         let _listener = listen_tcp(&lab.edge, at(edge, OTHER_PORT));
         let before = daemon.settled_stats();
-        let server = echo_tcp_once(&lab.peer, at(peer, SERVER_PORT));
-        let mut stream = tcp_stream(&lab.edge, at(edge, client_port), at(peer, SERVER_PORT))
-            .unwrap_or_else(|err| panic!("the edge connects to {peer}: {err}"));
         let request = b"request from the edge, and its answer";
-        stream.write_all(request).unwrap();
-        let mut answer = [0u8; 37];
-        stream
-            .read_exact(&mut answer)
-            .expect("the answer comes back");
-        assert_eq!(&answer, request);
+        let (stream, server) = exchange(
+            &lab,
+            &lab.edge,
+            at(edge, client_port),
+            at(peer, SERVER_PORT),
+            request,
+        );
 
         let answers = echo_udp(&lab.peer, at(peer, DNS_PORT));
         let answer = udp_query(&lab.edge, at(edge, 0), at(peer, DNS_PORT))
@@ -183,16 +203,14 @@ fn a_connection_forwarded_through_the_edge_with_nat_is_tracked() {
 
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     let before = daemon.settled_stats();
-    let server = echo_tcp_once(&lab.peer, at(STRANGER_V4, SERVER_PORT));
-    let mut stream = tcp_stream(&inner, at(client, 40200), at(STRANGER_V4, SERVER_PORT))
-        .expect("the internal client connects through the edge");
     let request = b"forwarded, masqueraded, and answered";
-    stream.write_all(request).unwrap();
-    let mut answer = [0u8; 36];
-    stream
-        .read_exact(&mut answer)
-        .expect("the answer comes back through the edge");
-    assert_eq!(&answer, request);
+    let (stream, server) = exchange(
+        &lab,
+        &inner,
+        at(client, 40200),
+        at(STRANGER_V4, SERVER_PORT),
+        request,
+    );
     drop(stream);
     assert_eq!(server.join().unwrap(), request);
     let after = daemon.settled_stats();
@@ -234,23 +252,18 @@ fn a_late_udp_reply_is_dropped_after_the_idle_timeout() {
     assert_eq!(after.passed_since(&before, "return_traffic"), 0);
 }
 
-/// Connects from the edge's `client_port` to the peer's echo server and
-/// exchanges a message.
-fn exchange(
+/// The edge's connection from `client_port` to the peer's echo server.
+fn edge_exchange(
     lab: &Lab,
     client_port: u16,
 ) -> (std::net::TcpStream, std::thread::JoinHandle<Vec<u8>>) {
-    let server = echo_tcp_once(&lab.peer, at(STRANGER_V4, SERVER_PORT));
-    let mut stream = tcp_stream(
+    exchange(
+        lab,
         &lab.edge,
         at(EDGE_V4, client_port),
         at(STRANGER_V4, SERVER_PORT),
+        b"hello",
     )
-    .expect("the edge connects");
-    stream.write_all(b"hello").unwrap();
-    let mut answer = [0u8; 5];
-    stream.read_exact(&mut answer).expect("the echo comes back");
-    (stream, server)
 }
 
 /// After the close timeout, a late segment of the connection on
@@ -293,7 +306,7 @@ fn after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed() {
     let daemon = Daemon::start(&lab.edge, &with_flows("tcp_close_timeout = \"1s\""));
 
     // FIN both ways: the edge closes its side, the peer answers with its FIN.
-    let (mut stream, server) = exchange(&lab, 40400);
+    let (mut stream, server) = edge_exchange(&lab, 40400);
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     stream
@@ -303,7 +316,7 @@ fn after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed() {
     late_segment_is_dropped_after_close(&lab, &daemon, 40400);
 
     // RST: the edge aborts the connection.
-    let (stream, server) = exchange(&lab, 40401);
+    let (stream, server) = edge_exchange(&lab, 40401);
     socket2::SockRef::from(&stream)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
@@ -369,4 +382,105 @@ fn without_track_outbound_replies_are_dropped_and_a_reload_turns_tracking_on_and
     assert!(!egress_pin.exists(), "the TC program is detached again");
     assert_eq!(daemon.status()["flows"], Value::Null);
     assert!(!connects());
+}
+
+/// A late segment of the edge's connection from `client_port`: passes as
+/// return traffic exactly when its flow is in the table.
+fn late_segment_passes(lab: &Lab, daemon: &Daemon, client_port: u16) -> bool {
+    let before = daemon.settled_stats();
+    send_frames(
+        &lab.peer,
+        PEER_IF,
+        vec![segment(
+            STRANGER_V4.into(),
+            SERVER_PORT,
+            client_port,
+            TCP_ACK,
+        )],
+    );
+    daemon
+        .settled_stats()
+        .passed_since(&before, "return_traffic")
+        == 1
+}
+
+#[test]
+fn tracked_flows_survive_a_daemon_restart_and_a_new_max_flows() {
+    if !root_or_skip("tracked_flows_survive_a_daemon_restart_and_a_new_max_flows") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    let (stream, server) = edge_exchange(&lab, 40600);
+    assert!(late_segment_passes(&lab, &daemon, 40600));
+
+    // The edge sends nothing between: only the pinned table can know the flow.
+    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+    daemon.spawn_and_wait();
+    assert!(count(&daemon.status()["flows"]["tcp"]) >= 1);
+    assert!(late_segment_passes(&lab, &daemon, 40600));
+
+    std::fs::write(&daemon.config, with_flows("max_flows = 128")).unwrap();
+    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+    daemon.spawn_and_wait();
+    assert_eq!(count(&daemon.status()["flows"]["capacity"]), 128);
+    assert!(
+        daemon
+            .log()
+            .contains("carried tracked flows into the resized table")
+    );
+    assert!(
+        late_segment_passes(&lab, &daemon, 40600),
+        "the flow was carried into the resized table"
+    );
+    drop(stream);
+    assert_eq!(server.join().unwrap(), b"hello");
+}
+
+#[test]
+fn a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet() {
+    if !root_or_skip("a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    let (mut stream, server) = edge_exchange(&lab, 40700);
+    let daemon = Daemon::start(&lab.edge, &config("driver"));
+    assert!(
+        !late_segment_passes(&lab, &daemon, 40700),
+        "before the edge sends, nothing knows the connection"
+    );
+    stream.write_all(b" again").unwrap();
+    let mut answer = [0u8; 6];
+    stream
+        .read_exact(&mut answer)
+        .expect("once the edge sent, the answer passes");
+    assert_eq!(&answer, b" again");
+    assert!(late_segment_passes(&lab, &daemon, 40700));
+    drop(stream);
+    assert_eq!(server.join().unwrap(), b"hello again");
+}
+
+#[test]
+fn monitor_mode_counts_return_traffic_like_any_verdict() {
+    if !root_or_skip("monitor_mode_counts_return_traffic_like_any_verdict") {
+        return;
+    }
+    let lab = Lab::new();
+    let monitor = config("driver").replace("xdp_mode", "enforce = false\nxdp_mode");
+    let daemon = Daemon::start(&lab.edge, &monitor);
+    let before = daemon.settled_stats();
+    let (stream, server) = edge_exchange(&lab, 40800);
+    drop(stream);
+    server.join().unwrap();
+    let after = daemon.settled_stats();
+    assert!(after.passed_since(&before, "return_traffic") >= 2);
+    after.assert_drops_since(&before, &[]);
+    // An unsolicited SYN is counted as the drop it would be, and passes.
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, OTHER_PORT));
+    assert_eq!(
+        connect_tcp(&lab.peer, STRANGER_V4.into(), at(EDGE_V4, OTHER_PORT)),
+        Connect::Connected
+    );
+    assert!(daemon.settled_stats().drops("port_closed") > after.drops("port_closed"));
 }

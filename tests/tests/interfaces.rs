@@ -67,6 +67,12 @@ fn a_recreated_interface_is_protected_again_and_status_tells_the_truth() {
         Connect::Connected
     );
     assert!(daemon.log().contains("re-attached the XDP program"));
+    // ... and so is flow tracking: the edge's own connection gets its answer.
+    let _server = listen_tcp(&lab.peer, at(STRANGER_V4, 8080));
+    assert_eq!(
+        connect_tcp(&lab.edge, EDGE_V4.into(), at(STRANGER_V4, 8080)),
+        Connect::Connected
+    );
 
     // A link-attached program cannot be removed from under the firewall
     // by another tool.

@@ -171,6 +171,15 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         datapath.attach(interface, config.xdp_mode)?;
     }
     datapath.remove_stale_pins(&config.interfaces);
+    // The table as it is now: evictions past these are warned about.
+    let flows = if config.track_outbound {
+        datapath
+            .sweep_flows(false)
+            .inspect_err(|err| warn!(error = %err, "counting the flow table failed"))
+            .ok()
+    } else {
+        None
+    };
     let program_id = datapath.program_id()?;
     if let Some(ledger) = datapath.take_changed_ledger() {
         store.save_ledger(&ledger);
@@ -218,8 +227,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         config_text,
         pending,
         expiry_retry_at: None,
-        flows: None,
-        next_flow_sweep: SystemTime::now(),
+        flows,
+        next_flow_sweep: SystemTime::now() + writer::FLOW_SWEEP_INTERVAL,
     };
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());

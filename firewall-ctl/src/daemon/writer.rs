@@ -44,7 +44,7 @@ const MAX_COMMENT: usize = 1024;
 /// How soon a failed expiry is tried again.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 /// How often timed-out flows are deleted and the flow table counted.
-const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything the writer owns.
 pub struct Writer {
