@@ -55,23 +55,53 @@ impl FlowKey {
         source_port: u16,
         destination_port: u16,
     ) -> Self {
+        let mut key = Self {
+            protocol: 0,
+            family: 0,
+            local_port: 0,
+            remote_port: 0,
+            pad: 0,
+            local: [0; 16],
+            remote: [0; 16],
+        };
+        key.set(
+            direction,
+            protocol,
+            source,
+            destination,
+            source_port,
+            destination_port,
+        );
+        key
+    }
+
+    /// Makes this the key [`FlowKey::of`] returns, in place (the data
+    /// plane writes it into a map value, never onto its small stack).
+    #[inline(always)]
+    pub fn set(
+        &mut self,
+        direction: Direction,
+        protocol: u8,
+        source: &Source,
+        destination: &Source,
+        source_port: u16,
+        destination_port: u16,
+    ) {
         let (local, remote, local_port, remote_port) = match direction {
             Direction::Egress => (source, destination, source_port, destination_port),
             Direction::Ingress => (destination, source, destination_port, source_port),
         };
-        Self {
-            protocol,
-            family: if matches!(source, Source::V4(_)) {
-                4
-            } else {
-                6
-            },
-            local_port,
-            remote_port,
-            pad: 0,
-            local: address(local),
-            remote: address(remote),
-        }
+        self.protocol = protocol;
+        self.family = if matches!(source, Source::V4(_)) {
+            4
+        } else {
+            6
+        };
+        self.local_port = local_port;
+        self.remote_port = remote_port;
+        self.pad = 0;
+        self.local = address(local);
+        self.remote = address(remote);
     }
 }
 

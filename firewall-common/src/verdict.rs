@@ -68,15 +68,20 @@ impl Verdict {
 }
 
 /// Decides one packet. Port before source: a closed port costs no LPM lookup.
+///
+/// `decide` and [`decide_tracked`] take the packet by value: behind a
+/// reference the data plane would store the enum on its stack whole, bytes
+/// of the variants not taken included, which LLVM may fill from any
+/// register, a pointer included, and the verifier rejects that.
 #[inline(always)]
-pub fn decide<P: Policy + ?Sized>(packet: &Packet, policy: &P) -> Verdict {
+pub fn decide<P: Policy + ?Sized>(packet: Packet, policy: &P) -> Verdict {
     match packet {
         Packet::Transport { source, port } => {
-            let exposing = policy.port_rules(port);
+            let exposing = policy.port_rules(&port);
             if exposing == 0 {
                 return Verdict::of(Reason::PortClosed);
             }
-            let admitting = exposing & policy.source_rules(source);
+            let admitting = exposing & policy.source_rules(&source);
             if admitting == 0 {
                 Verdict::of(Reason::NotAllowlisted)
             } else {
@@ -87,14 +92,14 @@ pub fn decide<P: Policy + ?Sized>(packet: &Packet, policy: &P) -> Verdict {
             }
         }
         Packet::EchoRequest { source } => {
-            if policy.source_rules(source) == 0 {
+            if policy.source_rules(&source) == 0 {
                 Verdict::of(Reason::NotAllowlisted)
             } else {
                 Verdict::of(Reason::IcmpEcho)
             }
         }
         Packet::LaterFragment { source } => {
-            if policy.source_rules(source) == 0 {
+            if policy.source_rules(&source) == 0 {
                 Verdict::of(Reason::Fragment)
             } else {
                 Verdict::of(Reason::FragmentAllowed)
@@ -126,8 +131,8 @@ pub trait Flows<K = FlowKey> {
 /// whether the packet answers a flow the host started.
 #[inline(always)]
 pub fn decide_tracked<K, P: Policy + Flows<K> + ?Sized>(
-    packet: &Packet,
-    track: &Track<K>,
+    packet: Packet,
+    track: Track<K>,
     policy: &P,
 ) -> Verdict {
     let verdict = decide(packet, policy);
@@ -139,11 +144,11 @@ pub fn decide_tracked<K, P: Policy + Flows<K> + ?Sized>(
                 opens: false,
                 ends,
             },
-        ) if policy.tracking() && policy.tracked(key, Some(*ends)) => {
+        ) if policy.tracking() && policy.tracked(&key, Some(ends)) => {
             Verdict::of(Reason::ReturnTraffic)
         }
         (Reason::IcmpError, Track::Related { quoted }) if policy.tracking() => match quoted {
-            Some(key) if policy.tracked(key, None) => verdict,
+            Some(key) if policy.tracked(&key, None) => verdict,
             _ => Verdict::of(Reason::IcmpUnrelated),
         },
         (Reason::Neighbor, Track::InvalidNeighbor) if policy.tracking() => {
@@ -289,24 +294,24 @@ mod tests {
         let on = fixture(true);
         let (packet, track) = reply(443, false);
         assert_eq!(
-            decide_tracked(&packet, &track, &on).reason,
+            decide_tracked(packet, track, &on).reason,
             Reason::ReturnTraffic
         );
         // Wrong port pair, or a SYN from outside: no match.
         let (packet, track) = reply(444, false);
         assert_eq!(
-            decide_tracked(&packet, &track, &on).reason,
+            decide_tracked(packet, track, &on).reason,
             Reason::PortClosed
         );
         let (packet, track) = reply(443, true);
         assert_eq!(
-            decide_tracked(&packet, &track, &on).reason,
+            decide_tracked(packet, track, &on).reason,
             Reason::PortClosed
         );
         // Tracking off: as without it.
         let (packet, track) = reply(443, false);
         assert_eq!(
-            decide_tracked(&packet, &track, &fixture(false)).reason,
+            decide_tracked(packet, track, &fixture(false)).reason,
             Reason::PortClosed
         );
     }
@@ -318,24 +323,24 @@ mod tests {
             quoted: Some(on.live),
         };
         assert_eq!(
-            decide_tracked(&Packet::IcmpError, &related, &on).reason,
+            decide_tracked(Packet::IcmpError, related, &on).reason,
             Reason::IcmpError
         );
         let unrelated = Track::Related { quoted: None };
         assert_eq!(
-            decide_tracked(&Packet::IcmpError, &unrelated, &on).reason,
+            decide_tracked(Packet::IcmpError, unrelated, &on).reason,
             Reason::IcmpUnrelated
         );
         assert_eq!(
-            decide_tracked(&Packet::IcmpError, &unrelated, &fixture(false)).reason,
+            decide_tracked(Packet::IcmpError, unrelated, &fixture(false)).reason,
             Reason::IcmpError
         );
         assert_eq!(
-            decide_tracked(&Packet::Neighbor, &Track::<FlowKey>::InvalidNeighbor, &on).reason,
+            decide_tracked(Packet::Neighbor, Track::<FlowKey>::InvalidNeighbor, &on).reason,
             Reason::NeighborInvalid
         );
         assert_eq!(
-            decide_tracked(&Packet::Neighbor, &Track::<FlowKey>::None, &on).reason,
+            decide_tracked(Packet::Neighbor, Track::<FlowKey>::None, &on).reason,
             Reason::Neighbor
         );
     }

@@ -37,9 +37,10 @@ pub fn firewall(ctx: XdpContext) -> u32 {
         // Loaded but not yet filled by user space: touch nothing.
         return XDP_PASS;
     }
-    let (packet, tracked) =
-        parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Ingress);
-    let verdict = decide_tracked(&packet, &tracked.track(), &SlotPolicy::new(active.slot()));
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let (packet, tracked) = parse::packet(Cursor::new(data, end), Direction::Ingress);
+    let policy = SlotPolicy::new(active.slot(), data, end);
+    let verdict = decide_tracked(packet.packet(), tracked.track(), &policy);
     finish(&ctx, active.slot(), &verdict, active.enforce())
 }
 
@@ -52,9 +53,14 @@ const EGRESS_HEADROOM: u32 = 256;
 pub fn track_egress(ctx: TcContext) -> i32 {
     // Best effort: a packet shorter than this is linear anyway.
     let _ = ctx.pull_data(ctx.len().min(EGRESS_HEADROOM));
-    let (_, tracked) = parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Egress);
-    if let Track::Flow { key, ends, .. } = tracked.track() {
-        maps::record_outgoing(&key, ends);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let (_, tracked) = parse::packet(Cursor::new(data, end), Direction::Egress);
+    if let Track::Flow {
+        key: flow, ends, ..
+    } = tracked.track()
+        && let Some(key) = flow.key(data, end)
+    {
+        maps::record_outgoing(key, ends);
     }
     TC_ACT_UNSPEC
 }

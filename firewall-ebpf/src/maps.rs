@@ -17,6 +17,8 @@ use firewall_common::{
     verdict::{Flows, Policy, Source},
 };
 
+use crate::parse::FlowRef;
+
 /// Which slot is live and whether to enforce. One entry.
 #[map]
 static ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
@@ -61,30 +63,20 @@ pub static RULE_STATS: PerCpuArray<Counter> =
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// The flow key of the packet being parsed (or of the packet an ICMP error
-/// quotes): 40 bytes the 512-byte BPF stack cannot spare per copy. One
-/// entry per CPU; a program run uses it from parse to verdict.
+/// The flow key being looked up or recorded (see `parse::FlowRef::key`):
+/// 40 bytes the 512-byte BPF stack cannot spare per copy. One entry per
+/// CPU, used from building the key to the lookup that needs it.
 #[map]
 static FLOW_KEY_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 
-/// Marks a flow key held in `FLOW_KEY_SCRATCH` (see `Track`).
-#[derive(Clone, Copy)]
-pub struct ScratchKey;
-
-/// Stores `key` in the scratch entry; `None` if the map has no entry
+/// The scratch entry, to build a key in; `None` if the map has no entry
 /// (it always has one).
 #[inline(always)]
-pub fn store_key(key: FlowKey) -> Option<ScratchKey> {
+pub fn scratch_key() -> Option<&'static mut FlowKey> {
     let slot = FLOW_KEY_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU map value: nothing else writes it while we run.
-    unsafe { *slot = key };
-    Some(ScratchKey)
-}
-
-/// The flow key in the scratch entry.
-#[inline(always)]
-fn scratch_key() -> Option<&'static FlowKey> {
-    FLOW_KEY_SCRATCH.get(0)
+    // SAFETY: a per-CPU map value: nothing else uses it while we run, and
+    // each use builds its key anew before reading it.
+    Some(unsafe { &mut *slot })
 }
 
 /// Whether flows are tracked, and their timeouts. One entry.
@@ -101,14 +93,11 @@ fn flow_config() -> FlowConfig {
     FLOW_CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// Records a packet the host sends on the flow in the scratch entry: a
-/// live flow is refreshed; an unknown or expired one starts anew, unless
-/// the packet is a RST, which starts nothing.
+/// Records a packet the host sends on flow `key`: a live flow is
+/// refreshed; an unknown or expired one starts anew, unless the packet is a
+/// RST, which starts nothing.
 #[inline(always)]
-pub fn record_outgoing(_: &ScratchKey, ends: Ends) {
-    let Some(key) = scratch_key() else {
-        return;
-    };
+pub fn record_outgoing(key: &FlowKey, ends: Ends) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let fresh = FlowState::new(now, Direction::Egress, ends);
@@ -153,27 +142,30 @@ pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
     }
 }
 
-/// The policy of one slot, and the flow table.
+/// The policy of one slot, and the flow table, for the frame from `data`
+/// to `end` (where flow keys are read from).
 pub struct SlotPolicy {
     slot: u32,
+    data: usize,
+    end: usize,
 }
 
 impl SlotPolicy {
     #[inline(always)]
-    pub fn new(slot: u32) -> Self {
-        Self { slot }
+    pub fn new(slot: u32, data: usize, end: usize) -> Self {
+        Self { slot, data, end }
     }
 }
 
-impl Flows<ScratchKey> for SlotPolicy {
+impl Flows<FlowRef> for SlotPolicy {
     #[inline(always)]
     fn tracking(&self) -> bool {
         flow_config().enabled != 0
     }
 
     #[inline(always)]
-    fn tracked(&self, _: &ScratchKey, seen: Option<Ends>) -> bool {
-        let Some(key) = scratch_key() else {
+    fn tracked(&self, flow: &FlowRef, seen: Option<Ends>) -> bool {
+        let Some(key) = flow.key(self.data, self.end) else {
             return false;
         };
         let Some(state) = FLOWS.get_ptr_mut(key) else {

@@ -279,7 +279,7 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
     let mut expected_rules: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for frame in &frames {
         let (packet, track) = frame::parse_tracked(frame, Direction::Ingress);
-        let verdict = decide_tracked(&packet, &track, &reference);
+        let verdict = decide_tracked(packet, track, &reference);
         let bytes = frame.len() as u64;
         let tally = expected_reasons.entry(verdict.reason.name()).or_default();
         *tally = (tally.0 + 1, tally.1 + bytes);

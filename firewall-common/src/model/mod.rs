@@ -141,18 +141,18 @@ mod tests {
         let policy = ReferencePolicy(&rules);
         let inner = v4(203, 0, 113, 70);
         let outer = v4(203, 0, 113, 10);
-        assert_eq!(decide(&tcp(inner, 443), &policy).reason, Reason::Allowed);
-        assert_eq!(decide(&tcp(inner, 443), &policy).rule, 0);
-        assert_eq!(decide(&tcp(inner, 22), &policy).rule, 1);
-        assert_eq!(decide(&tcp(outer, 443), &policy).reason, Reason::Allowed);
+        assert_eq!(decide(tcp(inner, 443), &policy).reason, Reason::Allowed);
+        assert_eq!(decide(tcp(inner, 443), &policy).rule, 0);
+        assert_eq!(decide(tcp(inner, 22), &policy).rule, 1);
+        assert_eq!(decide(tcp(outer, 443), &policy).reason, Reason::Allowed);
         assert_eq!(
-            decide(&tcp(outer, 22), &policy).reason,
+            decide(tcp(outer, 22), &policy).reason,
             Reason::NotAllowlisted
         );
-        assert_eq!(decide(&tcp(outer, 80), &policy).reason, Reason::PortClosed);
+        assert_eq!(decide(tcp(outer, 80), &policy).reason, Reason::PortClosed);
         assert_eq!(
             decide(
-                &Packet::EchoRequest {
+                Packet::EchoRequest {
                     source: v4(192, 0, 2, 1)
                 },
                 &policy
@@ -161,12 +161,12 @@ mod tests {
             Reason::NotAllowlisted
         );
         assert_eq!(
-            decide(&Packet::LaterFragment { source: outer }, &policy).reason,
+            decide(Packet::LaterFragment { source: outer }, &policy).reason,
             Reason::FragmentAllowed
         );
         assert_eq!(
             decide(
-                &Packet::LaterFragment {
+                Packet::LaterFragment {
                     source: v4(192, 0, 2, 1)
                 },
                 &policy

@@ -170,7 +170,7 @@ pub fn explain(
         },
         port: key,
     };
-    let verdict = decide(&packet, policy);
+    let verdict = decide(packet, policy);
     let entries = list(config, runtime, None);
     let holding = |rule: &str| {
         entries

@@ -21,7 +21,7 @@ pub fn admits(policy: &CompiledPolicy, session: &SshSession) -> bool {
         source,
         port: PortKey::new(protocol::TCP, session.port),
     };
-    decide(&packet, policy).reason == Reason::Allowed
+    decide(packet, policy).reason == Reason::Allowed
 }
 
 /// Why going from `before` to `after` (compiled from `config`) cuts

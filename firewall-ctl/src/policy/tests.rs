@@ -51,8 +51,8 @@ fn assert_matches_reference(config: &Config, packets: &[Packet]) {
     let reference = ReferencePolicy(&rules);
     for packet in packets {
         assert_eq!(
-            decide(packet, &compiled),
-            decide(packet, &reference),
+            decide(*packet, &compiled),
+            decide(*packet, &reference),
             "{packet:?}"
         );
     }
@@ -96,19 +96,19 @@ fn overlap_example_from_the_issue() {
     let tables = &compiled;
     let inner = v4("203.0.113.70");
     let outer = v4("203.0.113.10");
-    assert_eq!(decide(&tcp(inner, 443), tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(inner, 22), tables).reason, Reason::Allowed);
-    assert_eq!(decide(&tcp(inner, 22), tables).rule, 1);
-    assert_eq!(decide(&tcp(outer, 443), tables).reason, Reason::Allowed);
+    assert_eq!(decide(tcp(inner, 443), tables).reason, Reason::Allowed);
+    assert_eq!(decide(tcp(inner, 22), tables).reason, Reason::Allowed);
+    assert_eq!(decide(tcp(inner, 22), tables).rule, 1);
+    assert_eq!(decide(tcp(outer, 443), tables).reason, Reason::Allowed);
     assert_eq!(
-        decide(&tcp(outer, 22), tables).reason,
+        decide(tcp(outer, 22), tables).reason,
         Reason::NotAllowlisted
     );
     assert_eq!(
-        decide(&tcp(v4("192.0.2.1"), 443), tables).reason,
+        decide(tcp(v4("192.0.2.1"), 443), tables).reason,
         Reason::NotAllowlisted
     );
-    assert_eq!(decide(&tcp(outer, 80), tables).reason, Reason::PortClosed);
+    assert_eq!(decide(tcp(outer, 80), tables).reason, Reason::PortClosed);
 }
 
 #[test]
@@ -224,11 +224,11 @@ fn any_source_covers_the_whole_family_only() {
     let compiled = compile(&config).unwrap();
     let tables = &compiled;
     assert_eq!(
-        decide(&tcp(v4("192.0.2.1"), 443), tables).reason,
+        decide(tcp(v4("192.0.2.1"), 443), tables).reason,
         Reason::Allowed
     );
     assert_eq!(
-        decide(&tcp(v6("2001:db8::1"), 443), tables).reason,
+        decide(tcp(v6("2001:db8::1"), 443), tables).reason,
         Reason::NotAllowlisted
     );
 }

@@ -6,7 +6,7 @@ use firewall_common::{
     wire::{IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN},
 };
 
-use super::{Ip, Tracked, transport, untracked};
+use super::{Ip, Parsed, transport, untracked};
 use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
@@ -26,8 +26,13 @@ pub struct Ipv4Hdr {
 
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HEADER_LEN);
 
+/// Offsets of the addresses in the header.
+pub const SOURCE_AT: usize = core::mem::offset_of!(Ipv4Hdr, source);
+pub const DESTINATION_AT: usize = core::mem::offset_of!(Ipv4Hdr, destination);
+
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
+pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
+    let header_at = cursor.offset;
     let ip = cursor.read::<Ipv4Hdr>()?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4
@@ -42,8 +47,8 @@ pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Track
     }
     cursor.skip(header_len - IPV4_HEADER_LEN);
     let ip_info = Ip {
+        header_at,
         source,
-        destination: Source::V4(ip.destination),
         hop_limit: ip.ttl,
     };
     transport::parse(cursor, ip.protocol, &ip_info, direction)

@@ -11,7 +11,7 @@ use firewall_common::{
     },
 };
 
-use super::{Ip, Tracked, transport, untracked};
+use super::{Ip, Parsed, transport, untracked};
 use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
@@ -43,18 +43,23 @@ struct FragmentHdr {
 }
 
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
+
+/// Offsets of the addresses in the header.
+pub const SOURCE_AT: usize = core::mem::offset_of!(Ipv6Hdr, source);
+pub const DESTINATION_AT: usize = core::mem::offset_of!(Ipv6Hdr, destination);
 const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADER_LEN);
 
 #[inline(always)]
-pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
+pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
+    let header_at = cursor.offset;
     let ip = cursor.read::<Ipv6Hdr>()?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return untracked(Packet::Malformed);
     }
     let source = Source::V6(ip.source);
     let ip_info = Ip {
+        header_at,
         source,
-        destination: Source::V6(ip.destination),
         hop_limit: ip.hop_limit,
     };
     let mut next_header = ip.next_header;

@@ -10,13 +10,14 @@ mod ipv6;
 mod transport;
 
 use firewall_common::{
-    flow::{Direction, Ends, Track},
+    flow::{Direction, Ends, FlowKey, Track},
     limits::MAX_VLAN_DEPTH,
+    maps::PortKey,
     verdict::{Packet, Source},
     wire::{ARP_BODY_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
 };
 
-use crate::{cursor::Cursor, maps::ScratchKey};
+use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -41,22 +42,86 @@ struct ArpBody {
 
 /// What the transport layer needs of the IP header.
 pub struct Ip {
+    /// Offset of the IP header in the frame.
+    pub header_at: usize,
     pub source: Source,
-    pub destination: Source,
     pub hop_limit: u8,
 }
 
+/// Where a flow's key is in the frame: the IP header holding its addresses,
+/// and the ports (or ICMP identifier) read already. The 40-byte key itself
+/// is built only where it is looked up (a packet the allowlist would drop)
+/// or recorded (the egress program): allowed traffic never pays for it, and
+/// the 512-byte BPF stack never holds copies of it.
+#[derive(Clone, Copy)]
+pub struct FlowRef {
+    pub header_at: u16,
+    pub v6: bool,
+    pub protocol: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+    /// How the packet crossed the interface: `Egress` for the packet an
+    /// ICMP error quotes (the host sent it).
+    pub direction: Direction,
+}
+
+impl FlowRef {
+    const NONE: Self = Self {
+        header_at: 0,
+        v6: false,
+        protocol: 0,
+        source_port: 0,
+        destination_port: 0,
+        direction: Direction::Ingress,
+    };
+
+    /// Builds the key in the scratch entry, reading the addresses from the
+    /// frame from `data` to `end`; the key, or `None` if the frame (which
+    /// the parser read already) ends first.
+    #[inline(always)]
+    pub fn key(&self, data: usize, end: usize) -> Option<&'static FlowKey> {
+        let address = |at: usize| {
+            let mut cursor = Cursor::new(data, end);
+            cursor.skip(self.header_at as usize + at);
+            cursor
+        };
+        let (source, destination) = if self.v6 {
+            (
+                Source::V6(address(ipv6::SOURCE_AT).peek()?),
+                Source::V6(address(ipv6::DESTINATION_AT).peek()?),
+            )
+        } else {
+            (
+                Source::V4(address(ipv4::SOURCE_AT).peek()?),
+                Source::V4(address(ipv4::DESTINATION_AT).peek()?),
+            )
+        };
+        let key = crate::maps::scratch_key()?;
+        key.set(
+            self.direction,
+            self.protocol,
+            &source,
+            &destination,
+            self.source_port,
+            self.destination_port,
+        );
+        Some(key)
+    }
+}
+
 /// What a packet means for flow tracking, as the parser hands it on, with
-/// every field set on every path. A `Track` built on each path would leave
-/// the bytes of the variants not taken undefined, and LLVM may fill such
-/// bytes from any register, a pointer included, which the verifier rejects
-/// ("invalid size of register spill"). [`Tracked::track`] makes the
-/// `Track` where it is used. The flow key itself is in the scratch map.
+/// every field set on every path. A `Track` carried out of the parser would
+/// leave the bytes of the variants not taken undefined, and LLVM may fill
+/// such bytes from any register, a pointer included, which the verifier
+/// rejects ("invalid size of register spill"). Each path makes a `Track`
+/// and turns it into this at once; [`Tracked::track`] makes the `Track`
+/// again where it is used.
 #[derive(Clone, Copy)]
 pub struct Tracked {
     kind: u8,
     opens: bool,
     ends: Ends,
+    flow: FlowRef,
 }
 
 impl Tracked {
@@ -66,50 +131,23 @@ impl Tracked {
     const KIND_RELATED_UNREADABLE: u8 = 3;
     const KIND_INVALID_NEIGHBOR: u8 = 4;
 
-    const fn of(kind: u8) -> Self {
-        Self {
-            kind,
-            opens: false,
-            ends: Ends::NONE,
-        }
-    }
-
-    pub const NOTHING: Self = Self::of(Self::KIND_NONE);
-    pub const INVALID_NEIGHBOR: Self = Self::of(Self::KIND_INVALID_NEIGHBOR);
-
-    /// A packet of the flow whose key was stored (`Some`); `track` says how.
-    #[inline(always)]
-    pub fn flow(key: Option<ScratchKey>, track: Track<ScratchKey>) -> Self {
-        match (key, track) {
-            (Some(_), Track::Flow { opens, ends, .. }) => Self {
-                kind: Self::KIND_FLOW,
-                opens,
-                ends,
-            },
-            _ => Self::NOTHING,
-        }
-    }
-
-    /// An ICMP error, quoting the flow whose key was stored (`Some`).
-    #[inline(always)]
-    pub const fn related(quoted: Option<ScratchKey>) -> Self {
-        Self::of(if quoted.is_some() {
-            Self::KIND_RELATED
-        } else {
-            Self::KIND_RELATED_UNREADABLE
-        })
-    }
+    pub const NOTHING: Self = Self {
+        kind: Self::KIND_NONE,
+        opens: false,
+        ends: Ends::NONE,
+        flow: FlowRef::NONE,
+    };
 
     #[inline(always)]
-    pub const fn track(self) -> Track<ScratchKey> {
+    pub const fn track(self) -> Track<FlowRef> {
         match self.kind {
             Self::KIND_FLOW => Track::Flow {
-                key: ScratchKey,
+                key: self.flow,
                 opens: self.opens,
                 ends: self.ends,
             },
             Self::KIND_RELATED => Track::Related {
-                quoted: Some(ScratchKey),
+                quoted: Some(self.flow),
             },
             Self::KIND_RELATED_UNREADABLE => Track::Related { quoted: None },
             Self::KIND_INVALID_NEIGHBOR => Track::InvalidNeighbor,
@@ -118,22 +156,147 @@ impl Tracked {
     }
 }
 
+impl From<Track<FlowRef>> for Tracked {
+    #[inline(always)]
+    fn from(track: Track<FlowRef>) -> Self {
+        match track {
+            Track::Flow { key, opens, ends } => Self {
+                kind: Self::KIND_FLOW,
+                opens,
+                ends,
+                flow: key,
+            },
+            Track::Related { quoted: Some(key) } => Self {
+                kind: Self::KIND_RELATED,
+                flow: key,
+                ..Self::NOTHING
+            },
+            Track::Related { quoted: None } => Self {
+                kind: Self::KIND_RELATED_UNREADABLE,
+                ..Self::NOTHING
+            },
+            Track::InvalidNeighbor => Self {
+                kind: Self::KIND_INVALID_NEIGHBOR,
+                ..Self::NOTHING
+            },
+            Track::None => Self::NOTHING,
+        }
+    }
+}
+
+/// What the allowlist decides on, as the parser hands it on: plain fields,
+/// every one set on every path, for the reason given at [`Tracked`].
+/// [`ParsedPacket::packet`] makes the `Packet` where it is used.
+#[derive(Clone, Copy)]
+pub struct ParsedPacket {
+    kind: u8,
+    v6: bool,
+    /// The source address; an IPv4 one in the first 4 bytes.
+    address: [u8; 16],
+    port: PortKey,
+}
+
+impl ParsedPacket {
+    const TRANSPORT: u8 = 0;
+    const ECHO_REQUEST: u8 = 1;
+    const LATER_FRAGMENT: u8 = 2;
+    const UNEXPOSED: u8 = 3;
+    const ARP: u8 = 4;
+    const NEIGHBOR: u8 = 5;
+    const ICMP_ERROR: u8 = 6;
+    const MALFORMED: u8 = 7;
+    const NON_IP: u8 = 8;
+
+    #[inline(always)]
+    const fn of(kind: u8) -> Self {
+        Self {
+            kind,
+            v6: false,
+            address: [0; 16],
+            port: PortKey::new(0, 0),
+        }
+    }
+
+    #[inline(always)]
+    const fn from(kind: u8, source: Source) -> Self {
+        match source {
+            Source::V4([a, b, c, d]) => Self {
+                address: [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ..Self::of(kind)
+            },
+            Source::V6(address) => Self {
+                v6: true,
+                address,
+                ..Self::of(kind)
+            },
+        }
+    }
+
+    #[inline(always)]
+    pub const fn packet(self) -> Packet {
+        let [a, b, c, d, ..] = self.address;
+        let source = if self.v6 {
+            Source::V6(self.address)
+        } else {
+            Source::V4([a, b, c, d])
+        };
+        match self.kind {
+            Self::TRANSPORT => Packet::Transport {
+                source,
+                port: self.port,
+            },
+            Self::ECHO_REQUEST => Packet::EchoRequest { source },
+            Self::LATER_FRAGMENT => Packet::LaterFragment { source },
+            Self::UNEXPOSED => Packet::Unexposed,
+            Self::ARP => Packet::Arp,
+            Self::NEIGHBOR => Packet::Neighbor,
+            Self::ICMP_ERROR => Packet::IcmpError,
+            Self::NON_IP => Packet::NonIp,
+            _ => Packet::Malformed,
+        }
+    }
+}
+
+impl From<Packet> for ParsedPacket {
+    #[inline(always)]
+    fn from(packet: Packet) -> Self {
+        match packet {
+            Packet::Transport { source, port } => Self {
+                port,
+                ..Self::from(Self::TRANSPORT, source)
+            },
+            Packet::EchoRequest { source } => Self::from(Self::ECHO_REQUEST, source),
+            Packet::LaterFragment { source } => Self::from(Self::LATER_FRAGMENT, source),
+            Packet::Unexposed => Self::of(Self::UNEXPOSED),
+            Packet::Arp => Self::of(Self::ARP),
+            Packet::Neighbor => Self::of(Self::NEIGHBOR),
+            Packet::IcmpError => Self::of(Self::ICMP_ERROR),
+            Packet::Malformed => Self::of(Self::MALFORMED),
+            Packet::NonIp => Self::of(Self::NON_IP),
+        }
+    }
+}
+
+/// A parse result: the packet and its tracking meaning, as plain fields.
+pub type Parsed = (ParsedPacket, Tracked);
+
 /// A parse result without a meaning for flow tracking.
 #[inline(always)]
-pub fn untracked(packet: Packet) -> Option<(Packet, Tracked)> {
-    Some((packet, Tracked::NOTHING))
+pub fn untracked(packet: Packet) -> Option<Parsed> {
+    Some((packet.into(), Tracked::NOTHING))
 }
 
 /// Parses the frame under `cursor`, crossing the interface `direction`:
 /// what the allowlist decides on, and what it means for flow tracking.
 #[inline(always)]
-pub fn packet(mut cursor: Cursor, direction: Direction) -> (Packet, Tracked) {
-    parse_ethernet(&mut cursor, direction).unwrap_or((Packet::Malformed, Tracked::NOTHING))
+pub fn packet(mut cursor: Cursor, direction: Direction) -> Parsed {
+    parse_ethernet(&mut cursor, direction)
+        .unwrap_or((ParsedPacket::of(ParsedPacket::MALFORMED), Tracked::NOTHING))
 }
 
 /// `None` means a header was cut short: the caller reports `Malformed`.
 #[inline(always)]
-fn parse_ethernet(cursor: &mut Cursor, direction: Direction) -> Option<(Packet, Tracked)> {
+fn parse_ethernet(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
     let eth = cursor.read::<EthHdr>()?;
     let mut ether_type = u16::from_be_bytes(eth.ether_type);
     for _ in 0..MAX_VLAN_DEPTH {

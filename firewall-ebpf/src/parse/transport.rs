@@ -2,7 +2,7 @@
 //! for flow tracking, the flow, and the flow an ICMP error quotes.
 
 use firewall_common::{
-    flow::{Direction, FlowKey, Track, neighbor_is_valid},
+    flow::{Direction, Track, neighbor_is_valid},
     maps::{PortKey, protocol},
     verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
     wire::{
@@ -11,11 +11,8 @@ use firewall_common::{
     },
 };
 
-use super::{Ip, Tracked, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
-use crate::{
-    cursor::Cursor,
-    maps::{ScratchKey, store_key},
-};
+use super::{FlowRef, Ip, Parsed, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
+use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -67,17 +64,15 @@ pub fn parse(
     ip_protocol: u8,
     ip: &Ip,
     direction: Direction,
-) -> Option<(Packet, Tracked)> {
+) -> Option<Parsed> {
     let v6 = matches!(ip.source, Source::V6(_));
-    let flow = |source_port, destination_port| {
-        store_key(FlowKey::of(
-            direction,
-            ip_protocol,
-            &ip.source,
-            &ip.destination,
-            source_port,
-            destination_port,
-        ))
+    let flow = |source_port, destination_port| FlowRef {
+        header_at: ip.header_at as u16,
+        v6,
+        protocol: ip_protocol,
+        source_port,
+        destination_port,
+        direction,
     };
     let parsed = match ip_protocol {
         protocol::TCP => {
@@ -91,11 +86,13 @@ pub fn parse(
                 Packet::Transport {
                     source: ip.source,
                     port: PortKey::new(protocol::TCP, destination),
-                },
-                Tracked::flow(
+                }
+                .into(),
+                Track::tcp(
                     flow(u16::from_be_bytes(tcp.source_port), destination),
-                    Track::tcp(ScratchKey, flags),
-                ),
+                    flags,
+                )
+                .into(),
             )
         }
         protocol::UDP => {
@@ -105,40 +102,39 @@ pub fn parse(
                 Packet::Transport {
                     source: ip.source,
                     port: PortKey::new(protocol::UDP, destination),
-                },
-                Tracked::flow(
-                    flow(u16::from_be_bytes(udp.source_port), destination),
-                    Track::flow(ScratchKey),
-                ),
+                }
+                .into(),
+                Track::flow(flow(u16::from_be_bytes(udp.source_port), destination)).into(),
             )
         }
         protocol::ICMP | protocol::ICMPV6 if (ip_protocol == protocol::ICMPV6) == v6 => {
             let icmp = cursor.peek::<IcmpHdr>()?;
             let identifier = u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]);
             let track = match (icmp_kind(v6, icmp.icmp_type), direction) {
-                (IcmpKind::EchoRequest, Direction::Egress) => {
-                    Tracked::flow(flow(identifier, 0), Track::flow(ScratchKey))
-                }
-                (IcmpKind::EchoReply, Direction::Ingress) => {
-                    Tracked::flow(flow(0, identifier), Track::flow(ScratchKey))
-                }
+                (IcmpKind::EchoRequest, Direction::Egress) => Track::flow(flow(identifier, 0)),
+                (IcmpKind::EchoReply, Direction::Ingress) => Track::flow(flow(0, identifier)),
                 (IcmpKind::Error, _) => {
                     cursor.skip(ICMP_HEADER_LEN);
-                    Tracked::related(quoted(cursor, v6))
+                    Track::Related {
+                        quoted: quoted(cursor, v6),
+                    }
                 }
                 (IcmpKind::Neighbor, _) => match ip.source {
                     Source::V6(source)
                         if !neighbor_is_valid(icmp.icmp_type, ip.hop_limit, &source) =>
                     {
-                        Tracked::INVALID_NEIGHBOR
+                        Track::InvalidNeighbor
                     }
-                    _ => Tracked::NOTHING,
+                    _ => Track::None,
                 },
-                _ => Tracked::NOTHING,
+                _ => Track::None,
             };
-            (icmp_packet(v6, icmp.icmp_type, ip.source), track)
+            (
+                icmp_packet(v6, icmp.icmp_type, ip.source).into(),
+                track.into(),
+            )
         }
-        _ => (Packet::Unexposed, Tracked::NOTHING),
+        _ => (Packet::Unexposed.into(), Track::None.into()),
     };
     Some(parsed)
 }
@@ -146,17 +142,14 @@ pub fn parse(
 /// The flow of the packet an ICMP error quotes (a packet the host sent):
 /// its IP header and the first bytes of its transport header.
 #[inline(always)]
-fn quoted(cursor: &mut Cursor, v6: bool) -> Option<ScratchKey> {
-    let (protocol, source, destination) = if v6 {
+fn quoted(cursor: &mut Cursor, v6: bool) -> Option<FlowRef> {
+    let header_at = cursor.offset as u16;
+    let protocol = if v6 {
         let header = cursor.read::<Ipv6Hdr>()?;
         if header.version_class_flow[0] >> 4 != 6 {
             return None;
         }
-        (
-            header.next_header,
-            Source::V6(header.source),
-            Source::V6(header.destination),
-        )
+        header.next_header
     } else {
         let header = cursor.read::<Ipv4Hdr>()?;
         let header_len = ((header.version_ihl & 0x0f) as usize) * 4;
@@ -167,21 +160,17 @@ fn quoted(cursor: &mut Cursor, v6: bool) -> Option<ScratchKey> {
             return None;
         }
         cursor.skip(header_len - IPV4_HEADER_LEN);
-        (
-            header.protocol,
-            Source::V4(header.source),
-            Source::V4(header.destination),
-        )
+        header.protocol
     };
     let key = |source_port, destination_port| {
-        store_key(FlowKey::of(
-            Direction::Egress,
+        Some(FlowRef {
+            header_at,
+            v6,
             protocol,
-            &source,
-            &destination,
             source_port,
             destination_port,
-        ))
+            direction: Direction::Egress,
+        })
     };
     match protocol {
         protocol::TCP | protocol::UDP => {
