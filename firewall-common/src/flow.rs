@@ -16,7 +16,7 @@ pub enum Direction {
 /// A flow as the host sees it: its own address and port, the peer's. Both
 /// directions of a flow have the same key: the key of the `FLOWS` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
     /// [`protocol::TCP`], [`protocol::UDP`], [`protocol::ICMP`] or [`protocol::ICMPV6`].
     pub protocol: u8,

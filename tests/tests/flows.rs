@@ -250,6 +250,11 @@ fn a_late_udp_reply_is_dropped_after_the_idle_timeout() {
     let after = daemon.settled_stats();
     after.assert_drops_since(&before, &[("port_closed", 1)]);
     assert_eq!(after.passed_since(&before, "return_traffic"), 0);
+    // The sweep deleted the timed-out flow; nothing was evicted.
+    let flows = &after.0["flows"];
+    assert_eq!(count(&flows["udp"]), 0, "{flows}");
+    assert_eq!(count(&flows["created"]), 1, "{flows}");
+    assert_eq!(count(&flows["evicted"]), 0, "{flows}");
 }
 
 /// The edge's connection from `client_port` to the peer's echo server.

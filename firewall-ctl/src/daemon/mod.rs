@@ -159,10 +159,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
     // Tracking before the policy: the policy switched in next already
     // sees the flows of the host's connections (from their next packet).
-    datapath.set_tracking(
-        &config.interfaces,
-        config.flows.data_plane(config.track_outbound),
-    )?;
+    datapath.set_tracking(&config)?;
     // Fill the maps before attaching: the first packet already sees the
     // policy. With adopted maps this is the idle slot: one switch replaces
     // the old daemon's policy.

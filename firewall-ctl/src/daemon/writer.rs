@@ -899,14 +899,14 @@ impl Writer {
                 }
             }
         }
-        if let Err(err) = self.set_tracking(&config) {
+        if let Err(err) = self.datapath.set_tracking(&config) {
             self.detach_new(&attached);
             return Err(format!("flow tracking: {err}"));
         }
         let diff = PolicyDiff::between(&self.policy, &policy);
         if let Err(err) = self.datapath.apply(&policy, &diff) {
             self.detach_new(&attached);
-            if let Err(err) = self.set_tracking(&self.config.clone()) {
+            if let Err(err) = self.datapath.set_tracking(&self.config) {
                 error!(error = %err, "restoring the flow tracking settings of the running config failed");
             }
             return Err(format!("applying the new policy failed: {err}"));
@@ -930,6 +930,8 @@ impl Writer {
         if !self.config.track_outbound {
             self.flows = None;
         }
+        // Swept under the new timeouts at once.
+        self.next_flow_sweep = SystemTime::now();
         Ok(ReloadReport {
             rules: self.policy.rule_names.len(),
             prefixes_v4: self.policy.v4.len(),
@@ -1043,14 +1045,6 @@ impl Writer {
                 error!(interface = name, error = %err, "re-attaching the flow tracking program failed; replies to the host's connections there are dropped");
             }
         }
-    }
-
-    /// Makes the data plane track flows as `config` says, on its interfaces.
-    fn set_tracking(&mut self, config: &Config) -> Result<(), crate::datapath::DatapathError> {
-        self.datapath.set_tracking(
-            &config.interfaces,
-            config.flows.data_plane(config.track_outbound),
-        )
     }
 
     fn stats(&mut self) -> anyhow::Result<StatsReport> {

@@ -8,15 +8,16 @@
 //! handle, which the kernel keeps without a pin and a restarted daemon
 //! replaces in place.
 
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
+    sys::SyscallError,
     util::KernelVersion,
 };
 use firewall_common::{
@@ -26,7 +27,8 @@ use firewall_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Datapath, DatapathError, LinkError, absent_is_removed, map_error};
+use super::{Datapath, DatapathError, LinkError, map_error};
+use crate::config::Config;
 
 /// Name of the TC egress function in the object.
 const EGRESS_PROGRAM: &str = "track_egress";
@@ -143,6 +145,112 @@ fn attach_classic(program: &mut SchedClassifier, interface: &str) -> Result<(), 
     Ok(())
 }
 
+/// Flows read or deleted per `bpf` call.
+const BATCH: usize = 4096;
+
+/// `union bpf_attr` of `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_DELETE_BATCH`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `bpf(cmd, attr)`; `Ok(true)` when there is more to come, `Ok(false)` at
+/// the end of the map (`ENOENT`), with `attr.count` saying how many
+/// entries the call handled either way.
+fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
+    // SAFETY: `attr` is a batch `bpf_attr` whose buffers the caller sized
+    // for `attr.count` entries; they outlive the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// Every flow of the table `map` (Linux 5.6 batch reads: one call per
+/// [`BATCH`] flows, not two per flow).
+fn read_flows(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32;
+    let mut flows = Vec::new();
+    let mut keys = vec![FlowKey::default(); BATCH];
+    let mut states = vec![FlowState::default(); BATCH];
+    // The position in the table: a bucket index for hash maps.
+    let (mut position_in, mut position_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &raw mut position_in as u64
+            },
+            out_batch: &raw mut position_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: states.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let more = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+        let read = attr.count as usize;
+        flows.extend(
+            keys[..read]
+                .iter()
+                .copied()
+                .zip(states[..read].iter().copied()),
+        );
+        if !more {
+            return Ok(flows);
+        }
+        position_in = position_out;
+        first = false;
+    }
+}
+
+/// Deletes `keys` from the table `map`, skipping any gone already (the LRU
+/// may evict one meanwhile); how many it deleted.
+fn delete_flows(map: &MapData, keys: &[FlowKey]) -> std::io::Result<u64> {
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32;
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let complete = batch_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
+        let done = attr.count as usize;
+        deleted += done as u64;
+        // A key not found stops the call at it: skip it, go on after it.
+        rest = &rest[if complete { chunk.len() } else { done + 1 }..];
+    }
+    Ok(deleted)
+}
+
 /// Removes the classic egress filter of an older daemon or kernel from
 /// `interface`; nothing to do where there is none.
 pub fn remove_netlink_filter(interface: &str) {
@@ -204,25 +312,22 @@ impl Datapath {
         Ok(())
     }
 
-    /// Turns flow tracking on `interfaces` on (`config.enabled`) or off.
-    /// On: the egress program is attached everywhere before the XDP
-    /// program is told to use the table, so no reply is judged by an empty
-    /// one; an attach that fails leaves the settings as they were. Off:
-    /// the XDP program stops using the table first, then the egress
+    /// Tracks flows on `config`'s interfaces as it says (`track_outbound`,
+    /// `[flows]`). On: the egress program is attached everywhere before the
+    /// XDP program is told to use the table, so no reply is judged by an
+    /// empty one; an attach that fails leaves the settings as they were.
+    /// Off: the XDP program stops using the table first, then the egress
     /// program goes and the table is emptied.
-    pub fn set_tracking(
-        &mut self,
-        interfaces: &[String],
-        config: FlowConfig,
-    ) -> Result<(), DatapathError> {
-        if config.enabled != 0 {
-            for interface in interfaces {
+    pub fn set_tracking(&mut self, config: &Config) -> Result<(), DatapathError> {
+        let settings = config.flows.data_plane(config.track_outbound);
+        if config.track_outbound {
+            for interface in &config.interfaces {
                 self.track_egress(interface)?;
             }
-            return self.set_flow_config(config);
+            return self.set_flow_config(settings);
         }
-        self.set_flow_config(config)?;
-        for interface in interfaces {
+        self.set_flow_config(settings)?;
+        for interface in &config.interfaces {
             if let Err(err) = self.untrack_egress(interface) {
                 warn!(interface, error = %err, "detaching the TC egress program failed");
             }
@@ -285,11 +390,22 @@ impl Datapath {
             capacity: self.max_flows,
             ..FlowTable::default()
         };
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::FLOWS)?;
+        let map = match self.ebpf.map(names::FLOWS) {
+            Some(Map::LruHashMap(map)) => map,
+            _ => {
+                return Err(DatapathError::MissingMap { name: names::FLOWS });
+            }
+        };
+        let io_error = |err: std::io::Error| DatapathError::Map {
+            name: names::FLOWS,
+            source: MapError::SyscallError(SyscallError {
+                call: "bpf batch",
+                io_error: err,
+            }),
+        };
         let mut expired = Vec::new();
         // Collected first: deleting while walking restarts the walk.
-        for entry in flows.iter() {
-            let (key, state) = entry.map_err(map_error(names::FLOWS))?;
+        for (key, state) in read_flows(map).map_err(io_error)? {
             if all || config.expired(key.protocol, &state, now) {
                 expired.push(key);
                 continue;
@@ -300,12 +416,7 @@ impl Datapath {
                 _ => table.icmp += 1,
             }
         }
-        for key in &expired {
-            flows
-                .remove(key)
-                .or_else(absent_is_removed)
-                .map_err(map_error(names::FLOWS))?;
-        }
+        let deleted = delete_flows(map, &expired).map_err(io_error)?;
         let mut stats: PerCpuArray<&mut MapData, u64> = self.map_mut(names::FLOW_STATS)?;
         let per_cpu =
             |stats: &PerCpuArray<&mut MapData, u64>, index| -> Result<Vec<u64>, DatapathError> {
@@ -324,8 +435,8 @@ impl Datapath {
             table.created += per_cpu(&stats, index)?.iter().sum::<u64>();
         }
         let mut swept = per_cpu(&stats, flow_stats::SWEPT)?;
-        if !expired.is_empty() {
-            swept[0] += expired.len() as u64;
+        if deleted > 0 {
+            swept[0] += deleted;
             let values = PerCpuValues::try_from(swept.clone()).map_err(DatapathError::Cpus)?;
             stats
                 .set(flow_stats::SWEPT, values, 0)
