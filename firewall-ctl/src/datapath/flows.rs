@@ -186,11 +186,27 @@ fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> 
     }
 }
 
+/// A failed batch call on the flow table.
+fn batch_error(io_error: std::io::Error) -> DatapathError {
+    DatapathError::Map {
+        name: names::FLOWS,
+        source: MapError::SyscallError(SyscallError {
+            call: "bpf batch",
+            io_error,
+        }),
+    }
+}
+
+/// The descriptor of `map`, as `bpf_attr` holds it.
+fn raw_fd(map: &MapData) -> u32 {
+    std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32
+}
+
 /// Every flow of the table `map` (Linux 5.6 batch reads: one call per
 /// [`BATCH`] flows, not two per flow).
 fn read_flows(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32;
+    let fd = raw_fd(map);
     let mut flows = Vec::new();
     let mut keys = vec![FlowKey::default(); BATCH];
     let mut states = vec![FlowState::default(); BATCH];
@@ -231,7 +247,7 @@ fn read_flows(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
 /// may evict one meanwhile); how many it deleted.
 fn delete_flows(map: &MapData, keys: &[FlowKey]) -> std::io::Result<u64> {
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32;
+    let fd = raw_fd(map);
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -254,24 +270,23 @@ fn delete_flows(map: &MapData, keys: &[FlowKey]) -> std::io::Result<u64> {
 /// Removes the classic egress filter of an older daemon or kernel from
 /// `interface`; nothing to do where there is none.
 pub fn remove_netlink_filter(interface: &str) {
-    match tc::qdisc_detach_program(interface, TcAttachType::Egress, EGRESS_PROGRAM) {
-        Ok(()) => info!(interface, "removed the TC egress filter"),
-        Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
-        // No clsact qdisc, or the interface is gone: no filter either.
-        Err(_) => {}
+    // An error means no such filter, no clsact qdisc or no interface:
+    // nothing to remove either way.
+    if tc::qdisc_detach_program(interface, TcAttachType::Egress, EGRESS_PROGRAM).is_ok() {
+        info!(interface, "removed the TC egress filter");
     }
 }
 
-/// Moves the flows of `old` (a table of another size) into `new`, as many
+/// Copies the flows of `old` (a table of another size) into `new`, as many
 /// as fit, so replies of connections in progress keep passing.
-fn carry_flows(old: MapData, new: &mut HashMap<&mut MapData, FlowKey, FlowState>) -> usize {
-    let Ok(old) = HashMap::<MapData, FlowKey, FlowState>::try_from(Map::LruHashMap(old)) else {
-        return 0;
-    };
-    old.iter()
-        .flatten()
+fn carry_flows(
+    old: &MapData,
+    new: &mut HashMap<&mut MapData, FlowKey, FlowState>,
+) -> std::io::Result<usize> {
+    Ok(read_flows(old)?
+        .into_iter()
         .filter(|(key, state)| new.insert(key, state, 0).is_ok())
-        .count()
+        .count())
 }
 
 /// A pinned flow table whose size is not `max_flows`: unpinned (the old
@@ -291,14 +306,19 @@ pub(super) fn resized_table(pin: &Path, max_flows: u32) -> Option<MapData> {
 }
 
 impl Datapath {
-    /// Carries the flows of the table `old` was into the new one.
+    /// Carries the flows of the table `old` was into the new one. If that
+    /// fails, replies pass again once the host sends on their flows.
     pub(super) fn carry_flows_from(&mut self, old: MapData) -> Result<(), DatapathError> {
         let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::FLOWS)?;
-        let carried = carry_flows(old, &mut flows);
-        info!(
-            flows = carried,
-            "carried tracked flows into the resized table"
-        );
+        match carry_flows(&old, &mut flows) {
+            Ok(carried) => info!(
+                flows = carried,
+                "carried tracked flows into the resized table"
+            ),
+            Err(err) => {
+                warn!(error = %err, "carrying tracked flows into the resized table failed; each is tracked again from its next outgoing packet")
+            }
+        }
         Ok(())
     }
 
@@ -396,16 +416,9 @@ impl Datapath {
                 return Err(DatapathError::MissingMap { name: names::FLOWS });
             }
         };
-        let io_error = |err: std::io::Error| DatapathError::Map {
-            name: names::FLOWS,
-            source: MapError::SyscallError(SyscallError {
-                call: "bpf batch",
-                io_error: err,
-            }),
-        };
         let mut expired = Vec::new();
         // Collected first: deleting while walking restarts the walk.
-        for (key, state) in read_flows(map).map_err(io_error)? {
+        for (key, state) in read_flows(map).map_err(batch_error)? {
             if all || config.expired(key.protocol, &state, now) {
                 expired.push(key);
                 continue;
@@ -416,7 +429,7 @@ impl Datapath {
                 _ => table.icmp += 1,
             }
         }
-        let deleted = delete_flows(map, &expired).map_err(io_error)?;
+        let deleted = delete_flows(map, &expired).map_err(batch_error)?;
         let mut stats: PerCpuArray<&mut MapData, u64> = self.map_mut(names::FLOW_STATS)?;
         let per_cpu =
             |stats: &PerCpuArray<&mut MapData, u64>, index| -> Result<Vec<u64>, DatapathError> {
