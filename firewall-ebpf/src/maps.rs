@@ -107,8 +107,10 @@ pub fn record_outgoing(key: &FlowKey, ends: Ends) {
         let state = unsafe { &mut *state };
         if flow_config().expired(key.protocol, state, now) {
             // The same addresses and ports again (a reused port): a new flow
-            // in the old entry.
-            *state = fresh;
+            // in the old entry; a RST starts nothing here either.
+            if !ends.rst() {
+                *state = fresh;
+            }
         } else {
             state.observe(now, Direction::Egress, ends);
         }

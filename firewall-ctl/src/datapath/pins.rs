@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! bpf_dir/
-//!   maps-v1/ACTIVE, SOURCES_V4_0, ...   the maps of layout version 1
+//!   maps-v2/ACTIVE, SOURCES_V4_0, ...   the maps of layout version 2
 //!   links/eth0/driver                   the XDP link on eth0 (attach mode in the name)
 //!   links/eth0/tc-egress                its TC egress link (flow tracking, TCX)
 //! ```
@@ -86,15 +86,20 @@ fn detach_pinned_link(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A removal that found nothing to remove succeeded.
+fn absent_is_removed(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
 /// Detaches the link pinned at `path` and unpins it; nothing to do if
 /// nothing is pinned there.
 fn remove_pinned_link(path: &Path) -> io::Result<()> {
     // A link whose interface is gone is detached already.
     let _ = detach_pinned_link(path);
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        result => result,
-    }
+    absent_is_removed(std::fs::remove_file(path))
 }
 
 /// The pin directory of one firewall.
@@ -256,10 +261,9 @@ impl PinDir {
     pub fn remove_interface(&self, interface: &str) -> io::Result<()> {
         self.remove_xdp_link(interface)?;
         self.remove_egress_link(interface)?;
-        match std::fs::remove_dir_all(self.root.join(LINKS_DIR).join(interface)) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            result => result,
-        }
+        absent_is_removed(std::fs::remove_dir_all(
+            self.root.join(LINKS_DIR).join(interface),
+        ))
     }
 
     /// Detaches every link and unpins everything.
