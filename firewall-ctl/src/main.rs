@@ -8,6 +8,7 @@ mod daemon;
 mod datapath;
 mod detach;
 mod entries;
+mod feeds;
 mod fsutil;
 mod output;
 mod policy;

@@ -6,6 +6,7 @@
 //! (interfaces, groups, the socket path) is asked of a [`Host`], so all of
 //! it is unit-tested without one.
 
+pub mod feeds;
 pub mod flows;
 pub mod ports;
 pub mod prefix;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::{
+    feeds::Feed,
     flows::FlowSettings,
     ports::PortRange,
     prefix::{IpPrefix, PrefixError},
@@ -72,6 +74,7 @@ pub struct Config {
     /// must quote such a flow, neighbour discovery must be on-link.
     pub track_outbound: bool,
     pub flows: FlowSettings,
+    pub feeds: Vec<Feed>,
     pub rules: Vec<Rule>,
 }
 
@@ -110,6 +113,8 @@ pub struct Rule {
     pub ports: Vec<PortRange>,
     /// Sorted, without duplicates.
     pub sources: Vec<IpPrefix>,
+    /// Names of the feeds whose entries are this rule's sources too.
+    pub feeds: Vec<String>,
     pub comment: Option<String>,
     /// May list `0.0.0.0/0`, `::/0` and other broad prefixes.
     pub allow_any_source: bool,
@@ -248,6 +253,8 @@ struct RawConfig {
     #[serde(default)]
     flows: flows::RawFlows,
     #[serde(default)]
+    feeds: Vec<feeds::RawFeed>,
+    #[serde(default)]
     rules: Vec<RawRule>,
 }
 
@@ -264,7 +271,8 @@ fn track_outbound_by_default() -> bool {
 struct RawRule {
     name: Spanned<String>,
     ports: Spanned<Vec<Spanned<String>>>,
-    sources: Spanned<Vec<Spanned<String>>>,
+    sources: Option<Spanned<Vec<Spanned<String>>>>,
+    feeds: Option<Spanned<Vec<Spanned<String>>>>,
     comment: Option<String>,
     /// Required to list `0.0.0.0/0`, `::/0` or prefixes shorter than /8
     /// (IPv4) or /16 (IPv6): opening a port to everyone must be deliberate.
@@ -436,12 +444,13 @@ impl Validator<'_> {
                 ),
             });
         }
+        let feeds = self.feeds(raw.feeds);
         let mut names = HashSet::new();
         let mut default_rule: Option<String> = None;
         let mut rules = Vec::new();
         for raw_rule in raw.rules {
             let is_default = raw_rule.default.clone();
-            let rule = self.rule(raw_rule, &mut names);
+            let rule = self.rule(raw_rule, &mut names, &feeds);
             if let Some(is_default) = is_default.filter(|flag| *flag.get_ref()) {
                 if let Some(first) = &default_rule {
                     self.problem(
@@ -456,6 +465,20 @@ impl Validator<'_> {
                 }
             }
             rules.push(rule);
+        }
+        for name in &feeds.names {
+            if !rules
+                .iter()
+                .any(|rule: &Rule| rule.feeds.contains(name.get_ref()))
+            {
+                self.problem(
+                    name,
+                    format!(
+                        "feed `{}` is used by no rule; add it to a rule's `feeds`, or remove it",
+                        name.get_ref()
+                    ),
+                );
+            }
         }
         let socket = match raw.socket {
             Some(socket) => {
@@ -487,22 +510,20 @@ impl Validator<'_> {
             read_group: self.group("read_group", raw.read_group),
             track_outbound: raw.track_outbound,
             flows: self.flows(raw.flows),
+            feeds: feeds.valid,
             rules,
         }
     }
 
-    fn rule(&mut self, raw: RawRule, names: &mut HashSet<String>) -> Rule {
+    fn rule(
+        &mut self,
+        raw: RawRule,
+        names: &mut HashSet<String>,
+        feeds: &feeds::DeclaredFeeds,
+    ) -> Rule {
         let name = raw.name.get_ref();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            self.problem(
-                &raw.name,
-                format!("rule name `{name}` is invalid; use 1 to 64 letters, digits, '-' and '_'"),
-            );
+        if let Err(message) = check_name(name) {
+            self.problem(&raw.name, format!("rule name {message}"));
         } else if !names.insert(name.clone()) {
             self.problem(
                 &raw.name,
@@ -515,11 +536,37 @@ impl Validator<'_> {
                 format!("rule `{name}`: `ports` is empty; list at least one, e.g. `[\"tcp/443\"]`"),
             );
         }
-        if raw.sources.get_ref().is_empty() {
-            self.problem(
-                &raw.sources,
-                format!("rule `{name}`: `sources` is empty; list at least one address or prefix"),
+        let no_sources = raw
+            .sources
+            .as_ref()
+            .is_none_or(|sources| sources.get_ref().is_empty());
+        let no_feeds = raw
+            .feeds
+            .as_ref()
+            .is_none_or(|feeds| feeds.get_ref().is_empty());
+        if no_sources && no_feeds {
+            let message = format!(
+                "rule `{name}`: no `sources` and no `feeds`; list at least one address or prefix, or a feed"
             );
+            match (&raw.sources, &raw.feeds) {
+                (Some(sources), _) => self.problem(sources, message),
+                (None, Some(feed_names)) => self.problem(feed_names, message),
+                (None, None) => self.problem(&raw.name, message),
+            }
+        }
+        let mut rule_feeds: Vec<String> = Vec::new();
+        for feed in raw.feeds.map(Spanned::into_inner).unwrap_or_default() {
+            if !feeds.declares(feed.get_ref()) {
+                self.problem(
+                    &feed,
+                    format!(
+                        "rule `{name}`: no feed is named `{}`; define it in a `[[feeds]]` table or remove it",
+                        feed.get_ref()
+                    ),
+                );
+            } else if !rule_feeds.contains(feed.get_ref()) {
+                rule_feeds.push(feed.into_inner());
+            }
         }
         let mut ports = Vec::new();
         for text in raw.ports.get_ref() {
@@ -529,7 +576,7 @@ impl Validator<'_> {
             }
         }
         let mut sources = Vec::new();
-        for text in raw.sources.get_ref() {
+        for text in raw.sources.iter().flat_map(|sources| sources.get_ref()) {
             match parse_source(text.get_ref(), raw.allow_any_source) {
                 Ok(prefix) => sources.push(prefix),
                 Err(err @ SourceError::Broad { .. }) => self.problem(
@@ -547,10 +594,27 @@ impl Validator<'_> {
             name: name.clone(),
             ports,
             sources,
+            feeds: rule_feeds,
             comment: raw.comment,
             allow_any_source: raw.allow_any_source,
             default: raw.default.is_some_and(|flag| flag.into_inner()),
         }
+    }
+}
+
+/// Rule and feed names: 1 to 64 letters, digits, '-' and '_'.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Err(format!(
+            "`{name}` is invalid; use 1 to 64 letters, digits, '-' and '_'"
+        ))
+    } else {
+        Ok(())
     }
 }
 

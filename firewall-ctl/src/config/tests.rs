@@ -1,4 +1,4 @@
-use super::*;
+use super::{feeds::FeedSource, *};
 
 const GOOD: &str = r#"
 interfaces = ["eth0", "eth1"]
@@ -338,7 +338,7 @@ fn empty_ports_or_sources_are_rejected() {
         "name = \"r\"\nports = [\"443\"]\nsources = []\n",
     ));
     assert_eq!(line, Some(6));
-    assert!(message.contains("`sources` is empty"), "{message}");
+    assert!(message.contains("no `sources` and no `feeds`"), "{message}");
 }
 
 #[test]
@@ -461,4 +461,190 @@ fn flow_tracking_is_on_by_default_and_its_keys_are_checked() {
     );
     let (_, unknown) = only_problem("interfaces = [\"eth0\"]\n[flows]\nudp_timeot = \"2s\"\n");
     assert!(unknown.contains("unknown field `udp_timeot`"), "{unknown}");
+}
+
+const FEEDS: &str = r#"
+interfaces = ["eth0"]
+
+[[feeds]]
+name = "atlassian-jira"
+url = "https://ip-ranges.atlassian.com/"
+format = "atlassian"
+filter = { product = ["jira"], direction = ["egress"] }
+refresh = "6h"
+max_age = "3d"
+min_entries = 1
+max_shrink = "50%"
+
+[[feeds]]
+name = "office"
+format = "dns"
+names = ["office.example.org"]
+
+[[feeds]]
+name = "vendor-file"
+url = "file:///etc/firewall-ctl/vendor.txt"
+format = "plain"
+
+[[rules]]
+name = "jira-cloud"
+ports = ["tcp/443"]
+feeds = ["atlassian-jira", "office"]
+
+[[rules]]
+name = "vendor"
+ports = ["tcp/8443"]
+sources = ["203.0.113.10"]
+feeds = ["vendor-file"]
+"#;
+
+#[test]
+fn feeds_are_parsed_and_rules_take_sources_feeds_or_both() {
+    let config = parse(FEEDS).unwrap();
+    assert_eq!(config.feeds.len(), 3);
+    let jira = &config.feeds[0];
+    assert_eq!(jira.format, crate::feeds::FeedFormat::Atlassian);
+    assert_eq!(
+        jira.source,
+        FeedSource::Url("https://ip-ranges.atlassian.com/".to_string())
+    );
+    assert_eq!(jira.filter["product"], ["jira"]);
+    assert_eq!(jira.refresh, std::time::Duration::from_secs(6 * 3600));
+    assert_eq!(jira.max_age, std::time::Duration::from_secs(3 * 24 * 3600));
+    assert_eq!(jira.max_shrink_percent, 50);
+    let office = &config.feeds[1];
+    assert_eq!(
+        office.source,
+        FeedSource::Dns(vec!["office.example.org".to_string()])
+    );
+    assert_eq!(office.refresh, std::time::Duration::from_secs(300));
+    assert_eq!(
+        config.feeds[2].source,
+        FeedSource::File(PathBuf::from("/etc/firewall-ctl/vendor.txt"))
+    );
+    assert!(config.rules[0].sources.is_empty());
+    assert_eq!(config.rules[0].feeds, ["atlassian-jira", "office"]);
+    assert_eq!(config.rules[1].sources.len(), 1);
+    assert_eq!(config.rules[1].feeds, ["vendor-file"]);
+}
+
+#[test]
+fn feed_mistakes_are_named_with_their_fix() {
+    let problem = |feed: &str, rule_feeds: &str| {
+        let text = format!(
+            "interfaces = [\"eth0\"]\n[[feeds]]\n{feed}\n[[rules]]\nname = \"r\"\nports = [\"443\"]\nfeeds = [{rule_feeds}]\n"
+        );
+        let problems = parse(&text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        problems[0].message.clone()
+    };
+    assert!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"csv\"",
+            "\"f\""
+        )
+        .starts_with("feed `f`: unknown format `csv`; use one of plain, atlassian, aws")
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"aws\"\nfilter = { product = [\"jira\"] }",
+            "\"f\""
+        ),
+        "feed `f`: filter key `product` does not belong to the format; `aws` feeds filter by `service`, `region`, `network_border_group`"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"fastly\"\nfilter = { family = [\"ipv4\"] }",
+            "\"f\""
+        ),
+        "feed `f`: filter key `family` does not belong to the format; `fastly` feeds take no filter; remove it"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"dns\"\nnames = [\"a.example\"]",
+            "\"f\""
+        ),
+        "feed `f`: a `dns` feed has `names`, not a `url`; remove `url` or choose the list's format"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\nnames = [\"a.example\"]",
+            "\"f\""
+        ),
+        "feed `f`: `names` belongs to `format = \"dns\"` feeds; a list fetched from a URL has only `url`"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"ftp://x.example/list\"\nformat = \"plain\"",
+            "\"f\""
+        ),
+        "feed `f`: `url = \"ftp://x.example/list\"` is not an `https://`, `http://` or `file:///absolute/path` address"
+    );
+    assert!(
+        problem(
+            "name = \"f\"\nurl = \"https://api.github.com/meta\"\nformat = \"github\"",
+            "\"f\""
+        )
+        .starts_with("feed `f`: a `github` feed needs `filter = { keys = [...] }`")
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\nrefresh = \"10s\"",
+            "\"f\""
+        ),
+        "feed `f`: `refresh = \"10s\"` is not a duration of at least 1m; write e.g. \"6h\""
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\nmax_shrink = \"150%\"",
+            "\"f\""
+        ),
+        "feed `f`: `max_shrink = \"150%\"` is not a percentage from 0% to 100%; write e.g. \"50%\""
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\nmin_entries = 0",
+            "\"f\""
+        ),
+        "feed `f`: `min_entries = 0` must be at least 1: an empty list is never a good update"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nformat = \"dns\"\nnames = [\"bad_name.example\"]",
+            "\"f\""
+        ),
+        "feed `f`: `bad_name.example` is not a DNS name (letters, digits, '-' and dots, labels of 1 to 63 characters)"
+    );
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"",
+            "\"f\", \"g\""
+        ),
+        "rule `r`: no feed is named `g`; define it in a `[[feeds]]` table or remove it"
+    );
+}
+
+#[test]
+fn unused_feeds_and_rules_without_sources_are_refused() {
+    let problems = parse(
+        "interfaces = [\"eth0\"]\n[[feeds]]\nname = \"spare\"\nurl = \"https://x.example/\"\nformat = \"plain\"\n[[rules]]\nname = \"r\"\nports = [\"443\"]\nsources = []\n",
+    )
+    .unwrap_err();
+    let messages: Vec<(Option<usize>, &str)> = problems
+        .iter()
+        .map(|problem| (problem.line, problem.message.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            (
+                Some(9),
+                "rule `r`: no `sources` and no `feeds`; list at least one address or prefix, or a feed"
+            ),
+            (
+                Some(3),
+                "feed `spare` is used by no rule; add it to a rule's `feeds`, or remove it"
+            ),
+        ]
+    );
 }
