@@ -140,22 +140,45 @@ pub fn next_expiry(entries: &RuntimeEntries) -> Option<Timestamp> {
     entries.values().filter_map(|entry| entry.expires_at).min()
 }
 
-/// Where an effective entry comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Where an effective entry comes from; written `config`, `cli` or
+/// `feed:NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
     /// The config file's `sources`.
     Config,
+    /// A feed's last good list.
+    Feed(String),
     /// `firewall-ctl allow`.
     Cli,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Origin::Config => "config",
-            Origin::Cli => "cli",
-        })
+        match self {
+            Origin::Config => f.write_str("config"),
+            Origin::Feed(name) => write!(f, "feed:{name}"),
+            Origin::Cli => f.write_str("cli"),
+        }
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "config" => Ok(Origin::Config),
+            "cli" => Ok(Origin::Cli),
+            _ => text
+                .strip_prefix("feed:")
+                .map(|name| Origin::Feed(name.to_string()))
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown origin `{text}`"))),
+        }
     }
 }
 

@@ -289,8 +289,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, policy) = daemon::load_policy(&path)?;
             let (source, port) =
                 policy::explain::parse_query(&source, &port).map_err(anyhow::Error::msg)?;
-            let report =
-                policy::explain::explain(&config, &RuntimeEntries::new(), &policy, source, port);
+            let report = policy::explain::explain(
+                &config,
+                &RuntimeEntries::new(),
+                &feeds::FeedLists::new(),
+                &policy,
+                source,
+                port,
+            );
             print(json, &report, output::explain)
         }
         CliCommand::Explain {

@@ -211,6 +211,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         socket: config.socket.clone(),
         config,
         runtime,
+        feeds: crate::feeds::FeedLists::new(),
         policy,
         datapath,
         store,

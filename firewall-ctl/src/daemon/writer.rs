@@ -35,6 +35,7 @@ use crate::{
     config::{self, Config, IpPrefix, SourceError},
     datapath::{Attachment, Datapath, flows::FlowTable},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
+    feeds::FeedLists,
     policy::{self, CompiledPolicy, PolicyDiff, explain, guard},
     text::escape_controls,
 };
@@ -53,6 +54,8 @@ pub struct Writer {
     pub socket: PathBuf,
     pub config: Config,
     pub runtime: RuntimeEntries,
+    /// Each feed's last good list.
+    pub feeds: FeedLists,
     pub policy: CompiledPolicy,
     pub datapath: Datapath,
     pub store: StateStore,
@@ -267,13 +270,19 @@ impl Writer {
             Command::List { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
                 Some(Err(message)) => Response::Error(message),
                 _ => Response::List(ListReport {
-                    entries: explain::list(&self.config, &self.runtime, rule.as_deref()),
+                    entries: explain::list(
+                        &self.config,
+                        &self.runtime,
+                        &self.feeds,
+                        rule.as_deref(),
+                    ),
                 }),
             },
             Command::Explain { source, port } => match explain::parse_query(&source, &port) {
                 Ok((source, port)) => Response::Explain(explain::explain(
                     &self.config,
                     &self.runtime,
+                    &self.feeds,
                     &self.policy,
                     source,
                     port,
@@ -617,12 +626,23 @@ impl Writer {
         })
     }
 
+    /// Whether rule `rule` lists `prefix` other than by a runtime entry: in
+    /// the config, or through one of its feeds.
+    fn listed_elsewhere(&self, rule: usize, prefix: &IpPrefix) -> bool {
+        let rule = &self.config.rules[rule];
+        rule.lists(prefix)
+            || rule
+                .feeds
+                .iter()
+                .any(|feed| self.feeds.get(feed).is_some_and(|list| list.lists(prefix)))
+    }
+
     /// Applies `edits` to the runtime entries and the compiled policy,
     /// collecting changed map keys in `diff`; returns the edits that undo it.
     fn apply_edits(&mut self, edits: Vec<Edit>, diff: &mut PolicyDiff) -> Vec<Edit> {
         let mut undo = Vec::with_capacity(edits.len());
         for edit in edits {
-            let in_config = self.config.rules[edit.rule].lists(&edit.key.1);
+            let in_config = self.listed_elsewhere(edit.rule, &edit.key.1);
             let previous = match edit.entry {
                 Some(entry) => self.runtime.insert(edit.key.clone(), entry),
                 None => self.runtime.remove(&edit.key),
@@ -815,7 +835,7 @@ impl Writer {
             .overrides
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
-        let policy = policy::compile(&config, &self.runtime)
+        let policy = policy::compile_with(&config, &self.runtime, &self.feeds)
             .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
         if let Some(session) = request.ssh.filter(|_| !request.force)
             && let Some(cut) = guard::cuts(&self.policy, &policy, &config, &session)
@@ -983,7 +1003,7 @@ impl Writer {
             return;
         };
         let mut record = AuditRecord::new(Action::Rollback, None, Outcome::Rejected);
-        let result = policy::compile(&pending.previous, &self.runtime)
+        let result = policy::compile_with(&pending.previous, &self.runtime, &self.feeds)
             .map_err(|err| err.to_string())
             .and_then(|policy| self.apply_config(pending.previous.clone(), policy));
         match result {

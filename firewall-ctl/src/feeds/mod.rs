@@ -4,7 +4,10 @@
 pub mod formats;
 pub mod normalize;
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+/// Each feed's last good list, by feed name.
+pub type FeedLists = BTreeMap<String, normalize::FeedList>;
 
 /// How a feed's body is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,7 +5,9 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
+
+use crate::config::IpPrefix;
 
 /// Shortest prefixes a feed may hold: the limits `allow_any_source`
 /// lifts for a rule's own sources, which no download can lift.
@@ -28,11 +30,10 @@ pub enum EntryError {
 }
 
 /// A feed's list, normalised.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FeedList {
-    /// Aggregated, sorted.
-    pub v4: Vec<Ipv4Net>,
-    pub v6: Vec<Ipv6Net>,
+    /// Aggregated and sorted (IPv4 first).
+    pub prefixes: Vec<IpPrefix>,
     /// Distinct prefixes the feed listed, before aggregation.
     pub listed: usize,
 }
@@ -85,17 +86,24 @@ pub fn normalize(entries: &[String]) -> Result<Normalized, EntryError> {
     }
     prefixes.sort_unstable();
     prefixes.dedup();
-    let listed = prefixes.len();
-    let mut list = FeedList {
-        listed,
-        ..FeedList::default()
+    let mut aggregated: Vec<IpPrefix> = IpNet::aggregate(&prefixes)
+        .into_iter()
+        .map(|prefix| match prefix {
+            IpNet::V4(v4) => IpPrefix::V4 {
+                address: v4.network(),
+                len: v4.prefix_len(),
+            },
+            IpNet::V6(v6) => IpPrefix::V6 {
+                address: v6.network(),
+                len: v6.prefix_len(),
+            },
+        })
+        .collect();
+    aggregated.sort_unstable();
+    let list = FeedList {
+        prefixes: aggregated,
+        listed: prefixes.len(),
     };
-    for prefix in IpNet::aggregate(&prefixes) {
-        match prefix {
-            IpNet::V4(v4) => list.v4.push(v4),
-            IpNet::V6(v6) => list.v6.push(v6),
-        }
-    }
     Ok(Normalized { list, masked })
 }
 
@@ -116,17 +124,15 @@ pub enum UpdateError {
 }
 
 impl FeedList {
-    fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.v4
-            .iter()
-            .copied()
-            .map(IpNet::V4)
-            .chain(self.v6.iter().copied().map(IpNet::V6))
+    /// Aggregated prefixes of each family: `(IPv4, IPv6)`.
+    pub fn families(&self) -> (usize, usize) {
+        let v4 = self.prefixes.iter().filter(|prefix| prefix.is_v4()).count();
+        (v4, self.prefixes.len() - v4)
     }
 
-    /// Aggregated prefixes in both families.
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+    /// Whether the list holds exactly `prefix` (after aggregation).
+    pub fn lists(&self, prefix: &IpPrefix) -> bool {
+        self.prefixes.binary_search(prefix).is_ok()
     }
 
     /// Whether this list may replace `last_good`: at least `min_entries`
@@ -144,15 +150,16 @@ impl FeedList {
                 min_entries,
             });
         }
-        let Some(last_good) = last_good.filter(|last| last.len() > 0) else {
+        let Some(last_good) = last_good.filter(|last| !last.prefixes.is_empty()) else {
             return Ok(());
         };
-        let kept: HashSet<IpNet> = self.prefixes().collect();
+        let kept: HashSet<&IpPrefix> = self.prefixes.iter().collect();
         let removed = last_good
-            .prefixes()
+            .prefixes
+            .iter()
             .filter(|prefix| !kept.contains(prefix))
             .count();
-        let before = last_good.len();
+        let before = last_good.prefixes.len();
         if removed * 100 > before * usize::from(max_shrink_percent) {
             return Err(UpdateError::Shrinks {
                 removed,
@@ -195,11 +202,20 @@ mod tests {
         );
         let list = normalized.list;
         assert_eq!(list.listed, 7, "the duplicate counts once");
-        let v4: Vec<String> = list.v4.iter().map(ToString::to_string).collect();
+        let prefixes: Vec<String> = list.prefixes.iter().map(ToString::to_string).collect();
         // 203.0.113.10 sits inside /28; the two /25 halves make a /24.
-        assert_eq!(v4, ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/28"]);
-        let v6: Vec<String> = list.v6.iter().map(ToString::to_string).collect();
-        assert_eq!(v6, ["2001:db8:10::/48"]);
+        assert_eq!(
+            prefixes,
+            [
+                "192.0.2.0/24",
+                "198.51.100.0/24",
+                "203.0.113.0/28",
+                "2001:db8:10::/48"
+            ]
+        );
+        assert_eq!(list.families(), (3, 1));
+        assert!(list.lists(&"198.51.100.0/24".parse().unwrap()));
+        assert!(!list.lists(&"198.51.100.0/25".parse().unwrap()));
     }
 
     #[test]

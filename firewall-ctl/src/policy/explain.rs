@@ -17,6 +17,7 @@ use super::CompiledPolicy;
 use crate::{
     config::{Config, IpPrefix, PortRange},
     entries::{Origin, Requester, RuntimeEntries, Timestamp},
+    feeds::FeedLists,
     text::escape_controls,
 };
 
@@ -35,21 +36,38 @@ pub struct ListedEntry {
 }
 
 /// Every effective entry, rule by rule in config order; within a rule,
-/// config entries first, then runtime entries, each by prefix.
-pub fn list(config: &Config, runtime: &RuntimeEntries, rule: Option<&str>) -> Vec<ListedEntry> {
+/// config entries first, then feed entries (feed by feed), then runtime
+/// entries, each by prefix.
+pub fn list(
+    config: &Config,
+    runtime: &RuntimeEntries,
+    feeds: &FeedLists,
+    rule: Option<&str>,
+) -> Vec<ListedEntry> {
+    let plain = |rule: &str, prefix: IpPrefix, origin: Origin| ListedEntry {
+        rule: rule.to_string(),
+        prefix,
+        origin,
+        comment: None,
+        added_by: None,
+        added_at: None,
+        expires_at: None,
+    };
     config
         .rules
         .iter()
         .filter(|candidate| rule.is_none_or(|name| candidate.name == name))
         .flat_map(|rule| {
-            let from_config = rule.sources.iter().map(|prefix| ListedEntry {
-                rule: rule.name.clone(),
-                prefix: *prefix,
-                origin: Origin::Config,
-                comment: None,
-                added_by: None,
-                added_at: None,
-                expires_at: None,
+            let from_config = rule
+                .sources
+                .iter()
+                .map(|prefix| plain(&rule.name, *prefix, Origin::Config));
+            let from_feeds = rule.feeds.iter().flat_map(|feed| {
+                feeds
+                    .get(feed)
+                    .into_iter()
+                    .flat_map(|list| &list.prefixes)
+                    .map(|prefix| plain(&rule.name, *prefix, Origin::Feed(feed.clone())))
             });
             let from_cli = runtime
                 .values()
@@ -63,7 +81,10 @@ pub fn list(config: &Config, runtime: &RuntimeEntries, rule: Option<&str>) -> Ve
                     added_at: Some(entry.added_at),
                     expires_at: entry.expires_at,
                 });
-            from_config.chain(from_cli)
+            from_config
+                .chain(from_feeds)
+                .chain(from_cli)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -153,10 +174,11 @@ fn shared_bits(prefix: &IpPrefix, address: IpAddr) -> Option<u32> {
 }
 
 /// Explains a packet from `source` to `port` under `policy`, compiled from
-/// `config` and `runtime`.
+/// `config`, `runtime` and `feeds`.
 pub fn explain(
     config: &Config,
     runtime: &RuntimeEntries,
+    feeds: &FeedLists,
     policy: &CompiledPolicy,
     source: IpAddr,
     port: PortRange,
@@ -171,15 +193,15 @@ pub fn explain(
         port: key,
     };
     let verdict = decide(packet, policy);
-    let entries = list(config, runtime, None);
+    let entries = list(config, runtime, feeds, None);
     let holding = |rule: &str| {
         entries
             .iter()
             .filter(|entry| entry.rule == rule && entry.prefix.contains(source))
-            .max_by_key(|entry| (entry.prefix.len(), std::cmp::Reverse(entry.origin)))
+            .max_by_key(|entry| (entry.prefix.len(), std::cmp::Reverse(&entry.origin)))
             .map(|entry| EntryRef {
                 prefix: entry.prefix,
-                origin: entry.origin,
+                origin: entry.origin.clone(),
             })
     };
     let exposing: Vec<&str> = config
@@ -212,7 +234,7 @@ pub fn explain(
                         Some((
                             shared_bits(&entry.prefix, source)?,
                             &entry.prefix,
-                            entry.origin,
+                            entry.origin.clone(),
                         ))
                     })
                     .collect();
@@ -281,6 +303,7 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
         explain(
             &config,
             runtime,
+            &FeedLists::new(),
             &policy,
             source.parse().unwrap(),
             port.parse().unwrap(),
@@ -351,12 +374,12 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
     fn list_shows_origins_and_filters_by_rule() {
         let config = parse_config(OVERLAP).unwrap();
         let added = runtime(&[("vendor", "192.0.2.99")]);
-        let all = list(&config, &added, None);
+        let all = list(&config, &added, &FeedLists::new(), None);
         assert_eq!(all.len(), 5);
-        let vendor = list(&config, &added, Some("vendor"));
+        let vendor = list(&config, &added, &FeedLists::new(), Some("vendor"));
         let shown: Vec<(String, Origin)> = vendor
             .iter()
-            .map(|entry| (entry.prefix.to_string(), entry.origin))
+            .map(|entry| (entry.prefix.to_string(), entry.origin.clone()))
             .collect();
         assert_eq!(
             shown,
@@ -367,6 +390,55 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
             ]
         );
         assert_eq!(vendor[2].comment.as_deref(), Some("contractor"));
+    }
+
+    #[test]
+    fn feed_entries_are_listed_and_explained_with_their_feed() {
+        let config = parse_config(
+            "interfaces = [\"eth0\"]\n[[feeds]]\nname = \"aws\"\nurl = \"https://x.example/\"\nformat = \"aws\"\n[[rules]]\nname = \"vendor\"\nports = [\"tcp/443\"]\nsources = [\"192.0.2.0/28\"]\nfeeds = [\"aws\"]\n",
+        )
+        .unwrap();
+        let feeds: FeedLists = [(
+            "aws".to_string(),
+            crate::feeds::normalize::normalize(&[
+                "203.0.113.0/24".to_string(),
+                "2001:db8:aa::/48".to_string(),
+            ])
+            .unwrap()
+            .list,
+        )]
+        .into();
+        let runtime = RuntimeEntries::new();
+        let listed: Vec<(String, String)> = list(&config, &runtime, &feeds, None)
+            .iter()
+            .map(|entry| (entry.prefix.to_string(), entry.origin.to_string()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("192.0.2.0/28".to_string(), "config".to_string()),
+                ("203.0.113.0/24".to_string(), "feed:aws".to_string()),
+                ("2001:db8:aa::/48".to_string(), "feed:aws".to_string()),
+            ]
+        );
+        let policy = crate::policy::compile_with(&config, &runtime, &feeds).unwrap();
+        let report = explain(
+            &config,
+            &runtime,
+            &feeds,
+            &policy,
+            "203.0.113.9".parse().unwrap(),
+            "443".parse().unwrap(),
+        );
+        assert_eq!(report.reason, "allowed");
+        assert_eq!(
+            report.entry,
+            entry("203.0.113.0/24", Origin::Feed("aws".to_string()))
+        );
+        assert_eq!(
+            serde_json::to_value(&report.entry).unwrap()["origin"],
+            "feed:aws"
+        );
     }
 
     #[test]

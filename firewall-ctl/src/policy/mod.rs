@@ -21,6 +21,7 @@ pub use self::table::{PrefixKey, PrefixTable};
 use crate::{
     config::{Config, IpPrefix},
     entries::RuntimeEntries,
+    feeds::FeedLists,
 };
 
 /// Everything the data plane needs, ready to write.
@@ -144,9 +145,19 @@ pub fn misfits(config: &Config, runtime: &RuntimeEntries) -> Vec<String> {
         .collect()
 }
 
-/// Compiles `config` plus `runtime` entries. Rule `i` (config order) is bit
-/// `i` of every [`RuleSet`].
+/// Compiles `config` plus `runtime` entries, without feeds.
 pub fn compile(config: &Config, runtime: &RuntimeEntries) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, runtime, &FeedLists::new())
+}
+
+/// Compiles `config` plus `runtime` entries plus the `feeds`' lists (for
+/// the rules that name them). Rule `i` (config order) is bit `i` of every
+/// [`RuleSet`].
+pub fn compile_with(
+    config: &Config,
+    runtime: &RuntimeEntries,
+    feeds: &FeedLists,
+) -> Result<CompiledPolicy, PolicyError> {
     let misfits = misfits(config, runtime);
     if !misfits.is_empty() {
         return Err(PolicyError::Misfits { misfits });
@@ -162,7 +173,13 @@ pub fn compile(config: &Config, runtime: &RuntimeEntries) -> Result<CompiledPoli
         .iter()
         .enumerate()
         .flat_map(|(index, rule)| rule.sources.iter().map(move |prefix| (index, *prefix)));
-    for (index, prefix) in config_sources.chain(runtime_sources) {
+    let feed_sources = config.rules.iter().enumerate().flat_map(|(index, rule)| {
+        rule.feeds
+            .iter()
+            .filter_map(|feed| feeds.get(feed))
+            .flat_map(move |list| list.prefixes.iter().map(move |prefix| (index, *prefix)))
+    });
+    for (index, prefix) in config_sources.chain(feed_sources).chain(runtime_sources) {
         let family = if prefix.is_v4() { &mut v4 } else { &mut v6 };
         *family.entry(key_of(&prefix)).or_insert(0) |= 1 << index;
     }
