@@ -50,6 +50,11 @@ pub enum Command {
     Reload(ReloadRequest),
     /// Keeps the policy of a `reload --confirm`.
     Confirm,
+    Feeds,
+    /// Fetches one feed (all with `None`) now.
+    FeedsRefresh {
+        feed: Option<String>,
+    },
 }
 
 impl Command {
@@ -65,6 +70,8 @@ impl Command {
             Command::Remove(_) => "remove",
             Command::Reload(_) => "reload",
             Command::Confirm => "confirm",
+            Command::Feeds => "feeds",
+            Command::FeedsRefresh { .. } => "feeds refresh",
         }
     }
 
@@ -73,7 +80,11 @@ impl Command {
     pub fn is_change(&self) -> bool {
         matches!(
             self,
-            Command::Allow(_) | Command::Remove(_) | Command::Reload(_) | Command::Confirm
+            Command::Allow(_)
+                | Command::Remove(_)
+                | Command::Reload(_)
+                | Command::Confirm
+                | Command::FeedsRefresh { .. }
         )
     }
 }
@@ -157,7 +168,37 @@ pub enum Response {
     Change(ChangeReport),
     Reload(ReloadReport),
     Confirm(ConfirmReport),
+    Feeds(FeedsReport),
     Error(String),
+}
+
+/// `firewall-ctl feeds --json` and `feeds refresh --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedsReport {
+    pub feeds: Vec<FeedStatus>,
+}
+
+/// One feed, as `firewall-ctl feeds` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub name: String,
+    /// The URL, `file://` path or DNS names.
+    pub source: String,
+    pub format: String,
+    /// Prefixes of the last good list in force, by family (after merging).
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub last_attempt: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    /// When the list in force was last confirmed current.
+    pub data_time: Option<Timestamp>,
+    /// Seconds since `data_time`.
+    pub age_seconds: Option<u64>,
+    pub next_attempt: Option<Timestamp>,
+    /// Why the last attempt failed; `null` after a success.
+    pub last_error: Option<String>,
+    /// Older than the feed's `max_age`, or never fetched.
+    pub stale: bool,
 }
 
 /// `firewall-ctl confirm --json`.

@@ -136,6 +136,11 @@ enum CliCommand {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Vendor IP feeds: where each comes from, its entries, last fetch, age and last error.
+    Feeds {
+        #[command(subcommand)]
+        command: Option<FeedsCommand>,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -148,6 +153,15 @@ enum CliCommand {
         /// Write firewall-ctl.1 and one page per command into DIR instead.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedsCommand {
+    /// Fetch now (one feed, or every feed) and report the outcome; exit code 1 if one failed.
+    Refresh {
+        /// The feed [default: every feed].
+        name: Option<String>,
     },
 }
 
@@ -277,6 +291,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => unexpected(other),
             }
         }
+        CliCommand::Feeds { command: None } => match call(Command::Feeds)? {
+            Response::Feeds(report) => print(json, &report, output::feeds),
+            other => unexpected(other),
+        },
+        CliCommand::Feeds {
+            command: Some(FeedsCommand::Refresh { name }),
+        } => match call(Command::FeedsRefresh { feed: name })? {
+            Response::Feeds(report) => {
+                print(json, &report, output::feeds)?;
+                let failed: Vec<&str> = report
+                    .feeds
+                    .iter()
+                    .filter(|feed| feed.last_error.is_some())
+                    .map(|feed| feed.name.as_str())
+                    .collect();
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "updating {} failed; the last good lists stay in force",
+                        failed.join(", ")
+                    )
+                }
+            }
+            other => unexpected(other),
+        },
         CliCommand::Confirm => match call(Command::Confirm)? {
             Response::Confirm(report) => print(json, &report, output::confirm),
             other => unexpected(other),

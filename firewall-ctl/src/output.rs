@@ -6,8 +6,8 @@ use firewall_common::reasons::Reason;
 
 use crate::{
     api::{
-        AuditLogReport, ChangeReport, InterfaceState, ListReport, ReloadReport, StatsReport,
-        StatusReport,
+        AuditLogReport, ChangeReport, FeedsReport, InterfaceState, ListReport, ReloadReport,
+        StatsReport, StatusReport,
     },
     check::CheckReport,
     datapath::flows::FlowTable,
@@ -402,6 +402,50 @@ pub fn stats(report: &StatsReport) -> String {
         table(&[drop_title, "PACKETS", "BYTES"], &by_reason(true)),
         table(&["PASSED", "PACKETS", "BYTES"], &by_reason(false)),
     )
+}
+
+pub fn feeds(report: &FeedsReport) -> String {
+    let age = |seconds: Option<u64>| {
+        seconds.map_or("-".to_string(), |seconds| {
+            humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+        })
+    };
+    let rows: Vec<Vec<String>> = report
+        .feeds
+        .iter()
+        .map(|feed| {
+            let state = match (&feed.last_error, feed.stale) {
+                (Some(_), _) => "FAILING",
+                (None, true) => "STALE",
+                (None, false) => "ok",
+            };
+            vec![
+                feed.name.clone(),
+                feed.format.clone(),
+                feed.prefixes_v4.to_string(),
+                feed.prefixes_v6.to_string(),
+                age(feed.age_seconds),
+                or_dash(feed.next_attempt),
+                state.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["FEED", "FORMAT", "IPV4", "IPV6", "AGE", "NEXT", "STATE"],
+        &rows,
+    );
+    for feed in &report.feeds {
+        let _ = writeln!(out, "{}: {}", feed.name, escape_controls(&feed.source));
+        if let Some(error) = &feed.last_error {
+            let _ = writeln!(
+                out,
+                "  last attempt {} failed: {}; the last good list stays in force",
+                or_dash(feed.last_attempt),
+                escape_controls(error)
+            );
+        }
+    }
+    out
 }
 
 pub fn check(report: &CheckReport) -> String {

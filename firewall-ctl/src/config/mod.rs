@@ -23,7 +23,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::{
-    feeds::Feed,
+    feeds::{Feed, FeedSource},
     flows::FlowSettings,
     ports::PortRange,
     prefix::{IpPrefix, PrefixError},

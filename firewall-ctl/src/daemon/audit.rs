@@ -42,6 +42,8 @@ pub enum Action {
     Rollback,
     /// A read-only command refused for lack of permission.
     Read,
+    /// A feed's fetched list applied, or refused (the last good one stays).
+    FeedUpdate,
 }
 
 /// How it ended.
@@ -73,6 +75,9 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// What changed, or why it was refused.
     pub detail: Option<String>,
+    /// The feed of a `feed_update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
 }
 
 impl AuditRecord {
@@ -87,6 +92,7 @@ impl AuditRecord {
             user,
             outcome,
             detail: None,
+            feed: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! writer's published status for `status` and sending it everything else.
 
 pub mod audit;
+mod feeds;
 mod links;
 mod server;
 pub mod state;
@@ -80,6 +81,8 @@ pub enum Job {
     Reattach(Vec<String>),
     /// Answers when the writer is free: the service manager's watchdog.
     Ping(oneshot::Sender<()>),
+    /// What a feed fetch brought, to apply.
+    Feed(crate::feeds::schedule::FetchJob),
 }
 
 /// Where the daemon keeps its files and listens, when the command line
@@ -131,6 +134,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut audit = AuditLog::open(&state_dir)
         .with_context(|| format!("opening the audit log in `{}`", state_dir.display()))?;
     drop_expired(&mut runtime, &store, &mut audit)?;
+    // Each feed's last good copy is enforced from the start, before (and
+    // whatever becomes of) the first fetch.
+    let feed_store = crate::feeds::store::FeedStore::new(&state_dir);
     let (config, config_text, pending) = resume_pending_reload(
         &config_path,
         &overrides,
@@ -139,7 +145,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         file_config,
         file_text,
     )?;
-    let policy = policy::compile(&config, &runtime).with_context(|| {
+    let last_good = feed_store.load(&config.feeds);
+    let feed_lists = crate::feeds::store::lists(&last_good);
+    let policy = policy::compile_with(&config, &runtime, &feed_lists).with_context(|| {
         format!(
             "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
             config_path.display(),
@@ -204,6 +212,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
 
     let bpf_dir = config.bpf_dir.clone();
+    let known: crate::feeds::schedule::Known = last_good
+        .iter()
+        .map(|(name, last)| (name.clone(), (last.validator.clone(), last.fetched_at.0)))
+        .collect();
+    let (feed_configs, feed_config_updates) = watch::channel(config.feeds.clone());
     let mut writer = Writer {
         config_path,
         program_id,
@@ -211,7 +224,20 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         socket: config.socket.clone(),
         config,
         runtime,
-        feeds: crate::feeds::FeedLists::new(),
+        feeds: feed_lists,
+        feed_meta: last_good
+            .iter()
+            .map(|(name, last)| {
+                let meta = feeds::FeedMeta {
+                    fetched_at: Some(last.fetched_at.0),
+                    validator: Some(last.validator.clone()),
+                    ..Default::default()
+                };
+                (name.clone(), meta)
+            })
+            .collect(),
+        feed_store,
+        feed_configs,
         policy,
         datapath,
         store,
@@ -253,10 +279,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         interfaces_sender,
         jobs.clone(),
     ));
+    let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, known, jobs.clone())
+        .context("starting the feed fetcher")?;
     let shared = Arc::new(server::Shared {
         jobs: jobs.clone(),
         status,
         interfaces,
+        refresh_feeds,
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

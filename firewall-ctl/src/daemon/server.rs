@@ -206,6 +206,8 @@ pub struct Shared {
     pub status: watch::Receiver<Arc<PolicyStatus>>,
     /// What the kernel runs on each configured interface.
     pub interfaces: watch::Receiver<Vec<api::InterfaceStatus>>,
+    /// Where `feeds refresh` asks for fetches now.
+    pub refresh_feeds: tokio::sync::mpsc::Sender<crate::feeds::schedule::RefreshRequest>,
     pub started: Instant,
 }
 
@@ -347,6 +349,7 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
     match command {
         Command::Status => Response::Status(status_report(&status, shared).await),
         Command::AuditLog { since } => audit_log(&status.report.state_dir, since).await,
+        Command::FeedsRefresh { feed } => refresh_feeds(shared, feed).await,
         command => {
             let (reply, answer) = oneshot::channel();
             let job = Job::Command {
@@ -361,6 +364,30 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
                 .await
                 .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_string()))
         }
+    }
+}
+
+/// Fetches the feed named (every feed with `None`) now, and reports each
+/// one's status once its update was applied or refused.
+async fn refresh_feeds(shared: &Shared, feed: Option<String>) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if shared
+        .refresh_feeds
+        .send((feed.clone(), reply))
+        .await
+        .is_err()
+    {
+        return Response::Error("the daemon is shutting down".to_string());
+    }
+    match answer.await {
+        Ok(outcomes) if outcomes.is_empty() => Response::Error(match feed {
+            Some(name) => format!("no feed is named `{name}`; `firewall-ctl feeds` lists them"),
+            None => "the config has no feeds".to_string(),
+        }),
+        Ok(outcomes) => Response::Feeds(api::FeedsReport {
+            feeds: outcomes.into_iter().map(|outcome| outcome.status).collect(),
+        }),
+        Err(_) => Response::Error("the daemon is shutting down".to_string()),
     }
 }
 

@@ -10,7 +10,7 @@
 //! live policy and the state file as they were.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::{Arc, mpsc},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -54,8 +54,13 @@ pub struct Writer {
     pub socket: PathBuf,
     pub config: Config,
     pub runtime: RuntimeEntries,
-    /// Each feed's last good list.
+    /// Each feed's last good list in force.
     pub feeds: FeedLists,
+    /// What else the writer knows of each feed.
+    pub feed_meta: BTreeMap<String, super::feeds::FeedMeta>,
+    pub feed_store: crate::feeds::store::FeedStore,
+    /// The config's feeds, for the scheduler that fetches them.
+    pub feed_configs: watch::Sender<Vec<config::Feed>>,
     pub policy: CompiledPolicy,
     pub datapath: Datapath,
     pub store: StateStore,
@@ -168,7 +173,7 @@ impl Writer {
         }
     }
 
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         if let Some(status) = &self.status {
             status.send_replace(Arc::new(self.snapshot()));
         }
@@ -245,6 +250,7 @@ impl Writer {
                 self.record(&record);
             }
             Job::Reattach(interfaces) => self.reattach(interfaces),
+            Job::Feed(job) => self.feed_fetched(job),
             Job::Ping(answer) => {
                 let _ = answer.send(());
             }
@@ -293,15 +299,16 @@ impl Writer {
             Command::Remove(request) => self.remove(request, requester),
             Command::Reload(request) => self.reload(request, requester),
             Command::Confirm => self.confirm(requester),
+            Command::Feeds => Response::Feeds(self.feeds_report()),
             // Answered by the server from the published status.
-            Command::Status | Command::AuditLog { .. } => {
+            Command::Status | Command::AuditLog { .. } | Command::FeedsRefresh { .. } => {
                 Response::Error("answered by the server, not the writer".to_string())
             }
         }
     }
 
     /// Appends to the audit log; a failure is logged, never fatal.
-    fn record(&mut self, record: &AuditRecord) -> Option<String> {
+    pub(super) fn record(&mut self, record: &AuditRecord) -> Option<String> {
         match self.audit.append(record) {
             Ok(()) => None,
             Err(err) => {
@@ -835,7 +842,8 @@ impl Writer {
             .overrides
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
-        let policy = policy::compile_with(&config, &self.runtime, &self.feeds)
+        let lists = self.feeds_for(&config.feeds);
+        let policy = policy::compile_with(&config, &self.runtime, &lists)
             .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
         if let Some(session) = request.ssh.filter(|_| !request.force)
             && let Some(cut) = guard::cuts(&self.policy, &policy, &config, &session)
@@ -857,7 +865,7 @@ impl Writer {
                 previous_text: self.config_text.clone(),
             });
         }
-        let applied = self.apply_config(config, policy);
+        let applied = self.apply_config(config, policy, lists);
         if applied.is_err() && rollback_at.is_some() {
             self.pending = None;
             if let Err(err) = self.store.clear_pending_reload() {
@@ -876,6 +884,7 @@ impl Writer {
         &mut self,
         config: Config,
         policy: CompiledPolicy,
+        lists: FeedLists,
     ) -> Result<ReloadReport, String> {
         let mut warnings = Vec::new();
         if config.socket != self.config.socket {
@@ -939,6 +948,7 @@ impl Writer {
             }
         }
         self.applied_at = SystemTime::now();
+        self.adopt_feeds(&config.feeds, lists);
         self.config = Config {
             // Where the daemon listens and keeps its files is fixed while it runs.
             socket: self.config.socket.clone(),
@@ -1003,9 +1013,10 @@ impl Writer {
             return;
         };
         let mut record = AuditRecord::new(Action::Rollback, None, Outcome::Rejected);
-        let result = policy::compile_with(&pending.previous, &self.runtime, &self.feeds)
+        let lists = self.feeds_for(&pending.previous.feeds);
+        let result = policy::compile_with(&pending.previous, &self.runtime, &lists)
             .map_err(|err| err.to_string())
-            .and_then(|policy| self.apply_config(pending.previous.clone(), policy));
+            .and_then(|policy| self.apply_config(pending.previous.clone(), policy, lists));
         match result {
             Ok(report) => {
                 self.config_text = pending.previous_text;

@@ -35,7 +35,8 @@ pub enum FormatError {
 pub type Filter = BTreeMap<String, Vec<String>>;
 
 /// The entries `body` lists for a feed of `format` with `filter`, as
-/// written (prefixes or addresses, not yet validated). Not for `dns`.
+/// written (prefixes or addresses, not yet validated). A `dns` feed's body
+/// is its resolved addresses, one per line.
 pub fn entries(
     format: FeedFormat,
     filter: &Filter,
@@ -50,7 +51,7 @@ pub fn entries(
     if trimmed.starts_with('<') {
         return Err(FormatError::Html(format));
     }
-    if format == FeedFormat::Plain {
+    if matches!(format, FeedFormat::Plain | FeedFormat::Dns) {
         return Ok(plain(text));
     }
     let root: Value =

@@ -1,8 +1,11 @@
 //! Vendor IP feeds: the formats vendors publish their ranges in, turned
 //! into validated, normalised prefix lists.
 
+pub mod fetch;
 pub mod formats;
 pub mod normalize;
+pub mod schedule;
+pub mod store;
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
@@ -83,4 +86,29 @@ impl fmt::Display for FeedFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// How a feed's source is named in status and audit records.
+pub fn source_name(source: &crate::config::FeedSource) -> String {
+    match source {
+        crate::config::FeedSource::Url(url) => url.clone(),
+        crate::config::FeedSource::File(path) => format!("file://{}", path.display()),
+        crate::config::FeedSource::Dns(names) => names.join(", "),
+    }
+}
+
+/// Reads, normalises and checks a body fetched for `feed` against its
+/// last good list: the list to apply, or why it must not be.
+pub fn prepare(
+    feed: &crate::config::Feed,
+    body: &[u8],
+    last_good: Option<&normalize::FeedList>,
+) -> Result<normalize::Normalized, String> {
+    let entries = formats::entries(feed.format, &feed.filter, body).map_err(|err| err.to_string())?;
+    let normalized = normalize::normalize(&entries).map_err(|err| err.to_string())?;
+    normalized
+        .list
+        .check_update(last_good, feed.min_entries, feed.max_shrink_percent)
+        .map_err(|err| err.to_string())?;
+    Ok(normalized)
 }

@@ -1,0 +1,175 @@
+//! Downloading a feed: HTTP(S) through the environment's proxy settings,
+//! with timeouts, a size limit, bounded redirects and conditional requests;
+//! or reading a local file. Nothing here decides whether a body is good.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header};
+
+use super::store::Validator;
+use crate::config::{Feed, FeedSource};
+
+/// Longest a connection may take to open, and a whole download.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest body accepted: Azure's full service tags are about 4 MB.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+const MAX_REDIRECTS: usize = 5;
+
+/// What a fetch brought.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The server says the last good copy is still current (304).
+    NotModified,
+    Body {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// Why a fetch brought nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("HTTP status {0}")]
+    Status(StatusCode),
+    #[error("the body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Http(String),
+    #[error("reading `{path}`: {error}")]
+    File { path: String, error: String },
+    #[error("resolving `{name}`: {error}")]
+    Dns { name: String, error: String },
+}
+
+/// The HTTP client all feeds share: proxies from `HTTPS_PROXY`,
+/// `HTTP_PROXY` and `NO_PROXY`, the system's and the bundled CA roots.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(TOTAL_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .user_agent(concat!("firewall-ctl/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Fetches `feed` (resolves it, for `dns`); `last` is what the last good
+/// copy was validated with, for a conditional request.
+pub async fn fetch(
+    client: &reqwest::Client,
+    feed: &Feed,
+    last: Option<&Validator>,
+) -> Result<Fetched, FetchError> {
+    match &feed.source {
+        FeedSource::Url(url) => fetch_url(client, url, last).await,
+        FeedSource::File(path) => {
+            let failed = |error: String| FetchError::File {
+                path: path.display().to_string(),
+                error,
+            };
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|err| failed(err.to_string()))?;
+            if bytes.len() > MAX_BODY_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            Ok(Fetched::Body {
+                bytes,
+                etag: None,
+                last_modified: None,
+            })
+        }
+        FeedSource::Dns(names) => resolve(names).await,
+    }
+}
+
+/// The A and AAAA records of `names` through the system's resolver, one
+/// address per line (read like a `plain` list). Every name must resolve:
+/// a partial answer would shrink the list for a transient error.
+async fn resolve(names: &[String]) -> Result<Fetched, FetchError> {
+    let mut lines = String::new();
+    for name in names {
+        let addresses = tokio::net::lookup_host((name.as_str(), 0))
+            .await
+            .map_err(|err| FetchError::Dns {
+                name: name.clone(),
+                error: err.to_string(),
+            })?;
+        for address in addresses {
+            lines.push_str(&address.ip().to_string());
+            lines.push('\n');
+        }
+    }
+    Ok(Fetched::Body {
+        bytes: lines.into_bytes(),
+        etag: None,
+        last_modified: None,
+    })
+}
+
+async fn fetch_url(
+    client: &reqwest::Client,
+    url: &str,
+    last: Option<&Validator>,
+) -> Result<Fetched, FetchError> {
+    let http = |err: reqwest::Error| FetchError::Http(describe(&err));
+    let mut request = client.get(url);
+    if let Some(last) = last {
+        if let Some(etag) = &last.etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &last.last_modified {
+            request = request.header(header::IF_MODIFIED_SINCE, date);
+        }
+    }
+    let mut response = request.send().await.map_err(http)?;
+    match response.status() {
+        StatusCode::NOT_MODIFIED if last.is_some() => return Ok(Fetched::NotModified),
+        StatusCode::OK => {}
+        status => return Err(FetchError::Status(status)),
+    }
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+    {
+        return Err(FetchError::TooLarge);
+    }
+    let header_text = |name: header::HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let etag = header_text(header::ETAG);
+    let last_modified = header_text(header::LAST_MODIFIED);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(http)? {
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Fetched::Body {
+        bytes,
+        etag,
+        last_modified,
+    })
+}
+
+/// A reqwest error with its causes (connection refused, timed out, TLS).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = if error.is_timeout() {
+        "timed out".to_string()
+    } else {
+        error.to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,122 @@
+//! Each feed's last good list, kept durably in `state_dir/feeds/NAME.json`
+//! (written like the state file: temporary file, fsync, rename), so a
+//! daemon that starts without network enforces what it last had.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FeedLists, normalize::FeedList};
+use crate::{
+    config::Feed,
+    entries::Timestamp,
+    fsutil::{self, MAX_FILE_BYTES},
+};
+
+/// Version of the file format.
+const VERSION: u32 = 1;
+/// The directory under `state_dir`.
+const DIR: &str = "feeds";
+
+/// What a server said about a body, to ask for it again only if it changed
+/// (and to name it in the audit log).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validator {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// SHA-256 of the body, hex.
+    pub sha256: String,
+}
+
+/// A feed's last good list and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastGood {
+    pub version: u32,
+    /// The URL, file or names it was read from.
+    pub source: String,
+    pub format: String,
+    /// When the list was last confirmed current (fetched, or answered 304).
+    pub fetched_at: Timestamp,
+    pub validator: Validator,
+    pub list: FeedList,
+}
+
+impl LastGood {
+    pub fn new(feed: &Feed, fetched_at: Timestamp, validator: Validator, list: FeedList) -> Self {
+        Self {
+            version: VERSION,
+            source: super::source_name(&feed.source),
+            format: feed.format.name().to_string(),
+            fetched_at,
+            validator,
+            list,
+        }
+    }
+}
+
+/// The feeds' files in one `state_dir`.
+pub struct FeedStore {
+    dir: PathBuf,
+}
+
+impl FeedStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            dir: state_dir.join(DIR),
+        }
+    }
+
+    fn path(&self, feed: &str) -> PathBuf {
+        self.dir.join(format!("{feed}.json"))
+    }
+
+    /// The last good copies of `feeds` that exist and are readable; a copy
+    /// that cannot be read is skipped with a warning (the feed is fetched
+    /// anew), never fatal: it only ever adds entries.
+    pub fn load(&self, feeds: &[Feed]) -> BTreeMap<String, LastGood> {
+        let mut loaded = BTreeMap::new();
+        for feed in feeds {
+            let path = self.path(&feed.name);
+            let text = match fsutil::read_regular_file(&path, MAX_FILE_BYTES) {
+                Ok(text) => text,
+                Err(fsutil::ReadError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(feed = feed.name, file = %path.display(), error = %err, "the feed's last good copy cannot be read; it is fetched anew");
+                    continue;
+                }
+            };
+            match serde_json::from_str::<LastGood>(&text) {
+                Ok(last) if last.version == VERSION => {
+                    loaded.insert(feed.name.clone(), last);
+                }
+                Ok(last) => {
+                    tracing::warn!(feed = feed.name, file = %path.display(), version = last.version, "the feed's last good copy has another version; it is fetched anew");
+                }
+                Err(err) => {
+                    tracing::warn!(feed = feed.name, file = %path.display(), error = %err, "the feed's last good copy is corrupt; it is fetched anew");
+                }
+            }
+        }
+        loaded
+    }
+
+    /// Makes `last` the durable last good copy of `feed`.
+    pub fn save(&self, feed: &str, last: &LastGood) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let json = serde_json::to_vec_pretty(last).map_err(std::io::Error::other)?;
+        fsutil::write_atomically(&self.path(feed), &json, 0o600)
+    }
+}
+
+/// The lists of `last_good`.
+pub fn lists(last_good: &BTreeMap<String, LastGood>) -> FeedLists {
+    last_good
+        .iter()
+        .map(|(name, last)| (name.clone(), last.list.clone()))
+        .collect()
+}
