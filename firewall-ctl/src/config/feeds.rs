@@ -21,6 +21,8 @@ pub struct Feed {
     pub refresh: Duration,
     /// Data older than this raises an alarm.
     pub max_age: Duration,
+    /// Longest a download (or a DNS answer) may take.
+    pub timeout: Duration,
     /// Fewer entries than this is a failed update.
     pub min_entries: usize,
     /// An update that removes more than this percentage of the last good
@@ -61,6 +63,8 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3 * 24 * 3600);
 const DEFAULT_MAX_SHRINK_PERCENT: u8 = 50;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `[[feeds]]` as written.
 #[derive(Deserialize)]
@@ -74,6 +78,7 @@ pub(super) struct RawFeed {
     filter: Option<Spanned<BTreeMap<String, Vec<String>>>>,
     refresh: Option<Spanned<String>>,
     max_age: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
     min_entries: Option<Spanned<i64>>,
     max_shrink: Option<Spanned<String>>,
 }
@@ -185,6 +190,7 @@ impl super::Validator<'_> {
         };
         let refresh = self.duration(&name, "refresh", raw.refresh, default_refresh, MIN_REFRESH);
         let max_age = self.duration(&name, "max_age", raw.max_age, DEFAULT_MAX_AGE, MIN_REFRESH);
+        let timeout = self.duration(&name, "timeout", raw.timeout, DEFAULT_TIMEOUT, MIN_TIMEOUT);
         let min_entries = match raw.min_entries {
             None => 1,
             Some(value) => match usize::try_from(*value.get_ref()) {
@@ -227,6 +233,7 @@ impl super::Validator<'_> {
             filter,
             refresh,
             max_age,
+            timeout,
             min_entries,
             max_shrink_percent,
         })

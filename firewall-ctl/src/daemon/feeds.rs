@@ -42,8 +42,9 @@ pub struct FeedMeta {
 
 /// Prefixes in `new` and not in `old` (`+`), and the other way (`-`).
 fn changes(old: Option<&FeedList>, new: &FeedList) -> (Vec<String>, Vec<String>) {
-    let before: std::collections::BTreeSet<_> =
-        old.map(|list| list.prefixes.iter().collect()).unwrap_or_default();
+    let before: std::collections::BTreeSet<_> = old
+        .map(|list| list.prefixes.iter().collect())
+        .unwrap_or_default();
     let after: std::collections::BTreeSet<_> = new.prefixes.iter().collect();
     (
         after
@@ -83,7 +84,10 @@ impl Writer {
                 meta.next_attempt = Some(job.next_if_ok.0);
             }
             Err(error) => {
-                warn!(feed = feed.name, error, "the feed update failed; its last good list stays in force");
+                warn!(
+                    feed = feed.name,
+                    error, "the feed update failed; its last good list stays in force"
+                );
                 meta.next_attempt = Some(job.next_if_failed.0);
                 meta.last_error = Some(error.clone());
                 let mut record = AuditRecord::new(Action::FeedUpdate, None, Outcome::Rejected);
@@ -110,7 +114,12 @@ impl Writer {
 
     /// Validates and applies a fetched body (or a 304); `Err` says why
     /// nothing changed.
-    fn take_fetched(&mut self, feed: &Feed, fetched: Fetched, now: SystemTime) -> Result<(), String> {
+    fn take_fetched(
+        &mut self,
+        feed: &Feed,
+        fetched: Fetched,
+        now: SystemTime,
+    ) -> Result<(), String> {
         let (bytes, etag, last_modified) = match fetched {
             Fetched::NotModified => {
                 return self.confirm_current(feed, None, now);
@@ -194,7 +203,9 @@ impl Writer {
         now: SystemTime,
     ) -> Result<(), String> {
         if !self.feeds.contains_key(&feed.name) {
-            return Err("the server answered 304 Not Modified, but no last good copy is kept".to_string());
+            return Err(
+                "the server answered 304 Not Modified, but no last good copy is kept".to_string(),
+            );
         }
         let validator = validator
             .or_else(|| {

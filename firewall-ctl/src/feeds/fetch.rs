@@ -9,9 +9,9 @@ use reqwest::{StatusCode, header};
 use super::store::Validator;
 use crate::config::{Feed, FeedSource};
 
-/// Longest a connection may take to open, and a whole download.
+/// Longest a connection may take to open (a whole download: the feed's
+/// `timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const TOTAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest body accepted: Azure's full service tags are about 4 MB.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 const MAX_REDIRECTS: usize = 5;
@@ -33,6 +33,8 @@ pub enum Fetched {
 pub enum FetchError {
     #[error("HTTP status {0}")]
     Status(StatusCode),
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
     #[error("the body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("{0}")]
@@ -48,7 +50,6 @@ pub enum FetchError {
 pub fn client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(TOTAL_TIMEOUT)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .user_agent(concat!("firewall-ctl/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -61,27 +62,34 @@ pub async fn fetch(
     feed: &Feed,
     last: Option<&Validator>,
 ) -> Result<Fetched, FetchError> {
-    match &feed.source {
-        FeedSource::Url(url) => fetch_url(client, url, last).await,
-        FeedSource::File(path) => {
-            let failed = |error: String| FetchError::File {
-                path: path.display().to_string(),
-                error,
-            };
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|err| failed(err.to_string()))?;
-            if bytes.len() > MAX_BODY_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            Ok(Fetched::Body {
-                bytes,
-                etag: None,
-                last_modified: None,
-            })
+    let fetching = async {
+        match &feed.source {
+            FeedSource::Url(url) => fetch_url(client, url, last).await,
+            FeedSource::File(path) => read_file(path).await,
+            FeedSource::Dns(names) => resolve(names).await,
         }
-        FeedSource::Dns(names) => resolve(names).await,
+    };
+    tokio::time::timeout(feed.timeout, fetching)
+        .await
+        .unwrap_or(Err(FetchError::Timeout(feed.timeout)))
+}
+
+/// A feed kept in a local file.
+async fn read_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|err| FetchError::File {
+            path: path.display().to_string(),
+            error: err.to_string(),
+        })?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(FetchError::TooLarge);
     }
+    Ok(Fetched::Body {
+        bytes,
+        etag: None,
+        last_modified: None,
+    })
 }
 
 /// The A and AAAA records of `names` through the system's resolver, one

@@ -104,7 +104,8 @@ pub fn prepare(
     body: &[u8],
     last_good: Option<&normalize::FeedList>,
 ) -> Result<normalize::Normalized, String> {
-    let entries = formats::entries(feed.format, &feed.filter, body).map_err(|err| err.to_string())?;
+    let entries =
+        formats::entries(feed.format, &feed.filter, body).map_err(|err| err.to_string())?;
     let normalized = normalize::normalize(&entries).map_err(|err| err.to_string())?;
     normalized
         .list

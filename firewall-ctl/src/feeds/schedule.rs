@@ -188,7 +188,10 @@ impl Running {
                     return;
                 }
                 let Ok(outcome) = outcome.await else {
-                    warn!(feed = feed.name, "the policy writer did not answer a feed update");
+                    warn!(
+                        feed = feed.name,
+                        "the policy writer did not answer a feed update"
+                    );
                     return;
                 };
                 if outcome.ok {

@@ -1,0 +1,157 @@
+//! A small HTTP/1.1 server for feed tests: it answers every request with
+//! the reply the test set last (status, body, ETag), honours
+//! `If-None-Match` with 304, can stall, and counts requests.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::lab::Netns;
+
+/// What the server answers with.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+        etag: Option<String>,
+    },
+    /// Accepts, reads the request, and answers nothing for this long.
+    Stall(Duration),
+    /// Accepts and closes the connection at once: a server going down.
+    Close,
+}
+
+impl Reply {
+    /// 200 with `body`, and an ETag derived from it.
+    pub fn ok(body: impl Into<Vec<u8>>) -> Reply {
+        let body = body.into();
+        Reply::Body {
+            status: 200,
+            content_type: "application/json",
+            etag: Some(format!(
+                "\"{:x}\"",
+                body.len() * 31 + body.iter().map(|b| *b as usize).sum::<usize>()
+            )),
+            body,
+        }
+    }
+
+    pub fn status(status: u16, body: &str) -> Reply {
+        Reply::Body {
+            status,
+            content_type: "text/html",
+            body: body.as_bytes().to_vec(),
+            etag: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    reply: Option<Reply>,
+    requests: usize,
+    /// `If-None-Match` of the last request.
+    if_none_match: Option<String>,
+}
+
+/// A server in a namespace, serving until dropped with the test.
+pub struct HttpServer {
+    pub address: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl HttpServer {
+    /// Listens on `address` (port 0 picks one) inside `ns`.
+    pub fn start(ns: &Netns, address: SocketAddr) -> HttpServer {
+        let listener = ns.run(move || TcpListener::bind(address).expect("binding the HTTP server"));
+        let address = listener.local_addr().unwrap();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let serving = shared.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let shared = serving.clone();
+                std::thread::spawn(move || serve(stream, &shared));
+            }
+        });
+        HttpServer { address, shared }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn set(&self, reply: Reply) {
+        self.shared.lock().unwrap().reply = Some(reply);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.shared.lock().unwrap().requests
+    }
+
+    pub fn last_if_none_match(&self) -> Option<String> {
+        self.shared.lock().unwrap().if_none_match.clone()
+    }
+}
+
+fn serve(stream: std::net::TcpStream, shared: &Mutex<Shared>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut if_none_match = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("if-none-match")
+        {
+            if_none_match = Some(value.trim().to_string());
+        }
+    }
+    let reply = {
+        let mut shared = shared.lock().unwrap();
+        shared.requests += 1;
+        shared.if_none_match = if_none_match.clone();
+        shared.reply.clone()
+    };
+    let mut stream = stream;
+    let (status, content_type, body, etag) = match reply {
+        None => (404, "text/plain", b"no reply set".to_vec(), None),
+        Some(Reply::Stall(duration)) => {
+            std::thread::sleep(duration);
+            return;
+        }
+        Some(Reply::Close) => return,
+        Some(Reply::Body {
+            status,
+            content_type,
+            body,
+            etag,
+        }) => {
+            if etag.is_some() && etag == if_none_match {
+                (304, content_type, Vec::new(), etag)
+            } else {
+                (status, content_type, body, etag)
+            }
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(etag) = etag {
+        head.push_str(&format!("ETag: {etag}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}

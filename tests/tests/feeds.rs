@@ -1,0 +1,227 @@
+//! Vendor feeds end to end: a real HTTP server started by the test serves
+//! lists in the vendors' formats; the daemon's rules follow them, and no
+//! bad download ever takes the last good list out of force.
+
+use std::{net::SocketAddr, time::Duration};
+
+use firewall_tests::{
+    addr::*,
+    daemon::{Daemon, poll},
+    http::{HttpServer, Reply},
+    lab::Lab,
+    root_or_skip,
+    traffic::{Connect, connect_tcp, listen_tcp},
+};
+use serde_json::Value;
+
+/// One rule exposing tcp/443 to the feed `vendor` only.
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+interfaces = ["edge0"]
+xdp_mode = "driver"
+
+[[feeds]]
+name = "vendor"
+url = "{url}"
+format = "fastly"
+refresh = "1h"
+timeout = "2s"
+{extra}
+
+[[rules]]
+name = "vendor"
+ports = ["tcp/443"]
+feeds = ["vendor"]
+"#
+    )
+}
+
+/// A list in Fastly's format.
+fn fastly(v4: &[&str]) -> Vec<u8> {
+    serde_json::json!({"addresses": v4, "ipv6_addresses": ["2001:db8:fa::/48"]})
+        .to_string()
+        .into_bytes()
+}
+
+/// The feed's status, as `feeds --json` shows it.
+fn feed(daemon: &Daemon) -> Value {
+    daemon.json(&["feeds"])["feeds"][0].clone()
+}
+
+/// `feeds refresh vendor`: whether it succeeded, and its output.
+fn refresh(daemon: &Daemon) -> (bool, String) {
+    let output = daemon.ctl(&["feeds", "refresh", "vendor"]);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).to_string()
+            + &String::from_utf8_lossy(&output.stdout),
+    )
+}
+
+fn reaches(lab: &Lab, source: std::net::Ipv4Addr) -> bool {
+    connect_tcp(&lab.peer, source.into(), at(EDGE_V4, 443)) == Connect::Connected
+}
+
+fn server(lab: &Lab) -> HttpServer {
+    HttpServer::start(&lab.edge, "127.0.0.1:0".parse::<SocketAddr>().unwrap())
+}
+
+/// 203.0.113.0/28 holds the vendor, 198.51.100.0/24 the office; 192.0.2.64/28 nobody.
+const VENDOR_AND_SPARE: [&str; 2] = ["203.0.113.0/28", "192.0.2.64/28"];
+const SPARE_AND_OFFICE: [&str; 2] = ["192.0.2.64/28", "198.51.100.0/24"];
+
+#[test]
+fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
+    if !root_or_skip("a_feed_admits_its_ranges_and_its_updates_add_and_remove_them") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let server = server(&lab);
+    server.set(Reply::ok(fastly(&VENDOR_AND_SPARE)));
+    let daemon = Daemon::start(&lab.edge, &config(&server.url("/public-ip-list"), ""));
+    let fetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        (feed(&daemon)["prefixes_v4"] == 2).then_some(())
+    });
+    assert!(fetched.is_some(), "{}\n{}", feed(&daemon), daemon.log());
+    assert!(reaches(&lab, VENDOR_V4));
+    assert!(!reaches(&lab, OFFICE_V4));
+    let status = feed(&daemon);
+    assert_eq!(status["prefixes_v6"], 1);
+    assert_eq!(status["last_error"], Value::Null);
+    assert_eq!(status["stale"], false);
+    let listed = daemon.json(&["list"])["entries"].clone();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["prefix"] == "203.0.113.0/28" && entry["origin"] == "feed:vendor"),
+        "{listed}"
+    );
+    let explained = daemon.json(&["explain", "203.0.113.10", "443"]);
+    assert_eq!(explained["entry"]["origin"], "feed:vendor");
+
+    // The vendor moves: one range goes, one comes.
+    server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));
+    let (ok, output) = refresh(&daemon);
+    assert!(ok, "{output}");
+    assert!(!reaches(&lab, VENDOR_V4), "the removed range is dropped");
+    assert!(reaches(&lab, OFFICE_V4), "the added range passes");
+    let applied = daemon
+        .audit()
+        .into_iter()
+        .filter(|record| record["action"] == "feed_update" && record["outcome"] == "applied")
+        .last()
+        .unwrap();
+    assert_eq!(applied["feed"], "vendor");
+    assert_eq!(
+        applied["prefixes"],
+        serde_json::json!(["+198.51.100.0/24", "-203.0.113.0/28"])
+    );
+    let detail = applied["detail"].as_str().unwrap();
+    assert!(detail.starts_with("1 added, 1 removed"), "{detail}");
+    assert!(detail.contains("sha256 "), "{detail}");
+}
+
+#[test]
+fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
+    if !root_or_skip("a_bad_download_never_takes_the_last_good_list_out_of_force") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let server = server(&lab);
+    server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));
+    let mut daemon = Daemon::start(&lab.edge, &config(&server.url("/list"), ""));
+    let fetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        (feed(&daemon)["prefixes_v4"] == 2).then_some(())
+    });
+    assert!(fetched.is_some(), "{}", daemon.log());
+    assert!(reaches(&lab, OFFICE_V4));
+
+    let mut huge = b"{\"addresses\": [".to_vec();
+    huge.resize(33 * 1024 * 1024, b' ');
+    let failures: Vec<(Reply, &str)> = vec![
+        (Reply::status(500, "oops"), "HTTP status 500"),
+        (
+            Reply::status(
+                200,
+                "<!DOCTYPE html><html><body>Checking your browser</body></html>",
+            ),
+            "HTML page",
+        ),
+        (Reply::ok(Vec::new()), "the body is empty"),
+        (
+            Reply::ok(&b"{\"addresses\": [\"198.51.100.0/24\", \"19"[..]),
+            "not valid JSON",
+        ),
+        (Reply::ok(huge), "larger than"),
+        (
+            Reply::ok(fastly(&["203.0.113.64/28"])),
+            "more than `max_shrink = \"50%\"`",
+        ),
+        (
+            Reply::ok(fastly(&["192.0.2.64/28", "198.51.100.0/24", "0.0.0.0/0"])),
+            "covers too much of the internet",
+        ),
+        (Reply::Stall(Duration::from_secs(5)), "no answer within 2s"),
+        (Reply::Close, "error"),
+    ];
+    for (reply, expected) in failures {
+        server.set(reply);
+        let (ok, output) = refresh(&daemon);
+        assert!(!ok, "{expected}: {output}");
+        assert!(
+            output.contains("the last good lists stay in force"),
+            "{output}"
+        );
+        let status = feed(&daemon);
+        let error = status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(expected), "{expected}: {status}");
+        assert_eq!(status["prefixes_v4"], 2, "{expected}");
+        assert!(
+            reaches(&lab, OFFICE_V4),
+            "{expected}: the last good list stays"
+        );
+        let rejected = daemon.audit().last().unwrap().clone();
+        assert_eq!(rejected["action"], "feed_update");
+        assert_eq!(rejected["outcome"], "rejected");
+        assert!(
+            rejected["detail"].as_str().unwrap().contains(expected),
+            "{rejected}"
+        );
+    }
+
+    // A restart while the server is down enforces the last good copy.
+    server.set(Reply::Close);
+    assert_eq!(daemon.kill(libc::SIGTERM), 0);
+    daemon.spawn_and_wait();
+    assert_eq!(feed(&daemon)["prefixes_v4"], 2);
+    assert!(reaches(&lab, OFFICE_V4));
+    assert!(!reaches(&lab, VENDOR_V4));
+    let (ok, _) = refresh(&daemon);
+    assert!(!ok);
+    assert!(reaches(&lab, OFFICE_V4));
+
+    // The server is back with the same list: 304 keeps it, and it is fresh.
+    server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));
+    let (ok, output) = refresh(&daemon);
+    assert!(ok, "{output}");
+    let requests = server.requests();
+    let (ok, output) = refresh(&daemon);
+    assert!(ok, "{output}");
+    assert_eq!(server.requests(), requests + 1);
+    assert!(
+        server.last_if_none_match().is_some(),
+        "a conditional request"
+    );
+    let status = feed(&daemon);
+    assert_eq!(status["last_error"], Value::Null);
+    assert!(status["age_seconds"].as_u64().unwrap() < 5, "{status}");
+    assert!(reaches(&lab, OFFICE_V4));
+}
