@@ -155,3 +155,66 @@ fn serve(stream: std::net::TcpStream, shared: &Mutex<Shared>) {
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(&body);
 }
+
+/// A forward HTTP proxy for `http://` URLs: takes `GET http://host:port/path`,
+/// sends it on to the host and relays the answer; counts what it relayed.
+pub struct HttpProxy {
+    pub address: SocketAddr,
+    relayed: Arc<Mutex<usize>>,
+}
+
+impl HttpProxy {
+    /// Listens on `address` inside `ns`; connects onwards from there too.
+    pub fn start(ns: &Netns, address: SocketAddr) -> HttpProxy {
+        let listener = ns.run(move || TcpListener::bind(address).expect("binding the proxy"));
+        let address = listener.local_addr().unwrap();
+        let relayed = Arc::new(Mutex::new(0));
+        let counting = relayed.clone();
+        let netns = format!("/run/netns/{}", ns.name);
+        std::thread::spawn(move || {
+            crate::lab::enter(&netns);
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if relay(stream).is_some() {
+                    *counting.lock().unwrap() += 1;
+                }
+            }
+        });
+        HttpProxy { address, relayed }
+    }
+
+    pub fn relayed(&self) -> usize {
+        *self.relayed.lock().unwrap()
+    }
+}
+
+/// Relays one request; `None` if it was not one this proxy takes.
+fn relay(client: std::net::TcpStream) -> Option<()> {
+    let mut reader = BufReader::new(client.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next()?, parts.next()?);
+    let rest = target.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\n",
+        if path.is_empty() { "/" } else { path }
+    );
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if line.trim_end().is_empty() {
+            break;
+        }
+        if !line.to_ascii_lowercase().starts_with("proxy-") {
+            head.push_str(&line);
+        }
+    }
+    head.push_str("\r\n");
+    let mut upstream = std::net::TcpStream::connect(host).ok()?;
+    upstream.write_all(head.as_bytes()).ok()?;
+    let mut client = client;
+    std::io::copy(&mut upstream, &mut client).ok()?;
+    Some(())
+}

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use firewall_tests::{
     addr::*,
     daemon::{Daemon, poll},
-    http::{HttpServer, Reply},
+    http::{HttpProxy, HttpServer, Reply},
     lab::Lab,
     root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
@@ -112,8 +112,7 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
     let applied = daemon
         .audit()
         .into_iter()
-        .filter(|record| record["action"] == "feed_update" && record["outcome"] == "applied")
-        .last()
+        .rfind(|record| record["action"] == "feed_update" && record["outcome"] == "applied")
         .unwrap();
     assert_eq!(applied["feed"], "vendor");
     assert_eq!(
@@ -224,4 +223,40 @@ fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
     assert_eq!(status["last_error"], Value::Null);
     assert!(status["age_seconds"].as_u64().unwrap() < 5, "{status}");
     assert!(reaches(&lab, OFFICE_V4));
+}
+
+#[test]
+fn feeds_download_through_the_protected_interface_and_through_a_proxy() {
+    if !root_or_skip("feeds_download_through_the_protected_interface_and_through_a_proxy") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    // The vendor's server is out on the peer, no rule admits it: only
+    // return-traffic tracking lets its answers in.
+    let server = HttpServer::start(&lab.peer, at(STRANGER_V4, 8080));
+    server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));
+    let daemon = Daemon::start(&lab.edge, &config(&server.url("/list"), ""));
+    let fetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        (feed(&daemon)["prefixes_v4"] == 2).then_some(())
+    });
+    assert!(fetched.is_some(), "{}\n{}", feed(&daemon), daemon.log());
+    assert!(reaches(&lab, OFFICE_V4));
+    assert!(daemon.stats().passed("return_traffic") > 0);
+    drop(daemon);
+
+    // Through a proxy the environment names (as on hosts that reach the
+    // internet only through one).
+    let proxy = HttpProxy::start(&lab.edge, "127.0.0.1:0".parse().unwrap());
+    let mut daemon = Daemon::prepare(&lab.edge, &config(&server.url("/list"), ""));
+    daemon.env.push((
+        "HTTP_PROXY".to_string(),
+        format!("http://{}", proxy.address),
+    ));
+    daemon.spawn_and_wait();
+    let fetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        (feed(&daemon)["last_success"] != Value::Null).then_some(())
+    });
+    assert!(fetched.is_some(), "{}\n{}", feed(&daemon), daemon.log());
+    assert_eq!(proxy.relayed(), 1, "the fetch went through the proxy");
 }

@@ -80,7 +80,7 @@ pub fn start(
         loop {
             let wanted = feeds.borrow_and_update().clone();
             running.retain(|name, task| {
-                let keep = wanted.iter().any(|feed| *feed == task.feed);
+                let keep = wanted.contains(&task.feed);
                 if !keep {
                     warn!(feed = name, "the feed changed or is gone; its fetches stop");
                     task.handle.abort();
