@@ -22,6 +22,7 @@ use firewall_tests::{
     addr::{EDGE_IF, STRANGER_V4},
     daemon::Daemon,
     frames::{ETH_IPV4, TCP, TCP_ACK, ethernet, ipv4, tcp_segment, tcp_v4},
+    http::{HttpServer, Reply},
     lab::Lab,
 };
 
@@ -160,6 +161,16 @@ pub fn run() -> anyhow::Result<()> {
         "\nWith tracking on, only what the allowlist would drop looks up the flow\n\
          table, and a SYN from outside never does (it cannot be a reply)."
     );
+    println!(
+        "\nLarge feeds: parse, validate, normalise, compile with the policy and write the maps (ms, the daemon's measure), and `feeds refresh` wall time"
+    );
+    println!(
+        "{:<12} {:>7} {:>7} {:>10} {:>10} {:>12}",
+        "FEED", "IPV4", "IPV6", "FIRST LOAD", "UPDATE", "REFRESH (ms)"
+    );
+    for row in feed_apply_times()? {
+        println!("{row}");
+    }
     Ok(())
 }
 
@@ -205,4 +216,78 @@ fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result
             format!("{policy:<28} {case:<40} {:>9} {:>9}", costs[0], costs[1])
         })
         .collect())
+}
+
+/// A feed body in AWS's format with `v4` IPv4 /32s and `v6` IPv6 /64s, none
+/// adjacent (so none merge), in the benchmarking and documentation ranges;
+/// `shift` 1 moves every prefix.
+fn aws_body(v4: u32, v6: u32, shift: u32) -> Vec<u8> {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + shift;
+    let prefixes: Vec<serde_json::Value> = (0..v4)
+        .map(|index| {
+            serde_json::json!({"ip_prefix": format!("{}/32", Ipv4Addr::from(base + 2 * index)), "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"})
+        })
+        .collect();
+    let ipv6_prefixes: Vec<serde_json::Value> = (0..v6)
+        .map(|index| {
+            serde_json::json!({"ipv6_prefix": format!("2001:db8:{:x}:{:x}::/64", index >> 15, (index * 2 + shift) & 0xffff), "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"})
+        })
+        .collect();
+    serde_json::json!({"syncToken": "1", "createDate": "2026-11-25-00-00-00", "prefixes": prefixes, "ipv6_prefixes": ipv6_prefixes})
+        .to_string()
+        .into_bytes()
+}
+
+/// How long a large feed takes to load and apply: the daemon's own
+/// measure (parse, validate, normalise, compile, write the maps) and the
+/// wall time of `feeds refresh`.
+fn feed_apply_times() -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for (name, v4, v6) in [
+        ("AWS-sized", 10_700, 6_200),
+        ("Azure-sized", 60_000, 40_000),
+    ] {
+        let lab = Lab::new();
+        let server = HttpServer::start(&lab.edge, "127.0.0.1:0".parse()?);
+        server.set(Reply::ok(aws_body(v4, v6, 0)));
+        let config = format!(
+            "interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\n[[feeds]]\nname = \"big\"\nurl = \"{}\"\nformat = \"aws\"\nmax_shrink = \"100%\"\n[[rules]]\nname = \"vendor\"\nports = [\"tcp/443\"]\nfeeds = [\"big\"]\n",
+            server.url("/ip-ranges.json")
+        );
+        let daemon = Daemon::start(&lab.edge, &config);
+        let loaded = firewall_tests::daemon::poll(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || (daemon.json(&["feeds"])["feeds"][0]["prefixes_v4"] == v4).then_some(()),
+        );
+        if loaded.is_none() {
+            bail!("the {name} feed did not load:\n{}", daemon.log());
+        }
+        // The same size again with every prefix moved: a full update.
+        server.set(Reply::ok(aws_body(v4, v6, 1)));
+        let refresh = time_ms(&daemon, &["feeds", "refresh", "big"])?;
+        let took: Vec<u64> = daemon
+            .log()
+            .lines()
+            .filter(|line| line.contains("applied a feed update"))
+            .filter_map(|line| {
+                line.split("took_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let [first, update] = took[..] else {
+            bail!(
+                "expected two applied updates of the {name} feed:\n{}",
+                daemon.log()
+            );
+        };
+        rows.push(format!(
+            "{name:<12} {v4:>7} {v6:>7} {first:>10} {update:>10} {refresh:>12.1}"
+        ));
+    }
+    Ok(rows)
 }

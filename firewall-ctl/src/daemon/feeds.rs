@@ -143,6 +143,7 @@ impl Writer {
         if unchanged && self.feeds.contains_key(&feed.name) {
             return self.confirm_current(feed, Some(validator), now);
         }
+        let started = std::time::Instant::now();
         let normalized = feeds::prepare(feed, &bytes, self.feeds.get(&feed.name))?;
         for (listed, used) in &normalized.masked {
             info!(feed = feed.name, listed, used = %used, "host bits cleared in a feed entry");
@@ -150,7 +151,6 @@ impl Writer {
         let list = normalized.list;
         let mut lists = self.feeds.clone();
         let previous = lists.insert(feed.name.clone(), list.clone());
-        let started = std::time::Instant::now();
         let compiled = policy::compile_with(&self.config, &self.runtime, &lists)
             .map_err(|err| err.to_string())?;
         let diff = PolicyDiff::between(&self.policy, &compiled);
