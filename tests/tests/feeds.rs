@@ -122,6 +122,20 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
     let detail = applied["detail"].as_str().unwrap();
     assert!(detail.starts_with("1 added, 1 removed"), "{detail}");
     assert!(detail.contains("sha256 "), "{detail}");
+
+    // A reload that points the feed elsewhere drops its list at once and
+    // fetches the new one at once (not after `refresh`).
+    server.set(Reply::ok(fastly(&VENDOR_AND_SPARE)));
+    let status = daemon.reload(&config(&server.url("/moved"), ""));
+    assert!(status["last_reload_error"].is_null(), "{status}");
+    let refetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        let status = feed(&daemon);
+        (status["source"].as_str()?.ends_with("/moved") && status["last_success"] != Value::Null)
+            .then_some(())
+    });
+    assert!(refetched.is_some(), "{}", feed(&daemon));
+    assert!(reaches(&lab, VENDOR_V4));
+    assert!(!reaches(&lab, OFFICE_V4));
 }
 
 #[test]

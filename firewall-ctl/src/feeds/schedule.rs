@@ -77,6 +77,8 @@ pub fn start(
     let (requests, mut incoming) = mpsc::channel::<RefreshRequest>(16);
     tokio::spawn(async move {
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        // Only at start: a feed a reload adds or changes fetches at once.
+        let mut known = known;
         loop {
             let wanted = feeds.borrow_and_update().clone();
             running.retain(|name, task| {
@@ -95,6 +97,7 @@ pub fn start(
                 let task = Running::spawn(feed, known, client.clone(), jobs.clone());
                 running.insert(task.feed.name.clone(), task);
             }
+            known.clear();
             tokio::select! {
                 changed = feeds.changed() => if changed.is_err() { return },
                 request = incoming.recv() => match request {

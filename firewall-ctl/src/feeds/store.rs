@@ -38,6 +38,9 @@ pub struct LastGood {
     /// The URL, file or names it was read from.
     pub source: String,
     pub format: String,
+    /// The filter it was read with.
+    #[serde(default)]
+    pub filter: BTreeMap<String, Vec<String>>,
     /// When the list was last confirmed current (fetched, or answered 304).
     pub fetched_at: Timestamp,
     pub validator: Validator,
@@ -50,6 +53,7 @@ impl LastGood {
             version: VERSION,
             source: super::source_name(&feed.source),
             format: feed.format.name().to_string(),
+            filter: feed.filter.clone(),
             fetched_at,
             validator,
             list,
@@ -91,8 +95,19 @@ impl FeedStore {
                 }
             };
             match serde_json::from_str::<LastGood>(&text) {
-                Ok(last) if last.version == VERSION => {
+                Ok(last)
+                    if last.version == VERSION
+                        && last.source == super::source_name(&feed.source)
+                        && last.format == feed.format.name()
+                        && last.filter == feed.filter =>
+                {
                     loaded.insert(feed.name.clone(), last);
+                }
+                Ok(last) if last.version == VERSION => {
+                    tracing::info!(
+                        feed = feed.name,
+                        "the feed's source, format or filter changed since its last good copy; it is fetched anew"
+                    );
                 }
                 Ok(last) => {
                     tracing::warn!(feed = feed.name, file = %path.display(), version = last.version, "the feed's last good copy has another version; it is fetched anew");
@@ -119,4 +134,37 @@ pub fn lists(last_good: &BTreeMap<String, LastGood>) -> FeedLists {
         .iter()
         .map(|(name, last)| (name.clone(), last.list.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::parse;
+
+    fn feeds(url: &str) -> Vec<Feed> {
+        parse(&format!(
+            "interfaces = [\"eth0\"]\n[[feeds]]\nname = \"vendor\"\nurl = \"{url}\"\nformat = \"plain\"\n[[rules]]\nname = \"r\"\nports = [\"443\"]\nfeeds = [\"vendor\"]\n"
+        ))
+        .unwrap()
+        .feeds
+    }
+
+    #[test]
+    fn a_last_good_copy_is_used_only_for_the_list_it_was_read_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedStore::new(dir.path());
+        let old = feeds("https://old.example/list");
+        let list = crate::feeds::normalize::normalize(&["203.0.113.0/24".to_string()])
+            .unwrap()
+            .list;
+        let last = LastGood::new(&old[0], Timestamp::now(), Validator::default(), list);
+        store.save("vendor", &last).unwrap();
+        assert_eq!(store.load(&old)["vendor"].list, last.list);
+        assert!(
+            store.load(&feeds("https://new.example/list")).is_empty(),
+            "another source: fetched anew"
+        );
+        std::fs::write(dir.path().join("feeds/vendor.json"), "{ not json").unwrap();
+        assert!(store.load(&old).is_empty(), "a corrupt copy is skipped");
+    }
 }
