@@ -24,6 +24,8 @@ pub enum Reply {
     Stall(Duration),
     /// Accepts and closes the connection at once: a server going down.
     Close,
+    /// `301 Moved Permanently` to `location` (a path on this server).
+    Redirect(String),
 }
 
 impl Reply {
@@ -53,7 +55,11 @@ impl Reply {
 
 #[derive(Default)]
 struct Shared {
+    /// Not listening: connections are refused.
+    down: bool,
     reply: Option<Reply>,
+    /// Replies by request path, before `reply`.
+    paths: std::collections::BTreeMap<String, Reply>,
     requests: usize,
     /// `If-None-Match` of the last request.
     if_none_match: Option<String>,
@@ -68,18 +74,47 @@ pub struct HttpServer {
 impl HttpServer {
     /// Listens on `address` (port 0 picks one) inside `ns`.
     pub fn start(ns: &Netns, address: SocketAddr) -> HttpServer {
-        let listener = ns.run(move || TcpListener::bind(address).expect("binding the HTTP server"));
-        let address = listener.local_addr().unwrap();
+        let listen = move || {
+            let listener = TcpListener::bind(address).expect("binding the HTTP server");
+            listener.set_nonblocking(true).unwrap();
+            listener
+        };
+        let first = ns.run(listen);
+        let address = first.local_addr().unwrap();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let serving = shared.clone();
+        let netns = format!("/run/netns/{}", ns.name);
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let shared = serving.clone();
-                std::thread::spawn(move || serve(stream, &shared));
+            crate::lab::enter(&netns);
+            let mut listener = Some(first);
+            loop {
+                let down = serving.lock().unwrap().down;
+                if down {
+                    // Closed: the kernel refuses connections.
+                    listener = None;
+                } else if listener.is_none() {
+                    let again = TcpListener::bind(address).expect("listening again");
+                    again.set_nonblocking(true).unwrap();
+                    listener = Some(again);
+                }
+                match listener.as_ref().map(TcpListener::accept) {
+                    Some(Ok((stream, _))) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let shared = serving.clone();
+                        std::thread::spawn(move || serve(stream, &shared));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
             }
         });
         HttpServer { address, shared }
+    }
+
+    /// Stops listening (connections are refused), or listens again.
+    pub fn set_down(&self, down: bool) {
+        self.shared.lock().unwrap().down = down;
+        // Past the accept loop's next turn.
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -88,6 +123,15 @@ impl HttpServer {
 
     pub fn set(&self, reply: Reply) {
         self.shared.lock().unwrap().reply = Some(reply);
+    }
+
+    /// Answers requests for `path` with `reply`, whatever `set` says.
+    pub fn set_path(&self, path: &str, reply: Reply) {
+        self.shared
+            .lock()
+            .unwrap()
+            .paths
+            .insert(path.to_string(), reply);
     }
 
     pub fn requests(&self) -> usize {
@@ -102,6 +146,15 @@ impl HttpServer {
 fn serve(stream: std::net::TcpStream, shared: &Mutex<Shared>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut if_none_match = None;
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return;
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -121,7 +174,11 @@ fn serve(stream: std::net::TcpStream, shared: &Mutex<Shared>) {
         let mut shared = shared.lock().unwrap();
         shared.requests += 1;
         shared.if_none_match = if_none_match.clone();
-        shared.reply.clone()
+        shared
+            .paths
+            .get(&path)
+            .cloned()
+            .or_else(|| shared.reply.clone())
     };
     let mut stream = stream;
     let (status, content_type, body, etag) = match reply {
@@ -131,6 +188,15 @@ fn serve(stream: std::net::TcpStream, shared: &Mutex<Shared>) {
             return;
         }
         Some(Reply::Close) => return,
+        Some(Reply::Redirect(location)) => {
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            return;
+        }
         Some(Reply::Body {
             status,
             content_type,

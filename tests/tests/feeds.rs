@@ -80,6 +80,12 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let server = server(&lab);
     server.set(Reply::ok(fastly(&VENDOR_AND_SPARE)));
+    // The list moved (as Cloudflare's did to a trailing-slash URL): the
+    // redirect is followed.
+    server.set_path(
+        "/public-ip-list",
+        Reply::Redirect("/public-ip-list/".to_string()),
+    );
     let daemon = Daemon::start(&lab.edge, &config(&server.url("/public-ip-list"), ""));
     let fetched = poll(Duration::from_secs(10), Duration::from_millis(50), || {
         (feed(&daemon)["prefixes_v4"] == 2).then_some(())
@@ -180,8 +186,22 @@ fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
             "covers too much of the internet",
         ),
         (Reply::Stall(Duration::from_secs(5)), "no answer within 2s"),
+        (Reply::Redirect("/elsewhere".to_string()), "redirect"),
         (Reply::Close, "error"),
     ];
+    server.set_down(true);
+    let (ok, output) = refresh(&daemon);
+    assert!(!ok, "{output}");
+    let error = feed(&daemon)["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("Connection refused"), "{error}");
+    assert!(
+        reaches(&lab, OFFICE_V4),
+        "refused: the last good list stays"
+    );
+    server.set_down(false);
     for (reply, expected) in failures {
         server.set(reply);
         let (ok, output) = refresh(&daemon);
