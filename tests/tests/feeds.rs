@@ -294,3 +294,131 @@ fn feeds_download_through_the_protected_interface_and_through_a_proxy() {
     assert!(fetched.is_some(), "{}\n{}", feed(&daemon), daemon.log());
     assert_eq!(proxy.relayed(), 1, "the fetch went through the proxy");
 }
+
+/// dnsmasq on the peer, answering from a hosts file the test rewrites.
+struct Dns {
+    child: std::process::Child,
+    hosts: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Dns {
+    fn start(lab: &Lab, address: std::net::Ipv4Addr, records: &str) -> Dns {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, records).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.peer.name,
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
+            .args([
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file",
+            ])
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            // Short-lived answers: the daemon re-resolves at their TTL.
+            .args(["--local-ttl=1", "--bind-interfaces", "--user=root"])
+            .arg(format!("--listen-address={address}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq (cargo xtask setup installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Dns {
+            child,
+            hosts,
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the records and has dnsmasq read them again.
+    fn set(&self, records: &str) {
+        std::fs::write(&self.hosts, records).unwrap();
+        // SAFETY: signalling our own child.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) },
+            0
+        );
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/etc/netns/NS/resolv.conf`, which `ip netns exec NS` (the daemon's
+/// start) puts in place of `/etc/resolv.conf`; removed with the test.
+struct ResolvConf(std::path::PathBuf);
+
+impl ResolvConf {
+    fn point(ns: &firewall_tests::lab::Netns, server: std::net::Ipv4Addr) -> ResolvConf {
+        let dir = std::path::Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {server}\n")).unwrap();
+        ResolvConf(dir)
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_dns_feed_follows_an_address_change() {
+    if !root_or_skip("a_dns_feed_follows_an_address_change") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let dns = Dns::start(
+        &lab,
+        STRANGER_V4,
+        &format!("{OFFICE_V4} office.example.org\n"),
+    );
+    let _resolv = ResolvConf::point(&lab.edge, STRANGER_V4);
+    let daemon = Daemon::start(
+        &lab.edge,
+        "interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\n[[feeds]]\nname = \"office\"\nformat = \"dns\"\nnames = [\"office.example.org\"]\nrefresh = \"1h\"\ntimeout = \"2s\"\n[[rules]]\nname = \"office\"\nports = [\"tcp/443\"]\nfeeds = [\"office\"]\n",
+    );
+    let resolved = |address: &str| {
+        poll(Duration::from_secs(20), Duration::from_millis(100), || {
+            daemon.json(&["list"])["entries"]
+                .as_array()?
+                .iter()
+                .any(|entry| entry["prefix"] == address && entry["origin"] == "feed:office")
+                .then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        resolved("198.51.100.7/32"),
+        "{}\n{}",
+        feed(&daemon),
+        daemon.log()
+    );
+    assert!(reaches(&lab, OFFICE_V4));
+    assert!(!reaches(&lab, VENDOR_V4));
+
+    // The office's dynamic address changes: followed at the records' TTL
+    // (one second, so the daemon's floor of 5 s), without a refresh.
+    dns.set(&format!("{VENDOR_V4} office.example.org\n"));
+    assert!(
+        resolved("203.0.113.10/32"),
+        "{}\n{}",
+        feed(&daemon),
+        daemon.log()
+    );
+    assert!(reaches(&lab, VENDOR_V4));
+    assert!(!reaches(&lab, OFFICE_V4));
+}

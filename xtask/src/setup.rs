@@ -31,6 +31,7 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("groupadd", "passwd"),
         ("chattr", "e2fsprogs"),
         ("nft", "nftables"),
+        ("dnsmasq", "dnsmasq-base"),
     ] {
         command_from_package(command, package)?;
     }

@@ -207,8 +207,14 @@ impl super::Validator<'_> {
                 }
             },
         };
+        // A dynamic address replaces itself: all of a `dns` list may change.
+        let default_shrink = if format == Some(FeedFormat::Dns) {
+            100
+        } else {
+            DEFAULT_MAX_SHRINK_PERCENT
+        };
         let max_shrink_percent = match raw.max_shrink {
-            None => DEFAULT_MAX_SHRINK_PERCENT,
+            None => default_shrink,
             Some(text) => match parse_percent(text.get_ref()) {
                 Some(percent) => percent,
                 None => {

@@ -519,6 +519,10 @@ fn feeds_are_parsed_and_rules_take_sources_feeds_or_both() {
     );
     assert_eq!(office.refresh, std::time::Duration::from_secs(300));
     assert_eq!(
+        office.max_shrink_percent, 100,
+        "a dynamic address replaces itself"
+    );
+    assert_eq!(
         config.feeds[2].source,
         FeedSource::File(PathBuf::from("/etc/firewall-ctl/vendor.txt"))
     );

@@ -128,6 +128,7 @@ impl Writer {
                 bytes,
                 etag,
                 last_modified,
+                ..
             } => (bytes, etag, last_modified),
         };
         let validator = Validator {

@@ -25,6 +25,8 @@ pub enum Fetched {
         bytes: Vec<u8>,
         etag: Option<String>,
         last_modified: Option<String>,
+        /// How long the answer may be used: the lowest TTL of DNS records.
+        valid_for: Option<Duration>,
     },
 }
 
@@ -89,30 +91,46 @@ async fn read_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
         bytes,
         etag: None,
         last_modified: None,
+        valid_for: None,
     })
 }
 
-/// The A and AAAA records of `names` through the system's resolver, one
-/// address per line (read like a `plain` list). Every name must resolve:
-/// a partial answer would shrink the list for a transient error.
+/// The A and AAAA records of `names`, one address per line (read like a
+/// `plain` list), and how long they may be used (their lowest TTL). Every
+/// name must resolve: a partial answer would shrink the list for a
+/// transient error. The servers are those of `/etc/resolv.conf`, read anew
+/// each time, and nothing is cached between resolutions.
 async fn resolve(names: &[String]) -> Result<Fetched, FetchError> {
+    use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
+    let failed = |name: &str, error: String| FetchError::Dns {
+        name: name.to_string(),
+        error,
+    };
+    let mut builder = TokioResolver::builder_tokio()
+        .map_err(|err| failed("(resolver)", format!("reading /etc/resolv.conf: {err}")))?;
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    let resolver = builder.build();
     let mut lines = String::new();
+    let mut valid_for: Option<Duration> = None;
     for name in names {
-        let addresses = tokio::net::lookup_host((name.as_str(), 0))
+        let lookup = resolver
+            .lookup_ip(name.as_str())
             .await
-            .map_err(|err| FetchError::Dns {
-                name: name.clone(),
-                error: err.to_string(),
-            })?;
-        for address in addresses {
-            lines.push_str(&address.ip().to_string());
+            .map_err(|err| failed(name, err.to_string()))?;
+        for address in lookup.iter() {
+            lines.push_str(&address.to_string());
             lines.push('\n');
         }
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        valid_for = Some(valid_for.map_or(ttl, |shortest| shortest.min(ttl)));
     }
     Ok(Fetched::Body {
         bytes: lines.into_bytes(),
         etag: None,
         last_modified: None,
+        valid_for,
     })
 }
 
@@ -163,6 +181,7 @@ async fn fetch_url(
         bytes,
         etag,
         last_modified,
+        valid_for: None,
     })
 }
 

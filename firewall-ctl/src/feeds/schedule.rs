@@ -22,6 +22,9 @@ use crate::{api::FeedStatus, config::Feed, daemon::Job, entries::Timestamp};
 /// The first wait after a failure; it doubles with each further failure,
 /// up to the feed's `refresh`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+/// The shortest wait before resolving DNS names again, however short
+/// their TTL.
+const MIN_DNS_WAIT: Duration = Duration::from_secs(5);
 
 /// A fetch for the writer to apply.
 pub struct FetchJob {
@@ -177,7 +180,15 @@ impl Running {
                     .await
                     .map_err(|err| err.to_string());
                 let now = SystemTime::now();
-                let next_ok = jittered(feed.refresh);
+                // DNS answers live as long as their TTL, bounded by `refresh`.
+                let valid_for = match &fetched {
+                    Ok(Fetched::Body {
+                        valid_for: Some(ttl),
+                        ..
+                    }) => (*ttl).clamp(MIN_DNS_WAIT, feed.refresh),
+                    _ => feed.refresh,
+                };
+                let next_ok = jittered(valid_for);
                 let next_failed = backoff(failures + 1, feed.refresh);
                 let (reply, outcome) = oneshot::channel();
                 let job = FetchJob {
