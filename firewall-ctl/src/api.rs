@@ -322,6 +322,12 @@ pub struct StatusReport {
     /// seconds); `None` when tracking is off.
     #[serde(default)]
     pub flows: Option<FlowTable>,
+    /// Feeds by name whose data is older than their `max_age` (or never
+    /// fetched), and whose last update failed.
+    #[serde(default)]
+    pub feeds_stale: Vec<String>,
+    #[serde(default)]
+    pub feeds_failing: Vec<String>,
 }
 
 /// One configured interface, as the kernel reports it.

@@ -108,6 +108,14 @@ pub fn status(report: &StatusReport) -> String {
         report.state_dir.display()
     );
     let _ = writeln!(out, "flows       {}", flow_table(report.flows.as_ref()));
+    if !report.feeds_stale.is_empty() || !report.feeds_failing.is_empty() {
+        let _ = writeln!(
+            out,
+            "feeds       STALE: {}; FAILING: {} (`firewall-ctl feeds` says why)",
+            or_dash_list(&report.feeds_stale),
+            or_dash_list(&report.feeds_failing)
+        );
+    }
     if let Some(at) = report.rollback_at {
         let _ = writeln!(
             out,
@@ -128,6 +136,15 @@ pub fn status(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+/// Names joined, or `-` for none.
+fn or_dash_list(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        escape_controls(&names.join(", "))
+    }
 }
 
 /// One line on the flow table: live flows by protocol, size, evictions.

@@ -230,6 +230,17 @@ fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
         );
     }
 
+    let status = daemon.status();
+    assert_eq!(
+        status["feeds_failing"],
+        serde_json::json!(["vendor"]),
+        "{status}"
+    );
+    assert!(
+        daemon.ctl_ok(&["status"]).contains("FAILING: vendor"),
+        "the status table names it"
+    );
+
     // A restart while the server is down enforces the last good copy.
     server.set(Reply::Close);
     assert_eq!(daemon.kill(libc::SIGTERM), 0);
@@ -257,6 +268,7 @@ fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
     assert_eq!(status["last_error"], Value::Null);
     assert!(status["age_seconds"].as_u64().unwrap() < 5, "{status}");
     assert!(reaches(&lab, OFFICE_V4));
+    assert_eq!(daemon.status()["feeds_failing"], serde_json::json!([]));
 }
 
 #[test]

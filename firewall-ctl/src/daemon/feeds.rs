@@ -27,6 +27,8 @@ use crate::{
 
 /// Prefixes an audit record lists per update, at most.
 const AUDITED_PREFIXES: usize = 1000;
+/// How often feeds' ages are checked against their `max_age`.
+const STALENESS_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the writer knows of a feed beside its list.
 #[derive(Clone, Debug, Default)]
@@ -257,6 +259,42 @@ impl Writer {
             next_attempt: meta.next_attempt.map(Timestamp),
             last_error: meta.last_error,
             stale: age.is_none_or(|age| age > feed.max_age),
+        }
+    }
+
+    /// Feeds whose data is older than their `max_age`, or never fetched.
+    pub(super) fn stale_feeds(&self) -> Vec<String> {
+        self.config
+            .feeds
+            .iter()
+            .filter(|feed| self.feed_status(feed).stale)
+            .map(|feed| feed.name.clone())
+            .collect()
+    }
+
+    /// Warns once when a feed turns stale (its vendor's changes are no
+    /// longer followed), and says when it is fresh again.
+    pub(super) fn warn_about_stale_feeds(&mut self) {
+        self.next_staleness_check = SystemTime::now() + STALENESS_CHECK_INTERVAL;
+        let stale: std::collections::BTreeSet<String> = self.stale_feeds().into_iter().collect();
+        for name in stale.difference(&self.warned_stale) {
+            let error = self
+                .feed_meta
+                .get(name)
+                .and_then(|meta| meta.last_error.clone())
+                .unwrap_or_else(|| "none".to_string());
+            warn!(
+                feed = name,
+                last_error = error,
+                "the feed's data is older than its `max_age`: the vendor's changes are not followed; `firewall-ctl feeds` shows why"
+            );
+        }
+        for name in self.warned_stale.difference(&stale) {
+            info!(feed = name, "the feed's data is fresh again");
+        }
+        if stale != self.warned_stale {
+            self.warned_stale = stale;
+            self.publish();
         }
     }
 

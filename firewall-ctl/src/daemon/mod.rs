@@ -253,6 +253,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         expiry_retry_at: None,
         flows,
         next_flow_sweep: SystemTime::now() + writer::FLOW_SWEEP_INTERVAL,
+        // First fetches get a minute before a feed without data counts.
+        next_staleness_check: SystemTime::now() + std::time::Duration::from_secs(60),
+        warned_stale: Default::default(),
     };
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());

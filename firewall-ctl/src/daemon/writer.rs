@@ -84,6 +84,10 @@ pub struct Writer {
     pub flows: Option<FlowTable>,
     /// When the flow table is swept next.
     pub next_flow_sweep: SystemTime,
+    /// When feeds' ages are checked against their `max_age` next.
+    pub next_staleness_check: SystemTime,
+    /// Feeds found stale (and warned about) at the last check.
+    pub warned_stale: BTreeSet<String>,
 }
 
 /// A reload that rolls back unless confirmed.
@@ -166,6 +170,13 @@ impl Writer {
                 next_expiry: entries::next_expiry(&self.runtime),
                 rollback_at: self.pending.as_ref().map(|pending| pending.rollback_at),
                 flows: self.flows,
+                feeds_stale: self.stale_feeds(),
+                feeds_failing: self
+                    .feed_meta
+                    .iter()
+                    .filter(|(_, meta)| meta.last_error.is_some())
+                    .map(|(name, _)| name.clone())
+                    .collect(),
             },
             access: Access::of(&self.config),
             interfaces: self.config.interfaces.clone(),
@@ -195,6 +206,7 @@ impl Writer {
                 self.expiry_retry_at,
                 self.pending.as_ref().map(|pending| pending.rollback_at.0),
                 self.config.track_outbound.then_some(self.next_flow_sweep),
+                (!self.config.feeds.is_empty()).then_some(self.next_staleness_check),
             ]
             .into_iter()
             .flatten()
@@ -212,6 +224,9 @@ impl Writer {
             self.save_ledger_if_changed();
             if self.config.track_outbound && self.next_flow_sweep <= SystemTime::now() {
                 self.sweep_flows();
+            }
+            if self.next_staleness_check <= SystemTime::now() {
+                self.warn_about_stale_feeds();
             }
         }
     }
