@@ -67,10 +67,12 @@ impl Writer {
 
     /// Applies what a fetch brought, and answers the scheduler.
     pub(super) fn feed_fetched(&mut self, job: FetchJob) {
-        let Some(feed) = self.feed_config(&job.feed).cloned() else {
-            // A fetch for a feed a reload just removed.
+        // A fetch of a feed a reload has since removed or redefined: its
+        // task is gone, and what it read is not what the config asks for.
+        if self.feed_config(&job.feed.name) != Some(&job.feed) {
             return;
-        };
+        }
+        let feed = job.feed;
         let now = SystemTime::now();
         let result = match job.fetched {
             Err(error) => Err(error),

@@ -28,7 +28,8 @@ const MIN_DNS_WAIT: Duration = Duration::from_secs(5);
 
 /// A fetch for the writer to apply.
 pub struct FetchJob {
-    pub feed: String,
+    /// The feed as it was defined when fetched.
+    pub feed: Feed,
     pub fetched: Result<Fetched, String>,
     /// When the next attempt comes, if this one succeeds or fails.
     pub next_if_ok: Timestamp,
@@ -192,7 +193,7 @@ impl Running {
                 let next_failed = backoff(failures + 1, feed.refresh);
                 let (reply, outcome) = oneshot::channel();
                 let job = FetchJob {
-                    feed: feed.name.clone(),
+                    feed: feed.clone(),
                     fetched,
                     next_if_ok: Timestamp(now + next_ok),
                     next_if_failed: Timestamp(now + next_failed),
