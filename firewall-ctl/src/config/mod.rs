@@ -74,6 +74,8 @@ pub struct Config {
     /// must quote such a flow, neighbour discovery must be on-link.
     pub track_outbound: bool,
     pub flows: FlowSettings,
+    /// Where Prometheus metrics are served; `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
     pub feeds: Vec<Feed>,
     pub rules: Vec<Rule>,
 }
@@ -254,6 +256,7 @@ struct RawConfig {
     flows: flows::RawFlows,
     #[serde(default)]
     feeds: Vec<feeds::RawFeed>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -264,6 +267,13 @@ fn enforce_by_default() -> bool {
 
 fn track_outbound_by_default() -> bool {
     true
+}
+
+/// `[metrics]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +399,22 @@ impl Validator<'_> {
         });
     }
 
+    fn metrics(&mut self, raw: RawMetrics) -> Option<std::net::SocketAddr> {
+        match raw.listen.get_ref().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.problem(
+                    &raw.listen,
+                    format!(
+                        "`metrics.listen = \"{}\"` is not an address and port; write e.g. \"127.0.0.1:9469\"",
+                        raw.listen.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn group(&mut self, key: &str, name: Option<Spanned<String>>) -> Option<Group> {
         let name = name?;
         match self.host.group_id(name.get_ref()) {
@@ -510,6 +536,7 @@ impl Validator<'_> {
             read_group: self.group("read_group", raw.read_group),
             track_outbound: raw.track_outbound,
             flows: self.flows(raw.flows),
+            metrics: raw.metrics.and_then(|metrics| self.metrics(metrics)),
             feeds: feeds.valid,
             rules,
         }

@@ -8,6 +8,7 @@
 pub mod audit;
 mod feeds;
 mod links;
+mod metrics;
 mod server;
 pub mod state;
 mod writer;
@@ -83,6 +84,8 @@ pub enum Job {
     Ping(oneshot::Sender<()>),
     /// What a feed fetch brought, to apply.
     Feed(crate::feeds::schedule::FetchJob),
+    /// A snapshot for a metrics scrape.
+    Metrics(oneshot::Sender<anyhow::Result<metrics::Snapshot>>),
 }
 
 /// Where the daemon keeps its files and listens, when the command line
@@ -155,6 +158,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         )
     })?;
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
+    let metrics_listener = match config.metrics {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| {
+            format!("listening for metrics on {address} (`metrics.listen`): is another program using it?")
+        })?),
+        None => None,
+    };
 
     let mut datapath = Datapath::load(&config.bpf_dir, config.flows.max_flows)?;
     if datapath.adopted() {
@@ -292,6 +301,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));
+    if let Some(listener) = metrics_listener {
+        info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, jobs.clone()));
+    }
     // Only now: the policy is enforced on every interface and the socket answers.
     notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {

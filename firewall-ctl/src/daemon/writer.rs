@@ -266,6 +266,9 @@ impl Writer {
             }
             Job::Reattach(interfaces) => self.reattach(interfaces),
             Job::Feed(job) => self.feed_fetched(job),
+            Job::Metrics(reply) => {
+                let _ = reply.send(self.metrics_snapshot());
+            }
             Job::Ping(answer) => {
                 let _ = answer.send(());
             }
@@ -911,6 +914,11 @@ impl Writer {
                     .to_string(),
             );
         }
+        if config.metrics != self.config.metrics {
+            warnings.push(
+                "a `metrics.listen` change takes effect when the daemon restarts".to_string(),
+            );
+        }
         if config.flows.max_flows != self.config.flows.max_flows {
             warnings.push(format!(
                 "a `flows.max_flows` change takes effect when the daemon restarts (tracked flows are carried over); the table keeps {} entries until then",
@@ -1091,6 +1099,35 @@ impl Writer {
                 error!(interface = name, error = %err, "re-attaching the flow tracking program failed; replies to the host's connections there are dropped");
             }
         }
+    }
+
+    /// What a metrics scrape reports: `stats`, feeds, entries by rule and
+    /// origin, reloads.
+    fn metrics_snapshot(&mut self) -> anyhow::Result<super::metrics::Snapshot> {
+        let stats = self.stats()?;
+        let mut entries = BTreeMap::new();
+        for rule in &self.config.rules {
+            entries.insert(
+                (rule.name.clone(), "config".to_string()),
+                rule.sources.len(),
+            );
+            for feed in &rule.feeds {
+                let count = self.feeds.get(feed).map_or(0, |list| list.prefixes.len());
+                entries.insert((rule.name.clone(), format!("feed:{feed}")), count);
+            }
+        }
+        for entry in self.runtime.values() {
+            *entries
+                .entry((entry.rule.clone(), "cli".to_string()))
+                .or_default() += 1;
+        }
+        Ok(super::metrics::Snapshot {
+            stats,
+            feeds: self.feeds_report(),
+            entries,
+            reloads: self.reloads,
+            reloads_rejected: self.reloads_rejected,
+        })
     }
 
     fn stats(&mut self) -> anyhow::Result<StatsReport> {
