@@ -269,9 +269,8 @@ mod tests {
     use super::*;
     use crate::api::{FeedStatus, RuleStats};
 
-    #[test]
-    fn the_text_format_has_help_type_and_escaped_labels() {
-        let snapshot = Snapshot {
+    fn snapshot() -> Snapshot {
+        Snapshot {
             stats: StatsReport {
                 mode: "monitor".to_string(),
                 rules: vec![RuleStats {
@@ -304,8 +303,12 @@ mod tests {
             entries: [(("vendor".to_string(), "cli".to_string()), 4)].into(),
             reloads: 1,
             reloads_rejected: 0,
-        };
-        let text = render(&snapshot);
+        }
+    }
+
+    #[test]
+    fn the_text_format_has_help_type_and_escaped_labels() {
+        let text = render(&snapshot());
         assert!(text.contains(
             "# TYPE firewall_ctl_allowed_packets_total counter\nfirewall_ctl_allowed_packets_total{rule=\"vendor\"} 3\n"
         ));
@@ -316,5 +319,45 @@ mod tests {
         assert!(text.contains("firewall_ctl_feed_failing{feed=\"a\\\"b\"} 1\n"));
         assert!(!text.contains("feed_age_seconds{"), "no age without data");
         assert!(!text.contains("flows{"), "no flow metrics without tracking");
+    }
+
+    /// Every metric the shipped Grafana dashboard queries is one the
+    /// daemon exports (every family present: tracking on, a feed).
+    #[test]
+    fn the_grafana_dashboard_uses_exported_metrics_only() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/grafana-dashboard.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut snapshot = snapshot();
+        snapshot.stats.flows = Some(crate::datapath::flows::FlowTable::default());
+        snapshot.feeds.feeds[0].age_seconds = Some(5);
+        snapshot.feeds.feeds[0].last_success = Some(crate::entries::Timestamp::now());
+        let text = render(&snapshot);
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE ")?.split_whitespace().next())
+            .collect();
+        let mut used = Vec::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let mut rest = target["expr"].as_str().unwrap();
+                while let Some(at) = rest.find("firewall_ctl_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    used.push(name);
+                }
+            }
+        }
+        assert!(used.len() > 10, "{used:?}");
+        for name in &used {
+            assert!(
+                exported.contains(name.as_str()),
+                "the dashboard queries {name}"
+            );
+        }
     }
 }
