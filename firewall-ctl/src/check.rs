@@ -100,6 +100,9 @@ pub struct CheckedRule {
     pub ports: Vec<String>,
     pub sources_v4: usize,
     pub sources_v6: usize,
+    /// Feeds whose lists the rule takes (fetched by the daemon; not counted
+    /// in `sources_v4`/`sources_v6`).
+    pub feeds: Vec<String>,
     pub comment: Option<String>,
 }
 
@@ -122,6 +125,7 @@ pub fn report(path: &Path) -> anyhow::Result<CheckReport> {
                 ports: rule.ports.iter().map(ToString::to_string).collect(),
                 sources_v4: rule.sources.iter().filter(|prefix| prefix.is_v4()).count(),
                 sources_v6: rule.sources.iter().filter(|prefix| !prefix.is_v4()).count(),
+                feeds: rule.feeds.clone(),
                 comment: rule.comment.clone(),
             })
             .collect(),
@@ -164,6 +168,27 @@ mod tests {
         );
         let empty = config::tests::parse("interfaces = [\"eth0\"]").unwrap();
         assert_eq!(warnings(&empty, 22).len(), 2);
+    }
+
+    #[test]
+    fn rules_show_the_feeds_they_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("firewall.toml");
+        std::fs::write(
+            &path,
+            "interfaces = [\"lo\"]\n[[feeds]]\nname = \"aws\"\nurl = \"https://ip-ranges.amazonaws.com/ip-ranges.json\"\nformat = \"aws\"\n[[rules]]\nname = \"ssh\"\nports = [\"tcp/22\"]\nfeeds = [\"aws\"]\n",
+        )
+        .unwrap();
+        let report = report(&path).unwrap();
+        assert_eq!(report.rules[0].feeds, ["aws"]);
+        assert_eq!(report.rules[0].sources_v4, 0);
+        let text = crate::output::check(&report);
+        assert!(text.contains("FEEDS"), "{text}");
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("ssh") && line.ends_with("aws")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -475,6 +475,11 @@ pub fn check(report: &CheckReport) -> String {
                 rule.ports.join(","),
                 rule.sources_v4.to_string(),
                 rule.sources_v6.to_string(),
+                if rule.feeds.is_empty() {
+                    "-".to_string()
+                } else {
+                    rule.feeds.join(",")
+                },
             ]
         })
         .collect();
@@ -502,7 +507,7 @@ pub fn check(report: &CheckReport) -> String {
         report.mode,
         report.interfaces.join(", "),
         report.xdp_mode,
-        table(&["RULE", "PORTS", "IPV4", "IPV6"], &rows),
+        table(&["RULE", "PORTS", "IPV4", "IPV6", "FEEDS"], &rows),
         report.rules.len(),
         report.prefixes_v4,
         report.prefixes_v6,
