@@ -51,21 +51,19 @@ pub fn entries(
     if trimmed.starts_with('<') {
         return Err(FormatError::Html(format));
     }
-    if matches!(format, FeedFormat::Plain | FeedFormat::Dns) {
-        return Ok(plain(text));
-    }
-    let root: Value =
-        serde_json::from_str(text).map_err(|err| FormatError::NotJson(err.to_string()))?;
     let json = Json { format, filter };
+    let root = || -> Result<Value, FormatError> {
+        serde_json::from_str(text).map_err(|err| FormatError::NotJson(err.to_string()))
+    };
     match format {
-        FeedFormat::Atlassian => json.atlassian(&root),
-        FeedFormat::Aws => json.aws(&root),
-        FeedFormat::Github => json.github(&root),
-        FeedFormat::Gcp => json.gcp(&root),
-        FeedFormat::Azure => json.azure(&root),
-        FeedFormat::Cloudflare => json.cloudflare(&root),
-        FeedFormat::Fastly => json.fastly(&root),
-        FeedFormat::Plain | FeedFormat::Dns => unreachable!("not a JSON format"),
+        FeedFormat::Plain | FeedFormat::Dns => Ok(plain(text)),
+        FeedFormat::Atlassian => json.atlassian(&root()?),
+        FeedFormat::Aws => json.aws(&root()?),
+        FeedFormat::Github => json.github(&root()?),
+        FeedFormat::Gcp => json.gcp(&root()?),
+        FeedFormat::Azure => json.azure(&root()?),
+        FeedFormat::Cloudflare => json.cloudflare(&root()?),
+        FeedFormat::Fastly => json.fastly(&root()?),
     }
 }
 
