@@ -22,3 +22,13 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Policy slots: one live, one being written (see [`crate::maps::ActivePolicy`]).
 pub const POLICY_SLOTS: u32 = 2;
+
+/// Per-entry counters (`ENTRY_STATS`), shared by every CPU and both policy
+/// slots. Index 0 is never given to an entry (see
+/// [`crate::maps::UNCOUNTED_ENTRY`]).
+pub const MAX_ENTRY_COUNTERS: u32 = 2 * MAX_PREFIXES_PER_FAMILY;
+
+/// Bytes of the ring buffer that carries blocked-traffic samples to user
+/// space: 8192 samples of 32 bytes plus their 8-byte headers, rounded up
+/// to a power of two.
+pub const SAMPLE_RING_BYTES: u32 = 512 * 1024;

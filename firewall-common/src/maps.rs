@@ -8,10 +8,20 @@ use crate::limits::MAX_RULES;
 pub mod names {
     /// `Array<ActivePolicy>`, one entry.
     pub const ACTIVE: &str = "ACTIVE";
-    /// `LpmTrie<[u8; 4], RuleSet>` per slot.
+    /// `LpmTrie<[u8; 4], SourceValue>` per slot.
     pub const SOURCES_V4: [&str; 2] = ["SOURCES_V4_0", "SOURCES_V4_1"];
-    /// `LpmTrie<[u8; 16], RuleSet>` per slot.
+    /// `LpmTrie<[u8; 16], SourceValue>` per slot.
     pub const SOURCES_V6: [&str; 2] = ["SOURCES_V6_0", "SOURCES_V6_1"];
+    /// `LpmTrie<[u8; 5], u32>` per slot: (rule, IPv4 prefix) -> entry index.
+    pub const ENTRIES_V4: [&str; 2] = ["ENTRIES_V4_0", "ENTRIES_V4_1"];
+    /// `LpmTrie<[u8; 17], u32>` per slot: (rule, IPv6 prefix) -> entry index.
+    pub const ENTRIES_V6: [&str; 2] = ["ENTRIES_V6_0", "ENTRIES_V6_1"];
+    /// `Array<EntryCounter>` indexed by entry index, shared by the slots.
+    pub const ENTRY_STATS: &str = "ENTRY_STATS";
+    /// `PerCpuArray<SampleBucket>`, one entry: the sampling token bucket.
+    pub const SAMPLE_BUCKETS: &str = "SAMPLE_BUCKETS";
+    /// `RingBuf` of `BlockedSample`s.
+    pub const BLOCKED_SAMPLES: &str = "BLOCKED_SAMPLES";
     /// `HashMap<PortKey, RuleSet>` per slot.
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// `PerCpuArray<Counter>` indexed by [`crate::reasons::Reason`].
@@ -28,12 +38,19 @@ pub mod names {
     pub const FLOW_KEY_SCRATCH: &str = "FLOW_KEY_SCRATCH";
 
     /// Every map, as pinned under `bpf_dir`.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 20] = [
         ACTIVE,
         SOURCES_V4[0],
         SOURCES_V4[1],
         SOURCES_V6[0],
         SOURCES_V6[1],
+        ENTRIES_V4[0],
+        ENTRIES_V4[1],
+        ENTRIES_V6[0],
+        ENTRIES_V6[1],
+        ENTRY_STATS,
+        SAMPLE_BUCKETS,
+        BLOCKED_SAMPLES,
         PORTS[0],
         PORTS[1],
         REASON_STATS,
@@ -49,12 +66,84 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a
 /// packet is allowed when the two sets intersect.
 pub type RuleSet = u64;
+
+/// Value of the source tries: the rules whose sources contain the prefix,
+/// and the entry that the first of them (lowest bit) credits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceValue {
+    pub rules: RuleSet,
+    /// Index into `ENTRY_STATS` of the most specific entry of rule
+    /// `rules.trailing_zeros()` that contains the prefix.
+    pub entry: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// An entry index that counts nothing user space reads: given to entries
+/// when `ENTRY_STATS` is full, so the data plane never needs a check.
+pub const UNCOUNTED_ENTRY: u32 = 0;
+
+/// What one allowlisted entry (rule + prefix) admitted. One value shared by
+/// every CPU: the data plane adds with atomic instructions, so memory does
+/// not grow with the number of CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounter {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `CLOCK_MONOTONIC` ns (coarse) of the first and last admitted packet;
+    /// 0 for never.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// `CLOCK_MONOTONIC` ns when user space gave the entry this index: the
+    /// counters count since then.
+    pub listed_at: u64,
+}
+
+/// Key bytes of the entry tries: the rule's index, then the address, so a
+/// longest-prefix match of `(rule, address)` finds the most specific entry
+/// of that rule containing the address.
+pub const fn entry_key_len(address_len: u8) -> u32 {
+    8 + address_len as u32
+}
+
+/// A dropped packet as sampled for user space (`BLOCKED_SAMPLES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedSample {
+    /// Source address; an IPv4 one in the first 4 bytes. Zero where the
+    /// packet has none (not IP, malformed).
+    pub source: [u8; 16],
+    pub ifindex: u32,
+    /// Destination port, host byte order; 0 without one.
+    pub port: u16,
+    pub protocol: u8,
+    /// A [`crate::reasons::Reason`].
+    pub reason: u8,
+    /// 4, 6, or 0 without a source.
+    pub family: u8,
+    pub pad: [u8; 7],
+}
+
+/// The sampling token bucket of one CPU. User space refills it every
+/// second; the data plane only spends tokens, so an empty bucket costs one
+/// per-CPU array read per drop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleBucket {
+    pub tokens: u32,
+    /// Spent only on a source other than the last one sampled, so a flood
+    /// from one source cannot hide the others.
+    pub novel_tokens: u32,
+    pub last_source: [u8; 16],
+}
 
 /// IP protocol numbers the policy can expose.
 pub mod protocol {
@@ -148,11 +237,15 @@ pub const fn rule_stats_index(slot: u32, rule: u32) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are `#[repr(C)]`/`#[repr(transparent)]` with integer fields
+    // SAFETY: all are `#[repr(C)]`/`#[repr(transparent)]` with integer fields
     // only and no implicit padding (`PortKey` pads explicitly).
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::ActivePolicy {}
+    unsafe impl aya::Pod for super::SourceValue {}
+    unsafe impl aya::Pod for super::EntryCounter {}
+    unsafe impl aya::Pod for super::BlockedSample {}
+    unsafe impl aya::Pod for super::SampleBucket {}
     // SAFETY: as above; every padding byte is an explicit field.
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowState {}

@@ -7,7 +7,7 @@
 
 use crate::{
     flow::{Ends, FlowKey, Track},
-    maps::{PortKey, RuleSet},
+    maps::{PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY},
     reasons::Reason,
 };
 
@@ -44,12 +44,27 @@ pub enum Packet {
     NonIp,
 }
 
-/// The two lookups the policy answers; each is done at most once per packet.
+/// The lookups the policy answers; each is done at most once per packet.
 pub trait Policy {
-    /// Rules whose sources contain `source` (a longest-prefix match).
-    fn source_rules(&self, source: &Source) -> RuleSet;
+    /// Rules whose sources contain `source` (a longest-prefix match), and
+    /// the entry the first of them credits.
+    fn source_entry(&self, source: &Source) -> SourceValue;
     /// Rules that expose `port`.
     fn port_rules(&self, port: &PortKey) -> RuleSet;
+    /// The entry of `rule` that credits `source`: its most specific prefix
+    /// containing `source`. Asked only when the admitting rule is not the
+    /// first of [`Policy::source_entry`]'s rules, which needs a second
+    /// lookup; policies that do not count entries answer
+    /// [`UNCOUNTED_ENTRY`].
+    fn rule_entry(&self, _rule: u32, _source: &Source) -> u32 {
+        UNCOUNTED_ENTRY
+    }
+}
+
+/// A policy's source lookup reduced to the rules.
+#[inline(always)]
+pub fn source_rules<P: Policy + ?Sized>(policy: &P, source: &Source) -> RuleSet {
+    policy.source_entry(source).rules
 }
 
 /// The outcome for one packet.
@@ -59,11 +74,18 @@ pub struct Verdict {
     /// For [`Reason::Allowed`]: the first rule in config order that admits
     /// the packet, which is the one credited in per-rule counters.
     pub rule: u32,
+    /// For [`Reason::Allowed`]: the entry of `rule` credited, its most
+    /// specific prefix containing the source.
+    pub entry: u32,
 }
 
 impl Verdict {
     const fn of(reason: Reason) -> Self {
-        Self { reason, rule: 0 }
+        Self {
+            reason,
+            rule: 0,
+            entry: UNCOUNTED_ENTRY,
+        }
     }
 }
 
@@ -81,25 +103,34 @@ pub fn decide<P: Policy + ?Sized>(packet: Packet, policy: &P) -> Verdict {
             if exposing == 0 {
                 return Verdict::of(Reason::PortClosed);
             }
-            let admitting = exposing & policy.source_rules(&source);
+            let found = policy.source_entry(&source);
+            let admitting = exposing & found.rules;
             if admitting == 0 {
-                Verdict::of(Reason::NotAllowlisted)
+                return Verdict::of(Reason::NotAllowlisted);
+            }
+            let rule = admitting.trailing_zeros();
+            // Usually the admitting rule is the first one the source
+            // lookup found, and its entry came with it.
+            let entry = if rule == found.rules.trailing_zeros() {
+                found.entry
             } else {
-                Verdict {
-                    reason: Reason::Allowed,
-                    rule: admitting.trailing_zeros(),
-                }
+                policy.rule_entry(rule, &source)
+            };
+            Verdict {
+                reason: Reason::Allowed,
+                rule,
+                entry,
             }
         }
         Packet::EchoRequest { source } => {
-            if policy.source_rules(&source) == 0 {
+            if source_rules(policy, &source) == 0 {
                 Verdict::of(Reason::NotAllowlisted)
             } else {
                 Verdict::of(Reason::IcmpEcho)
             }
         }
         Packet::LaterFragment { source } => {
-            if policy.source_rules(&source) == 0 {
+            if source_rules(policy, &source) == 0 {
                 Verdict::of(Reason::Fragment)
             } else {
                 Verdict::of(Reason::FragmentAllowed)
@@ -208,12 +239,16 @@ pub const fn icmp_packet(v6: bool, icmp_type: u8, source: Source) -> Packet {
 pub struct WithFlows<'a, P: ?Sized, F: ?Sized>(pub &'a P, pub &'a F);
 
 impl<P: Policy + ?Sized, F: ?Sized> Policy for WithFlows<'_, P, F> {
-    fn source_rules(&self, source: &Source) -> RuleSet {
-        self.0.source_rules(source)
+    fn source_entry(&self, source: &Source) -> SourceValue {
+        self.0.source_entry(source)
     }
 
     fn port_rules(&self, port: &PortKey) -> RuleSet {
         self.0.port_rules(port)
+    }
+
+    fn rule_entry(&self, rule: u32, source: &Source) -> u32 {
+        self.0.rule_entry(rule, source)
     }
 }
 
@@ -239,8 +274,11 @@ mod tests {
     }
 
     impl Policy for Fixture {
-        fn source_rules(&self, source: &Source) -> RuleSet {
-            u64::from(matches!(source, Source::V4([203, 0, 113, _])))
+        fn source_entry(&self, source: &Source) -> SourceValue {
+            SourceValue {
+                rules: u64::from(matches!(source, Source::V4([203, 0, 113, _]))),
+                ..SourceValue::default()
+            }
         }
 
         fn port_rules(&self, port: &PortKey) -> RuleSet {

@@ -8,6 +8,10 @@
 //! their replies pass as return traffic. It never drops anything.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no atomic read-modify-write types, but
+// its instruction set has the atomic add the per-entry counters need.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod cursor;
 mod maps;
@@ -28,7 +32,7 @@ use firewall_common::{
     verdict::{Verdict, decide_tracked},
 };
 
-use crate::{cursor::Cursor, maps::SlotPolicy};
+use crate::{cursor::Cursor, maps::SlotPolicy, parse::ParsedPacket};
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
@@ -41,7 +45,7 @@ pub fn firewall(ctx: XdpContext) -> u32 {
     let (packet, tracked) = parse::packet(Cursor::new(data, end), Direction::Ingress);
     let policy = SlotPolicy::new(active.slot(), data, end);
     let verdict = decide_tracked(packet.packet(), tracked.track(), &policy);
-    finish(&ctx, active.slot(), &verdict, active.enforce())
+    finish(&ctx, active.slot(), &verdict, active.enforce(), &packet)
 }
 
 /// Headers the egress parser may read, pulled into the linear part of the
@@ -66,7 +70,13 @@ pub fn track_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn finish(ctx: &XdpContext, slot: u32, verdict: &Verdict, enforce: bool) -> u32 {
+fn finish(
+    ctx: &XdpContext,
+    slot: u32,
+    verdict: &Verdict,
+    enforce: bool,
+    packet: &ParsedPacket,
+) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::REASON_STATS, verdict.reason as u32, bytes);
     if verdict.reason == Reason::Allowed {
@@ -75,12 +85,15 @@ fn finish(ctx: &XdpContext, slot: u32, verdict: &Verdict, enforce: bool) -> u32 
             rule_stats_index(slot, verdict.rule),
             bytes,
         );
+        maps::count_entry(verdict.entry, bytes);
     }
-    if verdict.reason.is_drop() && enforce {
-        XDP_DROP
-    } else {
-        XDP_PASS
+    if !verdict.reason.is_drop() {
+        return XDP_PASS;
     }
+    // SAFETY: `ctx.ctx` is the program's `xdp_md`, valid for the call.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    maps::sample_drop(packet, verdict.reason, ifindex);
+    if enforce { XDP_DROP } else { XDP_PASS }
 }
 
 #[cfg(not(test))]

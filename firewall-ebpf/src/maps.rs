@@ -1,23 +1,29 @@
 //! The program's maps and the policy lookups backed by them. Names, keys and
 //! values are defined in `firewall_common::maps`; user space writes them.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use firewall_common::{
     flow::{Direction, Ends, FlowConfig, FlowKey, FlowState, flow_stats},
     limits::{
-        DEFAULT_MAX_FLOWS, MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY, MAX_RULES, POLICY_SLOTS,
+        DEFAULT_MAX_FLOWS, MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY,
+        MAX_RULES, POLICY_SLOTS, SAMPLE_RING_BYTES,
     },
-    maps::{ActivePolicy, Counter, PortKey, RuleSet},
-    reasons::REASON_COUNT,
+    maps::{
+        ActivePolicy, BlockedSample, Counter, EntryCounter, PortKey, RuleSet, SampleBucket,
+        SourceValue, UNCOUNTED_ENTRY, entry_key_len,
+    },
+    reasons::{REASON_COUNT, Reason},
     verdict::{Flows, Policy, Source},
 };
 
-use crate::parse::FlowRef;
+use crate::parse::{FlowRef, ParsedPacket};
 
 /// Which slot is live and whether to enforce. One entry.
 #[map]
@@ -25,19 +31,47 @@ static ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
 
 /// Slot 0 and 1: IPv4 source prefix -> rules whose sources contain it.
 #[map]
-static SOURCES_V4_0: LpmTrie<[u8; 4], RuleSet> =
+static SOURCES_V4_0: LpmTrie<[u8; 4], SourceValue> =
     LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
 #[map]
-static SOURCES_V4_1: LpmTrie<[u8; 4], RuleSet> =
+static SOURCES_V4_1: LpmTrie<[u8; 4], SourceValue> =
     LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
 
 /// Slot 0 and 1: IPv6 source prefix -> rules whose sources contain it.
 #[map]
-static SOURCES_V6_0: LpmTrie<[u8; 16], RuleSet> =
+static SOURCES_V6_0: LpmTrie<[u8; 16], SourceValue> =
     LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
 #[map]
-static SOURCES_V6_1: LpmTrie<[u8; 16], RuleSet> =
+static SOURCES_V6_1: LpmTrie<[u8; 16], SourceValue> =
     LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+
+/// Slot 0 and 1: (rule, IPv4 prefix) -> its entry's counter index; looked
+/// up only when the admitting rule is not the first the source matched.
+#[map]
+static ENTRIES_V4_0: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+#[map]
+static ENTRIES_V4_1: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+
+/// Slot 0 and 1: (rule, IPv6 prefix) -> its entry's counter index.
+#[map]
+static ENTRIES_V6_0: LpmTrie<[u8; 17], u32> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+#[map]
+static ENTRIES_V6_1: LpmTrie<[u8; 17], u32> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+
+/// Per allowlisted entry: packets, bytes, first and last hit. Shared by
+/// every CPU (atomic adds): its size does not grow with the CPU count.
+#[map]
+static ENTRY_STATS: Array<EntryCounter> = Array::with_max_entries(MAX_ENTRY_COUNTERS, 0);
+
+/// Per CPU: tokens for sampling dropped packets, refilled by user space.
+#[map]
+static SAMPLE_BUCKETS: PerCpuArray<SampleBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Samples of dropped packets for user space.
+#[map]
+static BLOCKED_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 
 /// Slot 0 and 1: (protocol, destination port) -> rules exposing it. Not
 /// preallocated: a policy usually exposes a handful of ports.
@@ -144,6 +178,58 @@ pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
     }
 }
 
+/// Credits an admitted packet of `bytes` to entry `entry`.
+#[inline(always)]
+pub fn count_entry(entry: u32, bytes: u64) {
+    let Some(counter) = ENTRY_STATS.get_ptr_mut(entry) else {
+        return;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions. The value is
+    // shared by all CPUs: the sums are atomic adds; the timestamps are
+    // plain stores, and whichever CPU stores last is as right as any.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).bytes, bytes);
+        (*counter).last_seen = now;
+        if (*counter).first_seen == 0 {
+            (*counter).first_seen = now;
+        }
+    }
+}
+
+/// Sends a sample of a dropped packet to user space if this CPU's bucket
+/// has a token for it: a plain token, or a novel one for a source other
+/// than the last sampled.
+#[inline(always)]
+pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: u32) {
+    let Some(bucket) = SAMPLE_BUCKETS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value; user space only ever stores a whole new bucket.
+    let bucket = unsafe { &mut *bucket };
+    let source = packet.address();
+    if bucket.tokens > 0 {
+        bucket.tokens -= 1;
+    } else if bucket.novel_tokens > 0 && bucket.last_source != source {
+        bucket.novel_tokens -= 1;
+    } else {
+        return;
+    }
+    bucket.last_source = source;
+    let sample = BlockedSample {
+        source,
+        ifindex,
+        port: packet.port().port,
+        protocol: packet.port().protocol,
+        reason: reason as u8,
+        family: packet.family(),
+        pad: [0; 7],
+    };
+    // A full ring loses the sample, which is what a sample may do.
+    let _ = BLOCKED_SAMPLES.output::<BlockedSample>(&sample, 0);
+}
+
 /// The policy of one slot, and the flow table, for the frame from `data`
 /// to `end` (where flow keys are read from).
 pub struct SlotPolicy {
@@ -188,7 +274,7 @@ impl Flows<FlowRef> for SlotPolicy {
 
 impl Policy for SlotPolicy {
     #[inline(always)]
-    fn source_rules(&self, source: &Source) -> RuleSet {
+    fn source_entry(&self, source: &Source) -> SourceValue {
         let found = match source {
             Source::V4(address) => {
                 let key = Key::new(32, *address);
@@ -207,7 +293,34 @@ impl Policy for SlotPolicy {
                 }
             }
         };
-        found.copied().unwrap_or(0)
+        found.copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn rule_entry(&self, rule: u32, source: &Source) -> u32 {
+        let rule = rule as u8;
+        let found = match source {
+            Source::V4([a, b, c, d]) => {
+                let key = Key::new(entry_key_len(32), [rule, *a, *b, *c, *d]);
+                if self.slot == 0 {
+                    ENTRIES_V4_0.get(&key)
+                } else {
+                    ENTRIES_V4_1.get(&key)
+                }
+            }
+            Source::V6(address) => {
+                let mut data = [0u8; 17];
+                data[0] = rule;
+                data[1..].copy_from_slice(address);
+                let key = Key::new(entry_key_len(128), data);
+                if self.slot == 0 {
+                    ENTRIES_V6_0.get(&key)
+                } else {
+                    ENTRIES_V6_1.get(&key)
+                }
+            }
+        };
+        found.copied().unwrap_or(UNCOUNTED_ENTRY)
     }
 
     #[inline(always)]

@@ -6,7 +6,7 @@
 pub mod frame;
 
 use crate::{
-    maps::{PortKey, RuleSet},
+    maps::{PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY},
     verdict::{Policy, Source},
 };
 
@@ -76,13 +76,42 @@ impl ReferencePolicy<'_> {
     }
 }
 
+/// The reference's entry numbers: 1 + (rule << 16 | position of the
+/// prefix in the rule's sources).
+pub const fn reference_entry(rule: u32, position: usize) -> u32 {
+    1 + (rule << 16 | position as u32)
+}
+
 impl Policy for ReferencePolicy<'_> {
-    fn source_rules(&self, source: &Source) -> RuleSet {
-        self.rules_where(|rule| rule.sources.iter().any(|prefix| prefix.contains(source)))
+    fn source_entry(&self, source: &Source) -> SourceValue {
+        let rules =
+            self.rules_where(|rule| rule.sources.iter().any(|prefix| prefix.contains(source)));
+        SourceValue {
+            rules,
+            entry: self.rule_entry(rules.trailing_zeros(), source),
+            pad: 0,
+        }
     }
 
     fn port_rules(&self, port: &PortKey) -> RuleSet {
         self.rules_where(|rule| rule.ports.iter().any(|range| range.contains(port)))
+    }
+
+    /// The longest of the rule's prefixes containing `source`.
+    fn rule_entry(&self, rule: u32, source: &Source) -> u32 {
+        self.0
+            .get(rule as usize)
+            .and_then(|found| {
+                found
+                    .sources
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, prefix)| prefix.contains(source))
+                    .max_by_key(|(_, prefix)| prefix.len)
+            })
+            .map_or(UNCOUNTED_ENTRY, |(position, _)| {
+                reference_entry(rule, position)
+            })
     }
 }
 
@@ -104,6 +133,47 @@ mod tests {
             source,
             port: PortKey::new(TCP, port),
         }
+    }
+
+    /// Traffic credits the most specific entry of the rule that admits it,
+    /// also when the longest match overall belongs to another rule.
+    #[test]
+    fn the_admitting_rules_most_specific_entry_is_credited() {
+        let prefix = |d, len| Prefix {
+            address: v4(203, 0, 113, d),
+            len,
+        };
+        let https = [PortRange {
+            protocol: TCP,
+            first: 443,
+            last: 443,
+        }];
+        let ssh = [PortRange {
+            protocol: TCP,
+            first: 22,
+            last: 22,
+        }];
+        let a_sources = [prefix(0, 24), prefix(0, 28)];
+        let b_sources = [prefix(64, 26)];
+        let rules = [
+            ReferenceRule {
+                sources: &a_sources,
+                ports: &https,
+            },
+            ReferenceRule {
+                sources: &b_sources,
+                ports: &ssh,
+            },
+        ];
+        let policy = ReferencePolicy(&rules);
+        let credited = |d, port| {
+            let verdict = decide(tcp(v4(203, 0, 113, d), port), &policy);
+            (verdict.reason, verdict.rule, verdict.entry)
+        };
+        assert_eq!(credited(5, 443), (Reason::Allowed, 0, reference_entry(0, 1)));
+        assert_eq!(credited(70, 443), (Reason::Allowed, 0, reference_entry(0, 0)));
+        assert_eq!(credited(70, 22), (Reason::Allowed, 1, reference_entry(1, 0)));
+        assert_eq!(credited(5, 22).0, Reason::NotAllowlisted);
     }
 
     /// The overlap example of the issue: A = 203.0.113.0/24 on tcp/443,

@@ -8,16 +8,15 @@
 //! handle, which the kernel keeps without a pin and a restarted daemon
 //! replaces in place.
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::path::Path;
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
-    sys::SyscallError,
     util::KernelVersion,
 };
 use firewall_common::{
@@ -27,7 +26,7 @@ use firewall_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Datapath, DatapathError, LinkError, map_error};
+use super::{Datapath, DatapathError, LinkError, batch, map_error};
 use crate::config::Config;
 
 /// Name of the TC egress function in the object.
@@ -57,17 +56,6 @@ pub struct FlowTable {
 /// updated atomically.
 fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The egress program, loaded into the kernel on first use (a daemon that
@@ -145,128 +133,6 @@ fn attach_classic(program: &mut SchedClassifier, interface: &str) -> Result<(), 
     Ok(())
 }
 
-/// Flows read or deleted per `bpf` call.
-const BATCH: usize = 4096;
-
-/// `union bpf_attr` of `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_DELETE_BATCH`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `bpf(cmd, attr)`; `Ok(true)` when there is more to come, `Ok(false)` at
-/// the end of the map (`ENOENT`), with `attr.count` saying how many
-/// entries the call handled either way.
-fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
-    // SAFETY: `attr` is a batch `bpf_attr` whose buffers the caller sized
-    // for `attr.count` entries; they outlive the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => Ok(false),
-        _ => Err(error),
-    }
-}
-
-/// A failed batch call on the flow table.
-fn batch_error(io_error: std::io::Error) -> DatapathError {
-    DatapathError::Map {
-        name: names::FLOWS,
-        source: MapError::SyscallError(SyscallError {
-            call: "bpf batch",
-            io_error,
-        }),
-    }
-}
-
-/// The descriptor of `map`, as `bpf_attr` holds it.
-fn raw_fd(map: &MapData) -> u32 {
-    std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32
-}
-
-/// Every flow of the table `map` (Linux 5.6 batch reads: one call per
-/// [`BATCH`] flows, not two per flow).
-fn read_flows(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let fd = raw_fd(map);
-    let mut flows = Vec::new();
-    let mut keys = vec![FlowKey::default(); BATCH];
-    let mut states = vec![FlowState::default(); BATCH];
-    // The position in the table: a bucket index for hash maps.
-    let (mut position_in, mut position_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &raw mut position_in as u64
-            },
-            out_batch: &raw mut position_out as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: states.as_mut_ptr() as u64,
-            count: BATCH as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        let more = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
-        let read = attr.count as usize;
-        flows.extend(
-            keys[..read]
-                .iter()
-                .copied()
-                .zip(states[..read].iter().copied()),
-        );
-        if !more {
-            return Ok(flows);
-        }
-        position_in = position_out;
-        first = false;
-    }
-}
-
-/// Deletes `keys` from the table `map`, skipping any gone already (the LRU
-/// may evict one meanwhile); how many it deleted.
-fn delete_flows(map: &MapData, keys: &[FlowKey]) -> std::io::Result<u64> {
-    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    let fd = raw_fd(map);
-    let mut deleted = 0;
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(BATCH)];
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        let complete = batch_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
-        let done = attr.count as usize;
-        deleted += done as u64;
-        // A key not found stops the call at it: skip it, go on after it.
-        rest = &rest[if complete { chunk.len() } else { done + 1 }..];
-    }
-    Ok(deleted)
-}
-
 /// Removes the classic egress filter of an older daemon or kernel from
 /// `interface`; nothing to do where there is none.
 pub fn remove_netlink_filter(interface: &str) {
@@ -283,7 +149,7 @@ fn carry_flows(
     old: &MapData,
     new: &mut HashMap<&mut MapData, FlowKey, FlowState>,
 ) -> std::io::Result<usize> {
-    Ok(read_flows(old)?
+    Ok(batch::read(old, usize::MAX)?
         .into_iter()
         .filter(|(key, state)| new.insert(key, state, 0).is_ok())
         .count())
@@ -404,7 +270,7 @@ impl Datapath {
     /// The kernel ignores timed-out flows already; deleting them keeps the
     /// table's room for live ones and makes evictions countable.
     pub fn sweep_flows(&mut self, all: bool) -> Result<FlowTable, DatapathError> {
-        let now = monotonic_ns();
+        let now = crate::system::monotonic_ns();
         let config = self.flow_config;
         let mut table = FlowTable {
             capacity: self.max_flows,
@@ -418,7 +284,7 @@ impl Datapath {
         };
         let mut expired = Vec::new();
         // Collected first: deleting while walking restarts the walk.
-        for (key, state) in read_flows(map).map_err(batch_error)? {
+        for (key, state) in batch::read::<FlowKey, FlowState>(map, usize::MAX).map_err(batch::error(names::FLOWS))? {
             if all || config.expired(key.protocol, &state, now) {
                 expired.push(key);
                 continue;
@@ -429,7 +295,7 @@ impl Datapath {
                 _ => table.icmp += 1,
             }
         }
-        let deleted = delete_flows(map, &expired).map_err(batch_error)?;
+        let deleted = batch::delete(map, &expired).map_err(batch::error(names::FLOWS))?;
         let mut stats: PerCpuArray<&mut MapData, u64> = self.map_mut(names::FLOW_STATS)?;
         let per_cpu =
             |stats: &PerCpuArray<&mut MapData, u64>, index| -> Result<Vec<u64>, DatapathError> {

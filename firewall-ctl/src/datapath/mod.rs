@@ -16,6 +16,8 @@
 //! daemon adopts it: same maps, its own program swapped onto the links
 //! atomically, its policy written into the idle slot and switched once.
 
+mod batch;
+pub mod entry_counters;
 pub mod flows;
 pub mod pins;
 
@@ -38,15 +40,21 @@ use aya::{
 };
 use firewall_common::{
     limits::MAX_RULES,
-    maps::{ActivePolicy, Counter, PortKey, RuleSet, names, rule_stats_index},
+    maps::{
+        ActivePolicy, Counter, EntryCounter, PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY,
+        entry_key_len, names, rule_stats_index,
+    },
     reasons::{REASON_COUNT, Reason},
 };
 use tracing::{info, warn};
 
-use self::pins::{PinDir, PinDirError};
+use self::{
+    entry_counters::{EntryId, EntryIndexes, Holding},
+    pins::{PinDir, PinDirError},
+};
 use crate::{
-    config::XdpModeSetting,
-    policy::{CompiledPolicy, PolicyDiff, PrefixKey, PrefixTable},
+    config::{IpPrefix, XdpModeSetting},
+    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
 };
 
 /// The XDP object built by `build.rs`.
@@ -216,6 +224,19 @@ pub struct Datapath {
     flow_config: firewall_common::flow::FlowConfig,
     /// Size of the flow table.
     max_flows: u32,
+    /// The `ENTRY_STATS` index of each entry either slot lists.
+    entry_indexes: EntryIndexes,
+    /// Entries that count nowhere because `ENTRY_STATS` was full.
+    uncounted_warned: bool,
+}
+
+/// What one entry admitted, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryUsage {
+    pub entry: EntryId,
+    /// `None`: the entry has no counter (the counters were full when it
+    /// was listed).
+    pub counter: Option<EntryCounter>,
 }
 
 /// Per-rule counters outlive policy changes and daemon restarts: a slot's
@@ -274,6 +295,8 @@ impl Datapath {
             retiring_since: None,
             flow_config: Default::default(),
             max_flows,
+            entry_indexes: EntryIndexes::default(),
+            uncounted_warned: false,
         };
         if let Some(old) = resized {
             datapath.carry_flows_from(old)?;
@@ -288,13 +311,43 @@ impl Datapath {
     }
 
     /// Takes over the counter ledger an earlier daemon saved, if it belongs
-    /// to these maps; returns whether it did.
-    pub fn restore_ledger(&mut self, ledger: CounterLedger) -> bool {
+    /// to these maps, and with it the entries' counters; returns whether it
+    /// did.
+    pub fn restore_ledger(&mut self, ledger: CounterLedger) -> Result<bool, DatapathError> {
         let ours = self.adopted() && ledger.maps_id == self.ledger.maps_id;
         if ours {
             self.ledger = ledger;
+            self.adopt_entry_indexes::<V4>()?;
+            self.adopt_entry_indexes::<V6>()?;
+            self.entry_indexes.free_unheld();
         }
-        ours
+        Ok(ours)
+    }
+
+    /// Reads back which index each entry of each slot counts in.
+    fn adopt_entry_indexes<F: Family>(&mut self) -> Result<(), DatapathError> {
+        for slot in 0..2 {
+            let name = F::ENTRIES[slot];
+            let trie: LpmTrie<&MapData, F::EntryBytes, u32> = self.map(name)?;
+            let mut adopted = Vec::new();
+            for element in trie.iter() {
+                let (key, index) = element.map_err(map_error(name))?;
+                let (rule, bits) = F::split_entry(key.data());
+                let Some(rule) = self.ledger.slot_rules[slot].get(rule as usize) else {
+                    continue;
+                };
+                let prefix = F::prefix((bits, (key.prefix_len() - entry_key_len(0)) as u8));
+                let entry = EntryId {
+                    rule: rule.clone(),
+                    prefix,
+                };
+                adopted.push((entry, index));
+            }
+            for (entry, index) in adopted {
+                self.entry_indexes.adopt(entry, slot as u32, index);
+            }
+        }
+        Ok(())
     }
 
     /// The ledger, if it changed since the last call: to be saved.
@@ -486,13 +539,16 @@ impl Datapath {
         let slot = self.idle_slot();
         self.wait_for_retired_readers();
         let lag = self.idle_lag.take();
+        // Entries are named by rule: a slot whose rules had other names or
+        // positions is rewritten whole.
+        let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names;
         let result = match &lag {
-            Some(lag) => {
+            Some(lag) if same_rules => {
                 let mut keys = lag.clone();
                 keys.extend(changed);
                 self.write_keys(slot, policy, &keys)
             }
-            None => self.write_all(slot, policy),
+            _ => self.write_all(slot, policy),
         };
         // If the write failed halfway, the slot holds a mix: `idle_lag`
         // stays `None`, so the next write rewrites it whole.
@@ -575,22 +631,9 @@ impl Datapath {
         policy: &CompiledPolicy,
         keys: &PolicyDiff,
     ) -> Result<(), DatapathError> {
-        let slot = slot as usize;
-        write_prefix_keys(
-            self,
-            names::SOURCES_V4[slot],
-            &policy.v4,
-            &keys.v4,
-            v4_bytes,
-        )?;
-        write_prefix_keys(
-            self,
-            names::SOURCES_V6[slot],
-            &policy.v6,
-            &keys.v6,
-            u128::to_be_bytes,
-        )?;
-        let name = names::PORTS[slot];
+        self.write_family_keys::<V4>(slot, policy, &policy.v4, &keys.v4, &keys.v4_listings)?;
+        self.write_family_keys::<V6>(slot, policy, &policy.v6, &keys.v6, &keys.v6_listings)?;
+        let name = names::PORTS[slot as usize];
         let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
         for key in &keys.ports {
             match policy.ports.get(key) {
@@ -604,10 +647,9 @@ impl Datapath {
 
     /// Makes `slot`'s maps hold exactly `policy`, whatever they held.
     fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        let slot = slot as usize;
-        sync_prefixes(self, names::SOURCES_V4[slot], &policy.v4, v4_bytes)?;
-        sync_prefixes(self, names::SOURCES_V6[slot], &policy.v6, u128::to_be_bytes)?;
-        let name = names::PORTS[slot];
+        self.write_family_all::<V4>(slot, policy, &policy.v4)?;
+        self.write_family_all::<V6>(slot, policy, &policy.v6)?;
+        let name = names::PORTS[slot as usize];
         let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
         let stale: Vec<PortKey> = ports
             .keys()
@@ -624,6 +666,168 @@ impl Datapath {
             ports.insert(key, rules, 0).map_err(map_error(name))?;
         }
         Ok(())
+    }
+
+    /// Writes one family of `policy` at `nodes` and `listings` into `slot`.
+    fn write_family_keys<F: Family>(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        table: &PrefixTable,
+        nodes: &std::collections::BTreeSet<PrefixKey>,
+        listings: &std::collections::BTreeSet<Listing>,
+    ) -> Result<(), DatapathError> {
+        let mut given = Vec::new();
+        let mut entries = Vec::with_capacity(listings.len());
+        for &(key, rule) in listings {
+            let Some(name) = policy.rule_names.get(rule as usize) else {
+                continue;
+            };
+            let entry = EntryId {
+                rule: name.clone(),
+                prefix: F::prefix(key),
+            };
+            let index = if table.listings(&key) & (1 << rule) != 0 {
+                Some(self.hold_entry(&entry, slot, &mut given))
+            } else {
+                self.entry_indexes.release(&entry, slot);
+                None
+            };
+            entries.push((F::entry_key(rule, key), index));
+        }
+        let mut sources = Vec::with_capacity(nodes.len());
+        for key in nodes {
+            let value = table
+                .node(key)
+                .map(|node| self.source_value::<F>(slot, policy, node, &mut given));
+            sources.push((F::key(*key), value));
+        }
+        self.reset_entry_counters(&given)?;
+        write_trie(self, F::ENTRIES[slot as usize], entries)?;
+        write_trie(self, F::SOURCES[slot as usize], sources)
+    }
+
+    /// Makes `slot` hold exactly one family of `policy`.
+    fn write_family_all<F: Family>(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        table: &PrefixTable,
+    ) -> Result<(), DatapathError> {
+        let mut wanted = std::collections::HashSet::new();
+        let mut entries = Vec::new();
+        let mut given = Vec::new();
+        for (key, rules) in table.all_listings() {
+            for rule in crate::policy::rule_indexes(rules) {
+                let entry = EntryId {
+                    rule: policy.rule_names[rule as usize].clone(),
+                    prefix: F::prefix(key),
+                };
+                let index = self.hold_entry(&entry, slot, &mut given);
+                entries.push((F::entry_key(rule, key), index));
+                wanted.insert(entry);
+            }
+        }
+        let unlisted: Vec<EntryId> = self
+            .entry_indexes
+            .listed_in(slot)
+            .filter(|(entry, _)| entry.prefix.is_v4() == F::V4 && !wanted.contains(*entry))
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        for entry in &unlisted {
+            self.entry_indexes.release(entry, slot);
+        }
+        let sources = table
+            .nodes()
+            .map(|(key, node)| {
+                (
+                    F::key(key),
+                    self.source_value::<F>(slot, policy, node, &mut given),
+                )
+            })
+            .collect();
+        self.reset_entry_counters(&given)?;
+        sync_trie(self, F::ENTRIES[slot as usize], entries)?;
+        sync_trie(self, F::SOURCES[slot as usize], sources)
+    }
+
+    /// The trie value of `node`: its rules, and the counter of the entry the
+    /// first of them credits.
+    fn source_value<F: Family>(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        node: Node,
+        given: &mut Vec<u32>,
+    ) -> SourceValue {
+        let rule = node.rules.trailing_zeros() as usize;
+        let entry = EntryId {
+            rule: policy.rule_names[rule].clone(),
+            prefix: F::prefix(node.first),
+        };
+        SourceValue {
+            rules: node.rules,
+            entry: self.hold_entry(&entry, slot, given),
+            pad: 0,
+        }
+    }
+
+    /// The counter index of `entry` in `slot`; newly given ones are added to
+    /// `given`.
+    fn hold_entry(&mut self, entry: &EntryId, slot: u32, given: &mut Vec<u32>) -> u32 {
+        let holding = self.entry_indexes.hold(entry, slot);
+        match holding {
+            Holding::Given(index) => given.push(index),
+            Holding::Full if !self.uncounted_warned => {
+                self.uncounted_warned = true;
+                warn!(rule = entry.rule, prefix = %entry.prefix, capacity = firewall_common::limits::MAX_ENTRY_COUNTERS - 1, "per-entry counters are full: this entry and later ones are not counted per entry (rule counters still count them)");
+            }
+            _ => {}
+        }
+        holding.index()
+    }
+
+    /// Starts the counters at `indexes` from zero, counting from now.
+    fn reset_entry_counters(&mut self, indexes: &[u32]) -> Result<(), DatapathError> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        let fresh = EntryCounter {
+            listed_at: crate::system::monotonic_ns(),
+            ..EntryCounter::default()
+        };
+        let mut stats: Array<&mut MapData, EntryCounter> = self.map_mut(names::ENTRY_STATS)?;
+        for index in indexes {
+            stats
+                .set(*index, fresh, 0)
+                .map_err(map_error(names::ENTRY_STATS))?;
+        }
+        Ok(())
+    }
+
+    /// What each entry of the live policy admitted.
+    pub fn entry_usage(&self) -> Result<Vec<EntryUsage>, DatapathError> {
+        if !self.active.ready() {
+            return Ok(Vec::new());
+        }
+        let Some(aya::maps::Map::Array(stats)) = self.ebpf.map(names::ENTRY_STATS) else {
+            return Err(DatapathError::MissingMap {
+                name: names::ENTRY_STATS,
+            });
+        };
+        let counters: Vec<(u32, EntryCounter)> =
+            batch::read(stats, self.entry_indexes.end() as usize)
+                .map_err(batch::error(names::ENTRY_STATS))?;
+        Ok(self
+            .entry_indexes
+            .listed_in(self.active.slot())
+            .map(|(entry, index)| EntryUsage {
+                entry: entry.clone(),
+                counter: (index != UNCOUNTED_ENTRY)
+                    .then(|| counters.get(index as usize).map(|(_, counter)| *counter))
+                    .flatten(),
+            })
+            .collect())
     }
 
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
@@ -704,8 +908,91 @@ impl Datapath {
     }
 }
 
-fn v4_bytes(bits: u128) -> [u8; 4] {
-    (bits as u32).to_be_bytes()
+/// One address family's maps and key encodings.
+trait Family {
+    const V4: bool;
+    const SOURCES: [&'static str; 2];
+    const ENTRIES: [&'static str; 2];
+    /// Address bytes of a source trie key.
+    type Bytes: aya::Pod + Eq + std::hash::Hash;
+    /// Rule byte and address bytes of an entry trie key.
+    type EntryBytes: aya::Pod + Eq + std::hash::Hash;
+    fn bytes(bits: u128) -> Self::Bytes;
+    fn entry_bytes(rule: u32, bits: u128) -> Self::EntryBytes;
+    /// The rule and network bits of an entry trie key.
+    fn split_entry(bytes: Self::EntryBytes) -> (u8, u128);
+    fn prefix(key: PrefixKey) -> IpPrefix;
+
+    fn key(key: PrefixKey) -> Key<Self::Bytes> {
+        Key::new(u32::from(key.1), Self::bytes(key.0))
+    }
+
+    fn entry_key(rule: u32, key: PrefixKey) -> Key<Self::EntryBytes> {
+        Key::new(entry_key_len(key.1), Self::entry_bytes(rule, key.0))
+    }
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    const V4: bool = true;
+    const SOURCES: [&'static str; 2] = names::SOURCES_V4;
+    const ENTRIES: [&'static str; 2] = names::ENTRIES_V4;
+    type Bytes = [u8; 4];
+    type EntryBytes = [u8; 5];
+
+    fn bytes(bits: u128) -> [u8; 4] {
+        (bits as u32).to_be_bytes()
+    }
+
+    fn entry_bytes(rule: u32, bits: u128) -> [u8; 5] {
+        let [a, b, c, d] = Self::bytes(bits);
+        [rule as u8, a, b, c, d]
+    }
+
+    fn split_entry(bytes: [u8; 5]) -> (u8, u128) {
+        let [rule, address @ ..] = bytes;
+        (rule, u32::from_be_bytes(address) as u128)
+    }
+
+    fn prefix(key: PrefixKey) -> IpPrefix {
+        IpPrefix::V4 {
+            address: (key.0 as u32).into(),
+            len: key.1,
+        }
+    }
+}
+
+impl Family for V6 {
+    const V4: bool = false;
+    const SOURCES: [&'static str; 2] = names::SOURCES_V6;
+    const ENTRIES: [&'static str; 2] = names::ENTRIES_V6;
+    type Bytes = [u8; 16];
+    type EntryBytes = [u8; 17];
+
+    fn bytes(bits: u128) -> [u8; 16] {
+        bits.to_be_bytes()
+    }
+
+    fn entry_bytes(rule: u32, bits: u128) -> [u8; 17] {
+        let mut bytes = [0; 17];
+        bytes[0] = rule as u8;
+        bytes[1..].copy_from_slice(&bits.to_be_bytes());
+        bytes
+    }
+
+    fn split_entry(bytes: [u8; 17]) -> (u8, u128) {
+        let [rule, address @ ..] = bytes;
+        (rule, u128::from_be_bytes(address))
+    }
+
+    fn prefix(key: PrefixKey) -> IpPrefix {
+        IpPrefix::V6 {
+            address: key.0.into(),
+            len: key.1,
+        }
+    }
 }
 
 /// Deleting a key that is not there leaves the map as wanted.
@@ -727,59 +1014,47 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
     })
 }
 
-/// Writes `table`'s value (or its absence) at each of `keys` into the trie `name`.
-fn write_prefix_keys<const N: usize>(
+/// Writes each value (or its absence) at its key into the trie `name`.
+fn write_trie<K: aya::Pod, V: aya::Pod>(
     datapath: &mut Datapath,
     name: &'static str,
-    table: &PrefixTable,
-    keys: &std::collections::BTreeSet<PrefixKey>,
-    to_bytes: fn(u128) -> [u8; N],
-) -> Result<(), DatapathError>
-where
-    [u8; N]: aya::Pod,
-{
-    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleSet> = datapath.map_mut(name)?;
-    for key in keys {
-        let trie_key = Key::new(u32::from(key.1), to_bytes(key.0));
-        match table.get(key) {
-            Some(rules) => trie.insert(&trie_key, rules, 0),
-            None => trie.remove(&trie_key).or_else(absent_is_removed),
+    writes: Vec<(Key<K>, Option<V>)>,
+) -> Result<(), DatapathError> {
+    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
+    for (key, value) in writes {
+        match value {
+            Some(value) => trie.insert(&key, value, 0),
+            None => trie.remove(&key).or_else(absent_is_removed),
         }
         .map_err(map_error(name))?;
     }
     Ok(())
 }
 
-/// Makes the LPM trie `name` hold exactly `table`.
-fn sync_prefixes<const N: usize>(
+/// Makes the LPM trie `name` hold exactly `wanted`.
+fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     datapath: &mut Datapath,
     name: &'static str,
-    table: &PrefixTable,
-    to_bytes: fn(u128) -> [u8; N],
-) -> Result<(), DatapathError>
-where
-    [u8; N]: aya::Pod,
-{
-    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleSet> = datapath.map_mut(name)?;
-    let wanted: std::collections::HashSet<(u32, [u8; N])> = table
-        .entries()
-        .map(|(key, _)| (u32::from(key.1), to_bytes(key.0)))
+    wanted: Vec<(Key<K>, V)>,
+) -> Result<(), DatapathError> {
+    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
+    let keep: std::collections::HashSet<(u32, K)> = wanted
+        .iter()
+        .map(|(key, _)| (key.prefix_len(), key.data()))
         .collect();
-    let stale: Vec<Key<[u8; N]>> = trie
+    let stale: Vec<Key<K>> = trie
         .keys()
         .filter(|key| {
-            key.as_ref().map_or(true, |key| {
-                !wanted.contains(&(key.prefix_len(), key.data()))
-            })
+            key.as_ref()
+                .map_or(true, |key| !keep.contains(&(key.prefix_len(), key.data())))
         })
         .collect::<Result<_, _>>()
         .map_err(map_error(name))?;
     for key in stale {
         trie.remove(&key).map_err(map_error(name))?;
     }
-    for (key, rules) in table.entries() {
-        let trie_key = Key::new(u32::from(key.1), to_bytes(key.0));
-        trie.insert(&trie_key, rules, 0).map_err(map_error(name))?;
+    for (key, value) in wanted {
+        trie.insert(&key, value, 0).map_err(map_error(name))?;
     }
     Ok(())
 }
@@ -790,11 +1065,19 @@ mod tests {
 
     use super::PROGRAM;
 
-    /// The maps of layout version 2: name, type, key size, value size,
+    /// The maps of layout version 3: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1
-    /// had no flow maps and 11 reasons.
-    const LAYOUT_2: [(&str, u32, u32, u32, u32, u32); 13] = [
+    /// had no flow maps and 11 reasons; version 2 had no entry tries,
+    /// entry counters or drop samples, and source tries held a bare
+    /// `RuleSet`.
+    const LAYOUT_3: [(&str, u32, u32, u32, u32, u32); 20] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
+        ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
+        ("ENTRIES_V4_0", 11, 9, 4, 262_144, 1),
+        ("ENTRIES_V4_1", 11, 9, 4, 262_144, 1),
+        ("ENTRIES_V6_0", 11, 21, 4, 262_144, 1),
+        ("ENTRIES_V6_1", 11, 21, 4, 262_144, 1),
+        ("ENTRY_STATS", 2, 4, 40, 524_288, 0),
         ("FLOWS", 9, 40, 16, 65_536, 0),
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
@@ -803,10 +1086,11 @@ mod tests {
         ("PORTS_1", 1, 4, 8, 131_072, 1),
         ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
-        ("SOURCES_V4_0", 11, 8, 8, 262_144, 1),
-        ("SOURCES_V4_1", 11, 8, 8, 262_144, 1),
-        ("SOURCES_V6_0", 11, 20, 8, 262_144, 1),
-        ("SOURCES_V6_1", 11, 20, 8, 262_144, 1),
+        ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
+        ("SOURCES_V4_0", 11, 8, 16, 262_144, 1),
+        ("SOURCES_V4_1", 11, 8, 16, 262_144, 1),
+        ("SOURCES_V6_0", 11, 20, 16, 262_144, 1),
+        ("SOURCES_V6_1", 11, 20, 16, 262_144, 1),
     ];
 
     /// A daemon adopts pinned maps of its own layout version only, so any
@@ -835,18 +1119,18 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            2,
+            3,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_2,
+            maps, LAYOUT_3,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_2.map(|map| map.0),
+            LAYOUT_3.map(|map| map.0),
             "names::ALL lists every map"
         );
     }
@@ -854,11 +1138,13 @@ mod tests {
     /// Helpers the data plane (XDP and TC programs) may call, each in Linux
     /// 5.15 (the LTS floor edge hosts run). Add one only after checking the
     /// kernel it arrived in.
-    const HELPERS_IN_5_15: [(i32, &str); 4] = [
+    const HELPERS_IN_5_15: [(i32, &str); 6] = [
         (1, "bpf_map_lookup_elem, Linux 3.19"),
         (2, "bpf_map_update_elem, Linux 3.19"),
         (5, "bpf_ktime_get_ns, Linux 4.1"),
         (39, "bpf_skb_pull_data, Linux 4.9"),
+        (130, "bpf_ringbuf_output, Linux 5.8"),
+        (160, "bpf_ktime_get_coarse_ns, Linux 5.11"),
     ];
 
     const BPF_CALL: u8 = 0x85;

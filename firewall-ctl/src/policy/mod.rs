@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::{
     limits::{MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY},
-    maps::{PortKey, RuleSet},
+    maps::{PortKey, RuleSet, SourceValue},
     verdict::{Policy, Source},
 };
 
@@ -57,18 +57,27 @@ pub struct PolicyDiff {
     pub v4: BTreeSet<PrefixKey>,
     pub v6: BTreeSet<PrefixKey>,
     pub ports: BTreeSet<PortKey>,
+    /// (prefix, rule index) listings added or removed: the keys of the
+    /// entry tries.
+    pub v4_listings: BTreeSet<Listing>,
+    pub v6_listings: BTreeSet<Listing>,
 }
+
+/// A prefix and the index of a rule that lists (or listed) it.
+pub type Listing = (PrefixKey, u32);
 
 impl PolicyDiff {
     /// Every key where `old` and `new` differ.
     pub fn between(old: &CompiledPolicy, new: &CompiledPolicy) -> Self {
         Self {
-            v4: differing_keys(old.v4.entries(), new.v4.entries()),
-            v6: differing_keys(old.v6.entries(), new.v6.entries()),
+            v4: differing_keys(old.v4.nodes(), new.v4.nodes()),
+            v6: differing_keys(old.v6.nodes(), new.v6.nodes()),
             ports: differing_keys(
                 old.ports.iter().map(|(key, rules)| (*key, *rules)),
                 new.ports.iter().map(|(key, rules)| (*key, *rules)),
             ),
+            v4_listings: differing_listings(&old.v4, &new.v4),
+            v6_listings: differing_listings(&old.v6, &new.v6),
         }
     }
 
@@ -76,18 +85,40 @@ impl PolicyDiff {
         self.v4.extend(&other.v4);
         self.v6.extend(&other.v6);
         self.ports.extend(&other.ports);
+        self.v4_listings.extend(&other.v4_listings);
+        self.v6_listings.extend(&other.v6_listings);
     }
 
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len() + self.ports.len()
+        self.v4.len()
+            + self.v6.len()
+            + self.ports.len()
+            + self.v4_listings.len()
+            + self.v6_listings.len()
     }
+}
+
+/// Listings in one table and not the other.
+fn differing_listings(old: &PrefixTable, new: &PrefixTable) -> BTreeSet<Listing> {
+    differing_keys(old.all_listings(), new.all_listings())
+        .into_iter()
+        .flat_map(|key| {
+            let flipped = old.listings(&key) ^ new.listings(&key);
+            rule_indexes(flipped).map(move |rule| (key, rule))
+        })
+        .collect()
+}
+
+/// The indexes of the rules in `rules`.
+pub fn rule_indexes(rules: RuleSet) -> impl Iterator<Item = u32> {
+    (0..RuleSet::BITS).filter(move |rule| rules & (1 << rule) != 0)
 }
 
 /// Keys whose values differ between two maps given as sorted iterators:
 /// one merge pass, linear in their sizes.
-fn differing_keys<K: Ord + Copy>(
-    old: impl Iterator<Item = (K, RuleSet)>,
-    new: impl Iterator<Item = (K, RuleSet)>,
+fn differing_keys<K: Ord + Copy, V: PartialEq + Copy>(
+    old: impl Iterator<Item = (K, V)>,
+    new: impl Iterator<Item = (K, V)>,
 ) -> BTreeSet<K> {
     let mut changed = BTreeSet::new();
     let (mut old, mut new) = (old.peekable(), new.peekable());
@@ -240,22 +271,32 @@ impl CompiledPolicy {
         listed: bool,
         diff: &mut PolicyDiff,
     ) {
-        let (table, changed) = if prefix.is_v4() {
-            (&mut self.v4, &mut diff.v4)
+        let (table, changed, listings) = if prefix.is_v4() {
+            (&mut self.v4, &mut diff.v4, &mut diff.v4_listings)
         } else {
-            (&mut self.v6, &mut diff.v6)
+            (&mut self.v6, &mut diff.v6, &mut diff.v6_listings)
         };
-        table.set_listed(key_of(&prefix), 1 << rule, listed, changed);
+        let key = key_of(&prefix);
+        let bit = 1 << rule;
+        if (table.listings(&key) & bit != 0) != listed {
+            listings.insert((key, rule as u32));
+        }
+        table.set_listed(key, bit, listed, changed);
     }
 }
 
 /// The compiled tables answer lookups exactly as the kernel's maps do, so
 /// `explain` and the tests run the data plane's own decision on them.
+/// Entry indexes are the datapath's: here every entry is uncounted.
 impl Policy for CompiledPolicy {
-    fn source_rules(&self, source: &Source) -> RuleSet {
-        match source {
+    fn source_entry(&self, source: &Source) -> SourceValue {
+        let rules = match source {
             Source::V4(octets) => self.v4.longest_match(u32::from_be_bytes(*octets) as u128),
             Source::V6(octets) => self.v6.longest_match(u128::from_be_bytes(*octets)),
+        };
+        SourceValue {
+            rules,
+            ..SourceValue::default()
         }
     }
 

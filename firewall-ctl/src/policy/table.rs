@@ -19,14 +19,24 @@ use crate::config::prefix::network_bits;
 /// it, and its subtree is one contiguous range.
 pub type PrefixKey = (u128, u8);
 
+/// What the trie holds for one prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Own rules plus those of every enclosing prefix.
+    pub rules: RuleSet,
+    /// The prefix of the entry the first of `rules` (lowest bit) credits:
+    /// that rule's most specific listed prefix containing this one.
+    pub first: PrefixKey,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefixTable {
     /// 32 or 128.
     width: u8,
     /// Rules that list exactly this prefix.
     own: BTreeMap<PrefixKey, RuleSet>,
-    /// What the trie holds: own rules plus those of every enclosing prefix.
-    effective: BTreeMap<PrefixKey, RuleSet>,
+    /// What the trie holds.
+    effective: BTreeMap<PrefixKey, Node>,
 }
 
 /// Whether `outer` contains `inner`.
@@ -35,19 +45,30 @@ pub fn contains(outer: PrefixKey, inner: PrefixKey, width: u8) -> bool {
 }
 
 /// Pops a stack of nested prefixes down to `key`'s nearest ancestor and
-/// returns that ancestor's effective rules.
+/// returns that ancestor's node.
 fn pop_to_parent(
-    ancestors: &mut Vec<(PrefixKey, RuleSet)>,
+    ancestors: &mut Vec<(PrefixKey, Node)>,
     key: PrefixKey,
     width: u8,
-) -> Option<RuleSet> {
-    while let Some(&(top, rules)) = ancestors.last() {
+) -> Option<Node> {
+    while let Some(&(top, node)) = ancestors.last() {
         if contains(top, key, width) {
-            return Some(rules);
+            return Some(node);
         }
         ancestors.pop();
     }
     None
+}
+
+/// The node of `key`, listed by `own` rules, under `parent`.
+fn node_of(key: PrefixKey, own: RuleSet, parent: Option<Node>) -> Node {
+    let rules = own | parent.map_or(0, |parent| parent.rules);
+    let first_rule = rules & rules.wrapping_neg();
+    let first = match parent {
+        Some(parent) if own & first_rule == 0 => parent.first,
+        _ => key,
+    };
+    Node { rules, first }
 }
 
 impl PrefixTable {
@@ -57,11 +78,11 @@ impl PrefixTable {
         // before anything outside it: one pass with a stack of the current
         // ancestor chain visits each prefix once.
         let mut effective = BTreeMap::new();
-        let mut ancestors: Vec<(PrefixKey, RuleSet)> = Vec::new();
+        let mut ancestors: Vec<(PrefixKey, Node)> = Vec::new();
         for (&key, &rules) in &own {
-            let rules = rules | pop_to_parent(&mut ancestors, key, width).unwrap_or(0);
-            ancestors.push((key, rules));
-            effective.insert(key, rules);
+            let node = node_of(key, rules, pop_to_parent(&mut ancestors, key, width));
+            ancestors.push((key, node));
+            effective.insert(key, node);
         }
         Self {
             width,
@@ -75,13 +96,34 @@ impl PrefixTable {
         self.effective.len()
     }
 
-    /// Entries as the trie holds them, in key order.
+    /// Entries' rules as the trie holds them, in key order.
+    #[cfg(test)]
     pub fn entries(&self) -> impl Iterator<Item = (PrefixKey, RuleSet)> + '_ {
-        self.effective.iter().map(|(key, rules)| (*key, *rules))
+        self.effective.iter().map(|(key, node)| (*key, node.rules))
     }
 
+    /// Entries as the trie holds them, in key order.
+    pub fn nodes(&self) -> impl Iterator<Item = (PrefixKey, Node)> + '_ {
+        self.effective.iter().map(|(key, node)| (*key, *node))
+    }
+
+    #[cfg(test)]
     pub fn get(&self, key: &PrefixKey) -> Option<RuleSet> {
+        self.node(key).map(|node| node.rules)
+    }
+
+    pub fn node(&self, key: &PrefixKey) -> Option<Node> {
         self.effective.get(key).copied()
+    }
+
+    /// Rules that list exactly `key`.
+    pub fn listings(&self, key: &PrefixKey) -> RuleSet {
+        self.own.get(key).copied().unwrap_or(0)
+    }
+
+    /// Every (prefix, rules listing it), in key order.
+    pub fn all_listings(&self) -> impl Iterator<Item = (PrefixKey, RuleSet)> + '_ {
+        self.own.iter().map(|(key, rules)| (*key, *rules))
     }
 
     /// Whether adding `key` would add a trie entry.
@@ -92,14 +134,24 @@ impl PrefixTable {
     /// Rules of the longest prefix containing `address`, as the kernel's
     /// LPM trie answers.
     pub fn longest_match(&self, address: u128) -> RuleSet {
-        (0..=self.width)
-            .rev()
-            .find_map(|len| {
-                self.effective
-                    .get(&(network_bits(address, len, self.width), len))
-            })
-            .copied()
-            .unwrap_or(0)
+        self.longest_node(address).map_or(0, |(_, node)| node.rules)
+    }
+
+    /// The longest prefix containing `address`, and its node.
+    pub fn longest_node(&self, address: u128) -> Option<(PrefixKey, Node)> {
+        (0..=self.width).rev().find_map(|len| {
+            let key = (network_bits(address, len, self.width), len);
+            self.effective.get(&key).map(|node| (key, *node))
+        })
+    }
+
+    /// The longest prefix rule `rule` lists that contains `address`, as the
+    /// kernel's entry trie answers.
+    pub fn longest_listing(&self, address: u128, rule: u32) -> Option<PrefixKey> {
+        (0..=self.width).rev().find_map(|len| {
+            let key = (network_bits(address, len, self.width), len);
+            (self.listings(&key) & (1 << rule) != 0).then_some(key)
+        })
     }
 
     /// Sets or clears `bit` in the rules listing exactly `key`, updates the
@@ -122,29 +174,27 @@ impl PrefixTable {
         } else {
             self.own.insert(key, own);
         }
-        let base = self.enclosing_rules(key);
+        let base = self.enclosing_node(key);
         let last = network_bits(u128::MAX, self.width, self.width);
         let broadcast = key.0 | (last & !network_bits(last, key.1, self.width));
-        let mut ancestors: Vec<(PrefixKey, RuleSet)> = Vec::new();
+        let mut ancestors: Vec<(PrefixKey, Node)> = Vec::new();
         for (&inner, &rules) in self.own.range(key..=(broadcast, self.width)) {
-            let rules = rules | pop_to_parent(&mut ancestors, inner, self.width).unwrap_or(base);
-            ancestors.push((inner, rules));
-            if self.effective.insert(inner, rules) != Some(rules) {
+            let parent = pop_to_parent(&mut ancestors, inner, self.width).or(base);
+            let node = node_of(inner, rules, parent);
+            ancestors.push((inner, node));
+            if self.effective.insert(inner, node) != Some(node) {
                 changed.insert(inner);
             }
         }
     }
 
-    /// Effective rules of the nearest listed prefix strictly containing `key`.
-    fn enclosing_rules(&self, key: PrefixKey) -> RuleSet {
-        (0..key.1)
-            .rev()
-            .find_map(|len| {
-                self.effective
-                    .get(&(network_bits(key.0, len, self.width), len))
-            })
-            .copied()
-            .unwrap_or(0)
+    /// The nearest listed prefix strictly containing `key`.
+    fn enclosing_node(&self, key: PrefixKey) -> Option<Node> {
+        (0..key.1).rev().find_map(|len| {
+            self.effective
+                .get(&(network_bits(key.0, len, self.width), len))
+                .copied()
+        })
     }
 }
 
@@ -268,7 +318,7 @@ mod tests {
                 .effective
                 .keys()
                 .chain(rebuilt.effective.keys())
-                .filter(|key| before.get(key) != rebuilt.get(key))
+                .filter(|key| before.node(key) != rebuilt.node(key))
                 .copied()
                 .collect();
             assert_eq!(changed, really_changed);

@@ -232,6 +232,28 @@ impl ParsedPacket {
         }
     }
 
+    /// The source address (zero without one); IPv4 in the first 4 bytes.
+    #[inline(always)]
+    pub const fn address(&self) -> [u8; 16] {
+        self.address
+    }
+
+    /// Protocol and destination port (zero without them).
+    #[inline(always)]
+    pub const fn port(&self) -> PortKey {
+        self.port
+    }
+
+    /// 4 or 6 for a packet with a source address, else 0.
+    #[inline(always)]
+    pub const fn family(&self) -> u8 {
+        match self.kind {
+            Self::TRANSPORT | Self::ECHO_REQUEST | Self::LATER_FRAGMENT if self.v6 => 6,
+            Self::TRANSPORT | Self::ECHO_REQUEST | Self::LATER_FRAGMENT => 4,
+            _ => 0,
+        }
+    }
+
     #[inline(always)]
     pub const fn packet(self) -> Packet {
         let [a, b, c, d, ..] = self.address;

@@ -1,0 +1,138 @@
+//! Batch map reads and deletes (`BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_DELETE_BATCH`, Linux 5.6): one `bpf` call per [`BATCH`]
+//! elements, not one or two per element. aya 0.14 has no wrapper for them.
+
+use std::os::fd::AsFd as _;
+
+use aya::{
+    maps::{MapData, MapError},
+    sys::SyscallError,
+};
+
+use super::DatapathError;
+
+/// Elements read or deleted per `bpf` call.
+const BATCH: usize = 4096;
+
+/// `union bpf_attr` of `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_DELETE_BATCH`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `bpf(cmd, attr)`; `Ok(true)` when there is more to come, `Ok(false)` at
+/// the end of the map (`ENOENT`), with `attr.count` saying how many
+/// elements the call handled either way.
+fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
+    // SAFETY: `attr` is a batch `bpf_attr` whose buffers the caller sized
+    // for `attr.count` elements; they outlive the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// A failed batch call on the map `name`.
+pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |io_error| DatapathError::Map {
+        name,
+        source: MapError::SyscallError(SyscallError {
+            call: "bpf batch",
+            io_error,
+        }),
+    }
+}
+
+/// The descriptor of `map`, as `bpf_attr` holds it.
+fn raw_fd(map: &MapData) -> u32 {
+    std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32
+}
+
+/// The elements of `map`, in the map's order, up to about `limit` of them
+/// (whole batches). `K` and `V` must be the map's key and value types.
+pub fn read<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &MapData,
+    limit: usize,
+) -> std::io::Result<Vec<(K, V)>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = raw_fd(map);
+    let mut elements = Vec::new();
+    let mut keys = vec![K::default(); BATCH];
+    let mut values = vec![V::default(); BATCH];
+    // The position in the map: a bucket index for hash maps, an index for
+    // arrays.
+    let (mut position_in, mut position_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &raw mut position_in as u64
+            },
+            out_batch: &raw mut position_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let more = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+        let read = attr.count as usize;
+        elements.extend(
+            keys[..read]
+                .iter()
+                .copied()
+                .zip(values[..read].iter().copied()),
+        );
+        if !more || elements.len() >= limit {
+            return Ok(elements);
+        }
+        position_in = position_out;
+        first = false;
+    }
+}
+
+/// Deletes `keys` from `map`, skipping any gone already; how many it
+/// deleted.
+pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<u64> {
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    let fd = raw_fd(map);
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let complete = batch_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
+        let done = attr.count as usize;
+        deleted += done as u64;
+        // A key not found stops the call at it: skip it, go on after it.
+        rest = &rest[if complete { chunk.len() } else { done + 1 }..];
+    }
+    Ok(deleted)
+}
