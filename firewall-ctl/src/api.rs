@@ -55,6 +55,14 @@ pub enum Command {
     FeedsRefresh {
         feed: Option<String>,
     },
+    /// What each allowlisted entry admitted (`stats --entries`, `audit report`).
+    Entries {
+        rule: Option<String>,
+    },
+    /// Top and recent blocked sources, from the drop samples.
+    Blocked,
+    /// Streams each new blocked source as one `Response::BlockedSource` line.
+    BlockedFollow,
 }
 
 impl Command {
@@ -72,6 +80,9 @@ impl Command {
             Command::Confirm => "confirm",
             Command::Feeds => "feeds",
             Command::FeedsRefresh { .. } => "feeds refresh",
+            Command::Entries { .. } => "stats --entries",
+            Command::Blocked => "blocked",
+            Command::BlockedFollow => "blocked --follow",
         }
     }
 
@@ -169,7 +180,75 @@ pub enum Response {
     Reload(ReloadReport),
     Confirm(ConfirmReport),
     Feeds(FeedsReport),
+    Entries(EntriesReport),
+    Blocked(BlockedReport),
+    BlockedSource(BlockedSource),
     Error(String),
+}
+
+/// `firewall-ctl stats --entries --json`: what each allowlisted entry
+/// (rule + prefix) admitted, credited to the most specific entry of the
+/// admitting rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntriesReport {
+    pub generated_at: Timestamp,
+    /// Since when the oldest entry's counters count: the period covered.
+    pub counting_since: Option<Timestamp>,
+    pub entries: Vec<EntryStats>,
+}
+
+/// One entry's counters and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryStats {
+    pub rule: String,
+    pub prefix: crate::config::IpPrefix,
+    /// Every origin listing it (`config`, `cli`, `feed:NAME`).
+    pub origins: Vec<crate::entries::Origin>,
+    /// Of a `cli` entry.
+    pub comment: Option<String>,
+    pub added_by: Option<crate::entries::Requester>,
+    pub added_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    /// `false` when the entry has no counter (the counters were full);
+    /// its numbers are then zero and mean nothing.
+    pub counted: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    /// When this entry's counters started (it was listed, or the maps
+    /// were created).
+    pub counting_since: Option<Timestamp>,
+}
+
+/// `firewall-ctl blocked --json`: sources whose packets were dropped, from
+/// rate-limited samples (counts are samples, not packets; `stats` has the
+/// exact drop totals).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedReport {
+    /// Samples received since the daemon started.
+    pub samples: u64,
+    /// Samples per second per CPU the kernel may send (0: sampling off).
+    pub sample_rate: u32,
+    /// By samples, most first.
+    pub top: Vec<BlockedSource>,
+    /// By last seen, latest first.
+    pub recent: Vec<BlockedSource>,
+}
+
+/// One blocked source, port, protocol and reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedSource {
+    /// `null` for packets without one (malformed, not IP).
+    pub source: Option<std::net::IpAddr>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    pub protocol: String,
+    pub port: Option<u16>,
+    pub reason: String,
+    pub interface: String,
+    pub samples: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
 }
 
 /// `firewall-ctl feeds --json` and `feeds refresh --json`.
@@ -383,6 +462,37 @@ pub fn mode_name(enforce: bool) -> String {
 
 /// Sends one request to the daemon at `socket` and returns its answer.
 pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
+    let mut answers = send(socket, command, Some(CLIENT_TIMEOUT))?;
+    match next_response(&mut answers, socket)? {
+        Some(response) => Ok(response),
+        None => bail!(
+            "the daemon at `{}` closed the connection without answering",
+            socket.display()
+        ),
+    }
+}
+
+/// Sends a streaming request (`blocked --follow`) and hands each answer
+/// line to `each` until the daemon closes the stream or `each` fails.
+pub fn follow(
+    socket: &Path,
+    command: Command,
+    mut each: impl FnMut(Response) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut answers = send(socket, command, None)?;
+    while let Some(response) = next_response(&mut answers, socket)? {
+        each(response)?;
+    }
+    Ok(())
+}
+
+/// Connects, sends `command`, and returns the stream to read answers from;
+/// `read_timeout` bounds the wait for each answer (`None`: forever).
+fn send(
+    socket: &Path,
+    command: Command,
+    read_timeout: Option<Duration>,
+) -> anyhow::Result<BufReader<UnixStream>> {
     let mut stream = UnixStream::connect(socket).map_err(|err| {
         if err.kind() == std::io::ErrorKind::PermissionDenied {
             anyhow::anyhow!(
@@ -396,7 +506,7 @@ pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
             )
         }
     })?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_read_timeout(read_timeout)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = serde_json::to_vec(&Request {
         version: PROTOCOL_VERSION,
@@ -406,20 +516,26 @@ pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
     stream
         .write_all(&line)
         .with_context(|| format!("sending to the daemon at `{}`", socket.display()))?;
+    Ok(BufReader::new(stream))
+}
+
+/// The next answer line; `None` when the daemon closed the stream. An
+/// error answer is an error.
+fn next_response(
+    answers: &mut BufReader<UnixStream>,
+    socket: &Path,
+) -> anyhow::Result<Option<Response>> {
     let mut answer = String::new();
-    BufReader::new(stream)
+    answers
         .read_line(&mut answer)
         .with_context(|| format!("reading the daemon's answer from `{}`", socket.display()))?;
     if answer.is_empty() {
-        bail!(
-            "the daemon at `{}` closed the connection without answering",
-            socket.display()
-        );
+        return Ok(None);
     }
     let response: Response = serde_json::from_str(&answer)
         .with_context(|| format!("the daemon at `{}` sent an answer this CLI does not understand; are both the same version?", socket.display()))?;
     match response {
         Response::Error(message) => bail!("{}", crate::text::escape_controls_in_lines(&message)),
-        response => Ok(response),
+        response => Ok(Some(response)),
     }
 }

@@ -14,6 +14,7 @@ mod output;
 mod policy;
 mod system;
 mod text;
+mod usage;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
@@ -77,8 +78,30 @@ enum CliCommand {
     },
     /// Interfaces, attach modes, enforce or monitor mode, policy size, uptime.
     Status,
-    /// Packets and bytes per rule, per drop reason and per pass reason.
-    Stats,
+    /// Packets and bytes per rule, per drop reason and per pass reason; with --entries, per allowlist entry.
+    Stats {
+        /// Per entry (rule + prefix): packets, bytes, first and last hit.
+        #[arg(long)]
+        entries: bool,
+        /// Only the entries of this rule (with --entries).
+        #[arg(long, value_name = "NAME", requires = "entries")]
+        rule: Option<String>,
+        /// Only the first N entries (by hits unless --sort says otherwise).
+        #[arg(long, value_name = "N", requires = "entries")]
+        top: Option<usize>,
+        /// Order of the entries [default: config order].
+        #[arg(long, value_enum, requires = "entries")]
+        sort: Option<usage::EntrySort>,
+    },
+    /// Sources whose packets are being dropped, from rate-limited samples: top and recent, with port, protocol and reason.
+    Blocked {
+        /// Keep printing each blocked source as it is seen, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// How many top and recent sources to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+    },
     /// Add prefixes to a rule's allowlist at run time; returns once they are enforced.
     Allow {
         /// Prefixes or addresses, e.g. 203.0.113.0/24 2001:db8::/48 198.51.100.7.
@@ -167,12 +190,27 @@ enum FeedsCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Every allowlist entry with its origin and use (packets, bytes, first and last hit) over the period the counters cover; unused entries flagged.
+    Report {
+        /// Also flag entries not hit within this long (`30d`); without it only never-hit entries are stale.
+        #[arg(long, value_name = "DURATION")]
+        stale: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
     /// Every change and refused attempt, oldest first.
     Log {
         /// Only records since a duration ago (`1h`, `7d`) or a UTC time.
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -237,10 +275,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Response::Status(report) => print(json, &report, output::status),
             other => unexpected(other),
         },
-        CliCommand::Stats => match call(Command::Stats)? {
+        CliCommand::Stats { entries: false, .. } => match call(Command::Stats)? {
             Response::Stats(report) => print(json, &report, output::stats),
             other => unexpected(other),
         },
+        CliCommand::Stats {
+            entries: true,
+            rule,
+            top,
+            sort,
+        } => match call(Command::Entries { rule })? {
+            Response::Entries(mut report) => {
+                usage::sort_and_top(&mut report, sort, top);
+                print(json, &report, output::entries)
+            }
+            other => unexpected(other),
+        },
+        CliCommand::Blocked { follow: false, top } => match call(Command::Blocked)? {
+            Response::Blocked(mut report) => {
+                report.top.truncate(top);
+                report.recent.truncate(top);
+                print(json, &report, output::blocked)
+            }
+            other => unexpected(other),
+        },
+        CliCommand::Blocked { follow: true, .. } => {
+            api::follow(&socket, Command::BlockedFollow, |response| match response {
+                Response::BlockedSource(source) => {
+                    let line = if json {
+                        serde_json::to_string(&source)? + "\n"
+                    } else {
+                        output::blocked_line(&source)
+                    };
+                    write_stdout(line.as_bytes())
+                }
+                other => unexpected(other),
+            })
+        }
+        CliCommand::Audit {
+            command: AuditCommand::Report { stale, format },
+        } => {
+            let stale = stale
+                .map(|text| {
+                    humantime::parse_duration(&text).map_err(|err| {
+                        anyhow::anyhow!("`--stale {text}` is not a duration ({err}); write e.g. `30d` or `12h`")
+                    })
+                })
+                .transpose()?;
+            match call(Command::Entries { rule: None })? {
+                Response::Entries(report) => {
+                    let report = usage::audit_report(report, stale);
+                    match (format, json) {
+                        (ReportFormat::Csv, _) => write_stdout(usage::audit_csv(&report)?.as_bytes()),
+                        (ReportFormat::Json, _) | (ReportFormat::Table, true) => {
+                            print(true, &report, |_| String::new())
+                        }
+                        (ReportFormat::Table, false) => {
+                            write_stdout(output::audit_report(&report).as_bytes())
+                        }
+                    }
+                }
+                other => unexpected(other),
+            }
+        }
         CliCommand::Allow {
             prefixes,
             rule,

@@ -6,8 +6,8 @@ use firewall_common::reasons::Reason;
 
 use crate::{
     api::{
-        AuditLogReport, ChangeReport, FeedsReport, InterfaceState, ListReport, ReloadReport,
-        StatsReport, StatusReport,
+        AuditLogReport, BlockedReport, BlockedSource, ChangeReport, EntriesReport, EntryStats,
+        FeedsReport, InterfaceState, ListReport, ReloadReport, StatsReport, StatusReport,
     },
     check::CheckReport,
     datapath::flows::FlowTable,
@@ -418,6 +418,129 @@ pub fn stats(report: &StatsReport) -> String {
         table(&["RULE", "PACKETS", "BYTES"], &rules),
         table(&[drop_title, "PACKETS", "BYTES"], &by_reason(true)),
         table(&["PASSED", "PACKETS", "BYTES"], &by_reason(false)),
+    )
+}
+
+/// The columns `stats --entries` and `audit report` share.
+fn entry_row(entry: &EntryStats) -> Vec<String> {
+    let (packets, bytes) = if entry.counted {
+        (entry.packets.to_string(), entry.bytes.to_string())
+    } else {
+        ("not counted".to_string(), "-".to_string())
+    };
+    vec![
+        entry.rule.clone(),
+        entry.prefix.to_string(),
+        crate::usage::origins(&entry.origins),
+        packets,
+        bytes,
+        or_dash(entry.first_seen),
+        or_dash(entry.last_seen),
+    ]
+}
+
+const ENTRY_HEADERS: [&str; 7] = [
+    "RULE",
+    "PREFIX",
+    "ORIGIN",
+    "PACKETS",
+    "BYTES",
+    "FIRST SEEN",
+    "LAST SEEN",
+];
+
+pub fn entries(report: &EntriesReport) -> String {
+    let rows: Vec<Vec<String>> = report.entries.iter().map(entry_row).collect();
+    format!(
+        "counting since: {}\n\n{}",
+        or_dash(report.counting_since),
+        text_table(&ENTRY_HEADERS, &rows)
+    )
+}
+
+pub fn audit_report(report: &crate::usage::AuditReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .entries
+        .iter()
+        .map(|entry| {
+            let mut row = entry_row(&entry.stats);
+            row.push(
+                match (entry.never_hit, entry.stale) {
+                    (true, _) => "STALE (never hit)",
+                    (false, true) => "STALE",
+                    _ => "",
+                }
+                .to_string(),
+            );
+            row
+        })
+        .collect();
+    let mut headers = ENTRY_HEADERS.to_vec();
+    headers.push("FLAG");
+    format!(
+        "Allowlist usage report\ngenerated:      {}\ncounting since: {}\nstale:          {} of {} entries ({})\n\n{}",
+        report.generated_at,
+        or_dash(report.counting_since),
+        report.entries_stale,
+        report.entries_total,
+        report.stale_after.as_ref().map_or_else(
+            || "never hit".to_string(),
+            |after| format!("never hit, or not within {after}")
+        ),
+        text_table(&headers, &rows)
+    )
+}
+
+fn blocked_row(source: &BlockedSource) -> Vec<String> {
+    vec![
+        or_dash(source.source),
+        source.protocol.clone(),
+        or_dash(source.port),
+        source.reason.clone(),
+        source.interface.clone(),
+        source.samples.to_string(),
+        source.last_seen.to_string(),
+    ]
+}
+
+const BLOCKED_HEADERS: [&str; 7] = [
+    "SOURCE",
+    "PROTO",
+    "PORT",
+    "REASON",
+    "INTERFACE",
+    "SAMPLES",
+    "LAST SEEN",
+];
+
+pub fn blocked(report: &BlockedReport) -> String {
+    let top: Vec<Vec<String>> = report.top.iter().map(blocked_row).collect();
+    let recent: Vec<Vec<String>> = report.recent.iter().map(blocked_row).collect();
+    let rate = if report.sample_rate == 0 {
+        "sampling is off (`[blocked] sample_rate = 0`)".to_string()
+    } else {
+        format!(
+            "{} samples so far, at most {} per second per CPU (counts are samples; `stats` has exact drop totals)",
+            report.samples, report.sample_rate
+        )
+    };
+    format!(
+        "{rate}\n\nTOP\n{}\nRECENT\n{}",
+        text_table(&BLOCKED_HEADERS, &top),
+        text_table(&BLOCKED_HEADERS, &recent)
+    )
+}
+
+/// One line of `blocked --follow`.
+pub fn blocked_line(source: &BlockedSource) -> String {
+    format!(
+        "{}  {} {} {}  {}  {}\n",
+        source.last_seen,
+        or_dash(source.source),
+        source.protocol,
+        or_dash(source.port),
+        source.reason,
+        escape_controls(&source.interface)
     )
 }
 

@@ -74,11 +74,27 @@ pub struct Config {
     /// must quote such a flow, neighbour discovery must be on-link.
     pub track_outbound: bool,
     pub flows: FlowSettings,
-    /// Where Prometheus metrics are served; `None`: not served.
-    pub metrics: Option<std::net::SocketAddr>,
+    /// Prometheus metrics; `None`: not served.
+    pub metrics: Option<MetricsSettings>,
+    /// Drop samples per second per CPU for `blocked` (0: off).
+    pub sample_rate: u32,
     pub feeds: Vec<Feed>,
     pub rules: Vec<Rule>,
 }
+
+/// `[metrics]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub listen: std::net::SocketAddr,
+    /// Export counters per allowlist entry (a series per prefix: for small
+    /// allowlists only).
+    pub per_entry: bool,
+}
+
+/// Default of `[blocked] sample_rate`.
+pub const DEFAULT_SAMPLE_RATE: u32 = 100;
+/// Largest `[blocked] sample_rate`: beyond it sampling is a load of its own.
+pub const MAX_SAMPLE_RATE: u32 = 10_000;
 
 /// A group named in the config, resolved on this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +273,7 @@ struct RawConfig {
     #[serde(default)]
     feeds: Vec<feeds::RawFeed>,
     metrics: Option<RawMetrics>,
+    blocked: Option<RawBlocked>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -274,6 +291,15 @@ fn track_outbound_by_default() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Spanned<String>,
+    #[serde(default)]
+    per_entry: bool,
+}
+
+/// `[blocked]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlocked {
+    sample_rate: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -399,9 +425,12 @@ impl Validator<'_> {
         });
     }
 
-    fn metrics(&mut self, raw: RawMetrics) -> Option<std::net::SocketAddr> {
+    fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsSettings> {
         match raw.listen.get_ref().parse() {
-            Ok(address) => Some(address),
+            Ok(listen) => Some(MetricsSettings {
+                listen,
+                per_entry: raw.per_entry,
+            }),
             Err(_) => {
                 self.problem(
                     &raw.listen,
@@ -413,6 +442,22 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn sample_rate(&mut self, raw: Option<RawBlocked>) -> u32 {
+        let Some(rate) = raw.and_then(|raw| raw.sample_rate) else {
+            return DEFAULT_SAMPLE_RATE;
+        };
+        if *rate.get_ref() > MAX_SAMPLE_RATE {
+            self.problem(
+                &rate,
+                format!(
+                    "`blocked.sample_rate = {}` is too high; write at most {MAX_SAMPLE_RATE} samples per second per CPU (default {DEFAULT_SAMPLE_RATE}; 0 turns sampling off)",
+                    rate.get_ref()
+                ),
+            );
+        }
+        *rate.get_ref()
     }
 
     fn group(&mut self, key: &str, name: Option<Spanned<String>>) -> Option<Group> {
@@ -537,6 +582,7 @@ impl Validator<'_> {
             track_outbound: raw.track_outbound,
             flows: self.flows(raw.flows),
             metrics: raw.metrics.and_then(|metrics| self.metrics(metrics)),
+            sample_rate: self.sample_rate(raw.blocked),
             feeds: feeds.valid,
             rules,
         }

@@ -10,7 +10,7 @@ use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::sync::oneshot;
 
 use super::Job;
-use crate::api::{FeedsReport, StatsReport};
+use crate::api::{EntriesReport, FeedsReport, StatsReport};
 
 /// Longest a scrape waits for the policy writer (busy with a large reload).
 const WRITER_WAIT: Duration = Duration::from_secs(10);
@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub feeds: FeedsReport,
     /// `(rule, origin) -> entries`, origin `config`, `cli` or `feed:NAME`.
     pub entries: BTreeMap<(String, String), usize>,
+    /// Per-entry counters, with `per_entry = true`.
+    pub entry_usage: Option<EntriesReport>,
     pub reloads: u64,
     pub reloads_rejected: u64,
 }
@@ -154,6 +156,9 @@ pub fn render(snapshot: &Snapshot) -> String {
     for ((rule, origin), count) in &snapshot.entries {
         family.sample("entries", &[("rule", rule), ("origin", origin)], count);
     }
+    if let Some(usage) = &snapshot.entry_usage {
+        render_entries(&mut family, usage);
+    }
     family.start(
         "reloads_total",
         "counter",
@@ -264,6 +269,47 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
+/// Per-entry families (`per_entry = true`): one series per rule and prefix.
+fn render_entries(family: &mut Family<'_>, usage: &EntriesReport) {
+    let counted = || usage.entries.iter().filter(|entry| entry.counted);
+    for (unit, help) in [("packets", "Packets"), ("bytes", "Bytes")] {
+        let name = format!("entry_{unit}_total");
+        family.start(
+            &name,
+            "counter",
+            &format!("{help} admitted, by the entry credited (the admitting rule's most specific prefix)."),
+        );
+        for entry in counted() {
+            let prefix = entry.prefix.to_string();
+            let value = if unit == "packets" {
+                entry.packets
+            } else {
+                entry.bytes
+            };
+            family.sample(&name, &[("rule", &entry.rule), ("prefix", &prefix)], value);
+        }
+    }
+    family.start(
+        "entry_last_seen_timestamp_seconds",
+        "gauge",
+        "When each entry last admitted a packet (Unix time; absent: never).",
+    );
+    for entry in counted() {
+        if let Some(last) = entry.last_seen {
+            let prefix = entry.prefix.to_string();
+            let seconds =
+                last.0
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+            family.sample(
+                "entry_last_seen_timestamp_seconds",
+                &[("rule", &entry.rule), ("prefix", &prefix)],
+                seconds,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +347,7 @@ mod tests {
                 }],
             },
             entries: [(("vendor".to_string(), "cli".to_string()), 4)].into(),
+            entry_usage: None,
             reloads: 1,
             reloads_rejected: 0,
         }

@@ -6,6 +6,7 @@
 //! writer's published status for `status` and sending it everything else.
 
 pub mod audit;
+mod blocked;
 mod feeds;
 mod links;
 mod metrics;
@@ -65,6 +66,8 @@ pub struct PolicyStatus {
     pub interfaces: Vec<String>,
     /// The kernel's id of this daemon's XDP program.
     pub program_id: u32,
+    /// Drop samples per second per CPU (`[blocked] sample_rate`).
+    pub sample_rate: u32,
 }
 
 /// Work for the writer.
@@ -158,7 +161,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         )
     })?;
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
-    let metrics_listener = match config.metrics {
+    let metrics_listener = match config.metrics.map(|metrics| metrics.listen) {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| {
             format!("listening for metrics on {address} (`metrics.listen`): is another program using it?")
         })?),
@@ -195,6 +198,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None
     };
     let program_id = datapath.program_id()?;
+    let maps_dir = datapath.maps_dir();
     if let Some(ledger) = datapath.take_changed_ledger() {
         store.save_ledger(&ledger);
     }
@@ -293,11 +297,21 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     ));
     let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, known, jobs.clone())
         .context("starting the feed fetcher")?;
+    let blocked = Arc::new(blocked::BlockedView::default());
+    {
+        let (view, status) = (blocked.clone(), status.clone());
+        tokio::spawn(async move {
+            if let Err(err) = blocked::run(&maps_dir, view, status).await {
+                warn!(error = %format!("{err:#}"), "reading drop samples failed; `firewall-ctl blocked` shows nothing new");
+            }
+        });
+    }
     let shared = Arc::new(server::Shared {
         jobs: jobs.clone(),
         status,
         interfaces,
         refresh_feeds,
+        blocked,
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

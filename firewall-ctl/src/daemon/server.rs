@@ -208,6 +208,8 @@ pub struct Shared {
     pub interfaces: watch::Receiver<Vec<api::InterfaceStatus>>,
     /// Where `feeds refresh` asks for fetches now.
     pub refresh_feeds: tokio::sync::mpsc::Sender<crate::feeds::schedule::RefreshRequest>,
+    /// Drop samples, for `blocked`.
+    pub blocked: Arc<super::blocked::BlockedView>,
     pub started: Instant,
 }
 
@@ -303,6 +305,16 @@ async fn handle(stream: UnixStream, shared: &Shared) {
             ))
         }
         Ok(Ok(_)) => match parse_request(&line) {
+            Ok(Command::BlockedFollow)
+                if authorize(
+                    &Command::BlockedFollow,
+                    &peer,
+                    &shared.status.borrow().access,
+                )
+                .is_ok() =>
+            {
+                return follow_blocked(writer, shared).await;
+            }
             Ok(command) => answer(command, peer, shared).await,
             Err(message) => Response::Error(escape_controls(&message)),
         },
@@ -350,6 +362,7 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
         Command::Status => Response::Status(status_report(&status, shared).await),
         Command::AuditLog { since } => audit_log(&status.report.state_dir, since).await,
         Command::FeedsRefresh { feed } => refresh_feeds(shared, feed).await,
+        Command::Blocked => Response::Blocked(shared.blocked.report(status.sample_rate)),
         command => {
             let (reply, answer) = oneshot::channel();
             let job = Job::Command {
@@ -363,6 +376,26 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
             answer
                 .await
                 .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_string()))
+        }
+    }
+}
+
+/// Streams each newly sampled blocked source to `writer`, one response
+/// line each, until the client goes away.
+async fn follow_blocked(mut writer: tokio::net::unix::OwnedWriteHalf, shared: &Shared) {
+    let mut sources = shared.blocked.subscribe();
+    loop {
+        let response = match sources.recv().await {
+            Ok(source) => Response::BlockedSource(source),
+            // A slow reader missed some: go on with the next.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
+        bytes.push(b'\n');
+        match tokio::time::timeout(RESPONSE_TIMEOUT, writer.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -181,6 +181,7 @@ impl Writer {
             access: Access::of(&self.config),
             interfaces: self.config.interfaces.clone(),
             program_id: self.program_id,
+            sample_rate: self.config.sample_rate,
         }
     }
 
@@ -291,6 +292,15 @@ impl Writer {
                 Ok(report) => Response::Stats(report),
                 Err(err) => Response::Error(format!("{err:#}")),
             },
+            Command::Entries { rule } => {
+                match rule.as_deref().map(|name| self.rule_index(name)) {
+                    Some(Err(message)) => Response::Error(message),
+                    _ => match self.entries_report(rule.as_deref()) {
+                        Ok(report) => Response::Entries(report),
+                        Err(err) => Response::Error(format!("{err:#}")),
+                    },
+                }
+            }
             Command::List { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
                 Some(Err(message)) => Response::Error(message),
                 _ => Response::List(ListReport {
@@ -319,7 +329,11 @@ impl Writer {
             Command::Confirm => self.confirm(requester),
             Command::Feeds => Response::Feeds(self.feeds_report()),
             // Answered by the server from the published status.
-            Command::Status | Command::AuditLog { .. } | Command::FeedsRefresh { .. } => {
+            Command::Status
+            | Command::AuditLog { .. }
+            | Command::FeedsRefresh { .. }
+            | Command::Blocked
+            | Command::BlockedFollow => {
                 Response::Error("answered by the server, not the writer".to_string())
             }
         }
@@ -914,7 +928,9 @@ impl Writer {
                     .to_string(),
             );
         }
-        if config.metrics != self.config.metrics {
+        if config.metrics.map(|metrics| metrics.listen)
+            != self.config.metrics.map(|metrics| metrics.listen)
+        {
             warnings.push(
                 "a `metrics.listen` change takes effect when the daemon restarts".to_string(),
             );
@@ -1121,13 +1137,29 @@ impl Writer {
                 .entry((entry.rule.clone(), "cli".to_string()))
                 .or_default() += 1;
         }
+        let per_entry = self.config.metrics.is_some_and(|metrics| metrics.per_entry);
         Ok(super::metrics::Snapshot {
             stats,
             feeds: self.feeds_report(),
             entries,
+            entry_usage: per_entry
+                .then(|| self.entries_report(None))
+                .transpose()?,
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
         })
+    }
+
+    /// What each entry (of `rule`, or all) admitted.
+    fn entries_report(&self, rule: Option<&str>) -> anyhow::Result<api::EntriesReport> {
+        let usage = self.datapath.entry_usage()?;
+        let listed = explain::list(&self.config, &self.runtime, &self.feeds, rule);
+        Ok(crate::usage::entries_report(
+            listed,
+            &usage,
+            Timestamp::now(),
+            |ns| Timestamp(crate::system::wall_clock_of(ns)),
+        ))
     }
 
     fn stats(&mut self) -> anyhow::Result<StatsReport> {

@@ -355,6 +355,11 @@ impl Datapath {
         std::mem::take(&mut self.ledger_changed).then(|| self.ledger.clone())
     }
 
+    /// Where the maps are pinned.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pins.maps_dir()
+    }
+
     /// Whether the maps were adopted with a live policy in them.
     pub fn adopted(&self) -> bool {
         self.active.ready()

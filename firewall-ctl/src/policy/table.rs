@@ -147,6 +147,7 @@ impl PrefixTable {
 
     /// The longest prefix rule `rule` lists that contains `address`, as the
     /// kernel's entry trie answers.
+    #[cfg(test)]
     pub fn longest_listing(&self, address: u128, rule: u32) -> Option<PrefixKey> {
         (0..=self.width).rev().find_map(|len| {
             let key = (network_bits(address, len, self.width), len);
