@@ -318,7 +318,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stale = stale
                 .map(|text| {
                     humantime::parse_duration(&text).map_err(|err| {
-                        anyhow::anyhow!("`--stale {text}` is not a duration ({err}); write e.g. `30d` or `12h`")
+                        anyhow::anyhow!(
+                            "`--stale {text}` is not a duration ({err}); write e.g. `30d` or `12h`"
+                        )
                     })
                 })
                 .transpose()?;
@@ -326,7 +328,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Response::Entries(report) => {
                     let report = usage::audit_report(report, stale);
                     match (format, json) {
-                        (ReportFormat::Csv, _) => write_stdout(usage::audit_csv(&report)?.as_bytes()),
+                        (ReportFormat::Csv, _) => {
+                            write_stdout(usage::audit_csv(&report)?.as_bytes())
+                        }
                         (ReportFormat::Json, _) | (ReportFormat::Table, true) => {
                             print(true, &report, |_| String::new())
                         }

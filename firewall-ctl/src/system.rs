@@ -201,6 +201,24 @@ pub fn raise_file_limit() {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` (and,
+/// coarser, of `bpf_ktime_get_coarse_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The wall-clock time of the `CLOCK_MONOTONIC` instant `ns`.
+pub fn wall_clock_of(ns: u64) -> std::time::SystemTime {
+    let ago = monotonic_ns().saturating_sub(ns);
+    std::time::SystemTime::now() - std::time::Duration::from_nanos(ago)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixStream;
@@ -254,22 +272,4 @@ mod tests {
         set_group_acl(&path, None).unwrap();
         assert_eq!(read_acl().0, -1);
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` (and,
-/// coarser, of `bpf_ktime_get_coarse_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// The wall-clock time of the `CLOCK_MONOTONIC` instant `ns`.
-pub fn wall_clock_of(ns: u64) -> std::time::SystemTime {
-    let ago = monotonic_ns().saturating_sub(ns);
-    std::time::SystemTime::now() - std::time::Duration::from_nanos(ago)
 }

@@ -54,11 +54,9 @@ static ENTRIES_V4_1: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(MAX_PREFI
 
 /// Slot 0 and 1: (rule, IPv6 prefix) -> its entry's counter index.
 #[map]
-static ENTRIES_V6_0: LpmTrie<[u8; 17], u32> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static ENTRIES_V6_0: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
 #[map]
-static ENTRIES_V6_1: LpmTrie<[u8; 17], u32> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static ENTRIES_V6_1: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
 
 /// Per allowlisted entry: packets, bytes, first and last hit. Shared by
 /// every CPU (atomic adds): its size does not grow with the CPU count.

@@ -122,18 +122,18 @@ fn entries_count_exactly_and_keep_their_counts_across_changes_and_restarts() {
 
     // Three rounds a second apart, so last-seen times differ.
     let first_round = [
-        syns(VENDOR_V4, 443, 3),         // vendor 203.0.113.0/28 (cli)
-        syns(INNER_V4, 443, 4),          // vendor 203.0.113.0/24: the /26 is office-ssh's
+        syns(VENDOR_V4, 443, 3),                       // vendor 203.0.113.0/28 (cli)
+        syns(INNER_V4, 443, 4), // vendor 203.0.113.0/24: the /26 is office-ssh's
         syns(Ipv4Addr::new(203, 0, 113, 200), 443, 1), // vendor /24
     ]
     .concat();
     send(&lab, &daemon, first_round, 8);
     std::thread::sleep(Duration::from_millis(1100));
     let second_round = [
-        syns(INNER_V4, 22, 2),   // office-ssh 203.0.113.64/26, not the vendor's /24
-        syns(OFFICE_V4, 22, 6),  // office-ssh 198.51.100.0/24
+        syns(INNER_V4, 22, 2),     // office-ssh 203.0.113.64/26, not the vendor's /24
+        syns(OFFICE_V4, 22, 6),    // office-ssh 198.51.100.0/24
         syns(STRANGER_V4, 443, 5), // dropped: no entry counts it
-        syns(OFFICE_V4, 443, 2), // dropped: office-ssh does not expose 443
+        syns(OFFICE_V4, 443, 2),   // dropped: office-ssh does not expose 443
     ]
     .concat();
     send(&lab, &daemon, second_round, 8);
@@ -153,13 +153,13 @@ fn entries_count_exactly_and_keep_their_counts_across_changes_and_restarts() {
     assert_eq!(counts(&daemon), expected);
 
     // Last seen, latest first: the third round's entries, then the second's, then the first's.
-    let recent: Vec<String> = daemon.json(&["stats", "--entries", "--sort", "last-seen"])
-        ["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| entry["prefix"].as_str().unwrap().to_string())
-        .collect();
+    let recent: Vec<String> =
+        daemon.json(&["stats", "--entries", "--sort", "last-seen"])["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["prefix"].as_str().unwrap().to_string())
+            .collect();
     let position = |prefix: &str| recent.iter().position(|p| p == prefix).unwrap();
     for (later, earlier) in [
         ("192.0.2.128/25", "198.51.100.0/24"),
@@ -281,7 +281,8 @@ fn the_audit_report_flags_unused_entries_and_parses_as_csv_and_json() {
     let table = String::from_utf8(daemon.ctl(&["audit", "report"]).stdout).unwrap();
     assert!(table.contains("stale:          3 of 4 entries"), "{table}");
     let refused = daemon.ctl_err(&["audit", "report", "--stale", "soon"]);
-    assert!(refused.contains("`--stale soon` is not a duration"), "{refused}");
+    assert!(
+        refused.contains("`--stale soon` is not a duration"),
+        "{refused}"
+    );
 }
-
-

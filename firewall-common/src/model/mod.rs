@@ -170,9 +170,18 @@ mod tests {
             let verdict = decide(tcp(v4(203, 0, 113, d), port), &policy);
             (verdict.reason, verdict.rule, verdict.entry)
         };
-        assert_eq!(credited(5, 443), (Reason::Allowed, 0, reference_entry(0, 1)));
-        assert_eq!(credited(70, 443), (Reason::Allowed, 0, reference_entry(0, 0)));
-        assert_eq!(credited(70, 22), (Reason::Allowed, 1, reference_entry(1, 0)));
+        assert_eq!(
+            credited(5, 443),
+            (Reason::Allowed, 0, reference_entry(0, 1))
+        );
+        assert_eq!(
+            credited(70, 443),
+            (Reason::Allowed, 0, reference_entry(0, 0))
+        );
+        assert_eq!(
+            credited(70, 22),
+            (Reason::Allowed, 1, reference_entry(1, 0))
+        );
         assert_eq!(credited(5, 22).0, Reason::NotAllowlisted);
     }
 

@@ -209,7 +209,11 @@ pub async fn run(
     let buckets_path = maps_dir.join(names::SAMPLE_BUCKETS);
     let buckets = MapData::from_pin(&buckets_path)
         .map_err(anyhow::Error::from)
-        .and_then(|map| Ok(PerCpuArray::<_, SampleBucket>::try_from(Map::PerCpuArray(map))?))
+        .and_then(|map| {
+            Ok(PerCpuArray::<_, SampleBucket>::try_from(Map::PerCpuArray(
+                map,
+            ))?)
+        })
         .with_context(|| format!("opening the sample buckets at `{}`", buckets_path.display()))?;
     tokio::spawn(refill(buckets, status));
     // SAFETY: the ring buffer owns its descriptor, which stays open and
@@ -297,10 +301,7 @@ mod tests {
         );
         let report = view.report(100);
         assert_eq!(report.samples, 6);
-        assert_eq!(
-            report.top[0].source,
-            Some("198.51.100.7".parse().unwrap())
-        );
+        assert_eq!(report.top[0].source, Some("198.51.100.7".parse().unwrap()));
         assert_eq!(report.top[0].samples, 5);
         assert_eq!(report.top[0].reason, "not_allowlisted");
         assert_eq!(report.top[0].port, Some(443));

@@ -297,10 +297,10 @@ fn render_entries(family: &mut Family<'_>, usage: &EntriesReport) {
     for entry in counted() {
         if let Some(last) = entry.last_seen {
             let prefix = entry.prefix.to_string();
-            let seconds =
-                last.0
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_secs());
+            let seconds = last
+                .0
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
             family.sample(
                 "entry_last_seen_timestamp_seconds",
                 &[("rule", &entry.rule), ("prefix", &prefix)],

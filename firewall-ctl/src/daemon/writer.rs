@@ -292,15 +292,13 @@ impl Writer {
                 Ok(report) => Response::Stats(report),
                 Err(err) => Response::Error(format!("{err:#}")),
             },
-            Command::Entries { rule } => {
-                match rule.as_deref().map(|name| self.rule_index(name)) {
-                    Some(Err(message)) => Response::Error(message),
-                    _ => match self.entries_report(rule.as_deref()) {
-                        Ok(report) => Response::Entries(report),
-                        Err(err) => Response::Error(format!("{err:#}")),
-                    },
-                }
-            }
+            Command::Entries { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
+                Some(Err(message)) => Response::Error(message),
+                _ => match self.entries_report(rule.as_deref()) {
+                    Ok(report) => Response::Entries(report),
+                    Err(err) => Response::Error(format!("{err:#}")),
+                },
+            },
             Command::List { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
                 Some(Err(message)) => Response::Error(message),
                 _ => Response::List(ListReport {
@@ -1142,9 +1140,7 @@ impl Writer {
             stats,
             feeds: self.feeds_report(),
             entries,
-            entry_usage: per_entry
-                .then(|| self.entries_report(None))
-                .transpose()?,
+            entry_usage: per_entry.then(|| self.entries_report(None)).transpose()?,
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
         })

@@ -284,7 +284,9 @@ impl Datapath {
         };
         let mut expired = Vec::new();
         // Collected first: deleting while walking restarts the walk.
-        for (key, state) in batch::read::<FlowKey, FlowState>(map, usize::MAX).map_err(batch::error(names::FLOWS))? {
+        for (key, state) in batch::read::<FlowKey, FlowState>(map, usize::MAX)
+            .map_err(batch::error(names::FLOWS))?
+        {
             if all || config.expired(key.protocol, &state, now) {
                 expired.push(key);
                 continue;

@@ -72,11 +72,7 @@ struct Attributed<'a> {
 impl Attributed<'_> {
     fn table_and_bits(&self, source: &Source) -> (&PrefixTable, u128, bool) {
         match source {
-            Source::V4(octets) => (
-                &self.compiled.v4,
-                u32::from_be_bytes(*octets) as u128,
-                true,
-            ),
+            Source::V4(octets) => (&self.compiled.v4, u32::from_be_bytes(*octets) as u128, true),
             Source::V6(octets) => (&self.compiled.v6, u128::from_be_bytes(*octets), false),
         }
     }
