@@ -284,3 +284,17 @@ fn relay(client: std::net::TcpStream) -> Option<()> {
     std::io::copy(&mut upstream, &mut client).ok()?;
     Some(())
 }
+
+/// `GET path` from the HTTP server at `address` inside `ns`, closing after
+/// the answer: the whole response, head and body.
+pub fn get(ns: &Netns, address: SocketAddr, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    ns.run(move || {
+        use std::io::Read as _;
+        let mut stream = std::net::TcpStream::connect(address).expect("connecting");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+}

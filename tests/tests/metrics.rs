@@ -3,32 +3,25 @@
 //! --json` say.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use firewall_tests::{
     addr::*,
     daemon::{Daemon, poll},
-    http::{HttpServer, Reply},
+    http::{self, HttpServer, Reply},
     lab::Lab,
     root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
 };
 use prometheus_parse::{Scrape, Value};
 
+const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9469);
+
 /// `GET /metrics` on the edge's loopback: the status line and the body.
 fn scrape(lab: &Lab) -> (String, Scrape) {
-    let response = lab.edge.run(|| {
-        let mut stream = TcpStream::connect("127.0.0.1:9469").expect("the metrics port");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    });
+    let response = http::get(&lab.edge, METRICS, "/metrics");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let scrape = Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).unwrap();
     (head.lines().next().unwrap_or_default().to_string(), scrape)

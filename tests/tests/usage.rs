@@ -185,16 +185,8 @@ fn entries_count_exactly_and_keep_their_counts_across_changes_and_restarts() {
     assert!(vendor_cli["first_seen"].is_string());
 
     // The metrics endpoint has the same numbers per entry.
-    let metrics = lab.edge.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9469").unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    });
+    let metrics =
+        firewall_tests::http::get(&lab.edge, "127.0.0.1:9469".parse().unwrap(), "/metrics");
     assert!(
         metrics.contains(
             "firewall_ctl_entry_packets_total{rule=\"office-ssh\",prefix=\"198.51.100.0/24\"} 6\n"

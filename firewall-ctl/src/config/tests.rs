@@ -652,3 +652,26 @@ fn unused_feeds_and_rules_without_sources_are_refused() {
         ]
     );
 }
+
+#[test]
+fn metrics_per_entry_and_the_blocked_sample_rate() {
+    let config = parse("interfaces = [\"eth0\"]").unwrap();
+    assert_eq!(config.sample_rate, DEFAULT_SAMPLE_RATE);
+    assert_eq!(config.metrics, None);
+    let config = parse(
+        "interfaces = [\"eth0\"]\n[metrics]\nlisten = \"127.0.0.1:9469\"\nper_entry = true\n[blocked]\nsample_rate = 0\n",
+    )
+    .unwrap();
+    assert!(config.metrics.unwrap().per_entry);
+    assert_eq!(config.sample_rate, 0);
+    let (line, message) =
+        only_problem("interfaces = [\"eth0\"]\n[blocked]\nsample_rate = 1000000\n");
+    assert_eq!(line, Some(3));
+    assert!(
+        message.contains("`blocked.sample_rate = 1000000` is too high; write at most 10000"),
+        "{message}"
+    );
+    let (line, message) = only_problem("interfaces = [\"eth0\"]\n[blocked]\nrate = 5\n");
+    assert_eq!(line, Some(3));
+    assert!(message.contains("unknown field `rate`"), "{message}");
+}
