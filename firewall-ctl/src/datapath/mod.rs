@@ -11,6 +11,10 @@
 //! change), so a change writes those keys plus its own, not the whole
 //! policy. A one-prefix `allow` on a 250k-prefix policy is a few syscalls.
 //!
+//! Each source trie entry also names the counter of the entry its first
+//! rule credits, and the entry tries (rule, prefix) name the others'; the
+//! counters' indexes are kept stable per entry ([`entry_counters`]).
+//!
 //! Maps and links are pinned under `bpf_dir` ([`pins`]): the program stays
 //! attached and enforcing when the daemon stops or crashes, and the next
 //! daemon adopts it: same maps, its own program swapped onto the links
@@ -226,7 +230,7 @@ pub struct Datapath {
     max_flows: u32,
     /// The `ENTRY_STATS` index of each entry either slot lists.
     entry_indexes: EntryIndexes,
-    /// Entries that count nowhere because `ENTRY_STATS` was full.
+    /// Whether the warning that `ENTRY_STATS` is full was logged.
     uncounted_warned: bool,
 }
 
