@@ -4,6 +4,7 @@
 //!
 //! Only documentation address ranges are used, and only inside the lab.
 
+pub mod bpf;
 pub mod daemon;
 pub mod frames;
 pub mod http;

@@ -9,14 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::{
     flow::{Direction, Ends, FlowKey, Track},
-    maps::protocol::{TCP as TCP_PROTOCOL, UDP as UDP_PROTOCOL},
+    maps::{
+        names,
+        protocol::{TCP as TCP_PROTOCOL, UDP as UDP_PROTOCOL},
+    },
     model::{PortRange, Prefix, ReferencePolicy, ReferenceRule, frame},
     reasons::Reason,
-    verdict::{Flows, Source, WithFlows, decide_tracked},
+    verdict::{Flows, Source, Verdict, WithFlows, decide_tracked},
 };
 use firewall_tests::{
     addr::*,
-    config,
+    bpf, config,
     daemon::{Daemon, Stats},
     frames::*,
     lab::Lab,
@@ -212,94 +215,82 @@ fn v6(address: std::net::Ipv6Addr, len: u8) -> Prefix {
     }
 }
 
-#[test]
-fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
-    if !root_or_skip("kernel_counters_match_the_reference_parser_on_mutated_frames") {
-        return;
-    }
-    // The policy of `config()`, as the reference sees it.
-    let vendor_sources = [
-        v4([203, 0, 113, 0], 24),
-        v6("2001:db8:1::".parse().unwrap(), 48),
-    ];
-    let vendor_ports = [
-        PortRange {
-            protocol: TCP_PROTOCOL,
-            first: 443,
-            last: 443,
-        },
-        PortRange {
-            protocol: UDP_PROTOCOL,
-            first: 4500,
-            last: 4500,
-        },
-    ];
-    let office_sources = [v4([203, 0, 113, 64], 26), v4([198, 51, 100, 0], 24)];
-    let office_ports = [PortRange {
-        protocol: TCP_PROTOCOL,
-        first: 22,
-        last: 22,
-    }];
-    let rules = [
-        ReferenceRule {
-            sources: &vendor_sources,
-            ports: &vendor_ports,
-        },
-        ReferenceRule {
-            sources: &office_sources,
-            ports: &office_ports,
-        },
-    ];
-    let names = ["vendor", "office-ssh"];
-    let policy = ReferencePolicy(&rules);
-    let flows = ReferenceFlows(
-        outgoing()
-            .iter()
-            .map(
-                |frame| match frame::parse_tracked(frame, Direction::Egress).1 {
-                    Track::Flow { key, .. } => key,
-                    other => panic!("an outgoing template is no flow: {other:?}"),
-                },
-            )
-            .collect(),
-    );
-    assert_eq!(flows.0.len(), 4);
-    let reference = WithFlows(&policy, &flows);
+/// The policy of `config()` and the flows of [`outgoing`], as the
+/// reference sees them.
+struct Reference {
+    vendor_sources: [Prefix; 2],
+    vendor_ports: [PortRange; 2],
+    office_sources: [Prefix; 2],
+    office_ports: [PortRange; 1],
+    flows: ReferenceFlows,
+}
 
-    let templates = templates();
-    let seed = seed();
-    let mut rng = Rng(seed);
-    let frames: Vec<Vec<u8>> = (0..FRAMES)
-        .map(|_| {
-            let template = &templates[rng.below(templates.len())];
-            mutate(&mut rng, template)
-        })
-        .collect();
-    let mut expected_reasons: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut expected_rules: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for frame in &frames {
-        let (packet, track) = frame::parse_tracked(frame, Direction::Ingress);
-        let verdict = decide_tracked(packet, track, &reference);
-        let bytes = frame.len() as u64;
-        let tally = expected_reasons.entry(verdict.reason.name()).or_default();
-        *tally = (tally.0 + 1, tally.1 + bytes);
-        if verdict.reason == Reason::Allowed {
-            let tally = expected_rules
-                .entry(names[verdict.rule as usize])
-                .or_default();
-            *tally = (tally.0 + 1, tally.1 + bytes);
+/// Rule names of `config()`, in config order.
+const RULE_NAMES: [&str; 2] = ["vendor", "office-ssh"];
+
+impl Reference {
+    fn new() -> Reference {
+        let flows = ReferenceFlows(
+            outgoing()
+                .iter()
+                .map(
+                    |frame| match frame::parse_tracked(frame, Direction::Egress).1 {
+                        Track::Flow { key, .. } => key,
+                        other => panic!("an outgoing template is no flow: {other:?}"),
+                    },
+                )
+                .collect(),
+        );
+        assert_eq!(flows.0.len(), 4);
+        Reference {
+            vendor_sources: [
+                v4([203, 0, 113, 0], 24),
+                v6("2001:db8:1::".parse().unwrap(), 48),
+            ],
+            vendor_ports: [
+                PortRange {
+                    protocol: TCP_PROTOCOL,
+                    first: 443,
+                    last: 443,
+                },
+                PortRange {
+                    protocol: UDP_PROTOCOL,
+                    first: 4500,
+                    last: 4500,
+                },
+            ],
+            office_sources: [v4([203, 0, 113, 64], 26), v4([198, 51, 100, 0], 24)],
+            office_ports: [PortRange {
+                protocol: TCP_PROTOCOL,
+                first: 22,
+                last: 22,
+            }],
+            flows,
         }
     }
-    // The mutations must reach every verdict, or the test proves less.
-    for reason in Reason::ALL {
-        assert!(
-            expected_reasons.contains_key(reason.name()),
-            "no mutated frame is {reason:?}: {expected_reasons:?}"
-        );
-    }
 
+    /// What the data plane must decide for `frame`, arriving.
+    fn verdict(&self, frame: &[u8]) -> Verdict {
+        let rules = [
+            ReferenceRule {
+                sources: &self.vendor_sources,
+                ports: &self.vendor_ports,
+            },
+            ReferenceRule {
+                sources: &self.office_sources,
+                ports: &self.office_ports,
+            },
+        ];
+        let policy = ReferencePolicy(&rules);
+        let (packet, track) = frame::parse_tracked(frame, Direction::Ingress);
+        decide_tracked(packet, track, &WithFlows(&policy, &self.flows))
+    }
+}
+
+/// The lab with the daemon of `config()` (flows that outlive the test),
+/// after the edge sent [`outgoing`]: the stats then.
+fn lab_with_flows() -> (Lab, Daemon, Stats) {
     let lab = Lab::new();
-    // Timeouts longer than the test, so no flow ages out halfway.
     let daemon = Daemon::start(
         &lab.edge,
         &format!(
@@ -314,9 +305,52 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
         serde_json::json!({"tcp": 1, "udp": 2, "icmp": 1, "capacity": 65536, "created": 4, "evicted": 0}),
         "the edge's packets went out through the TC program"
     );
+    (lab, daemon, before)
+}
+
+/// `count` frames mutated from the templates, from `seed`.
+fn mutated_frames(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
+    let templates = templates();
+    let mut rng = Rng(seed);
+    (0..count).map(move |_| {
+        let template = &templates[rng.below(templates.len())];
+        mutate(&mut rng, template)
+    })
+}
+
+#[test]
+fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
+    if !root_or_skip("kernel_counters_match_the_reference_parser_on_mutated_frames") {
+        return;
+    }
+    let reference = Reference::new();
+    let seed = seed();
+    let frames: Vec<Vec<u8>> = mutated_frames(seed, FRAMES).collect();
+    let mut expected_reasons: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut expected_rules: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for frame in &frames {
+        let verdict = reference.verdict(frame);
+        let bytes = frame.len() as u64;
+        let tally = expected_reasons.entry(verdict.reason.name()).or_default();
+        *tally = (tally.0 + 1, tally.1 + bytes);
+        if verdict.reason == Reason::Allowed {
+            let tally = expected_rules
+                .entry(RULE_NAMES[verdict.rule as usize])
+                .or_default();
+            *tally = (tally.0 + 1, tally.1 + bytes);
+        }
+    }
+    // The mutations must reach every verdict, or the test proves less.
+    for reason in Reason::ALL {
+        assert!(
+            expected_reasons.contains_key(reason.name()),
+            "no mutated frame is {reason:?}: {expected_reasons:?}"
+        );
+    }
+
+    let (lab, daemon, before) = lab_with_flows();
     send_frames(&lab.peer, PEER_IF, frames);
     let after = daemon.settled_stats();
-
     let delta = |stats: &Stats, before: &Stats, reason: Reason| -> (u64, u64) {
         let (packets, bytes) = if reason.is_drop() {
             ("drops", "drop_bytes")
@@ -348,7 +382,7 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
             );
         }
     }
-    for name in names {
+    for name in RULE_NAMES {
         let (packets, bytes) = after.rule(name);
         let (packets_before, bytes_before) = before.rule(name);
         let expected = expected_rules.get(name).copied().unwrap_or_default();
@@ -358,4 +392,61 @@ fn kernel_counters_match_the_reference_parser_on_mutated_frames() {
             "rule {name} (seed {seed})"
         );
     }
+}
+
+/// Frames of the frame-by-frame test: a million, in seconds.
+const TEST_RUN_FRAMES: usize = 1_000_000;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A million mutated frames through the real program with its live maps
+/// (`BPF_PROG_TEST_RUN`), one at a time: for each, the program's action
+/// and the counter it lands in must be the reference's.
+#[test]
+fn every_frame_through_the_real_program_matches_the_reference() {
+    if !root_or_skip("every_frame_through_the_real_program_matches_the_reference") {
+        return;
+    }
+    let reference = Reference::new();
+    let (_lab, daemon, _) = lab_with_flows();
+    let program =
+        bpf::program_of_link(&daemon.bpf_dir.join("links").join(EDGE_IF).join("driver")).unwrap();
+    let maps = daemon
+        .bpf_dir
+        .join(format!("maps-v{}", firewall_common::maps::LAYOUT_VERSION));
+    let mut reasons = bpf::PerCpuCounters::open(&maps.join(names::REASON_STATS)).unwrap();
+    let seed = seed();
+    let mut reached = BTreeSet::new();
+    for (index, frame) in mutated_frames(seed ^ 0x7e57, TEST_RUN_FRAMES).enumerate() {
+        let verdict = reference.verdict(&frame);
+        let counter = verdict.reason as u32;
+        let before = reasons.get(counter).unwrap();
+        let (_, action) = bpf::test_run(&program, &frame, 1).unwrap();
+        let after = reasons.get(counter).unwrap();
+        let expected_action = if verdict.reason.is_drop() {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        let counted = (after.0 - before.0, after.1 - before.1);
+        // The lab's own stacks may add ARP and neighbour discovery meanwhile.
+        let counted_right = if matches!(verdict.reason, Reason::Arp | Reason::Neighbor) {
+            counted.0 >= 1
+        } else {
+            counted == (1, frame.len() as u64)
+        };
+        assert!(
+            action == expected_action && counted_right,
+            "frame {index} (seed {seed}): the reference says {verdict:?} (action {expected_action}); the kernel returned {action} and counted {counted:?} under {:?}\nframe: {}",
+            verdict.reason,
+            hex(&frame)
+        );
+        reached.insert(verdict.reason);
+    }
+    assert_eq!(reached.len(), Reason::ALL.len(), "{reached:?}");
 }

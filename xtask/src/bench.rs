@@ -20,6 +20,7 @@ use std::{
 use anyhow::bail;
 use firewall_tests::{
     addr::{EDGE_IF, STRANGER_V4},
+    bpf,
     daemon::Daemon,
     frames::{ETH_IPV4, TCP, TCP_ACK, ethernet, ipv4, tcp_segment, tcp_v4},
     http::{HttpServer, Reply},
@@ -28,7 +29,7 @@ use firewall_tests::{
 
 use crate::{
     cargo::{EbpfToolchain, cargo, is_root, run as run_command, workspace_root},
-    setup, test_run,
+    setup,
 };
 
 /// Runs per `BPF_PROG_TEST_RUN`; the kernel reports their mean.
@@ -199,11 +200,11 @@ fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result
             bail!("reload: {}", status["last_reload_error"]);
         }
         let program =
-            test_run::program_of_link(&daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"))?;
+            bpf::program_of_link(&daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"))?;
         for ((_, frame), costs) in cases.iter().zip(&mut costs) {
             let mut samples = Vec::new();
             for _ in 0..TEST_RUN_SAMPLES {
-                samples.push(test_run::run(&program, frame, TEST_RUNS)?.0);
+                samples.push(bpf::test_run(&program, frame, TEST_RUNS)?.0);
             }
             samples.sort_unstable();
             costs.push(samples[samples.len() / 2]);

@@ -6,7 +6,6 @@ mod cargo;
 mod demo;
 mod setup;
 mod test;
-mod test_run;
 
 use std::process::ExitCode;
 
