@@ -9,7 +9,7 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_PREFIXES_PER_FAMILY: u32 = 262_144;
 
 /// `(protocol, port)` entries per policy slot: every TCP and UDP port.
-pub const MAX_PORT_ENTRIES: u32 = 2 * 65_536;
+pub const MAX_PORT_ENTRIES: u32 = 2 * crate::maps::PORTS_PER_PROTOCOL;
 
 /// 802.1Q / 802.1ad tags parsed before the frame is called malformed.
 pub const MAX_VLAN_DEPTH: usize = 2;

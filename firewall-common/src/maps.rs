@@ -22,7 +22,7 @@ pub mod names {
     pub const SAMPLE_BUCKETS: &str = "SAMPLE_BUCKETS";
     /// `RingBuf` of `BlockedSample`s.
     pub const BLOCKED_SAMPLES: &str = "BLOCKED_SAMPLES";
-    /// `HashMap<PortKey, RuleSet>` per slot.
+    /// `Array<RuleSet>` per slot, indexed by [`super::PortKey::index`].
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// `PerCpuArray<Counter>` indexed by [`crate::reasons::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
@@ -66,7 +66,7 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a
@@ -173,7 +173,21 @@ impl PortKey {
             port,
         }
     }
+
+    /// Index into the `PORTS` arrays: every TCP port, then every UDP port.
+    /// `None` for other protocols, which no rule can expose.
+    #[inline(always)]
+    pub const fn index(&self) -> Option<u32> {
+        match self.protocol {
+            protocol::TCP => Some(self.port as u32),
+            protocol::UDP => Some(PORTS_PER_PROTOCOL + self.port as u32),
+            _ => None,
+        }
+    }
 }
+
+/// Ports of one protocol: a `PORTS` array holds TCP's, then UDP's.
+pub const PORTS_PER_PROTOCOL: u32 = 65_536;
 
 /// Packet and byte counters, one per CPU; user space sums them.
 #[repr(C)]
@@ -268,6 +282,19 @@ mod tests {
             }
         }
         assert!(!ActivePolicy::default().ready());
+    }
+
+    #[test]
+    fn port_indexes_cover_both_protocols_without_overlap() {
+        use crate::limits::MAX_PORT_ENTRIES;
+        assert_eq!(PortKey::new(protocol::TCP, 0).index(), Some(0));
+        assert_eq!(PortKey::new(protocol::TCP, 65_535).index(), Some(65_535));
+        assert_eq!(PortKey::new(protocol::UDP, 0).index(), Some(65_536));
+        assert_eq!(
+            PortKey::new(protocol::UDP, 65_535).index(),
+            Some(MAX_PORT_ENTRIES - 1)
+        );
+        assert_eq!(PortKey::new(protocol::ICMP, 8).index(), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use firewall_common::{
     flow::{Direction, Ends, FlowConfig, FlowKey, FlowState, flow_stats},
@@ -71,14 +71,13 @@ static SAMPLE_BUCKETS: PerCpuArray<SampleBucket> = PerCpuArray::with_max_entries
 #[map]
 static BLOCKED_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 
-/// Slot 0 and 1: (protocol, destination port) -> rules exposing it. Not
-/// preallocated: a policy usually exposes a handful of ports.
+/// Slot 0 and 1: (protocol, destination port) -> rules exposing it, at
+/// `PortKey::index`. An array (1 MiB per slot), not a hash map: the
+/// verifier inlines its lookup, so a closed port costs a load.
 #[map]
-static PORTS_0: HashMap<PortKey, RuleSet> =
-    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static PORTS_0: Array<RuleSet> = Array::with_max_entries(MAX_PORT_ENTRIES, 0);
 #[map]
-static PORTS_1: HashMap<PortKey, RuleSet> =
-    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static PORTS_1: Array<RuleSet> = Array::with_max_entries(MAX_PORT_ENTRIES, 0);
 
 /// Packets and bytes per `Reason`, per CPU.
 #[map]
@@ -323,9 +322,10 @@ impl Policy for SlotPolicy {
 
     #[inline(always)]
     fn port_rules(&self, port: &PortKey) -> RuleSet {
+        let Some(index) = port.index() else {
+            return 0;
+        };
         let map = if self.slot == 0 { &PORTS_0 } else { &PORTS_1 };
-        // SAFETY: the value is copied out at once; user space may replace it
-        // later, which only matters to a reference we do not keep.
-        unsafe { map.get(port) }.copied().unwrap_or(0)
+        map.get(index).copied().unwrap_or(0)
     }
 }

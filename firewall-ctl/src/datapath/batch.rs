@@ -1,5 +1,5 @@
-//! Batch map reads and deletes (`BPF_MAP_LOOKUP_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`, Linux 5.6): one `bpf` call per [`BATCH`]
+//! Batch map reads, writes and deletes (`BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux 5.6): one `bpf` call per [`BATCH`]
 //! elements, not one or two per element. aya 0.14 has no wrapper for them.
 
 use std::os::fd::AsFd as _;
@@ -135,4 +135,33 @@ pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<u64> {
         rest = &rest[if complete { chunk.len() } else { done + 1 }..];
     }
     Ok(deleted)
+}
+
+/// Writes `values[i]` at `keys[i]` in `map`, [`BATCH`] elements per call.
+pub fn update<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<()> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let fd = raw_fd(map);
+    for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        if attr.count as usize != keys.len() {
+            return Err(std::io::Error::other(format!(
+                "the kernel wrote {} of {} elements",
+                attr.count,
+                keys.len()
+            )));
+        }
+    }
+    Ok(())
 }

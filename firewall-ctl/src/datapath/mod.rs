@@ -34,7 +34,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -43,10 +43,10 @@ use aya::{
     sys::SyscallError,
 };
 use firewall_common::{
-    limits::MAX_RULES,
+    limits::{MAX_PORT_ENTRIES, MAX_RULES},
     maps::{
-        ActivePolicy, Counter, EntryCounter, PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY,
-        entry_key_len, names, rule_stats_index,
+        ActivePolicy, Counter, EntryCounter, RuleSet, SourceValue, UNCOUNTED_ENTRY, entry_key_len,
+        names, rule_stats_index,
     },
     reasons::{REASON_COUNT, Reason},
 };
@@ -643,13 +643,12 @@ impl Datapath {
         self.write_family_keys::<V4>(slot, policy, &policy.v4, &keys.v4, &keys.v4_listings)?;
         self.write_family_keys::<V6>(slot, policy, &policy.v6, &keys.v6, &keys.v6_listings)?;
         let name = names::PORTS[slot as usize];
-        let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
+        let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
         for key in &keys.ports {
-            match policy.ports.get(key) {
-                Some(rules) => ports.insert(key, rules, 0),
-                None => ports.remove(key).or_else(absent_is_removed),
+            if let Some(index) = key.index() {
+                let rules = policy.ports.get(key).copied().unwrap_or(0);
+                ports.set(index, rules, 0).map_err(map_error(name))?;
             }
-            .map_err(map_error(name))?;
         }
         Ok(())
     }
@@ -659,22 +658,17 @@ impl Datapath {
         self.write_family_all::<V4>(slot, policy, &policy.v4)?;
         self.write_family_all::<V6>(slot, policy, &policy.v6)?;
         let name = names::PORTS[slot as usize];
-        let mut ports: HashMap<&mut MapData, PortKey, RuleSet> = self.map_mut(name)?;
-        let stale: Vec<PortKey> = ports
-            .keys()
-            .filter(|key| {
-                key.as_ref()
-                    .map_or(true, |key| !policy.ports.contains_key(key))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(map_error(name))?;
-        for key in stale {
-            ports.remove(&key).map_err(map_error(name))?;
+        let mut rules: Vec<RuleSet> = vec![0; MAX_PORT_ENTRIES as usize];
+        for (key, exposing) in &policy.ports {
+            if let Some(index) = key.index() {
+                rules[index as usize] = *exposing;
+            }
         }
-        for (key, rules) in &policy.ports {
-            ports.insert(key, rules, 0).map_err(map_error(name))?;
-        }
-        Ok(())
+        let indexes: Vec<u32> = (0..MAX_PORT_ENTRIES).collect();
+        let Some(aya::maps::Map::Array(ports)) = self.ebpf.map(name) else {
+            return Err(DatapathError::MissingMap { name });
+        };
+        batch::update(ports, &indexes, &rules).map_err(batch::error(name))
     }
 
     /// Writes one family of `policy` at `nodes` and `listings` into `slot`.
@@ -1074,12 +1068,12 @@ mod tests {
 
     use super::PROGRAM;
 
-    /// The maps of layout version 3: name, type, key size, value size,
+    /// The maps of layout version 4: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1
     /// had no flow maps and 11 reasons; version 2 had no entry tries,
     /// entry counters or drop samples, and source tries held a bare
-    /// `RuleSet`.
-    const LAYOUT_3: [(&str, u32, u32, u32, u32, u32); 20] = [
+    /// `RuleSet`; up to version 3 `PORTS` were hash maps.
+    const LAYOUT_4: [(&str, u32, u32, u32, u32, u32); 20] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
         ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
         ("ENTRIES_V4_0", 11, 9, 4, 262_144, 1),
@@ -1091,8 +1085,8 @@ mod tests {
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
         ("FLOW_STATS", 6, 4, 8, 4, 0),
-        ("PORTS_0", 1, 4, 8, 131_072, 1),
-        ("PORTS_1", 1, 4, 8, 131_072, 1),
+        ("PORTS_0", 2, 4, 8, 131_072, 0),
+        ("PORTS_1", 2, 4, 8, 131_072, 0),
         ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
         ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
@@ -1128,18 +1122,18 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            3,
+            4,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_3,
+            maps, LAYOUT_4,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_3.map(|map| map.0),
+            LAYOUT_4.map(|map| map.0),
             "names::ALL lists every map"
         );
     }
