@@ -53,13 +53,21 @@ fn build_release(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/firewall-ctl"))
 }
 
-/// One rule listing `count` IPv4 /31s in 198.18.0.0/15 and `count` IPv6
-/// /64s in 2001:db8::/32 (documentation and benchmarking ranges).
+/// One rule listing `count` IPv4 /32s from 198.18.0.0 (every other
+/// address) and `count` IPv6 /64s in 2001:db8::/32 (benchmarking and
+/// documentation ranges; nothing is sent to them outside the lab).
 fn config(count: u32) -> String {
+    config_from(count, 0)
+}
+
+/// [`config`] with every prefix moved by `shift` (0 or 1): a new list of
+/// the same size.
+fn config_from(count: u32, shift: u32) -> String {
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     let mut sources = Vec::with_capacity(2 * count as usize);
     for index in 0..count {
-        sources.push(format!("\"{}/31\"", Ipv4Addr::from(base + 2 * index)));
+        let index = 2 * index + shift;
+        sources.push(format!("\"{}/32\"", Ipv4Addr::from(base + index)));
         sources.push(format!(
             "\"2001:db8:{:x}:{:x}::/64\"",
             index >> 16,
@@ -110,10 +118,12 @@ pub fn run() -> anyhow::Result<()> {
         "POLICY", "CASE", "MEDIAN", "MAX"
     );
     let mut per_packet = Vec::new();
+    let mut control = Vec::new();
     for count in [10, LARGE] {
         let lab = Lab::new();
         let daemon = Daemon::start(&lab.edge, &config(count));
         let policy = format!("{count} prefixes per family");
+        control.push(control_plane(&daemon, count, &policy)?);
         let mut status = Vec::new();
         let (mut isolated_allow, mut isolated_remove) = (Vec::new(), Vec::new());
         let (mut burst_allow, mut burst_remove) = (Vec::new(), Vec::new());
@@ -141,6 +151,16 @@ pub fn run() -> anyhow::Result<()> {
             println!("{policy:<28} {case:<22} {}", median_and_max(samples));
         }
         per_packet.extend(per_packet_costs(&daemon, count, &policy)?);
+    }
+    println!(
+        "\nControl plane: start to enforcing (the daemon's log: first line to `running`), reloads (CLI wall time until applied), daemon memory"
+    );
+    println!(
+        "{:<28} {:>9} {:>13} {:>11} {:>8} {:>8}",
+        "POLICY", "START (s)", "RELOAD SAME", "RELOAD NEW", "RSS (MB)", "PEAK (MB)"
+    );
+    for row in control {
+        println!("{row}");
     }
     println!(
         "\n`status` is the floor: starting the CLI and one socket round trip. A change\n\
@@ -175,13 +195,66 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds from the daemon's first log line to its `running` line.
+fn start_seconds(log: &str) -> anyhow::Result<f64> {
+    let time = |line: &str| -> anyhow::Result<f64> {
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        let at = humantime::parse_rfc3339(stamp)?;
+        Ok(at.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64())
+    };
+    let first = log.lines().next().unwrap_or_default();
+    let Some(running) = log
+        .lines()
+        .find(|line| line.contains("firewall-ctl daemon running"))
+    else {
+        bail!("no `running` line in the daemon's log");
+    };
+    Ok(time(running)? - time(first)?)
+}
+
+/// The daemon's resident and peak resident memory, in MB.
+fn memory_mb(pid: u64) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kilobytes = |key: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(key))
+            .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/{pid}/status"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .parse::<f64>()?)
+    };
+    Ok((kilobytes("VmRSS:")? / 1024.0, kilobytes("VmHWM:")? / 1024.0))
+}
+
+/// Start, reloads and memory of `daemon` on the policy of `count`
+/// prefixes per family: one table row. Leaves the daemon on that policy.
+fn control_plane(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result<String> {
+    let start = start_seconds(&daemon.log())?;
+    let reload_ms = |config: &str| -> anyhow::Result<f64> {
+        std::fs::write(&daemon.config, config)?;
+        time_ms(daemon, &["reload"])
+    };
+    let same = reload_ms(&config(count))?;
+    let new = reload_ms(&config_from(count, 1))?;
+    reload_ms(&config(count))?;
+    let pid = daemon.status()["pid"].as_u64().unwrap_or_default();
+    let (rss, peak) = memory_mb(pid)?;
+    Ok(format!(
+        "{policy:<28} {start:>9.3} {:>10.0} ms {:>8.0} ms {rss:>8.1} {peak:>8.1}",
+        same, new
+    ))
+}
+
 /// Per-packet cost of an allowed packet and of two strangers' packets,
 /// with `track_outbound` off and on: one table row per packet.
 fn per_packet_costs(daemon: &Daemon, count: u32, policy: &str) -> anyhow::Result<Vec<String>> {
     let cases = [
         (
             "vendor SYN to 443 (allowed)",
-            tcp_v4(Ipv4Addr::new(198, 18, 0, 1), 443),
+            tcp_v4(Ipv4Addr::new(198, 18, 0, 2), 443),
         ),
         ("stranger SYN to 443 (dropped)", tcp_v4(STRANGER_V4, 443)),
         (

@@ -11,6 +11,9 @@ use aya::{
 
 use super::DatapathError;
 
+/// The largest key of our maps (the flow key is 40 bytes), rounded up.
+const MAX_KEY_BYTES: usize = 64;
+
 /// Elements read or deleted per `bpf` call.
 const BATCH: usize = 4096;
 
@@ -63,6 +66,24 @@ pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError
     }
 }
 
+/// A buffer element for the kernel to fill.
+fn zeroed<T: aya::Pod>() -> T {
+    // SAFETY: `Pod` types are plain integers and arrays of them, for which
+    // all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Whether `error` says this kernel has no batch operations for the map
+/// type (before Linux 5.6 for arrays and hashes; later for LPM tries).
+pub fn unsupported(error: &std::io::Error) -> bool {
+    /// `ENOTSUPP`, the kernel-internal errno batch calls return.
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
 /// The descriptor of `map`, as `bpf_attr` holds it.
 fn raw_fd(map: &MapData) -> u32 {
     std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32
@@ -70,18 +91,15 @@ fn raw_fd(map: &MapData) -> u32 {
 
 /// The elements of `map`, in the map's order, up to about `limit` of them
 /// (whole batches). `K` and `V` must be the map's key and value types.
-pub fn read<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: &MapData,
-    limit: usize,
-) -> std::io::Result<Vec<(K, V)>> {
+pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::Result<Vec<(K, V)>> {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = raw_fd(map);
     let mut elements = Vec::new();
-    let mut keys = vec![K::default(); BATCH];
-    let mut values = vec![V::default(); BATCH];
-    // The position in the map: a bucket index for hash maps, an index for
-    // arrays.
-    let (mut position_in, mut position_out) = (0u64, 0u64);
+    let mut keys = vec![zeroed::<K>(); BATCH];
+    let mut values = vec![zeroed::<V>(); BATCH];
+    // The position in the map: a bucket index for hash maps, the last key
+    // for arrays and LPM tries (generic batch ops), so room for any key.
+    let (mut position_in, mut position_out) = ([0u8; MAX_KEY_BYTES], [0u8; MAX_KEY_BYTES]);
     let mut first = true;
     loop {
         let mut attr = BatchAttr {

@@ -331,11 +331,8 @@ impl Datapath {
     /// Reads back which index each entry of each slot counts in.
     fn adopt_entry_indexes<F: Family>(&mut self) -> Result<(), DatapathError> {
         for slot in 0..2 {
-            let name = F::ENTRIES[slot];
-            let trie: LpmTrie<&MapData, F::EntryBytes, u32> = self.map(name)?;
             let mut adopted = Vec::new();
-            for element in trie.iter() {
-                let (key, index) = element.map_err(map_error(name))?;
+            for (key, index) in trie_elements::<F::EntryBytes, u32>(self, F::ENTRIES[slot])? {
                 let (rule, bits) = F::split_entry(key.data());
                 let Some(rule) = self.ledger.slot_rules[slot].get(rule as usize) else {
                     continue;
@@ -665,10 +662,7 @@ impl Datapath {
             }
         }
         let indexes: Vec<u32> = (0..MAX_PORT_ENTRIES).collect();
-        let Some(aya::maps::Map::Array(ports)) = self.ebpf.map(name) else {
-            return Err(DatapathError::MissingMap { name });
-        };
-        batch::update(ports, &indexes, &rules).map_err(batch::error(name))
+        batch::update(map_data(self, name)?, &indexes, &rules).map_err(batch::error(name))
     }
 
     /// Writes one family of `policy` at `nodes` and `listings` into `slot`.
@@ -813,14 +807,11 @@ impl Datapath {
         if !self.active.ready() {
             return Ok(Vec::new());
         }
-        let Some(aya::maps::Map::Array(stats)) = self.ebpf.map(names::ENTRY_STATS) else {
-            return Err(DatapathError::MissingMap {
-                name: names::ENTRY_STATS,
-            });
-        };
-        let counters: Vec<(u32, EntryCounter)> =
-            batch::read(stats, self.entry_indexes.end() as usize)
-                .map_err(batch::error(names::ENTRY_STATS))?;
+        let counters: Vec<(u32, EntryCounter)> = batch::read(
+            map_data(self, names::ENTRY_STATS)?,
+            self.entry_indexes.end() as usize,
+        )
+        .map_err(batch::error(names::ENTRY_STATS))?;
         Ok(self
             .entry_indexes
             .listed_in(self.active.slot())
@@ -1017,21 +1008,33 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
     })
 }
 
+/// The kernel object behind the map `name`.
+fn map_data<'a>(datapath: &'a Datapath, name: &'static str) -> Result<&'a MapData, DatapathError> {
+    use aya::maps::Map;
+    match datapath.ebpf.map(name) {
+        Some(Map::LpmTrie(data) | Map::Array(data) | Map::LruHashMap(data)) => Ok(data),
+        _ => Err(DatapathError::MissingMap { name }),
+    }
+}
+
 /// Writes each value (or its absence) at its key into the trie `name`.
 fn write_trie<K: aya::Pod, V: aya::Pod>(
     datapath: &mut Datapath,
     name: &'static str,
     writes: Vec<(Key<K>, Option<V>)>,
 ) -> Result<(), DatapathError> {
-    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
+    let mut removed = Vec::new();
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (key, value) in writes {
         match value {
-            Some(value) => trie.insert(&key, value, 0),
-            None => trie.remove(&key).or_else(absent_is_removed),
+            Some(value) => {
+                keys.push(key);
+                values.push(value);
+            }
+            None => removed.push(key),
         }
-        .map_err(map_error(name))?;
     }
-    Ok(())
+    apply_to_trie(datapath, name, &removed, &keys, &values)
 }
 
 /// Makes the LPM trie `name` hold exactly `wanted`.
@@ -1040,24 +1043,59 @@ fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     name: &'static str,
     wanted: Vec<(Key<K>, V)>,
 ) -> Result<(), DatapathError> {
-    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
     let keep: std::collections::HashSet<(u32, K)> = wanted
         .iter()
         .map(|(key, _)| (key.prefix_len(), key.data()))
         .collect();
-    let stale: Vec<Key<K>> = trie
-        .keys()
-        .filter(|key| {
-            key.as_ref()
-                .map_or(true, |key| !keep.contains(&(key.prefix_len(), key.data())))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(map_error(name))?;
-    for key in stale {
-        trie.remove(&key).map_err(map_error(name))?;
+    let stale: Vec<Key<K>> = trie_elements::<K, V>(datapath, name)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !keep.contains(&(key.prefix_len(), key.data())))
+        .collect();
+    let (keys, values): (Vec<Key<K>>, Vec<V>) = wanted.into_iter().unzip();
+    apply_to_trie(datapath, name, &stale, &keys, &values)
+}
+
+/// Every element of the trie `name`: batch reads, else one at a time.
+fn trie_elements<K: aya::Pod, V: aya::Pod>(
+    datapath: &Datapath,
+    name: &'static str,
+) -> Result<Vec<(Key<K>, V)>, DatapathError> {
+    match batch::read::<Key<K>, V>(map_data(datapath, name)?, usize::MAX) {
+        Ok(elements) => return Ok(elements),
+        Err(err) if !batch::unsupported(&err) => return Err(batch::error(name)(err)),
+        Err(_) => {}
     }
-    for (key, value) in wanted {
-        trie.insert(&key, value, 0).map_err(map_error(name))?;
+    let trie: LpmTrie<&MapData, K, V> = datapath.map(name)?;
+    trie.iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))
+}
+
+/// Deletes `removed` (absent ones included) from the trie `name` and
+/// writes `values` at `keys`: batch calls (a few thousand elements each)
+/// where the kernel has them for LPM tries, else one call per element.
+fn apply_to_trie<K: aya::Pod, V: aya::Pod>(
+    datapath: &mut Datapath,
+    name: &'static str,
+    removed: &[Key<K>],
+    keys: &[Key<K>],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    let map = map_data(datapath, name)?;
+    match batch::delete(map, removed).and_then(|_| batch::update(map, keys, values)) {
+        Ok(()) => return Ok(()),
+        Err(err) if !batch::unsupported(&err) => return Err(batch::error(name)(err)),
+        Err(_) => {}
+    }
+    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
+    for key in removed {
+        trie.remove(key)
+            .or_else(absent_is_removed)
+            .map_err(map_error(name))?;
+    }
+    for (key, value) in keys.iter().zip(values) {
+        trie.insert(key, value, 0).map_err(map_error(name))?;
     }
     Ok(())
 }
