@@ -219,6 +219,17 @@ pub fn wall_clock_of(ns: u64) -> std::time::SystemTime {
     std::time::SystemTime::now() - std::time::Duration::from_nanos(ago)
 }
 
+/// Gives the memory freed after a large policy change back to the kernel:
+/// glibc keeps freed heap pages for reuse, and the daemon's resident size
+/// would otherwise stay at the peak of its largest reload.
+pub fn return_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixStream;

@@ -177,6 +177,7 @@ impl Writer {
             took_ms = took.as_millis() as u64,
             "applied a feed update"
         );
+        crate::system::return_free_memory();
         let mut record = AuditRecord::new(Action::FeedUpdate, None, Outcome::Applied);
         record.feed = Some(feed.name.clone());
         record.prefixes = added

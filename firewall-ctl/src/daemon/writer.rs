@@ -201,6 +201,7 @@ impl Writer {
             }
             self.save_ledger_if_changed();
         }
+        crate::system::return_free_memory();
         loop {
             let wake = [
                 entries::next_expiry(&self.runtime).map(|at| at.0),
@@ -827,6 +828,7 @@ impl Writer {
                     changed_map_entries = report.changed_map_entries,
                     "new policy applied"
                 );
+                crate::system::return_free_memory();
                 record.outcome = Outcome::Applied;
                 record.detail = Some(format!(
                     "{} rules, {} IPv4 and {} IPv6 prefixes, {} ports; {} map entries changed{}",

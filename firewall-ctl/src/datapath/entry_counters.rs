@@ -27,10 +27,11 @@ struct Held {
     slots: [bool; 2],
 }
 
-/// The index of each entry listed in either slot.
+/// The index of each entry listed in either slot. Entries are grouped by
+/// rule, so each is keyed by its prefix alone (no name per entry).
 #[derive(Debug)]
 pub struct EntryIndexes {
-    held: HashMap<EntryId, Held>,
+    by_rule: HashMap<String, HashMap<IpPrefix, Held>>,
     /// Indexes given before and free again.
     free: Vec<u32>,
     /// Indexes from here up were never given.
@@ -70,16 +71,29 @@ impl EntryIndexes {
     /// `capacity` indexes, of which [`UNCOUNTED_ENTRY`] (0) is never given.
     pub fn with_capacity(capacity: u32) -> Self {
         Self {
-            held: HashMap::new(),
+            by_rule: HashMap::new(),
             free: Vec::new(),
             unused_from: UNCOUNTED_ENTRY + 1,
             capacity,
         }
     }
 
-    /// Notes that `slot` lists `entry`, and gives it an index if it had none.
-    pub fn hold(&mut self, entry: &EntryId, slot: u32) -> Holding {
-        if let Some(held) = self.held.get_mut(entry) {
+    /// The entries of `rule`, created empty if it has none.
+    fn of_rule(&mut self, rule: &str) -> &mut HashMap<IpPrefix, Held> {
+        if !self.by_rule.contains_key(rule) {
+            self.by_rule.insert(rule.to_string(), HashMap::new());
+        }
+        self.by_rule.get_mut(rule).expect("inserted above")
+    }
+
+    /// Notes that `slot` lists `rule`'s `prefix`, and gives the entry an
+    /// index if it had none.
+    pub fn hold(&mut self, rule: &str, prefix: IpPrefix, slot: u32) -> Holding {
+        if let Some(held) = self
+            .by_rule
+            .get_mut(rule)
+            .and_then(|entries| entries.get_mut(&prefix))
+        {
             held.slots[slot as usize] = true;
             return if held.index == UNCOUNTED_ENTRY {
                 Holding::Full
@@ -95,21 +109,18 @@ impl EntryIndexes {
         });
         let mut slots = [false; 2];
         slots[slot as usize] = true;
-        let index_or_none = index.unwrap_or(UNCOUNTED_ENTRY);
-        self.held.insert(
-            entry.clone(),
-            Held {
-                index: index_or_none,
-                slots,
-            },
-        );
+        let held = Held {
+            index: index.unwrap_or(UNCOUNTED_ENTRY),
+            slots,
+        };
+        self.of_rule(rule).insert(prefix, held);
         index.map_or(Holding::Full, Holding::Given)
     }
 
-    /// Records that `slot` lists `entry` at `index`, as read back from
-    /// adopted maps.
-    pub fn adopt(&mut self, entry: EntryId, slot: u32, index: u32) {
-        let held = self.held.entry(entry).or_insert(Held {
+    /// Records that `slot` lists `rule`'s `prefix` at `index`, as read back
+    /// from adopted maps.
+    pub fn adopt(&mut self, rule: &str, prefix: IpPrefix, slot: u32, index: u32) {
+        let held = self.of_rule(rule).entry(prefix).or_insert(Held {
             index,
             slots: [false; 2],
         });
@@ -121,7 +132,7 @@ impl EntryIndexes {
     /// one that no entry holds is free.
     pub fn free_unheld(&mut self) {
         let mut taken = vec![false; self.unused_from as usize];
-        for held in self.held.values() {
+        for held in self.by_rule.values().flat_map(HashMap::values) {
             taken[held.index as usize] = true;
         }
         self.free = (UNCOUNTED_ENTRY + 1..self.unused_from)
@@ -130,10 +141,13 @@ impl EntryIndexes {
             .collect();
     }
 
-    /// Notes that `slot` no longer lists `entry`; its index is free once
-    /// neither slot does.
-    pub fn release(&mut self, entry: &EntryId, slot: u32) {
-        let Some(held) = self.held.get_mut(entry) else {
+    /// Notes that `slot` no longer lists `rule`'s `prefix`; its index is
+    /// free once neither slot does.
+    pub fn release(&mut self, rule: &str, prefix: IpPrefix, slot: u32) {
+        let Some(entries) = self.by_rule.get_mut(rule) else {
+            return;
+        };
+        let Some(held) = entries.get_mut(&prefix) else {
             return;
         };
         held.slots[slot as usize] = false;
@@ -141,16 +155,34 @@ impl EntryIndexes {
             if held.index != UNCOUNTED_ENTRY {
                 self.free.push(held.index);
             }
-            self.held.remove(entry);
+            entries.remove(&prefix);
+            if entries.is_empty() {
+                self.by_rule.remove(rule);
+            }
         }
     }
 
-    /// The entries `slot` lists.
-    pub fn listed_in(&self, slot: u32) -> impl Iterator<Item = (&EntryId, u32)> {
-        self.held
-            .iter()
-            .filter(move |(_, held)| held.slots[slot as usize])
-            .map(|(entry, held)| (entry, held.index))
+    /// Releases, in `slot`, every entry `listed` says it no longer lists:
+    /// `listed(rule, prefix)`.
+    pub fn release_unlisted(&mut self, slot: u32, listed: impl Fn(&str, &IpPrefix) -> bool) {
+        let unlisted: Vec<(String, IpPrefix)> = self
+            .listed_in(slot)
+            .filter(|(rule, prefix, _)| !listed(rule, prefix))
+            .map(|(rule, prefix, _)| (rule.to_string(), prefix))
+            .collect();
+        for (rule, prefix) in unlisted {
+            self.release(&rule, prefix, slot);
+        }
+    }
+
+    /// The entries `slot` lists: rule, prefix, index.
+    pub fn listed_in(&self, slot: u32) -> impl Iterator<Item = (&str, IpPrefix, u32)> {
+        self.by_rule.iter().flat_map(move |(rule, entries)| {
+            entries
+                .iter()
+                .filter(move |(_, held)| held.slots[slot as usize])
+                .map(move |(prefix, held)| (rule.as_str(), *prefix, held.index))
+        })
     }
 
     /// Indexes from here up were never given: reading counters can stop here.
@@ -163,69 +195,76 @@ impl EntryIndexes {
 mod tests {
     use super::*;
 
-    fn entry(rule: &str, prefix: &str) -> EntryId {
-        EntryId {
-            rule: rule.to_string(),
-            prefix: prefix.parse().unwrap(),
-        }
+    fn prefix(text: &str) -> IpPrefix {
+        text.parse().unwrap()
     }
 
     #[test]
     fn an_entry_keeps_its_index_while_either_slot_lists_it() {
         let mut indexes = EntryIndexes::with_capacity(4);
-        let vendor = entry("vendor", "203.0.113.0/24");
-        assert_eq!(indexes.hold(&vendor, 0), Holding::Given(1));
-        assert_eq!(indexes.hold(&vendor, 1), Holding::Kept(1));
-        indexes.release(&vendor, 0);
-        assert_eq!(indexes.hold(&vendor, 0), Holding::Kept(1));
-        indexes.release(&vendor, 0);
-        indexes.release(&vendor, 1);
+        let vendor = prefix("203.0.113.0/24");
+        assert_eq!(indexes.hold("vendor", vendor, 0), Holding::Given(1));
+        assert_eq!(indexes.hold("vendor", vendor, 1), Holding::Kept(1));
+        indexes.release("vendor", vendor, 0);
+        assert_eq!(indexes.hold("vendor", vendor, 0), Holding::Kept(1));
+        indexes.release("vendor", vendor, 0);
+        indexes.release("vendor", vendor, 1);
         // Free now: the next entry gets it, as a new counter.
         assert_eq!(
-            indexes.hold(&entry("office", "198.51.100.0/24"), 0),
+            indexes.hold("office", prefix("198.51.100.0/24"), 0),
             Holding::Given(1)
+        );
+        // The same prefix in another rule is another entry.
+        assert_eq!(
+            indexes.hold("vendor", prefix("198.51.100.0/24"), 0),
+            Holding::Given(2)
         );
     }
 
     #[test]
     fn when_full_entries_count_nowhere_until_indexes_free_up() {
         let mut indexes = EntryIndexes::with_capacity(3);
-        let a = entry("a", "192.0.2.1/32");
-        let b = entry("a", "192.0.2.2/32");
-        let c = entry("a", "192.0.2.3/32");
-        assert_eq!(indexes.hold(&a, 0), Holding::Given(1));
-        assert_eq!(indexes.hold(&b, 0), Holding::Given(2));
-        assert_eq!(indexes.hold(&c, 0), Holding::Full);
-        assert_eq!(indexes.hold(&c, 1), Holding::Full);
-        indexes.release(&a, 0);
-        indexes.release(&c, 0);
-        indexes.release(&c, 1);
-        assert_eq!(indexes.hold(&c, 0), Holding::Given(1));
+        let (a, b, c) = (
+            prefix("192.0.2.1/32"),
+            prefix("192.0.2.2/32"),
+            prefix("192.0.2.3/32"),
+        );
+        assert_eq!(indexes.hold("a", a, 0), Holding::Given(1));
+        assert_eq!(indexes.hold("a", b, 0), Holding::Given(2));
+        assert_eq!(indexes.hold("a", c, 0), Holding::Full);
+        assert_eq!(indexes.hold("a", c, 1), Holding::Full);
+        indexes.release("a", a, 0);
+        indexes.release("a", c, 0);
+        indexes.release("a", c, 1);
+        assert_eq!(indexes.hold("a", c, 0), Holding::Given(1));
         assert_eq!(indexes.end(), 3);
     }
 
     #[test]
     fn adopted_indexes_are_kept_and_the_gaps_are_free() {
         let mut indexes = EntryIndexes::with_capacity(10);
-        indexes.adopt(entry("a", "192.0.2.1/32"), 0, 2);
-        indexes.adopt(entry("a", "192.0.2.1/32"), 1, 2);
-        indexes.adopt(entry("b", "192.0.2.9/32"), 1, 5);
+        indexes.adopt("a", prefix("192.0.2.1/32"), 0, 2);
+        indexes.adopt("a", prefix("192.0.2.1/32"), 1, 2);
+        indexes.adopt("b", prefix("192.0.2.9/32"), 1, 5);
         indexes.free_unheld();
         assert_eq!(
-            indexes.hold(&entry("a", "192.0.2.1/32"), 0),
+            indexes.hold("a", prefix("192.0.2.1/32"), 0),
             Holding::Kept(2)
         );
         let mut given: Vec<u32> = (0..4)
             .map(|n| {
                 indexes
-                    .hold(&entry("c", &format!("198.51.100.{n}/32")), 0)
+                    .hold("c", prefix(&format!("198.51.100.{n}/32")), 0)
                     .index()
             })
             .collect();
         given.sort();
         assert_eq!(given, [1, 3, 4, 6]);
-        let mut listed: Vec<u32> = indexes.listed_in(1).map(|(_, index)| index).collect();
+        let mut listed: Vec<u32> = indexes.listed_in(1).map(|(_, _, index)| index).collect();
         listed.sort();
         assert_eq!(listed, [2, 5]);
+        indexes.release_unlisted(1, |rule, _| rule == "a");
+        let listed: Vec<&str> = indexes.listed_in(1).map(|(rule, _, _)| rule).collect();
+        assert_eq!(listed, ["a"]);
     }
 }

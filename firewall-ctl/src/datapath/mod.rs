@@ -26,7 +26,7 @@ pub mod flows;
 pub mod pins;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -58,7 +58,7 @@ use self::{
 };
 use crate::{
     config::{IpPrefix, XdpModeSetting},
-    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
+    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, key_of, table::Node},
 };
 
 /// The XDP object built by `build.rs`.
@@ -232,6 +232,9 @@ pub struct Datapath {
     entry_indexes: EntryIndexes,
     /// Whether the warning that `ENTRY_STATS` is full was logged.
     uncounted_warned: bool,
+    /// The rules whose listings each slot's entry tries hold
+    /// ([`CompiledPolicy::entry_rules`]); `None` when unknown.
+    slot_entry_rules: [Option<RuleSet>; 2],
 }
 
 /// What one entry admitted, as read back.
@@ -301,6 +304,7 @@ impl Datapath {
             max_flows,
             entry_indexes: EntryIndexes::default(),
             uncounted_warned: false,
+            slot_entry_rules: [None; 2],
         };
         if let Some(old) = resized {
             datapath.carry_flows_from(old)?;
@@ -328,24 +332,38 @@ impl Datapath {
         Ok(ours)
     }
 
-    /// Reads back which index each entry of each slot counts in.
+    /// Reads back which index each entry of each slot counts in: from the
+    /// source trie for the entries of each prefix's first rule (an entry is
+    /// the shortest prefix naming its index), from the entry trie for the
+    /// rest.
     fn adopt_entry_indexes<F: Family>(&mut self) -> Result<(), DatapathError> {
         for slot in 0..2 {
-            let mut adopted = Vec::new();
+            let names = self.ledger.slot_rules[slot].clone();
+            let mut firsts: HashMap<u32, (u8, u128, u32)> = HashMap::new();
+            for (key, value) in trie_elements::<F::Bytes, SourceValue>(self, F::SOURCES[slot])? {
+                let (len, bits) = (key.prefix_len() as u8, F::bits(key.data()));
+                let rule = value.rules.trailing_zeros();
+                let shortest = firsts.entry(value.entry).or_insert((len, bits, rule));
+                if len < shortest.0 {
+                    *shortest = (len, bits, rule);
+                }
+            }
+            let mut adopted: Vec<(u32, PrefixKey, u32)> = firsts
+                .into_iter()
+                .map(|(index, (len, bits, rule))| (rule, (bits, len), index))
+                .collect();
             for (key, index) in trie_elements::<F::EntryBytes, u32>(self, F::ENTRIES[slot])? {
                 let (rule, bits) = F::split_entry(key.data());
-                let Some(rule) = self.ledger.slot_rules[slot].get(rule as usize) else {
-                    continue;
-                };
-                let prefix = F::prefix((bits, (key.prefix_len() - entry_key_len(0)) as u8));
-                let entry = EntryId {
-                    rule: rule.clone(),
-                    prefix,
-                };
-                adopted.push((entry, index));
+                let len = (key.prefix_len() - entry_key_len(0)) as u8;
+                adopted.push((u32::from(rule), (bits, len), index));
             }
-            for (entry, index) in adopted {
-                self.entry_indexes.adopt(entry, slot as u32, index);
+            for (rule, key, index) in adopted {
+                if let Some(name) = names.get(rule as usize)
+                    && index != UNCOUNTED_ENTRY
+                {
+                    self.entry_indexes
+                        .adopt(name, F::prefix(key), slot as u32, index);
+                }
             }
         }
         Ok(())
@@ -546,8 +564,12 @@ impl Datapath {
         self.wait_for_retired_readers();
         let lag = self.idle_lag.take();
         // Entries are named by rule: a slot whose rules had other names or
-        // positions is rewritten whole.
-        let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names;
+        // positions, or whose entry tries hold other rules, is rewritten
+        // whole.
+        let entry_rules = policy.entry_rules();
+        let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names
+            && self.slot_entry_rules[slot as usize] == Some(entry_rules);
+        self.slot_entry_rules[slot as usize] = None;
         let result = match &lag {
             Some(lag) if same_rules => {
                 let mut keys = lag.clone();
@@ -562,6 +584,7 @@ impl Datapath {
         if self.ledger.slot_rules[slot as usize] != policy.rule_names {
             self.give_rules(slot, &policy.rule_names)?;
         }
+        self.slot_entry_rules[slot as usize] = Some(entry_rules);
         self.idle_lag = Some(changed.clone());
         Ok(())
     }
@@ -637,8 +660,9 @@ impl Datapath {
         policy: &CompiledPolicy,
         keys: &PolicyDiff,
     ) -> Result<(), DatapathError> {
-        self.write_family_keys::<V4>(slot, policy, &policy.v4, &keys.v4, &keys.v4_listings)?;
-        self.write_family_keys::<V6>(slot, policy, &policy.v6, &keys.v6, &keys.v6_listings)?;
+        let entry_rules = policy.entry_rules();
+        self.write_family_keys::<V4>(slot, policy, entry_rules, &keys.v4, &keys.v4_listings)?;
+        self.write_family_keys::<V6>(slot, policy, entry_rules, &keys.v6, &keys.v6_listings)?;
         let name = names::PORTS[slot as usize];
         let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
         for key in &keys.ports {
@@ -652,8 +676,9 @@ impl Datapath {
 
     /// Makes `slot`'s maps hold exactly `policy`, whatever they held.
     fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        self.write_family_all::<V4>(slot, policy, &policy.v4)?;
-        self.write_family_all::<V6>(slot, policy, &policy.v6)?;
+        let entry_rules = policy.entry_rules();
+        self.write_family_all::<V4>(slot, policy, entry_rules)?;
+        self.write_family_all::<V6>(slot, policy, entry_rules)?;
         let name = names::PORTS[slot as usize];
         let mut rules: Vec<RuleSet> = vec![0; MAX_PORT_ENTRIES as usize];
         for (key, exposing) in &policy.ports {
@@ -665,38 +690,38 @@ impl Datapath {
         batch::update(map_data(self, name)?, &indexes, &rules).map_err(batch::error(name))
     }
 
-    /// Writes one family of `policy` at `nodes` and `listings` into `slot`.
+    /// Writes one family of `policy` at `nodes` and `listings` into `slot`;
+    /// the entry tries hold the listings of `entry_rules` only.
     fn write_family_keys<F: Family>(
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
-        table: &PrefixTable,
+        entry_rules: RuleSet,
         nodes: &std::collections::BTreeSet<PrefixKey>,
         listings: &std::collections::BTreeSet<Listing>,
     ) -> Result<(), DatapathError> {
+        let table = F::table(policy);
         let mut given = Vec::new();
         let mut entries = Vec::with_capacity(listings.len());
         for &(key, rule) in listings {
             let Some(name) = policy.rule_names.get(rule as usize) else {
                 continue;
             };
-            let entry = EntryId {
-                rule: name.clone(),
-                prefix: F::prefix(key),
-            };
             let index = if table.listings(&key) & (1 << rule) != 0 {
-                Some(self.hold_entry(&entry, slot, &mut given))
+                Some(self.hold_entry(name, F::prefix(key), slot, &mut given))
             } else {
-                self.entry_indexes.release(&entry, slot);
+                self.entry_indexes.release(name, F::prefix(key), slot);
                 None
             };
-            entries.push((F::entry_key(rule, key), index));
+            if entry_rules & (1 << rule) != 0 {
+                entries.push((F::entry_key(rule, key), index));
+            }
         }
         let mut sources = Vec::with_capacity(nodes.len());
         for key in nodes {
             let value = table
                 .node(key)
-                .map(|node| self.source_value::<F>(slot, policy, node, &mut given));
+                .map(|node| self.source_value::<F>(slot, policy, *key, node, &mut given));
             sources.push((F::key(*key), value));
         }
         self.reset_entry_counters(&given)?;
@@ -704,42 +729,40 @@ impl Datapath {
         write_trie(self, F::SOURCES[slot as usize], sources)
     }
 
-    /// Makes `slot` hold exactly one family of `policy`.
+    /// Makes `slot` hold exactly one family of `policy`; the entry tries
+    /// hold the listings of `entry_rules` only.
     fn write_family_all<F: Family>(
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
-        table: &PrefixTable,
+        entry_rules: RuleSet,
     ) -> Result<(), DatapathError> {
-        let mut wanted = std::collections::HashSet::new();
+        let table = F::table(policy);
         let mut entries = Vec::new();
         let mut given = Vec::new();
         for (key, rules) in table.all_listings() {
             for rule in crate::policy::rule_indexes(rules) {
-                let entry = EntryId {
-                    rule: policy.rule_names[rule as usize].clone(),
-                    prefix: F::prefix(key),
-                };
-                let index = self.hold_entry(&entry, slot, &mut given);
-                entries.push((F::entry_key(rule, key), index));
-                wanted.insert(entry);
+                let name = &policy.rule_names[rule as usize];
+                let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
+                if entry_rules & (1 << rule) != 0 {
+                    entries.push((F::entry_key(rule, key), index));
+                }
             }
         }
-        let unlisted: Vec<EntryId> = self
-            .entry_indexes
-            .listed_in(slot)
-            .filter(|(entry, _)| entry.prefix.is_v4() == F::V4 && !wanted.contains(*entry))
-            .map(|(entry, _)| entry.clone())
-            .collect();
-        for entry in &unlisted {
-            self.entry_indexes.release(entry, slot);
-        }
+        self.entry_indexes.release_unlisted(slot, |name, prefix| {
+            prefix.is_v4() != F::V4
+                || policy
+                    .rule_names
+                    .iter()
+                    .position(|rule| rule == name)
+                    .is_some_and(|rule| table.listings(&key_of(prefix)) & (1 << rule) != 0)
+        });
         let sources = table
             .nodes()
             .map(|(key, node)| {
                 (
                     F::key(key),
-                    self.source_value::<F>(slot, policy, node, &mut given),
+                    self.source_value::<F>(slot, policy, key, node, &mut given),
                 )
             })
             .collect();
@@ -754,30 +777,28 @@ impl Datapath {
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
+        key: PrefixKey,
         node: Node,
         given: &mut Vec<u32>,
     ) -> SourceValue {
-        let rule = node.rules.trailing_zeros() as usize;
-        let entry = EntryId {
-            rule: policy.rule_names[rule].clone(),
-            prefix: F::prefix(node.first),
-        };
+        let rule = &policy.rule_names[node.rules.trailing_zeros() as usize];
+        let first = F::table(policy).first_entry(key, node);
         SourceValue {
             rules: node.rules,
-            entry: self.hold_entry(&entry, slot, given),
+            entry: self.hold_entry(rule, F::prefix(first), slot, given),
             pad: 0,
         }
     }
 
-    /// The counter index of `entry` in `slot`; newly given ones are added to
-    /// `given`.
-    fn hold_entry(&mut self, entry: &EntryId, slot: u32, given: &mut Vec<u32>) -> u32 {
-        let holding = self.entry_indexes.hold(entry, slot);
+    /// The counter index of `rule`'s `prefix` in `slot`; newly given ones
+    /// are added to `given`.
+    fn hold_entry(&mut self, rule: &str, prefix: IpPrefix, slot: u32, given: &mut Vec<u32>) -> u32 {
+        let holding = self.entry_indexes.hold(rule, prefix, slot);
         match holding {
             Holding::Given(index) => given.push(index),
             Holding::Full if !self.uncounted_warned => {
                 self.uncounted_warned = true;
-                warn!(rule = entry.rule, prefix = %entry.prefix, capacity = firewall_common::limits::MAX_ENTRY_COUNTERS - 1, "per-entry counters are full: this entry and later ones are not counted per entry (rule counters still count them)");
+                warn!(rule, %prefix, capacity = firewall_common::limits::MAX_ENTRY_COUNTERS - 1, "per-entry counters are full: this entry and later ones are not counted per entry (rule counters still count them)");
             }
             _ => {}
         }
@@ -793,6 +814,14 @@ impl Datapath {
             listed_at: crate::system::monotonic_ns(),
             ..EntryCounter::default()
         };
+        let map = map_data(self, names::ENTRY_STATS)?;
+        match batch::update(map, indexes, &vec![fresh; indexes.len()]) {
+            Ok(()) => return Ok(()),
+            Err(err) if !batch::unsupported(&err) => {
+                return Err(batch::error(names::ENTRY_STATS)(err));
+            }
+            Err(_) => {}
+        }
         let mut stats: Array<&mut MapData, EntryCounter> = self.map_mut(names::ENTRY_STATS)?;
         for index in indexes {
             stats
@@ -815,8 +844,11 @@ impl Datapath {
         Ok(self
             .entry_indexes
             .listed_in(self.active.slot())
-            .map(|(entry, index)| EntryUsage {
-                entry: entry.clone(),
+            .map(|(rule, prefix, index)| EntryUsage {
+                entry: EntryId {
+                    rule: rule.to_string(),
+                    prefix,
+                },
                 counter: (index != UNCOUNTED_ENTRY)
                     .then(|| counters.get(index as usize).map(|(_, counter)| *counter))
                     .flatten(),
@@ -912,7 +944,11 @@ trait Family {
     /// Rule byte and address bytes of an entry trie key.
     type EntryBytes: aya::Pod + Eq + std::hash::Hash;
     fn bytes(bits: u128) -> Self::Bytes;
+    /// The network bits of source trie key bytes.
+    fn bits(bytes: Self::Bytes) -> u128;
     fn entry_bytes(rule: u32, bits: u128) -> Self::EntryBytes;
+    /// This family's table of `policy`.
+    fn table(policy: &CompiledPolicy) -> &PrefixTable;
     /// The rule and network bits of an entry trie key.
     fn split_entry(bytes: Self::EntryBytes) -> (u8, u128);
     fn prefix(key: PrefixKey) -> IpPrefix;
@@ -938,6 +974,14 @@ impl Family for V4 {
 
     fn bytes(bits: u128) -> [u8; 4] {
         (bits as u32).to_be_bytes()
+    }
+
+    fn bits(bytes: [u8; 4]) -> u128 {
+        u32::from_be_bytes(bytes) as u128
+    }
+
+    fn table(policy: &CompiledPolicy) -> &PrefixTable {
+        &policy.v4
     }
 
     fn entry_bytes(rule: u32, bits: u128) -> [u8; 5] {
@@ -967,6 +1011,14 @@ impl Family for V6 {
 
     fn bytes(bits: u128) -> [u8; 16] {
         bits.to_be_bytes()
+    }
+
+    fn bits(bytes: [u8; 16]) -> u128 {
+        u128::from_be_bytes(bytes)
+    }
+
+    fn table(policy: &CompiledPolicy) -> &PrefixTable {
+        &policy.v6
     }
 
     fn entry_bytes(rule: u32, bits: u128) -> [u8; 17] {

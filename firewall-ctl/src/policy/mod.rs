@@ -247,6 +247,20 @@ fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
 }
 
 impl CompiledPolicy {
+    /// The rules the data plane may need to find an entry of with a second
+    /// lookup (the entry tries): those that some prefix lists after another
+    /// rule, so that its longest match names another rule first. Usually
+    /// none: with rules that do not overlap, the source trie alone credits
+    /// every entry.
+    pub fn entry_rules(&self) -> RuleSet {
+        self.v4
+            .nodes()
+            .chain(self.v6.nodes())
+            .fold(0, |rules, (_, node)| {
+                rules | (node.rules & (node.rules - 1))
+            })
+    }
+
     /// Fails if adding `prefixes` would exceed a family's capacity.
     pub fn check_room_for(&self, prefixes: &[IpPrefix]) -> Result<(), PolicyError> {
         for (family, table) in [(4, &self.v4), (6, &self.v6)] {

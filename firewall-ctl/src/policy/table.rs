@@ -24,9 +24,10 @@ pub type PrefixKey = (u128, u8);
 pub struct Node {
     /// Own rules plus those of every enclosing prefix.
     pub rules: RuleSet,
-    /// The prefix of the entry the first of `rules` (lowest bit) credits:
-    /// that rule's most specific listed prefix containing this one.
-    pub first: PrefixKey,
+    /// The length of the entry the first of `rules` (lowest bit) credits:
+    /// that rule's most specific listed prefix containing this one, so this
+    /// prefix cut to that length ([`PrefixTable::first_entry`]).
+    pub first_len: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,11 +65,11 @@ fn pop_to_parent(
 fn node_of(key: PrefixKey, own: RuleSet, parent: Option<Node>) -> Node {
     let rules = own | parent.map_or(0, |parent| parent.rules);
     let first_rule = rules & rules.wrapping_neg();
-    let first = match parent {
-        Some(parent) if own & first_rule == 0 => parent.first,
-        _ => key,
+    let first_len = match parent {
+        Some(parent) if own & first_rule == 0 => parent.first_len,
+        _ => key.1,
     };
-    Node { rules, first }
+    Node { rules, first_len }
 }
 
 impl PrefixTable {
@@ -114,6 +115,14 @@ impl PrefixTable {
 
     pub fn node(&self, key: &PrefixKey) -> Option<Node> {
         self.effective.get(key).copied()
+    }
+
+    /// The prefix of the entry `node` (at `key`) credits for its first rule.
+    pub fn first_entry(&self, key: PrefixKey, node: Node) -> PrefixKey {
+        (
+            network_bits(key.0, node.first_len, self.width),
+            node.first_len,
+        )
     }
 
     /// Rules that list exactly `key`.

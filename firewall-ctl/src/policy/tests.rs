@@ -91,12 +91,13 @@ impl Attributed<'_> {
 impl Policy for Attributed<'_> {
     fn source_entry(&self, source: &Source) -> SourceValue {
         let (table, bits, v4) = self.table_and_bits(source);
-        let Some((_, node)) = table.longest_node(bits) else {
+        let Some((key, node)) = table.longest_node(bits) else {
             return SourceValue::default();
         };
+        let first = table.first_entry(key, node);
         SourceValue {
             rules: node.rules,
-            entry: self.reference_entry(node.rules.trailing_zeros(), Some(node.first), v4),
+            entry: self.reference_entry(node.rules.trailing_zeros(), Some(first), v4),
             pad: 0,
         }
     }
@@ -406,4 +407,22 @@ fn room_is_checked_before_anything_is_added() {
             .check_room_for(&["203.0.113.0/24".parse().unwrap()])
             .is_ok()
     );
+}
+
+#[test]
+fn entry_tries_hold_only_rules_another_rule_comes_before() {
+    let disjoint = compile(&config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", \"203.0.113.0/28\"]\n\
+         [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"198.51.100.0/24\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(disjoint.entry_rules(), 0);
+    // b's /26 lies in a's /24: a comes first there, so b needs its entries
+    // found by a second lookup; a never does.
+    let nested = compile(&config(
+        "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n\
+         [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"203.0.113.64/26\", \"198.51.100.0/24\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(nested.entry_rules(), 0b10);
 }
