@@ -6,7 +6,7 @@
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::Path,
 };
 
@@ -73,11 +73,11 @@ pub fn program_of_link(pin: &Path) -> io::Result<OwnedFd> {
 
 /// Runs `program` on `frame` `repeat` times; the mean nanoseconds per run
 /// and the program's return value (`XDP_DROP` 1, `XDP_PASS` 2).
-pub fn test_run(program: &OwnedFd, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
+pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
     // `union bpf_attr` for BPF_PROG_TEST_RUN: prog_fd, retval,
     // data_size_in, data_size_out, data_in, data_out, repeat, duration, ...
     let mut attr = [0u64; 10];
-    attr[0] = u64::from(program.as_raw_fd() as u32);
+    attr[0] = u64::from(program.as_fd().as_raw_fd() as u32);
     attr[1] = frame.len() as u64;
     attr[2] = frame.as_ptr() as u64;
     attr[4] = u64::from(repeat);

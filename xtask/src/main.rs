@@ -4,6 +4,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod reference;
 mod setup;
 mod test;
 
@@ -30,8 +31,8 @@ enum Task {
     },
     /// Run the firewall in a throwaway lab of network namespaces and show what it does (root).
     Demo,
-    /// Measure how long `firewall-ctl allow` and `remove` take at 10 and 250k prefixes per family (root).
-    Bench,
+    /// Measure the data plane per packet against a minimal XDP LPM allowlist, and the control plane (start, reloads, allow, memory), at 10 to 250k prefixes per family (root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|_| ()),
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
-        Task::Bench => bench::run(),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,106 @@
+//! Reference programs for `cargo xtask bench`, never loaded by the daemon:
+//! what the firewall is measured against.
+//!
+//! `minimal_lpm` is the least an XDP allowlist can do: Ethernet, the fixed
+//! IPv4 or IPv6 header, the destination port, one port array lookup and
+//! one LPM lookup of the source. No VLANs, options, extension headers,
+//! fragments, ICMP, counters or flow tracking. `drop_all` drops every
+//! packet: the floor of any XDP program.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, lpm_trie::Key},
+    programs::XdpContext,
+};
+
+/// Allowed sources, IPv4 and IPv6: any value means allowed.
+#[map]
+static BENCH_SOURCES_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(262_144, 1);
+#[map]
+static BENCH_SOURCES_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(262_144, 1);
+/// Exposed ports: TCP 0-65535 then UDP; non-zero means exposed.
+#[map]
+static BENCH_PORTS: Array<u8> = Array::with_max_entries(2 * 65_536, 0);
+
+const ETH_HEADER: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// `N` bytes at `at`, if the frame has them.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, at: usize) -> Option<[u8; N]> {
+    let start = ctx.data() + at;
+    if start + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: bounds checked just above against the frame's end.
+    Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+}
+
+/// Whether the port (at `l4 + 2`) of protocol `protocol` is exposed.
+#[inline(always)]
+fn port_exposed(ctx: &XdpContext, protocol: u8, l4: usize) -> Option<bool> {
+    let base = match protocol {
+        TCP => 0,
+        UDP => 65_536,
+        _ => return Some(false),
+    };
+    let port = u16::from_be_bytes(bytes::<2>(ctx, l4 + 2)?);
+    Some(
+        BENCH_PORTS
+            .get(base + u32::from(port))
+            .is_some_and(|exposed| *exposed != 0),
+    )
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext) -> Option<u32> {
+    let ethertype = u16::from_be_bytes(bytes::<2>(ctx, 12)?);
+    let allowed = match ethertype {
+        ETH_P_IP => {
+            let header = bytes::<20>(ctx, ETH_HEADER)?;
+            let l4 = ETH_HEADER + usize::from(header[0] & 0x0f) * 4;
+            if !port_exposed(ctx, header[9], l4)? {
+                return Some(XDP_DROP);
+            }
+            let source = [header[12], header[13], header[14], header[15]];
+            BENCH_SOURCES_V4.get(&Key::new(32, source)).is_some()
+        }
+        ETH_P_IPV6 => {
+            let next = bytes::<1>(ctx, ETH_HEADER + 6)?[0];
+            if !port_exposed(ctx, next, ETH_HEADER + 40)? {
+                return Some(XDP_DROP);
+            }
+            let source = bytes::<16>(ctx, ETH_HEADER + 8)?;
+            BENCH_SOURCES_V6.get(&Key::new(128, source)).is_some()
+        }
+        _ => return Some(XDP_PASS),
+    };
+    Some(if allowed { XDP_PASS } else { XDP_DROP })
+}
+
+#[xdp]
+pub fn minimal_lpm(ctx: XdpContext) -> u32 {
+    decide(&ctx).unwrap_or(XDP_DROP)
+}
+
+#[xdp]
+pub fn drop_all(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects programs that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
