@@ -69,7 +69,7 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
                 return Some(XDP_DROP);
             }
             let source = [header[12], header[13], header[14], header[15]];
-            BENCH_SOURCES_V4.get(&Key::new(32, source)).is_some()
+            BENCH_SOURCES_V4.get(Key::new(32, source)).is_some()
         }
         ETH_P_IPV6 => {
             let next = bytes::<1>(ctx, ETH_HEADER + 6)?[0];
@@ -77,7 +77,7 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
                 return Some(XDP_DROP);
             }
             let source = bytes::<16>(ctx, ETH_HEADER + 8)?;
-            BENCH_SOURCES_V6.get(&Key::new(128, source)).is_some()
+            BENCH_SOURCES_V6.get(Key::new(128, source)).is_some()
         }
         _ => return Some(XDP_PASS),
     };
