@@ -268,6 +268,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         next_flow_sweep: SystemTime::now() + writer::FLOW_SWEEP_INTERVAL,
         // First fetches get a minute before a feed without data counts.
         next_staleness_check: SystemTime::now() + std::time::Duration::from_secs(60),
+        catch_up_at: None,
         warned_stale: Default::default(),
     };
     let first_status = Arc::new(writer.snapshot());

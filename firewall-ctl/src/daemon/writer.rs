@@ -48,6 +48,9 @@ const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 pub const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything the writer owns.
+/// How long changes must pause before the idle slot catches up.
+const CATCH_UP_DELAY: Duration = Duration::from_millis(300);
+
 pub struct Writer {
     pub config_path: PathBuf,
     pub overrides: super::Overrides,
@@ -86,6 +89,11 @@ pub struct Writer {
     pub next_flow_sweep: SystemTime,
     /// When feeds' ages are checked against their `max_age` next.
     pub next_staleness_check: SystemTime,
+    /// When the idle policy slot is brought up to date with the live one,
+    /// if a change left it behind: once changes pause, so a burst of
+    /// `allow`s is not slowed, and the next change writes only its own
+    /// keys.
+    pub catch_up_at: Option<SystemTime>,
     /// Feeds found stale (and warned about) at the last check.
     pub warned_stale: BTreeSet<String>,
 }
@@ -194,14 +202,8 @@ impl Writer {
     /// Serves jobs until the daemon drops the sending side; expires
     /// entries on time in between.
     pub fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        if self.datapath.idle_needs_full_write() {
-            // So the first change writes only its diff.
-            if let Err(err) = self.datapath.prepare_idle(&self.policy) {
-                warn!(error = %err, "writing the idle policy slot failed; the first change will rewrite it whole");
-            }
-            self.save_ledger_if_changed();
-        }
-        crate::system::return_free_memory();
+        // So the first change writes only its diff.
+        self.catch_up_idle_slot();
         loop {
             let wake = [
                 entries::next_expiry(&self.runtime).map(|at| at.0),
@@ -209,6 +211,7 @@ impl Writer {
                 self.pending.as_ref().map(|pending| pending.rollback_at.0),
                 self.config.track_outbound.then_some(self.next_flow_sweep),
                 (!self.config.feeds.is_empty()).then_some(self.next_staleness_check),
+                self.catch_up_at,
             ]
             .into_iter()
             .flatten()
@@ -217,9 +220,21 @@ impl Writer {
                 at.duration_since(SystemTime::now()).unwrap_or_default()
             });
             match jobs.recv_timeout(timeout) {
-                Ok(job) => self.handle(job),
+                Ok(job) => {
+                    self.handle(job);
+                    self.catch_up_at = self
+                        .datapath
+                        .idle_lags()
+                        .then(|| SystemTime::now() + CATCH_UP_DELAY);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if self
+                .catch_up_at
+                .is_some_and(|at| at <= SystemTime::now())
+            {
+                self.catch_up_idle_slot();
             }
             self.expire_due();
             self.roll_back_if_due();
@@ -231,6 +246,20 @@ impl Writer {
                 self.warn_about_stale_feeds();
             }
         }
+    }
+
+    /// Writes the live policy into the idle slot where it differs, and
+    /// gives back the memory the last change needed.
+    fn catch_up_idle_slot(&mut self) {
+        self.catch_up_at = None;
+        if !self.datapath.idle_lags() {
+            return;
+        }
+        if let Err(err) = self.datapath.prepare_idle(&self.policy) {
+            warn!(error = %err, "bringing the idle policy slot up to date failed; the next change will rewrite it whole");
+        }
+        self.save_ledger_if_changed();
+        crate::system::return_free_memory();
     }
 
     /// Deletes timed-out flows and publishes the table's counts; warns

@@ -608,10 +608,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Whether the idle slot must be written whole before the next change
-    /// can be a diff. [`Datapath::prepare_idle`] does that ahead of time.
-    pub fn idle_needs_full_write(&self) -> bool {
-        self.idle_lag.is_none()
+    /// Whether the idle slot differs from the live policy (or may):
+    /// [`Datapath::prepare_idle`] brings it up to date ahead of the next
+    /// change.
+    pub fn idle_lags(&self) -> bool {
+        self.idle_lag.as_ref().is_none_or(|lag| lag.len() > 0)
     }
 
     /// Writes the live `policy` into the idle slot too, so the next change
