@@ -230,10 +230,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            if self
-                .catch_up_at
-                .is_some_and(|at| at <= SystemTime::now())
-            {
+            if self.catch_up_at.is_some_and(|at| at <= SystemTime::now()) {
                 self.catch_up_idle_slot();
             }
             self.expire_due();

@@ -253,12 +253,7 @@ impl CompiledPolicy {
     /// none: with rules that do not overlap, the source trie alone credits
     /// every entry.
     pub fn entry_rules(&self) -> RuleSet {
-        self.v4
-            .nodes()
-            .chain(self.v6.nodes())
-            .fold(0, |rules, (_, node)| {
-                rules | (node.rules & (node.rules - 1))
-            })
+        self.v4.later_rules() | self.v6.later_rules()
     }
 
     /// Fails if adding `prefixes` would exceed a family's capacity.

@@ -38,6 +38,9 @@ pub struct PrefixTable {
     own: BTreeMap<PrefixKey, RuleSet>,
     /// What the trie holds.
     effective: BTreeMap<PrefixKey, Node>,
+    /// Per rule (bit), the nodes holding it after another rule: kept with
+    /// every change so [`PrefixTable::later_rules`] costs no walk.
+    later: [u32; RuleSet::BITS as usize],
 }
 
 /// Whether `outer` contains `inner`.
@@ -61,6 +64,16 @@ fn pop_to_parent(
     None
 }
 
+/// Adds `by` (1 or -1) to the count of each rule `node` holds after another.
+fn count_later(later: &mut [u32; RuleSet::BITS as usize], node: Node, by: i32) {
+    let mut rules = node.rules & (node.rules - 1);
+    while rules != 0 {
+        let rule = rules.trailing_zeros() as usize;
+        later[rule] = later[rule].wrapping_add_signed(by);
+        rules &= rules - 1;
+    }
+}
+
 /// The node of `key`, listed by `own` rules, under `parent`.
 fn node_of(key: PrefixKey, own: RuleSet, parent: Option<Node>) -> Node {
     let rules = own | parent.map_or(0, |parent| parent.rules);
@@ -79,17 +92,29 @@ impl PrefixTable {
         // before anything outside it: one pass with a stack of the current
         // ancestor chain visits each prefix once.
         let mut effective = BTreeMap::new();
+        let mut later = [0; RuleSet::BITS as usize];
         let mut ancestors: Vec<(PrefixKey, Node)> = Vec::new();
         for (&key, &rules) in &own {
             let node = node_of(key, rules, pop_to_parent(&mut ancestors, key, width));
             ancestors.push((key, node));
             effective.insert(key, node);
+            count_later(&mut later, node, 1);
         }
         Self {
             width,
             own,
             effective,
+            later,
         }
+    }
+
+    /// The rules some node holds after another rule (not as its first).
+    pub fn later_rules(&self) -> RuleSet {
+        self.later
+            .iter()
+            .enumerate()
+            .filter(|(_, nodes)| **nodes > 0)
+            .fold(0, |rules, (rule, _)| rules | 1 << rule)
     }
 
     /// Number of trie entries.
@@ -178,7 +203,8 @@ impl PrefixTable {
         let own = if listed { own | bit } else { own & !bit };
         if own == 0 {
             self.own.remove(&key);
-            if self.effective.remove(&key).is_some() {
+            if let Some(old) = self.effective.remove(&key) {
+                count_later(&mut self.later, old, -1);
                 changed.insert(key);
             }
         } else {
@@ -192,7 +218,12 @@ impl PrefixTable {
             let parent = pop_to_parent(&mut ancestors, inner, self.width).or(base);
             let node = node_of(inner, rules, parent);
             ancestors.push((inner, node));
-            if self.effective.insert(inner, node) != Some(node) {
+            let old = self.effective.insert(inner, node);
+            if old != Some(node) {
+                if let Some(old) = old {
+                    count_later(&mut self.later, old, -1);
+                }
+                count_later(&mut self.later, node, 1);
                 changed.insert(inner);
             }
         }
