@@ -100,10 +100,9 @@ impl PolicyDiff {
 
 /// Listings in one table and not the other.
 fn differing_listings(old: &PrefixTable, new: &PrefixTable) -> BTreeSet<Listing> {
-    differing_keys(old.all_listings(), new.all_listings())
-        .into_iter()
-        .flat_map(|key| {
-            let flipped = old.listings(&key) ^ new.listings(&key);
+    differing(old.all_listings(), new.all_listings())
+        .flat_map(|(key, old, new)| {
+            let flipped = old.unwrap_or(0) ^ new.unwrap_or(0);
             rule_indexes(flipped).map(move |rule| (key, rule))
         })
         .collect()
@@ -120,36 +119,48 @@ fn differing_keys<K: Ord + Copy, V: PartialEq + Copy>(
     old: impl Iterator<Item = (K, V)>,
     new: impl Iterator<Item = (K, V)>,
 ) -> BTreeSet<K> {
-    let mut changed = BTreeSet::new();
+    // In key order: the set is built in bulk, not one insertion per key.
+    differing(old, new).map(|(key, _, _)| key).collect()
+}
+
+/// The keys whose values differ between two maps given as sorted
+/// iterators, with the old and new value (`None`: absent), in key order:
+/// one merge pass, linear in their sizes.
+fn differing<K: Ord + Copy, V: PartialEq + Copy>(
+    old: impl Iterator<Item = (K, V)>,
+    new: impl Iterator<Item = (K, V)>,
+) -> impl Iterator<Item = (K, Option<V>, Option<V>)> {
     let (mut old, mut new) = (old.peekable(), new.peekable());
-    loop {
-        match (old.peek().copied(), new.peek().copied()) {
-            (None, None) => return changed,
-            (Some((key, _)), None) => {
-                changed.insert(key);
-                old.next();
-            }
-            (None, Some((key, _))) => {
-                changed.insert(key);
-                new.next();
-            }
-            (Some((old_key, old_rules)), Some((new_key, new_rules))) => {
-                if old_key < new_key {
-                    changed.insert(old_key);
+    std::iter::from_fn(move || {
+        loop {
+            match (old.peek().copied(), new.peek().copied()) {
+                (None, None) => return None,
+                (Some((key, value)), None) => {
                     old.next();
-                } else if new_key < old_key {
-                    changed.insert(new_key);
+                    return Some((key, Some(value), None));
+                }
+                (None, Some((key, value))) => {
                     new.next();
-                } else {
-                    if old_rules != new_rules {
-                        changed.insert(old_key);
+                    return Some((key, None, Some(value)));
+                }
+                (Some((old_key, old_value)), Some((new_key, new_value))) => {
+                    if old_key < new_key {
+                        old.next();
+                        return Some((old_key, Some(old_value), None));
+                    }
+                    if new_key < old_key {
+                        new.next();
+                        return Some((new_key, None, Some(new_value)));
                     }
                     old.next();
                     new.next();
+                    if old_value != new_value {
+                        return Some((old_key, Some(old_value), Some(new_value)));
+                    }
                 }
             }
         }
-    }
+    })
 }
 
 /// The trie key of a prefix.
