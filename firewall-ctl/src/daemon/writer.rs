@@ -47,10 +47,10 @@ const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 /// How often timed-out flows are deleted and the flow table counted.
 pub const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Everything the writer owns.
-/// How long changes must pause before the idle slot catches up.
+/// How long after a change the idle slot catches up with the live one.
 const CATCH_UP_DELAY: Duration = Duration::from_millis(300);
 
+/// Everything the writer owns.
 pub struct Writer {
     pub config_path: PathBuf,
     pub overrides: super::Overrides,
@@ -90,9 +90,9 @@ pub struct Writer {
     /// When feeds' ages are checked against their `max_age` next.
     pub next_staleness_check: SystemTime,
     /// When the idle policy slot is brought up to date with the live one,
-    /// if a change left it behind: once changes pause, so a burst of
-    /// `allow`s is not slowed, and the next change writes only its own
-    /// keys.
+    /// if a change left it behind: a moment after the change, so a burst
+    /// of `allow`s is not slowed at each step, and the next change writes
+    /// only its own keys.
     pub catch_up_at: Option<SystemTime>,
     /// Feeds found stale (and warned about) at the last check.
     pub warned_stale: BTreeSet<String>,
@@ -222,10 +222,14 @@ impl Writer {
             match jobs.recv_timeout(timeout) {
                 Ok(job) => {
                     self.handle(job);
-                    self.catch_up_at = self
-                        .datapath
-                        .idle_lags()
-                        .then(|| SystemTime::now() + CATCH_UP_DELAY);
+                    // Not postponed by later jobs: frequent reads (metrics
+                    // scrapes) must not keep the idle slot behind.
+                    self.catch_up_at = match self.catch_up_at {
+                        None if self.datapath.idle_lags() => {
+                            Some(SystemTime::now() + CATCH_UP_DELAY)
+                        }
+                        scheduled => scheduled,
+                    };
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
