@@ -291,12 +291,9 @@ async fn handle(stream: UnixStream, shared: &Shared) {
         }
     };
     let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader.take(api::MAX_REQUEST_BYTES));
     let mut line = String::new();
-    let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        BufReader::new(reader.take(api::MAX_REQUEST_BYTES)).read_line(&mut line),
-    )
-    .await;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let response = match read {
         Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= api::MAX_REQUEST_BYTES => {
             Response::Error(format!(
@@ -313,7 +310,7 @@ async fn handle(stream: UnixStream, shared: &Shared) {
                 )
                 .is_ok() =>
             {
-                return follow_blocked(writer, shared).await;
+                return follow_blocked(reader, writer, shared).await;
             }
             Ok(command) => answer(command, peer, shared).await,
             Err(message) => Response::Error(escape_controls(&message)),
@@ -381,11 +378,25 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
 }
 
 /// Streams each newly sampled blocked source to `writer`, one response
-/// line each, until the client goes away.
-async fn follow_blocked(mut writer: tokio::net::unix::OwnedWriteHalf, shared: &Shared) {
+/// line each, until the client goes away: it closes its side (seen on
+/// `reader` at once, even while nothing is blocked) or stops reading.
+async fn follow_blocked(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    shared: &Shared,
+) {
     let mut sources = shared.blocked.subscribe();
+    let mut ignored = [0u8; 64];
     loop {
-        let response = match sources.recv().await {
+        let received = tokio::select! {
+            received = sources.recv() => received,
+            read = reader.read(&mut ignored) => match read {
+                // The client closed or failed; anything else it sends is ignored.
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        let response = match received {
             Ok(source) => Response::BlockedSource(source),
             // A slow reader missed some: go on with the next.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
