@@ -134,9 +134,10 @@ pub struct AuditEntry {
     pub stale: bool,
 }
 
-/// Flags the entries of `report` that were never hit, or not within `stale`.
+/// Flags the entries of `report` that were never hit, or not within `stale`
+/// (a window reaching before the Unix epoch flags only never-hit entries).
 pub fn audit_report(report: EntriesReport, stale: Option<Duration>) -> AuditReport {
-    let cutoff = stale.map(|window| report.generated_at.0 - window);
+    let cutoff = stale.and_then(|window| report.generated_at.0.checked_sub(window));
     let entries: Vec<AuditEntry> = report
         .entries
         .into_iter()

@@ -83,14 +83,7 @@ impl BlockedView {
         let mut table = self.table.lock().expect("not poisoned");
         table.samples += 1;
         if !table.rows.contains_key(&key) && table.rows.len() >= MAX_ROWS {
-            let oldest = table
-                .rows
-                .iter()
-                .min_by_key(|(_, row)| row.last_seen)
-                .map(|(key, _)| *key);
-            if let Some(oldest) = oldest {
-                table.rows.remove(&oldest);
-            }
+            table.evict_oldest();
         }
         let row = table.rows.entry(key).or_insert(Row {
             samples: 0,
@@ -136,6 +129,21 @@ impl BlockedView {
 }
 
 impl Table {
+    /// Drops the least recently seen tenth of the rows: one scan per
+    /// thousand new rows, so a flood of new sources costs little.
+    fn evict_oldest(&mut self) {
+        let mut by_age: Vec<(SystemTime, RowKey)> = self
+            .rows
+            .iter()
+            .map(|(key, row)| (row.last_seen, *key))
+            .collect();
+        let cut = (by_age.len() / 10).max(1);
+        by_age.select_nth_unstable(cut - 1);
+        for (_, key) in &by_age[..cut] {
+            self.rows.remove(key);
+        }
+    }
+
     fn describe(&mut self, key: RowKey, row: Row) -> BlockedSource {
         let (source, protocol_number, port, reason, ifindex) = key;
         BlockedSource {
@@ -308,5 +316,22 @@ mod tests {
         assert_eq!(report.top[1].source, Some("192.0.2.9".parse().unwrap()));
         assert_eq!(report.recent[0].source, report.top[0].source);
         assert_eq!(follower.try_recv().unwrap().samples, 1);
+    }
+
+    #[test]
+    fn a_full_table_drops_its_least_recently_seen_tenth() {
+        let view = BlockedView::default();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        for n in 0..MAX_ROWS as u32 + 1 {
+            let [a, b, c, d] = (0xc633_0000 + n).to_be_bytes();
+            view.record(
+                &sample([a, b, c, d], 443, Reason::NotAllowlisted),
+                start + Duration::from_millis(u64::from(n)),
+            );
+        }
+        let table = view.table.lock().unwrap();
+        assert_eq!(table.rows.len(), MAX_ROWS - MAX_ROWS / 10 + 1);
+        let oldest = table.rows.values().map(|row| row.last_seen).min().unwrap();
+        assert_eq!(oldest, start + Duration::from_millis(MAX_ROWS as u64 / 10));
     }
 }

@@ -313,6 +313,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         interfaces,
         refresh_feeds,
         blocked,
+        followers: Arc::new(tokio::sync::Semaphore::new(server::MAX_FOLLOWERS)),
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

@@ -38,6 +38,9 @@ use crate::{
 /// closed at once. Far below the daemon's file limit, far above what
 /// operators and scripts need.
 pub const MAX_CONNECTIONS: usize = 128;
+/// `blocked --follow` streams at once: each holds a connection for as long
+/// as it runs, and readers must not be able to take them all.
+pub const MAX_FOLLOWERS: usize = 8;
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to read its answer.
@@ -210,6 +213,8 @@ pub struct Shared {
     pub refresh_feeds: tokio::sync::mpsc::Sender<crate::feeds::schedule::RefreshRequest>,
     /// Drop samples, for `blocked`.
     pub blocked: Arc<super::blocked::BlockedView>,
+    /// Permits of `blocked --follow` streams ([`MAX_FOLLOWERS`]).
+    pub followers: Arc<Semaphore>,
     pub started: Instant,
 }
 
@@ -310,7 +315,12 @@ async fn handle(stream: UnixStream, shared: &Shared) {
                 )
                 .is_ok() =>
             {
-                return follow_blocked(reader, writer, shared).await;
+                match shared.followers.clone().try_acquire_owned() {
+                    Ok(_permit) => return follow_blocked(reader, writer, shared).await,
+                    Err(_) => Response::Error(format!(
+                        "{MAX_FOLLOWERS} `blocked --follow` streams are running already; stop one, or use `firewall-ctl blocked`"
+                    )),
+                }
             }
             Ok(command) => answer(command, peer, shared).await,
             Err(message) => Response::Error(escape_controls(&message)),

@@ -751,6 +751,10 @@ impl Writer {
             self.apply_edits(undo, &mut PolicyDiff::default());
             return Err(guard::cut_message(&self.config, &session));
         }
+        if let Err(err) = self.policy.check_entry_tries() {
+            self.apply_edits(undo, &mut PolicyDiff::default());
+            return Err(format!("{err}; nothing was changed"));
+        }
         let enforce_change = diff.len() > 0;
         let mut staged = if enforce_change {
             self.datapath

@@ -613,6 +613,7 @@ impl Datapath {
     /// change.
     pub fn idle_lags(&self) -> bool {
         self.idle_lag.as_ref().is_none_or(|lag| lag.len() > 0)
+            || self.slot_entry_rules[self.idle_slot() as usize].is_none()
     }
 
     /// Writes the live `policy` into the idle slot too, so the next change

@@ -44,6 +44,10 @@ pub enum PolicyError {
     )]
     TooManyPrefixes { family: u8, count: usize, max: u32 },
     #[error(
+        "overlapping rules need {count} IPv{family} entries in the data plane's entry trie (one per prefix listed by a rule that another rule's prefix covers or equals), and it holds at most {max}: let fewer rules list the same large feed or prefixes, or merge those rules"
+    )]
+    TooManyOverlaps { family: u8, count: usize, max: u32 },
+    #[error(
         "runtime entries (added with `firewall-ctl allow`) no longer fit the config: {}; put the rules back as they were, or remove the entries first with `firewall-ctl remove PREFIX --rule NAME` and then change the config",
         misfits.join("; ")
     )]
@@ -237,13 +241,15 @@ pub fn compile_with(
     }
     // Cannot fail: there are only 2 x 65535 TCP and UDP ports.
     debug_assert!(ports.len() <= MAX_PORT_ENTRIES as usize);
-    Ok(CompiledPolicy {
+    let policy = CompiledPolicy {
         rule_names: config.rules.iter().map(|rule| rule.name.clone()).collect(),
         v4: PrefixTable::new(32, v4),
         v6: PrefixTable::new(128, v6),
         ports,
         enforce: config.enforce,
-    })
+    };
+    policy.check_entry_tries()?;
+    Ok(policy)
 }
 
 fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
@@ -258,6 +264,29 @@ fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
 }
 
 impl CompiledPolicy {
+    /// Fails if the entry tries could not hold the listings of
+    /// [`CompiledPolicy::entry_rules`].
+    pub fn check_entry_tries(&self) -> Result<(), PolicyError> {
+        let entry_rules = self.entry_rules();
+        if entry_rules == 0 {
+            return Ok(());
+        }
+        for (family, table) in [(4, &self.v4), (6, &self.v6)] {
+            let count: usize = table
+                .all_listings()
+                .map(|(_, rules)| (rules & entry_rules).count_ones() as usize)
+                .sum();
+            if count > MAX_PREFIXES_PER_FAMILY as usize {
+                return Err(PolicyError::TooManyOverlaps {
+                    family,
+                    count,
+                    max: MAX_PREFIXES_PER_FAMILY,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The rules the data plane may need to find an entry of with a second
     /// lookup (the entry tries): those that some prefix lists after another
     /// rule, so that its longest match names another rule first. Usually

@@ -426,3 +426,35 @@ fn entry_tries_hold_only_rules_another_rule_comes_before() {
     .unwrap();
     assert_eq!(nested.entry_rules(), 0b10);
 }
+
+/// Three rules sharing one list need two entry-trie elements per prefix:
+/// past the trie's capacity that is a clear error, before any map is touched.
+#[test]
+fn overlapping_rules_beyond_the_entry_tries_are_refused() {
+    let shared: Vec<String> = (0..MAX_PREFIXES_PER_FAMILY / 2 + 1)
+        .map(|n| format!("\"{}/32\"", Ipv4Addr::from(0x0a00_0000 + n)))
+        .collect();
+    let rules: String = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            format!(
+                "[[rules]]\nname = \"{name}\"\nports = [\"443\"]\nsources = [{}]\n",
+                shared.join(",")
+            )
+        })
+        .collect();
+    let config = config::tests::parse(&format!(
+        "interfaces = [\"eth0\"]\n[[rules]]\nname = \"z\"\nports = [\"22\"]\nsources = [\"192.0.2.0/24\"]\n{rules}"
+    ))
+    .unwrap();
+    let err = compile(&config).unwrap_err();
+    assert_eq!(
+        err,
+        PolicyError::TooManyOverlaps {
+            family: 4,
+            count: 2 * shared.len(),
+            max: MAX_PREFIXES_PER_FAMILY
+        }
+    );
+    assert!(err.to_string().contains("merge those rules"), "{err}");
+}
