@@ -172,7 +172,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     if datapath.adopted() {
         info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
         if let Some(ledger) = store.ledger()
-            && datapath.restore_ledger(ledger)?
+            && datapath.restore_ledger(ledger)
         {
             info!("per-rule counters carry on from the previous daemon");
         }

@@ -321,15 +321,24 @@ impl Datapath {
     /// Takes over the counter ledger an earlier daemon saved, if it belongs
     /// to these maps, and with it the entries' counters; returns whether it
     /// did.
-    pub fn restore_ledger(&mut self, ledger: CounterLedger) -> Result<bool, DatapathError> {
+    pub fn restore_ledger(&mut self, ledger: CounterLedger) -> bool {
         let ours = self.adopted() && ledger.maps_id == self.ledger.maps_id;
         if ours {
             self.ledger = ledger;
-            self.adopt_entry_indexes::<V4>()?;
-            self.adopt_entry_indexes::<V6>()?;
-            self.entry_indexes.free_unheld();
+            let adopted = self
+                .adopt_entry_indexes::<V4>()
+                .and_then(|()| self.adopt_entry_indexes::<V6>());
+            match adopted {
+                Ok(()) => self.entry_indexes.free_unheld(),
+                Err(err) => {
+                    // The firewall keeps enforcing either way; only the
+                    // entries' counts start over.
+                    warn!(error = %err, "reading back the per-entry counters failed; they start from zero");
+                    self.entry_indexes = EntryIndexes::default();
+                }
+            }
         }
-        Ok(ours)
+        ours
     }
 
     /// Reads back which index each entry of each slot counts in: from the
