@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// Runs per `BPF_PROG_TEST_RUN`; the kernel reports their mean.
-pub const TEST_RUNS: u32 = 1_000_000;
+const TEST_RUNS: u32 = 1_000_000;
 /// `BPF_PROG_TEST_RUN`s per case; the median is reported.
 const TEST_RUN_SAMPLES: usize = 5;
 
@@ -177,7 +177,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);
         }
     }
-    results.drop_all_ns = reference::drop_all_cost(repetitions)?;
+    results.drop_all_ns = median_cost(
+        reference::DropAll::load()?.fd()?,
+        &tcp_v4(STRANGER_V4, 443),
+        repetitions,
+    )?;
 
     if !round_trips.is_empty() {
         println!(

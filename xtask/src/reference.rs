@@ -16,7 +16,6 @@ use aya::{
     maps::{Array, LpmTrie, lpm_trie::Key},
     programs::Xdp,
 };
-use firewall_tests::{bpf, frames::tcp_v4};
 
 use crate::cargo::workspace_root;
 
@@ -103,14 +102,17 @@ impl MinimalLpm {
     }
 }
 
-/// ns per packet of the drop-all program: the floor under any XDP program.
-pub fn drop_all_cost(repetitions: usize) -> anyhow::Result<u32> {
+/// The drop-all program: the floor under any XDP program.
+pub struct DropAll(Ebpf);
+
+impl DropAll {
     const PROGRAM: &str = "drop_all";
-    let ebpf = load(PROGRAM)?;
-    let frame = tcp_v4(firewall_tests::addr::STRANGER_V4, 443);
-    let mut samples = (0..repetitions)
-        .map(|_| Ok(bpf::test_run(program_fd(&ebpf, PROGRAM)?, &frame, crate::bench::TEST_RUNS)?.0))
-        .collect::<anyhow::Result<Vec<u32>>>()?;
-    samples.sort_unstable();
-    Ok(samples[samples.len() / 2])
+
+    pub fn load() -> anyhow::Result<DropAll> {
+        Ok(DropAll(load(Self::PROGRAM)?))
+    }
+
+    pub fn fd(&self) -> anyhow::Result<BorrowedFd<'_>> {
+        program_fd(&self.0, Self::PROGRAM)
+    }
 }

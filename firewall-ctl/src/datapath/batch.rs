@@ -73,9 +73,23 @@ fn zeroed<T: aya::Pod>() -> T {
     unsafe { std::mem::zeroed() }
 }
 
+/// The outcome of a batch call on the map `name`: `Some` result, `None`
+/// when this kernel has no batch operations for the map type (the caller
+/// falls back to one call per element), or the error.
+pub fn or_fallback<T>(
+    name: &'static str,
+    result: std::io::Result<T>,
+) -> Result<Option<T>, DatapathError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if unsupported(&err) => Ok(None),
+        Err(err) => Err(error(name)(err)),
+    }
+}
+
 /// Whether `error` says this kernel has no batch operations for the map
 /// type (before Linux 5.6 for arrays and hashes; later for LPM tries).
-pub fn unsupported(error: &std::io::Error) -> bool {
+fn unsupported(error: &std::io::Error) -> bool {
     /// `ENOTSUPP`, the kernel-internal errno batch calls return.
     const ENOTSUPP: i32 = 524;
     matches!(

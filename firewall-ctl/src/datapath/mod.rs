@@ -826,12 +826,9 @@ impl Datapath {
             ..EntryCounter::default()
         };
         let map = map_data(self, names::ENTRY_STATS)?;
-        match batch::update(map, indexes, &vec![fresh; indexes.len()]) {
-            Ok(()) => return Ok(()),
-            Err(err) if !batch::unsupported(&err) => {
-                return Err(batch::error(names::ENTRY_STATS)(err));
-            }
-            Err(_) => {}
+        let written = batch::update(map, indexes, &vec![fresh; indexes.len()]);
+        if batch::or_fallback(names::ENTRY_STATS, written)?.is_some() {
+            return Ok(());
         }
         let mut stats: Array<&mut MapData, EntryCounter> = self.map_mut(names::ENTRY_STATS)?;
         for index in indexes {
@@ -1124,10 +1121,9 @@ fn trie_elements<K: aya::Pod, V: aya::Pod>(
     datapath: &Datapath,
     name: &'static str,
 ) -> Result<Vec<(Key<K>, V)>, DatapathError> {
-    match batch::read::<Key<K>, V>(map_data(datapath, name)?, usize::MAX) {
-        Ok(elements) => return Ok(elements),
-        Err(err) if !batch::unsupported(&err) => return Err(batch::error(name)(err)),
-        Err(_) => {}
+    let read = batch::read::<Key<K>, V>(map_data(datapath, name)?, usize::MAX);
+    if let Some(elements) = batch::or_fallback(name, read)? {
+        return Ok(elements);
     }
     let trie: LpmTrie<&MapData, K, V> = datapath.map(name)?;
     trie.iter()
@@ -1146,10 +1142,9 @@ fn apply_to_trie<K: aya::Pod, V: aya::Pod>(
     values: &[V],
 ) -> Result<(), DatapathError> {
     let map = map_data(datapath, name)?;
-    match batch::delete(map, removed).and_then(|_| batch::update(map, keys, values)) {
-        Ok(()) => return Ok(()),
-        Err(err) if !batch::unsupported(&err) => return Err(batch::error(name)(err)),
-        Err(_) => {}
+    let written = batch::delete(map, removed).and_then(|_| batch::update(map, keys, values));
+    if batch::or_fallback(name, written)?.is_some() {
+        return Ok(());
     }
     let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
     for key in removed {
