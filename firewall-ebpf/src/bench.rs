@@ -5,14 +5,20 @@
 //! IPv4 or IPv6 header, the destination port, one port array lookup and
 //! one LPM lookup of the source. No VLANs, options, extension headers,
 //! fragments, ICMP, counters or flow tracking. `drop_all` drops every
-//! packet: the floor of any XDP program.
+//! packet: the floor of any XDP program. `pass_all` passes every packet:
+//! what lets a veth receive redirected frames for netfilter to judge.
+//!
+//! `generate` is the traffic generator: run with `BPF_PROG_TEST_RUN` in
+//! live-frames mode, it gives each copy of an IPv4 frame the next source of
+//! `GENERATOR_SOURCES`, fixes the header checksum (netfilter drops frames
+//! with a wrong one before any rule runs) and sends it out of the veth.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     macros::{map, xdp},
-    maps::{Array, LpmTrie, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 
@@ -24,6 +30,14 @@ static BENCH_SOURCES_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(262_1
 /// Exposed ports: TCP 0-65535 then UDP; non-zero means exposed.
 #[map]
 static BENCH_PORTS: Array<u8> = Array::with_max_entries(2 * 65_536, 0);
+
+/// The sources the generator cycles through, as IPv4 octets.
+#[map]
+static GENERATOR_SOURCES: Array<[u8; 4]> = Array::with_max_entries(GENERATOR_SOURCE_COUNT, 0);
+/// Per CPU: how many frames this CPU generated, which picks the next source.
+#[map]
+static GENERATOR_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+const GENERATOR_SOURCE_COUNT: u32 = 65_536;
 
 const ETH_HEADER: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -92,6 +106,47 @@ pub fn minimal_lpm(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn drop_all(_ctx: XdpContext) -> u32 {
     XDP_DROP
+}
+
+#[xdp]
+pub fn pass_all(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[xdp]
+pub fn generate(ctx: XdpContext) -> u32 {
+    next_source(&ctx).map_or(XDP_ABORTED, |()| XDP_TX)
+}
+
+/// Writes the next generator source into the frame's IPv4 header and
+/// recomputes the header checksum (no options: the frame is the bench's).
+#[inline(always)]
+fn next_source(ctx: &XdpContext) -> Option<()> {
+    let next = GENERATOR_NEXT.get_ptr_mut(0)?;
+    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
+    let index = unsafe {
+        let index = *next;
+        *next = index.wrapping_add(1);
+        index
+    };
+    let source = *GENERATOR_SOURCES.get(index % GENERATOR_SOURCE_COUNT)?;
+    let start = ctx.data() + ETH_HEADER;
+    if start + 20 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the 20 header bytes are inside the frame (checked above).
+    let header = unsafe { &mut *(start as *mut [u8; 20]) };
+    header[12..16].copy_from_slice(&source);
+    header[10] = 0;
+    header[11] = 0;
+    let mut sum = 0u32;
+    for word in header.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([word[0], word[1]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    header[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Some(())
 }
 
 #[cfg(not(test))]

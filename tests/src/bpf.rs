@@ -87,6 +87,35 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> io::Result<(u3
     Ok((duration as u32, retval as u32))
 }
 
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18): frames the program returns
+/// `XDP_TX` or `XDP_REDIRECT` for are really sent.
+const BPF_F_TEST_XDP_LIVE_FRAMES: u64 = 1 << 1;
+
+/// Runs the XDP `program` on `repeat` copies of `frame` as if received on
+/// `ifindex` (of the calling thread's namespace), in live-frames mode: what
+/// it transmits leaves through that interface. A traffic generator.
+pub fn test_run_live(
+    program: impl AsFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> io::Result<()> {
+    // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let xdp_md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut attr = [0u64; 10];
+    attr[0] = u64::from(program.as_fd().as_raw_fd() as u32);
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = u64::from(repeat);
+    attr[5] = std::mem::size_of_val(&xdp_md) as u64;
+    attr[6] = xdp_md.as_ptr() as u64;
+    attr[8] = BPF_F_TEST_XDP_LIVE_FRAMES;
+    bpf(BPF_PROG_TEST_RUN, &mut attr)
+        .map(drop)
+        .map_err(|err| context(err, "BPF_PROG_TEST_RUN (live frames)"))
+}
+
 /// CPUs the kernel may bring up: the number of values of a per-CPU map.
 pub fn possible_cpus() -> io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;

@@ -37,6 +37,25 @@ impl Netns {
         .expect("thread in namespace panicked")
     }
 
+    /// Runs `f` on the calling thread moved into this namespace, then moves
+    /// the thread back: for what must be done there but returns values
+    /// that cannot cross threads (attached programs, loaded objects).
+    pub fn within<T>(&self, f: impl FnOnce() -> T) -> T {
+        let home = File::open("/proc/thread-self/ns/net").expect("opening this thread's namespace");
+        enter(&format!("/run/netns/{}", self.name));
+        let result = f();
+        // SAFETY: a valid namespace fd; affects only the calling thread.
+        let rc = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "returning from {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+        result
+    }
+
     /// Runs `ip -n <ns> <args>`, panicking with its stderr on failure.
     pub fn ip(&self, args: &str) {
         ip(&format!("-n {} {args}", self.name));

@@ -7,9 +7,11 @@
 //! file durable, switching and auditing, the answer), as an operator or a
 //! script sees it.
 //!
-//! Then the XDP program's cost per packet, with flow tracking off and on,
-//! measured by the kernel (`BPF_PROG_TEST_RUN`) on the program the daemon
-//! attached, with its live maps.
+//! Then packet rates through veth against nftables, ipset, a minimal XDP
+//! LPM allowlist and drop-all (`rates`), the netfilter control planes on the
+//! same lists, and the XDP program's cost per packet measured by the kernel
+//! (`BPF_PROG_TEST_RUN`) on the program the daemon attached, with its live
+//! maps.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -29,6 +31,7 @@ use firewall_tests::{
 
 use crate::{
     cargo::{EbpfToolchain, cargo, is_root, run as run_command, workspace_root},
+    rates::{Rate, RateBench, SYSTEMS, TRAFFIC},
     reference, setup,
 };
 
@@ -39,6 +42,8 @@ const TEST_RUN_SAMPLES: usize = 5;
 
 /// Prefixes per family of the large policy: the issue's reference size.
 const LARGE: u32 = 250_000;
+/// The first IPv4 address of the bench's policies.
+const BASE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// Changes measured per case.
 const SAMPLES: usize = 15;
 /// More than the daemon's grace before it reuses a retired slot, so an
@@ -75,7 +80,7 @@ fn config_from(count: u32, shift: u32) -> String {
 
 /// The prefixes of [`config_from`]: addresses and lengths.
 fn sources(count: u32, shift: u32) -> Vec<(IpAddr, u8)> {
-    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let base = u32::from(BASE_V4);
     (0..count)
         .flat_map(|index| {
             let index = 2 * index + shift;
@@ -131,20 +136,21 @@ struct TestRunCost {
     minimal_lpm: u32,
 }
 
-/// One control-plane figure at one size.
+/// One control-plane figure of one system at one size. `rss_mb` is the
+/// daemon's; netfilter keeps its sets in the kernel, so it has none.
 #[derive(serde::Serialize)]
 struct ControlCost {
+    system: &'static str,
     what: &'static str,
     prefixes: u32,
     seconds: f64,
-    rss_mb: f64,
+    rss_mb: Option<f64>,
 }
 
-/// What `--json` writes. `rates` (packets per second through veth against
-/// nftables and ipset) is not measured yet and stays empty.
+/// What `--json` writes.
 #[derive(serde::Serialize, Default)]
 struct Results {
-    rates: Vec<serde_json::Value>,
+    rates: Vec<Rate>,
     test_run_ns: Vec<TestRunCost>,
     drop_all_ns: u32,
     control: Vec<ControlCost>,
@@ -173,12 +179,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         results
             .test_run_ns
             .extend(per_packet_costs(&daemon, count, repetitions)?);
+        let (rates, netfilter) =
+            RateBench::new(&lab, BASE_V4, &sources(count, 0), &sources(count, 1))?;
+        results
+            .control
+            .extend(netfilter.into_iter().map(|cost| ControlCost {
+                system: cost.system,
+                what: cost.what,
+                prefixes: count,
+                seconds: cost.seconds,
+                rss_mb: None,
+            }));
+        results.rates.extend(rates.measure(count, repetitions)?);
         if !args.quick && (count == 10 || count == LARGE) {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);
         }
     }
     results.drop_all_ns = median_cost(
-        reference::DropAll::load()?.fd()?,
+        reference::drop_all()?.fd()?,
         &tcp_v4(STRANGER_V4, 443),
         repetitions,
     )?;
@@ -201,30 +219,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
              difference between the isolated and the back-to-back rows."
         );
     }
-    println!(
-        "\nControl plane: start to enforcing (the daemon's log: first line to `running`), reloads and an isolated `allow` (CLI wall time until applied), daemon memory (RSS after them)"
-    );
-    println!(
-        "{:>9} {:>9} {:>12} {:>11} {:>9} {:>9}",
-        "PREFIXES", "START", "RELOAD SAME", "RELOAD NEW", "ALLOW", "RSS (MB)"
-    );
-    for &count in sizes {
-        let of = |what: &str| {
-            results
-                .control
-                .iter()
-                .find(|cost| cost.prefixes == count && cost.what == what)
-        };
-        let seconds = |what: &str| of(what).map_or(f64::NAN, |cost| cost.seconds);
-        println!(
-            "{count:>9} {:>8.3}s {:>11.3}s {:>10.3}s {:>8.3}s {:>9.1}",
-            seconds("start"),
-            seconds("reload_unchanged"),
-            seconds("reload_new"),
-            seconds("allow"),
-            of("allow").map_or(f64::NAN, |cost| cost.rss_mb),
-        );
-    }
+    print_rates(&results.rates, sizes);
+    print_control(&results.control, sizes);
     println!(
         "\nns per packet (kernel BPF_PROG_TEST_RUN on the attached program with its live maps, mean of {TEST_RUNS} runs, median of {repetitions}), against a minimal XDP LPM allowlist with the same prefixes; drop-all: {} ns",
         results.drop_all_ns
@@ -268,6 +264,87 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("\nwrote {}", path.display());
     }
     Ok(())
+}
+
+/// The rates table: per size and traffic, each system's Mpps and
+/// firewall-ctl's ratio to the others.
+fn print_rates(rates: &[Rate], sizes: &[u32]) {
+    println!(
+        "\nPackets per second (Mpps), 54-byte SYNs over veth, generator and receiver on one core, median of the repetitions"
+    );
+    println!(
+        "{:>9} {:<8} {:>12} {:>6} {:>6} {:>11} {:>8} {:>6} {:>6} {:>6}",
+        "PREFIXES",
+        "TRAFFIC",
+        "FIREWALL-CTL",
+        "NFT",
+        "IPSET",
+        "MINIMAL-LPM",
+        "DROP-ALL",
+        "×NFT",
+        "×IPSET",
+        "×LPM"
+    );
+    for &count in sizes {
+        for traffic in TRAFFIC {
+            let mpps = |system: &str| {
+                rates
+                    .iter()
+                    .find(|rate| {
+                        rate.prefixes == count && rate.traffic == traffic && rate.system == system
+                    })
+                    .map_or(f64::NAN, |rate| rate.mpps)
+            };
+            let [firewall, nft, ipset, lpm, drop] = SYSTEMS.map(mpps);
+            println!(
+                "{count:>9} {traffic:<8} {firewall:>12.2} {nft:>6.2} {ipset:>6.2} {lpm:>11.2} {drop:>8.2} {:>6.1} {:>6.1} {:>6.2}",
+                firewall / nft,
+                firewall / ipset,
+                firewall / lpm
+            );
+        }
+    }
+    println!(
+        "\nTraffic: far = SYNs to 443 from 512 sources far from every prefix; near = from\n\
+         addresses between two listed ones; closed = to a port no rule exposes;\n\
+         allowed = from listed addresses (then the kernel's TCP stack discards them:\n\
+         the generator's sources leave the TCP checksum wrong). One core runs both the\n\
+         generator and the receiving veth, so a rate is bounded by that core: the\n\
+         drop-all column is the ceiling the generator and veth leave, and allowed\n\
+         traffic is bounded by the network stack behind every system."
+    );
+}
+
+/// The control-plane table: per size, each system's start, reloads, one
+/// `allow` and, for firewall-ctl, the daemon's memory.
+fn print_control(control: &[ControlCost], sizes: &[u32]) {
+    println!(
+        "\nControl plane: start to enforcing (firewall-ctl: its log, first line to `running`; nft -f; ipset restore and the iptables rules), reloads of the same and of a new list (firewall-ctl reload; an atomic nft -f; ipset restore and swap), one `allow`, daemon RSS"
+    );
+    println!(
+        "{:>9} {:<13} {:>9} {:>12} {:>11} {:>9} {:>9}",
+        "PREFIXES", "SYSTEM", "START", "RELOAD SAME", "RELOAD NEW", "ALLOW", "RSS (MB)"
+    );
+    for &count in sizes {
+        for system in ["firewall-ctl", "nft", "ipset"] {
+            let of = |what: &str| {
+                control.iter().find(|cost| {
+                    cost.prefixes == count && cost.system == system && cost.what == what
+                })
+            };
+            let seconds = |what: &str| of(what).map_or(f64::NAN, |cost| cost.seconds);
+            let rss = of("allow")
+                .and_then(|cost| cost.rss_mb)
+                .map_or("-".to_owned(), |mb| format!("{mb:.1}"));
+            println!(
+                "{count:>9} {system:<13} {:>8.3}s {:>11.3}s {:>10.3}s {:>8.3}s {rss:>9}",
+                seconds("start"),
+                seconds("reload_unchanged"),
+                seconds("reload_new"),
+                seconds("allow"),
+            );
+        }
+    }
 }
 
 /// `allow`/`remove` round trips on `daemon`, isolated and back to back,
@@ -366,10 +443,11 @@ fn control_plane(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<ControlCost>
     ]
     .into_iter()
     .map(|(what, seconds)| ControlCost {
+        system: "firewall-ctl",
         what,
         prefixes: count,
         seconds,
-        rss_mb,
+        rss_mb: Some(rss_mb),
     })
     .collect())
 }
@@ -406,7 +484,7 @@ fn per_packet_costs(
     repetitions: usize,
 ) -> anyhow::Result<Vec<TestRunCost>> {
     let program = bpf::program_of_link(&daemon.bpf_dir.join("links").join(EDGE_IF).join("driver"))?;
-    let minimal = reference::MinimalLpm::load(&sources(count, 0))?;
+    let minimal = reference::minimal_lpm(&sources(count, 0))?;
     paths()
         .into_iter()
         .map(|(path, frame)| {

@@ -4,6 +4,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod rates;
 mod reference;
 mod setup;
 mod test;

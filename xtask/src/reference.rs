@@ -1,11 +1,12 @@
 //! The programs `cargo xtask bench` measures the firewall against
 //! (`firewall-ebpf/src/bench.rs`): a minimal XDP LPM allowlist holding the
-//! same prefixes, and a drop-all program. aya-build compiles them beside
-//! the firewall when `firewall-ctl` is built; they are loaded here, never
-//! attached, and run with `BPF_PROG_TEST_RUN`.
+//! same prefixes, a drop-all and a pass-all program, and the traffic
+//! generator. aya-build compiles them beside the firewall when
+//! `firewall-ctl` is built; they are loaded here, attached to the bench's
+//! veths or run with `BPF_PROG_TEST_RUN`.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd as _, BorrowedFd},
     path::PathBuf,
 };
@@ -14,7 +15,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, LpmTrie, lpm_trie::Key},
-    programs::Xdp,
+    programs::{Xdp, XdpMode},
 };
 
 use crate::cargo::workspace_root;
@@ -44,75 +45,108 @@ fn object_path() -> anyhow::Result<PathBuf> {
     }
 }
 
-fn load(program: &str) -> anyhow::Result<Ebpf> {
-    let path = object_path()?;
-    let mut ebpf = Ebpf::load_file(&path).with_context(|| format!("loading {}", path.display()))?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program)
-        .with_context(|| format!("no program {program} in {}", path.display()))?
-        .try_into()?;
-    xdp.load()?;
-    Ok(ebpf)
+/// One program of the bench object, loaded (with the object's maps).
+pub struct Program {
+    ebpf: Ebpf,
+    name: &'static str,
 }
 
-fn program_fd<'a>(ebpf: &'a Ebpf, program: &str) -> anyhow::Result<BorrowedFd<'a>> {
-    let xdp: &Xdp = ebpf
-        .program(program)
-        .with_context(|| format!("no program {program}"))?
-        .try_into()?;
-    Ok(xdp.fd()?.as_fd())
+impl Program {
+    fn load(name: &'static str) -> anyhow::Result<Program> {
+        let path = object_path()?;
+        let mut ebpf =
+            Ebpf::load_file(&path).with_context(|| format!("loading {}", path.display()))?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in {}", path.display()))?
+            .try_into()?;
+        xdp.load()?;
+        Ok(Program { ebpf, name })
+    }
+
+    fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(self.name)
+            .with_context(|| format!("no program {}", self.name))?
+            .try_into()?)
+    }
+
+    pub fn fd(&self) -> anyhow::Result<BorrowedFd<'_>> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(self.name)
+            .with_context(|| format!("no program {}", self.name))?
+            .try_into()?;
+        Ok(xdp.fd()?.as_fd())
+    }
+
+    /// Attaches the program in driver mode to `interface` of the calling
+    /// thread's namespace, until it is dropped.
+    pub fn attach(&mut self, interface: &str) -> anyhow::Result<()> {
+        let name = self.name;
+        self.xdp()?
+            .attach(interface, XdpMode::Driver)
+            .with_context(|| format!("attaching {name} to {interface}"))?;
+        Ok(())
+    }
 }
 
 /// The minimal LPM allowlist, loaded with TCP 443 exposed to `sources`.
-pub struct MinimalLpm(Ebpf);
-
-impl MinimalLpm {
-    const PROGRAM: &str = "minimal_lpm";
-
-    pub fn load(sources: &[(IpAddr, u8)]) -> anyhow::Result<MinimalLpm> {
-        let mut ebpf = load(Self::PROGRAM)?;
-        let mut ports: Array<_, u8> = ebpf
-            .map_mut("BENCH_PORTS")
-            .context("BENCH_PORTS")?
-            .try_into()?;
-        ports.set(443, 1, 0)?;
-        let mut v4: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(
-            ebpf.take_map("BENCH_SOURCES_V4")
-                .context("BENCH_SOURCES_V4")?,
-        )?;
-        let mut v6: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
-            ebpf.take_map("BENCH_SOURCES_V6")
-                .context("BENCH_SOURCES_V6")?,
-        )?;
-        for (address, len) in sources {
-            match address {
-                IpAddr::V4(address) => {
-                    v4.insert(&Key::new(u32::from(*len), address.octets()), 1, 0)?
-                }
-                IpAddr::V6(address) => {
-                    v6.insert(&Key::new(u32::from(*len), address.octets()), 1, 0)?
-                }
-            }
+pub fn minimal_lpm(sources: &[(IpAddr, u8)]) -> anyhow::Result<Program> {
+    let mut program = Program::load("minimal_lpm")?;
+    let ebpf = &mut program.ebpf;
+    let mut ports: Array<_, u8> = ebpf
+        .map_mut("BENCH_PORTS")
+        .context("BENCH_PORTS")?
+        .try_into()?;
+    ports.set(443, 1, 0)?;
+    let mut v4: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(
+        ebpf.map_mut("BENCH_SOURCES_V4")
+            .context("BENCH_SOURCES_V4")?,
+    )?;
+    for (address, len) in sources {
+        if let IpAddr::V4(address) = address {
+            v4.insert(&Key::new(u32::from(*len), address.octets()), 1, 0)?;
         }
-        Ok(MinimalLpm(ebpf))
     }
-
-    pub fn fd(&self) -> anyhow::Result<BorrowedFd<'_>> {
-        program_fd(&self.0, Self::PROGRAM)
+    let mut v6: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
+        ebpf.map_mut("BENCH_SOURCES_V6")
+            .context("BENCH_SOURCES_V6")?,
+    )?;
+    for (address, len) in sources {
+        if let IpAddr::V6(address) = address {
+            v6.insert(&Key::new(u32::from(*len), address.octets()), 1, 0)?;
+        }
     }
+    Ok(program)
 }
 
-/// The drop-all program: the floor under any XDP program.
-pub struct DropAll(Ebpf);
+/// Drops every packet: the floor under any XDP program.
+pub fn drop_all() -> anyhow::Result<Program> {
+    Program::load("drop_all")
+}
 
-impl DropAll {
-    const PROGRAM: &str = "drop_all";
+/// Passes every packet: attached where netfilter is measured, so that the
+/// veth takes redirected frames in.
+pub fn pass_all() -> anyhow::Result<Program> {
+    Program::load("pass_all")
+}
 
-    pub fn load() -> anyhow::Result<DropAll> {
-        Ok(DropAll(load(Self::PROGRAM)?))
+/// The traffic generator, cycling through `sources` (repeated to fill its
+/// table).
+pub fn generator(sources: &[Ipv4Addr]) -> anyhow::Result<Program> {
+    if sources.is_empty() {
+        bail!("the generator needs at least one source");
     }
-
-    pub fn fd(&self) -> anyhow::Result<BorrowedFd<'_>> {
-        program_fd(&self.0, Self::PROGRAM)
+    let mut program = Program::load("generate")?;
+    let mut table: Array<_, [u8; 4]> = program
+        .ebpf
+        .map_mut("GENERATOR_SOURCES")
+        .context("GENERATOR_SOURCES")?
+        .try_into()?;
+    for index in 0..table.len() {
+        table.set(index, sources[index as usize % sources.len()].octets(), 0)?;
     }
+    Ok(program)
 }

@@ -32,6 +32,9 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("chattr", "e2fsprogs"),
         ("nft", "nftables"),
         ("dnsmasq", "dnsmasq-base"),
+        // What `cargo xtask bench` compares against.
+        ("ipset", "ipset"),
+        ("iptables-legacy", "iptables"),
     ] {
         command_from_package(command, package)?;
     }

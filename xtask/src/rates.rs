@@ -1,0 +1,498 @@
+//! Packet rates through veth: firewall-ctl against nftables (netdev
+//! ingress, interval set), iptables-legacy raw + ipset hash:net, the
+//! minimal XDP LPM allowlist and XDP drop-all, and what each control plane
+//! takes to load and change the same list.
+//!
+//! The generator is an XDP program run with `BPF_PROG_TEST_RUN` in
+//! live-frames mode in the lab's peer namespace: each copy of a 54-byte
+//! SYN gets the next source of the traffic's list and leaves through a
+//! veth whose other end is one system's receiver, in a namespace of its
+//! own. Generator and receiver share one CPU (the thread is pinned, and
+//! the veth's NAPI runs where the frames were sent), so a rate is what one
+//! core does for both: with two, the veth ring overflows and page-pool
+//! lock contention decides the result. Delivered frames are counted by the
+//! receiving veth, so frames lost on the way are not counted as handled.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use firewall_tests::{
+    addr::{EDGE_IF, EDGE_MAC, EDGE_V4, EDGE_V6, PEER_IF, STRANGER_V4},
+    bpf,
+    frames::tcp_v4,
+    lab::{Lab, NETNS_PREFIX, Netns, veth},
+};
+
+use crate::reference::{self, Program};
+
+/// The systems compared, in table order.
+pub const SYSTEMS: [&str; 5] = ["firewall-ctl", "nft", "ipset", "minimal-lpm", "drop-all"];
+/// The traffic kinds, in table order.
+pub const TRAFFIC: [&str; 4] = ["far", "near", "closed", "allowed"];
+
+/// How long the generator sends per measurement.
+const RUN_TIME: Duration = Duration::from_millis(250);
+/// Frames per `BPF_PROG_TEST_RUN` call.
+const CHUNK: u32 = 1 << 16;
+/// Each receiver's interface.
+const RECEIVER_IF: &str = "rx0";
+
+/// One measured rate.
+#[derive(serde::Serialize, Clone)]
+pub struct Rate {
+    pub system: &'static str,
+    pub traffic: &'static str,
+    pub prefixes: u32,
+    pub mpps: f64,
+}
+
+/// One control-plane figure of a netfilter system at one size.
+pub struct NetfilterCost {
+    pub system: &'static str,
+    pub what: &'static str,
+    pub seconds: f64,
+}
+
+/// Where one system receives: its namespace and interface, and the
+/// generator's end of its veth.
+struct Receiver {
+    system: &'static str,
+    namespace: String,
+    interface: &'static str,
+    generator_ifindex: u32,
+    /// The XDP program attached to the receiving veth, if the bench
+    /// attached it (the daemon attaches its own).
+    _program: Option<Program>,
+    /// The receiver's namespace, when the bench made it.
+    _netns: Option<Netns>,
+}
+
+/// The receivers of one size and the generators of each traffic kind.
+pub struct RateBench<'lab> {
+    lab: &'lab Lab,
+    receivers: Vec<Receiver>,
+    generators: Vec<(&'static str, Program, Vec<u8>)>,
+}
+
+/// A receiver's namespace, wired to the lab's peer by a veth: the edge's
+/// MAC and addresses on `rx0`, so the lab's frames are for it.
+fn receiver_netns(lab: &Lab, system: &str) -> anyhow::Result<(Netns, String)> {
+    let ns = Netns::create(format!(
+        "{NETNS_PREFIX}{}-bench-{system}",
+        std::process::id()
+    ));
+    let generator_if = format!("g-{system}");
+    veth(&lab.peer, &generator_if, &ns, RECEIVER_IF);
+    let mac = EDGE_MAC.map(|byte| format!("{byte:02x}")).join(":");
+    ns.ip("link set lo up");
+    ns.ip(&format!("link set {RECEIVER_IF} address {mac}"));
+    ns.ip(&format!("addr add {EDGE_V4}/24 dev {RECEIVER_IF}"));
+    ns.ip(&format!("addr add {EDGE_V6}/64 dev {RECEIVER_IF} nodad"));
+    ns.ip(&format!("link set {RECEIVER_IF} up"));
+    lab.peer.ip(&format!("link set {generator_if} up"));
+    Ok((ns, generator_if))
+}
+
+/// The index of `interface` in `ns`.
+fn ifindex(ns: &Netns, interface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: a valid C string; looked up in the namespace entered.
+    let index = ns.within(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
+    if index == 0 {
+        bail!("no interface {interface} in {}", ns.name);
+    }
+    Ok(index)
+}
+
+/// Runs `program` (`nft`, `ipset`, `iptables-legacy`) in namespace `ns`;
+/// the seconds it took.
+fn timed(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(seconds)
+}
+
+/// The seconds `program` (`nft` or `ipset`) takes on a file holding `text`.
+fn timed_file(
+    ns: &str,
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    text: &str,
+) -> anyhow::Result<f64> {
+    let path = dir.join(format!("{program}.in"));
+    std::fs::write(&path, text)?;
+    let path = path.to_string_lossy().into_owned();
+    let mut args = args.to_vec();
+    args.push(&path);
+    timed(ns, program, &args)
+}
+
+/// nftables: two interval sets and a netdev ingress chain that accepts TCP
+/// 443 from them and drops the rest. Loads `sources`, replaces them with
+/// `new_sources` and back (one `nft -f` each, atomic), adds one address.
+fn nft_receiver(
+    ns: &Netns,
+    dir: &Path,
+    sources: &[(IpAddr, u8)],
+    new_sources: &[(IpAddr, u8)],
+) -> anyhow::Result<Vec<NetfilterCost>> {
+    let elements = |sources: &[(IpAddr, u8)], v4: bool| -> String {
+        let list: Vec<String> = sources
+            .iter()
+            .filter(|(address, _)| address.is_ipv4() == v4)
+            .map(|(address, len)| format!("{address}/{len}"))
+            .collect();
+        list.join(", ")
+    };
+    let fill = |sources: &[(IpAddr, u8)]| {
+        format!(
+            "add element netdev bench allowed4 {{ {} }}\nadd element netdev bench allowed6 {{ {} }}\n",
+            elements(sources, true),
+            elements(sources, false)
+        )
+    };
+    let table = format!(
+        "table netdev bench {{\n\
+         set allowed4 {{ type ipv4_addr; flags interval; }}\n\
+         set allowed6 {{ type ipv6_addr; flags interval; }}\n\
+         chain ingress {{\n\
+         type filter hook ingress device \"{RECEIVER_IF}\" priority 0; policy accept;\n\
+         tcp dport 443 ip saddr @allowed4 accept\n\
+         tcp dport 443 ip6 saddr @allowed6 accept\n\
+         counter drop\n\
+         }}\n\
+         }}\n"
+    );
+    let replace = |sources: &[(IpAddr, u8)]| {
+        format!(
+            "flush set netdev bench allowed4\nflush set netdev bench allowed6\n{}",
+            fill(sources)
+        )
+    };
+    let nft = |text: &str| timed_file(&ns.name, dir, "nft", &["-f"], text);
+    let start = nft(&(table + &fill(sources)))?;
+    let reload_new = nft(&replace(new_sources))?;
+    let reload_unchanged = nft(&replace(sources))?;
+    // The list the rates are measured on.
+    nft(&replace(sources))?;
+    let allow = timed(
+        &ns.name,
+        "nft",
+        &[
+            "add",
+            "element",
+            "netdev",
+            "bench",
+            "allowed4",
+            "{ 192.0.2.200 }",
+        ],
+    )?;
+    Ok(netfilter_costs(
+        "nft",
+        start,
+        reload_unchanged,
+        reload_new,
+        allow,
+    ))
+}
+
+/// iptables-legacy raw PREROUTING with ipset hash:net sets: accepts TCP
+/// 443 from them, drops the rest. `ipset restore` loads `sources`; a new
+/// list is restored into fresh sets swapped in atomically.
+fn ipset_receiver(
+    ns: &Netns,
+    dir: &Path,
+    sources: &[(IpAddr, u8)],
+    new_sources: &[(IpAddr, u8)],
+) -> anyhow::Result<Vec<NetfilterCost>> {
+    let sets = |suffix: &str, sources: &[(IpAddr, u8)]| {
+        let mut text = String::new();
+        for (family, v4) in [("inet", true), ("inet6", false)] {
+            let name = if v4 { "allowed4" } else { "allowed6" };
+            text += &format!(
+                "create {name}{suffix} hash:net family {family} hashsize 65536 maxelem 1048576\n"
+            );
+            for (address, len) in sources
+                .iter()
+                .filter(|(address, _)| address.is_ipv4() == v4)
+            {
+                text += &format!("add {name}{suffix} {address}/{len}\n");
+            }
+        }
+        text
+    };
+    let ipset = |text: &str| timed_file(&ns.name, dir, "ipset", &["restore", "-file"], text);
+    let iptables = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        timed(&ns.name, "iptables-legacy", &args)
+    };
+    let started = Instant::now();
+    ipset(&sets("", sources))?;
+    iptables(&format!(
+        "-t raw -A PREROUTING -i {RECEIVER_IF} -p tcp --dport 443 -m set --match-set allowed4 src -j ACCEPT"
+    ))?;
+    iptables(&format!("-t raw -A PREROUTING -i {RECEIVER_IF} -j DROP"))?;
+    let start = started.elapsed().as_secs_f64();
+    let replace = |sources: &[(IpAddr, u8)]| {
+        let started = Instant::now();
+        ipset(&sets("-new", sources))?;
+        for name in ["allowed4", "allowed6"] {
+            let new = format!("{name}-new");
+            timed(&ns.name, "ipset", &["swap", &new, name])?;
+            timed(&ns.name, "ipset", &["destroy", &new])?;
+        }
+        anyhow::Ok(started.elapsed().as_secs_f64())
+    };
+    let reload_new = replace(new_sources)?;
+    let reload_unchanged = replace(sources)?;
+    replace(sources)?;
+    let allow = timed(&ns.name, "ipset", &["add", "allowed4", "192.0.2.200"])?;
+    Ok(netfilter_costs(
+        "ipset",
+        start,
+        reload_unchanged,
+        reload_new,
+        allow,
+    ))
+}
+
+fn netfilter_costs(
+    system: &'static str,
+    start: f64,
+    reload_unchanged: f64,
+    reload_new: f64,
+    allow: f64,
+) -> Vec<NetfilterCost> {
+    [
+        ("start", start),
+        ("reload_unchanged", reload_unchanged),
+        ("reload_new", reload_new),
+        ("allow", allow),
+    ]
+    .into_iter()
+    .map(|(what, seconds)| NetfilterCost {
+        system,
+        what,
+        seconds,
+    })
+    .collect()
+}
+
+/// A spread of `count` indexes below `limit` (a multiplicative hash, so
+/// neighbouring frames do not hit neighbouring prefixes).
+fn spread(limit: u32, count: u32) -> impl Iterator<Item = u32> {
+    (0..count).map(move |index| ((u64::from(index) * 2_654_435_761) % u64::from(limit)) as u32)
+}
+
+/// The sources of each traffic kind, for a policy of `count` /32s at
+/// `base`, `base + 2`, ...: far ones in 198.51.100.0/24 and 203.0.113.0/24,
+/// near ones between two listed addresses, allowed ones listed.
+fn traffic_sources(traffic: &str, base: Ipv4Addr, count: u32) -> Vec<Ipv4Addr> {
+    let base = u32::from(base);
+    let samples = count.min(65_536);
+    match traffic {
+        "near" => spread(count, samples)
+            .map(|index| Ipv4Addr::from(base + 2 * index + 1))
+            .collect(),
+        "allowed" => spread(count, samples)
+            .map(|index| Ipv4Addr::from(base + 2 * index))
+            .collect(),
+        _ => spread(512, 512)
+            .map(|index| {
+                let network = if index < 256 {
+                    [198, 51, 100]
+                } else {
+                    [203, 0, 113]
+                };
+                Ipv4Addr::new(network[0], network[1], network[2], index as u8)
+            })
+            .collect(),
+    }
+}
+
+impl<'lab> RateBench<'lab> {
+    /// Sets up every system on the policy `sources` (the daemon already
+    /// runs on it in `lab.edge`), `base` being its first IPv4 address, and
+    /// measures the netfilter systems' control planes on the way.
+    pub fn new(
+        lab: &'lab Lab,
+        base: Ipv4Addr,
+        sources: &[(IpAddr, u8)],
+        new_sources: &[(IpAddr, u8)],
+    ) -> anyhow::Result<(RateBench<'lab>, Vec<NetfilterCost>)> {
+        let count = sources
+            .iter()
+            .filter(|(address, _)| address.is_ipv4())
+            .count() as u32;
+        let dir = tempfile::tempdir()?;
+        let mut receivers = vec![Receiver {
+            system: "firewall-ctl",
+            namespace: lab.edge.name.clone(),
+            interface: EDGE_IF,
+            generator_ifindex: ifindex(&lab.peer, PEER_IF)?,
+            _program: None,
+            _netns: None,
+        }];
+        let mut costs = Vec::new();
+        for system in &SYSTEMS[1..] {
+            let (ns, generator_if) = receiver_netns(lab, system)?;
+            let mut program = match *system {
+                "minimal-lpm" => reference::minimal_lpm(sources)?,
+                "drop-all" => reference::drop_all()?,
+                _ => reference::pass_all()?,
+            };
+            ns.within(|| program.attach(RECEIVER_IF))?;
+            match *system {
+                "nft" => costs.extend(nft_receiver(&ns, dir.path(), sources, new_sources)?),
+                "ipset" => costs.extend(ipset_receiver(&ns, dir.path(), sources, new_sources)?),
+                _ => {}
+            }
+            receivers.push(Receiver {
+                system,
+                namespace: ns.name.clone(),
+                interface: RECEIVER_IF,
+                generator_ifindex: ifindex(&lab.peer, &generator_if)?,
+                _program: Some(program),
+                _netns: Some(ns),
+            });
+        }
+        let generators = TRAFFIC
+            .iter()
+            .map(|&traffic| {
+                let port = if traffic == "closed" { 40000 } else { 443 };
+                let program = reference::generator(&traffic_sources(traffic, base, count))?;
+                anyhow::Ok((traffic, program, tcp_v4(STRANGER_V4, port)))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((
+            RateBench {
+                lab,
+                receivers,
+                generators,
+            },
+            costs,
+        ))
+    }
+
+    /// Every system and traffic kind `repetitions` times, interleaved; the
+    /// median rate of each.
+    pub fn measure(&self, prefixes: u32, repetitions: usize) -> anyhow::Result<Vec<Rate>> {
+        let mut samples: Vec<(Rate, Vec<f64>)> = Vec::new();
+        for _ in 0..repetitions {
+            for (traffic, generator, frame) in &self.generators {
+                for receiver in &self.receivers {
+                    let mpps = self.rate(receiver, generator, frame)?;
+                    match samples.iter_mut().find(|(rate, _)| {
+                        rate.system == receiver.system && rate.traffic == *traffic
+                    }) {
+                        Some((_, list)) => list.push(mpps),
+                        None => samples.push((
+                            Rate {
+                                system: receiver.system,
+                                traffic,
+                                prefixes,
+                                mpps: 0.0,
+                            },
+                            vec![mpps],
+                        )),
+                    }
+                }
+            }
+        }
+        Ok(samples
+            .into_iter()
+            .map(|(rate, mut list)| {
+                list.sort_by(f64::total_cmp);
+                Rate {
+                    mpps: list[list.len() / 2],
+                    ..rate
+                }
+            })
+            .collect())
+    }
+
+    /// Millions of frames per second `receiver` took in while `generator`
+    /// sent `frame` for [`RUN_TIME`] on one CPU.
+    fn rate(&self, receiver: &Receiver, generator: &Program, frame: &[u8]) -> anyhow::Result<f64> {
+        let before = received(receiver)?;
+        let fd = generator.fd()?;
+        let (sent, elapsed) = self.lab.peer.within(|| {
+            on_one_cpu(|| {
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while started.elapsed() < RUN_TIME {
+                    bpf::test_run_live(fd, frame, receiver.generator_ifindex, CHUNK)?;
+                    sent += u64::from(CHUNK);
+                }
+                anyhow::Ok((sent, started.elapsed()))
+            })
+        })??;
+        let delivered = received(receiver)? - before;
+        if delivered * 100 < sent * 95 {
+            eprintln!(
+                "warning: {} received {delivered} of {sent} frames: the rate counts only those",
+                receiver.system
+            );
+        }
+        Ok(delivered as f64 / elapsed.as_secs_f64() / 1e6)
+    }
+}
+
+/// Frames the receiving veth has taken in (its `rx_packets`, which counts
+/// redirected frames whatever its XDP program decided).
+fn received(receiver: &Receiver) -> anyhow::Result<u64> {
+    let output = Command::new("ip")
+        .args([
+            "-n",
+            &receiver.namespace,
+            "-s",
+            "-j",
+            "link",
+            "show",
+            "dev",
+            receiver.interface,
+        ])
+        .output()?;
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("reading the counters of {}", receiver.interface))?;
+    links[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .with_context(|| format!("no rx packets for {} in {links}", receiver.interface))
+}
+
+/// Runs `f` with the calling thread pinned to CPU 0, then lets it run
+/// anywhere again.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    // SAFETY: plain cpu_set_t manipulation and affinity of this thread.
+    unsafe {
+        let mut all: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut all) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut one);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+        let result = f();
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all);
+        Ok(result)
+    }
+}
