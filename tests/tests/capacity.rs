@@ -117,6 +117,12 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     let unchanged: serde_json::Value =
         serde_json::from_str(&daemon.ctl_ok(&["reload", "--json"])).unwrap();
     assert_eq!(unchanged["changed_map_entries"], 0);
+    // ... and keeps the CLI entry enforced.
+    send_frames(&lab.peer, PEER_IF, vec![tcp_v4(STRANGER_V4, 443)]);
+    assert_eq!(
+        daemon.settled_stats().rule("last").0 - before.rule("last").0,
+        4
+    );
 
     assert_eq!(
         daemon.ctl_ok(&["remove", "192.0.2.99"]),

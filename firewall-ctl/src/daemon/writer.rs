@@ -909,10 +909,21 @@ impl Writer {
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
         let lists = self.feeds_for(&config.feeds);
-        let policy = policy::compile_with(&config, &self.runtime, &lists)
-            .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?;
-        if let Some(session) = request.ssh.filter(|_| !request.force)
-            && let Some(cut) = guard::cuts(&self.policy, &policy, &config, &session)
+        // The running policy is compiled from the running config, the
+        // runtime entries and the feeds' lists, and only the config can
+        // differ here: an unchanged one changes no policy, so nothing is
+        // compiled, diffed or written.
+        let policy = if config == self.config {
+            None
+        } else {
+            Some(
+                policy::compile_with(&config, &self.runtime, &lists)
+                    .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?,
+            )
+        };
+        if let Some(policy) = &policy
+            && let Some(session) = request.ssh.filter(|_| !request.force)
+            && let Some(cut) = guard::cuts(&self.policy, policy, &config, &session)
         {
             return Err(cut);
         }
@@ -944,12 +955,13 @@ impl Writer {
         Ok(report)
     }
 
-    /// Makes `config` (compiled to `policy`) live: interfaces, maps, and
-    /// the config the writer checks requests against.
+    /// Makes `config` (compiled to `policy`, or `None` when it compiles to
+    /// the running policy) live: interfaces, maps, and the config the
+    /// writer checks requests against.
     fn apply_config(
         &mut self,
         config: Config,
-        policy: CompiledPolicy,
+        policy: Option<CompiledPolicy>,
         lists: FeedLists,
     ) -> Result<ReloadReport, String> {
         let mut warnings = Vec::new();
@@ -1005,13 +1017,17 @@ impl Writer {
             self.detach_new(&attached);
             return Err(format!("flow tracking: {err}"));
         }
-        let diff = PolicyDiff::between(&self.policy, &policy);
-        if let Err(err) = self.datapath.apply(&policy, &diff) {
-            self.detach_new(&attached);
-            if let Err(err) = self.datapath.set_tracking(&self.config) {
-                error!(error = %err, "restoring the flow tracking settings of the running config failed");
+        let mut changed_map_entries = 0;
+        if let Some(policy) = &policy {
+            let diff = PolicyDiff::between(&self.policy, policy);
+            if let Err(err) = self.datapath.apply(policy, &diff) {
+                self.detach_new(&attached);
+                if let Err(err) = self.datapath.set_tracking(&self.config) {
+                    error!(error = %err, "restoring the flow tracking settings of the running config failed");
+                }
+                return Err(format!("applying the new policy failed: {err}"));
             }
-            return Err(format!("applying the new policy failed: {err}"));
+            changed_map_entries = diff.len();
         }
         for name in &self.config.interfaces {
             if !config.interfaces.contains(name)
@@ -1029,7 +1045,9 @@ impl Writer {
             bpf_dir: self.config.bpf_dir.clone(),
             ..config
         };
-        self.policy = policy;
+        if let Some(policy) = policy {
+            self.policy = policy;
+        }
         if !self.config.track_outbound {
             self.flows = None;
         }
@@ -1040,7 +1058,7 @@ impl Writer {
             prefixes_v4: self.policy.v4.len(),
             prefixes_v6: self.policy.v6.len(),
             ports: self.policy.ports.len(),
-            changed_map_entries: diff.len(),
+            changed_map_entries,
             rollback_at: None,
             warnings,
         })
@@ -1089,7 +1107,7 @@ impl Writer {
         let lists = self.feeds_for(&pending.previous.feeds);
         let result = policy::compile_with(&pending.previous, &self.runtime, &lists)
             .map_err(|err| err.to_string())
-            .and_then(|policy| self.apply_config(pending.previous.clone(), policy, lists));
+            .and_then(|policy| self.apply_config(pending.previous.clone(), Some(policy), lists));
         match result {
             Ok(report) => {
                 self.config_text = pending.previous_text;
