@@ -1,7 +1,7 @@
 //! Map names, keys and values. The XDP program and `firewall-ctl`'s datapath
 //! module must agree on every byte here; change both together.
 
-use crate::limits::MAX_RULES;
+use crate::limits::{MAX_PORT_ENTRIES, MAX_RULES};
 
 /// Names of the maps in the eBPF object. Each per-slot map exists twice,
 /// suffixed `_0` and `_1` (see [`ActivePolicy`]).
@@ -22,8 +22,11 @@ pub mod names {
     pub const SAMPLE_BUCKETS: &str = "SAMPLE_BUCKETS";
     /// `RingBuf` of `BlockedSample`s.
     pub const BLOCKED_SAMPLES: &str = "BLOCKED_SAMPLES";
-    /// `Array<RuleSet>` per slot, indexed by [`super::PortKey::index`].
-    pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
+    /// `Array<RuleSet>` of both slots, indexed by
+    /// [`super::PortKey::slot_index`]: one map, so that the verifier inlines
+    /// the lookup (a call site that may use either of two maps goes through
+    /// the generic helper, which costs the closed-port path 10 ns).
+    pub const PORTS: &str = "PORTS";
     /// `PerCpuArray<Counter>` indexed by [`crate::reasons::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
     /// `PerCpuArray<Counter>` indexed by [`super::rule_stats_index`].
@@ -38,7 +41,7 @@ pub mod names {
     pub const FLOW_KEY_SCRATCH: &str = "FLOW_KEY_SCRATCH";
 
     /// Every map, as pinned under `bpf_dir`.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 19] = [
         ACTIVE,
         SOURCES_V4[0],
         SOURCES_V4[1],
@@ -51,8 +54,7 @@ pub mod names {
         ENTRY_STATS,
         SAMPLE_BUCKETS,
         BLOCKED_SAMPLES,
-        PORTS[0],
-        PORTS[1],
+        PORTS,
         REASON_STATS,
         RULE_STATS,
         FLOWS,
@@ -66,7 +68,7 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a
@@ -174,8 +176,8 @@ impl PortKey {
         }
     }
 
-    /// Index into the `PORTS` arrays: every TCP port, then every UDP port.
-    /// `None` for other protocols, which no rule can expose.
+    /// Index within one slot's part of `PORTS`: every TCP port, then every
+    /// UDP port. `None` for other protocols, which no rule can expose.
     #[inline(always)]
     pub const fn index(&self) -> Option<u32> {
         match self.protocol {
@@ -184,9 +186,19 @@ impl PortKey {
             _ => None,
         }
     }
+
+    /// Index into `PORTS` for policy slot `slot`: slot 0's ports, then
+    /// slot 1's.
+    #[inline(always)]
+    pub const fn slot_index(&self, slot: u32) -> Option<u32> {
+        match self.index() {
+            Some(index) => Some(slot * MAX_PORT_ENTRIES + index),
+            None => None,
+        }
+    }
 }
 
-/// Ports of one protocol: a `PORTS` array holds TCP's, then UDP's.
+/// Ports of one protocol: a slot's part of `PORTS` holds TCP's, then UDP's.
 pub const PORTS_PER_PROTOCOL: u32 = 65_536;
 
 /// Packet and byte counters, one per CPU; user space sums them.
@@ -286,7 +298,6 @@ mod tests {
 
     #[test]
     fn port_indexes_cover_both_protocols_without_overlap() {
-        use crate::limits::MAX_PORT_ENTRIES;
         assert_eq!(PortKey::new(protocol::TCP, 0).index(), Some(0));
         assert_eq!(PortKey::new(protocol::TCP, 65_535).index(), Some(65_535));
         assert_eq!(PortKey::new(protocol::UDP, 0).index(), Some(65_536));
@@ -295,6 +306,16 @@ mod tests {
             Some(MAX_PORT_ENTRIES - 1)
         );
         assert_eq!(PortKey::new(protocol::ICMP, 8).index(), None);
+        assert_eq!(PortKey::new(protocol::TCP, 443).slot_index(0), Some(443));
+        assert_eq!(
+            PortKey::new(protocol::TCP, 443).slot_index(1),
+            Some(MAX_PORT_ENTRIES + 443)
+        );
+        assert_eq!(
+            PortKey::new(protocol::UDP, 65_535).slot_index(1),
+            Some(2 * MAX_PORT_ENTRIES - 1)
+        );
+        assert_eq!(PortKey::new(protocol::ICMP, 8).slot_index(1), None);
     }
 
     #[test]

@@ -91,8 +91,9 @@ fn finish(
         return XDP_PASS;
     }
     // SAFETY: `ctx.ctx` is the program's `xdp_md`, valid for the call.
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    maps::sample_drop(packet, verdict.reason, ifindex);
+    maps::sample_drop(packet, verdict.reason, || unsafe {
+        (*ctx.ctx).ingress_ifindex
+    });
     if enforce { XDP_DROP } else { XDP_PASS }
 }
 

@@ -71,13 +71,12 @@ static SAMPLE_BUCKETS: PerCpuArray<SampleBucket> = PerCpuArray::with_max_entries
 #[map]
 static BLOCKED_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 
-/// Slot 0 and 1: (protocol, destination port) -> rules exposing it, at
-/// `PortKey::index`. An array (1 MiB per slot), not a hash map: the
-/// verifier inlines its lookup, so a closed port costs a load.
+/// Both slots: (protocol, destination port) -> rules exposing it, at
+/// `PortKey::slot_index`. One array (1 MiB per slot), not a hash map nor a
+/// map per slot: the verifier inlines its lookup, so a closed port costs a
+/// load.
 #[map]
-static PORTS_0: Array<RuleSet> = Array::with_max_entries(MAX_PORT_ENTRIES, 0);
-#[map]
-static PORTS_1: Array<RuleSet> = Array::with_max_entries(MAX_PORT_ENTRIES, 0);
+static PORTS: Array<RuleSet> = Array::with_max_entries(POLICY_SLOTS * MAX_PORT_ENTRIES, 0);
 
 /// Packets and bytes per `Reason`, per CPU.
 #[map]
@@ -197,9 +196,9 @@ pub fn count_entry(entry: u32, bytes: u64) {
 
 /// Sends a sample of a dropped packet to user space if this CPU's bucket
 /// has a token for it: a plain token, or a novel one for a source other
-/// than the last sampled.
+/// than the last sampled. `ifindex` is read only for a sample sent.
 #[inline(always)]
-pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: u32) {
+pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: impl FnOnce() -> u32) {
     let Some(bucket) = SAMPLE_BUCKETS.get_ptr_mut(0) else {
         return;
     };
@@ -214,17 +213,21 @@ pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: u32) {
         return;
     }
     bucket.last_source = source;
-    let sample = BlockedSample {
+    // Written in place in the ring, not built on the stack and copied. A
+    // full ring loses the sample, which is what a sample may do.
+    let Some(mut entry) = BLOCKED_SAMPLES.reserve::<BlockedSample>(0) else {
+        return;
+    };
+    entry.write(BlockedSample {
         source,
-        ifindex,
+        ifindex: ifindex(),
         port: packet.port().port,
         protocol: packet.port().protocol,
         reason: reason as u8,
         family: packet.family(),
         pad: [0; 7],
-    };
-    // A full ring loses the sample, which is what a sample may do.
-    let _ = BLOCKED_SAMPLES.output::<BlockedSample>(&sample, 0);
+    });
+    entry.submit(0);
 }
 
 /// The policy of one slot, and the flow table, for the frame from `data`
@@ -322,10 +325,9 @@ impl Policy for SlotPolicy {
 
     #[inline(always)]
     fn port_rules(&self, port: &PortKey) -> RuleSet {
-        let Some(index) = port.index() else {
+        let Some(index) = port.slot_index(self.slot) else {
             return 0;
         };
-        let map = if self.slot == 0 { &PORTS_0 } else { &PORTS_1 };
-        map.get(index).copied().unwrap_or(0)
+        PORTS.get(index).copied().unwrap_or(0)
     }
 }

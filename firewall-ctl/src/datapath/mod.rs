@@ -674,10 +674,10 @@ impl Datapath {
         let entry_rules = policy.entry_rules();
         self.write_family_keys::<V4>(slot, policy, entry_rules, &keys.v4, &keys.v4_listings)?;
         self.write_family_keys::<V6>(slot, policy, entry_rules, &keys.v6, &keys.v6_listings)?;
-        let name = names::PORTS[slot as usize];
+        let name = names::PORTS;
         let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
         for key in &keys.ports {
-            if let Some(index) = key.index() {
+            if let Some(index) = key.slot_index(slot) {
                 let rules = policy.ports.get(key).copied().unwrap_or(0);
                 ports.set(index, rules, 0).map_err(map_error(name))?;
             }
@@ -690,14 +690,15 @@ impl Datapath {
         let entry_rules = policy.entry_rules();
         self.write_family_all::<V4>(slot, policy, entry_rules)?;
         self.write_family_all::<V6>(slot, policy, entry_rules)?;
-        let name = names::PORTS[slot as usize];
+        let name = names::PORTS;
         let mut rules: Vec<RuleSet> = vec![0; MAX_PORT_ENTRIES as usize];
         for (key, exposing) in &policy.ports {
             if let Some(index) = key.index() {
                 rules[index as usize] = *exposing;
             }
         }
-        let indexes: Vec<u32> = (0..MAX_PORT_ENTRIES).collect();
+        let first = slot * MAX_PORT_ENTRIES;
+        let indexes: Vec<u32> = (first..first + MAX_PORT_ENTRIES).collect();
         batch::update(map_data(self, name)?, &indexes, &rules).map_err(batch::error(name))
     }
 
@@ -1164,12 +1165,13 @@ mod tests {
 
     use super::PROGRAM;
 
-    /// The maps of layout version 4: name, type, key size, value size,
+    /// The maps of layout version 5: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1
     /// had no flow maps and 11 reasons; version 2 had no entry tries,
     /// entry counters or drop samples, and source tries held a bare
-    /// `RuleSet`; up to version 3 `PORTS` were hash maps.
-    const LAYOUT_4: [(&str, u32, u32, u32, u32, u32); 20] = [
+    /// `RuleSet`; up to version 3 `PORTS` were hash maps, and in version 4
+    /// one array per slot.
+    const LAYOUT_5: [(&str, u32, u32, u32, u32, u32); 19] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
         ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
         ("ENTRIES_V4_0", 11, 9, 4, 262_144, 1),
@@ -1181,8 +1183,7 @@ mod tests {
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
         ("FLOW_STATS", 6, 4, 8, 4, 0),
-        ("PORTS_0", 2, 4, 8, 131_072, 0),
-        ("PORTS_1", 2, 4, 8, 131_072, 0),
+        ("PORTS", 2, 4, 8, 262_144, 0),
         ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
         ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
@@ -1218,18 +1219,18 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            4,
+            5,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_4,
+            maps, LAYOUT_5,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_4.map(|map| map.0),
+            LAYOUT_5.map(|map| map.0),
             "names::ALL lists every map"
         );
     }
@@ -1237,12 +1238,13 @@ mod tests {
     /// Helpers the data plane (XDP and TC programs) may call, each in Linux
     /// 5.15 (the LTS floor edge hosts run). Add one only after checking the
     /// kernel it arrived in.
-    const HELPERS_IN_5_15: [(i32, &str); 6] = [
+    const HELPERS_IN_5_15: [(i32, &str); 7] = [
         (1, "bpf_map_lookup_elem, Linux 3.19"),
         (2, "bpf_map_update_elem, Linux 3.19"),
         (5, "bpf_ktime_get_ns, Linux 4.1"),
         (39, "bpf_skb_pull_data, Linux 4.9"),
-        (130, "bpf_ringbuf_output, Linux 5.8"),
+        (131, "bpf_ringbuf_reserve, Linux 5.8"),
+        (132, "bpf_ringbuf_submit, Linux 5.8"),
         (160, "bpf_ktime_get_coarse_ns, Linux 5.11"),
     ];
 
