@@ -173,9 +173,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut round_trips = Vec::new();
     for &count in sizes {
         let lab = Lab::new();
+        let spawned = std::time::SystemTime::now();
         let daemon = Daemon::start(&lab.edge, &config(count));
         let policy = format!("{count} prefixes per family");
-        results.control.extend(control_plane(&daemon, count)?);
+        results.control.extend(control_plane(&daemon, spawned, count)?);
         results
             .test_run_ns
             .extend(per_packet_costs(&daemon, count, repetitions)?);
@@ -319,7 +320,7 @@ fn print_rates(rates: &[Rate], sizes: &[u32]) {
 /// `allow` and, for firewall-ctl, the daemon's memory.
 fn print_control(control: &[ControlCost], sizes: &[u32]) {
     println!(
-        "\nControl plane: start to enforcing (firewall-ctl: its log, first line to `running`; nft -f; ipset restore and the iptables rules), reloads of the same and of a new list (firewall-ctl reload; an atomic nft -f; ipset restore and swap), one `allow`, daemon RSS"
+        "\nControl plane: start to enforcing (firewall-ctl: spawned to its log's `running`; nft -f; ipset restore and the iptables rules), reloads of the same and of a new list (firewall-ctl reload; an atomic nft -f; ipset restore and swap), one `allow`, daemon RSS"
     );
     println!(
         "{:>9} {:<13} {:>9} {:>12} {:>11} {:>9} {:>9}",
@@ -379,21 +380,20 @@ fn allow_remove_times(daemon: &Daemon, policy: &str) -> anyhow::Result<Vec<Strin
     .collect())
 }
 
-/// Seconds from the daemon's first log line to its `running` line.
-fn start_seconds(log: &str) -> anyhow::Result<f64> {
-    let time = |line: &str| -> anyhow::Result<f64> {
-        let stamp = line.split_whitespace().next().unwrap_or_default();
-        let at = humantime::parse_rfc3339(stamp)?;
-        Ok(at.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64())
-    };
-    let first = log.lines().next().unwrap_or_default();
+/// Seconds from `spawned` (when the daemon was started: it reads and
+/// parses its config, loads the programs, fills the maps and attaches) to
+/// its `running` log line.
+fn start_seconds(log: &str, spawned: std::time::SystemTime) -> anyhow::Result<f64> {
     let Some(running) = log
         .lines()
         .find(|line| line.contains("firewall-ctl daemon running"))
     else {
         bail!("no `running` line in the daemon's log");
     };
-    Ok(time(running)? - time(first)?)
+    let stamp = running.split_whitespace().next().unwrap_or_default();
+    Ok(humantime::parse_rfc3339(stamp)?
+        .duration_since(spawned)?
+        .as_secs_f64())
 }
 
 /// The daemon's resident and peak resident memory, in MB.
@@ -413,10 +413,15 @@ fn memory_mb(pid: u64) -> anyhow::Result<(f64, f64)> {
     Ok((kilobytes("VmRSS:")? / 1024.0, kilobytes("VmHWM:")? / 1024.0))
 }
 
-/// Start, reloads, an isolated `allow` and memory of `daemon` on the
-/// policy of `count` prefixes per family. Leaves it on that policy.
-fn control_plane(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<ControlCost>> {
-    let start = start_seconds(&daemon.log())?;
+/// Start (the daemon was spawned at `spawned`), reloads, an isolated
+/// `allow` and memory of `daemon` on the policy of `count` prefixes per
+/// family. Leaves it on that policy.
+fn control_plane(
+    daemon: &Daemon,
+    spawned: std::time::SystemTime,
+    count: u32,
+) -> anyhow::Result<Vec<ControlCost>> {
+    let start = start_seconds(&daemon.log(), spawned)?;
     let reload_seconds = |config: &str| -> anyhow::Result<f64> {
         std::fs::write(&daemon.config, config)?;
         // Not right after another change: the daemon's own background work
