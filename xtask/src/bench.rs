@@ -176,7 +176,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let spawned = std::time::SystemTime::now();
         let daemon = Daemon::start(&lab.edge, &config(count));
         let policy = format!("{count} prefixes per family");
-        results.control.extend(control_plane(&daemon, spawned, count)?);
+        results
+            .control
+            .extend(control_plane(&daemon, spawned, count)?);
         results
             .test_run_ns
             .extend(per_packet_costs(&daemon, count, repetitions)?);
