@@ -139,12 +139,12 @@ struct TestRunCost {
 /// One control-plane figure of one system at one size. `rss_mb` is the
 /// daemon's; netfilter keeps its sets in the kernel, so it has none.
 #[derive(serde::Serialize)]
-struct ControlCost {
-    system: &'static str,
-    what: &'static str,
-    prefixes: u32,
-    seconds: f64,
-    rss_mb: Option<f64>,
+pub struct ControlCost {
+    pub system: &'static str,
+    pub what: &'static str,
+    pub prefixes: u32,
+    pub seconds: f64,
+    pub rss_mb: Option<f64>,
 }
 
 /// What `--json` writes.
@@ -184,15 +184,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .extend(per_packet_costs(&daemon, count, repetitions)?);
         let (rates, netfilter) =
             RateBench::new(&lab, BASE_V4, &sources(count, 0), &sources(count, 1))?;
-        results
-            .control
-            .extend(netfilter.into_iter().map(|cost| ControlCost {
-                system: cost.system,
-                what: cost.what,
-                prefixes: count,
-                seconds: cost.seconds,
-                rss_mb: None,
-            }));
+        results.control.extend(netfilter);
         results.rates.extend(rates.measure(count, repetitions)?);
         if !args.quick && (count == 10 || count == LARGE) {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);

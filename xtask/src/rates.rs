@@ -28,7 +28,10 @@ use firewall_tests::{
     lab::{Lab, NETNS_PREFIX, Netns, veth},
 };
 
-use crate::reference::{self, Program};
+use crate::{
+    bench::ControlCost,
+    reference::{self, Program},
+};
 
 /// The systems compared, in table order.
 pub const SYSTEMS: [&str; 5] = ["firewall-ctl", "nft", "ipset", "minimal-lpm", "drop-all"];
@@ -49,13 +52,6 @@ pub struct Rate {
     pub traffic: &'static str,
     pub prefixes: u32,
     pub mpps: f64,
-}
-
-/// One control-plane figure of a netfilter system at one size.
-pub struct NetfilterCost {
-    pub system: &'static str,
-    pub what: &'static str,
-    pub seconds: f64,
 }
 
 /// Where one system receives: its namespace and interface, and the
@@ -81,7 +77,7 @@ pub struct RateBench<'lab> {
 
 /// A receiver's namespace, wired to the lab's peer by a veth: the edge's
 /// MAC and addresses on `rx0`, so the lab's frames are for it.
-fn receiver_netns(lab: &Lab, system: &str) -> anyhow::Result<(Netns, String)> {
+fn receiver_netns(lab: &Lab, system: &str) -> (Netns, String) {
     let ns = Netns::create(format!(
         "{NETNS_PREFIX}{}-bench-{system}",
         std::process::id()
@@ -95,7 +91,7 @@ fn receiver_netns(lab: &Lab, system: &str) -> anyhow::Result<(Netns, String)> {
     ns.ip(&format!("addr add {EDGE_V6}/64 dev {RECEIVER_IF} nodad"));
     ns.ip(&format!("link set {RECEIVER_IF} up"));
     lab.peer.ip(&format!("link set {generator_if} up"));
-    Ok((ns, generator_if))
+    (ns, generator_if)
 }
 
 /// The index of `interface` in `ns`.
@@ -145,14 +141,16 @@ fn timed_file(
 }
 
 /// nftables: two interval sets and a netdev ingress chain that accepts TCP
-/// 443 from them and drops the rest. Loads `sources`, replaces them with
-/// `new_sources` and back (one `nft -f` each, atomic), adds one address.
+/// 443 from them and drops the rest. Loads `sources` (`prefixes` per
+/// family), replaces them with `new_sources` and back (one `nft -f` each,
+/// atomic), adds one address.
 fn nft_receiver(
     ns: &Netns,
     dir: &Path,
+    prefixes: u32,
     sources: &[(IpAddr, u8)],
     new_sources: &[(IpAddr, u8)],
-) -> anyhow::Result<Vec<NetfilterCost>> {
+) -> anyhow::Result<Vec<ControlCost>> {
     let elements = |sources: &[(IpAddr, u8)], v4: bool| -> String {
         let list: Vec<String> = sources
             .iter()
@@ -206,6 +204,7 @@ fn nft_receiver(
     )?;
     Ok(netfilter_costs(
         "nft",
+        prefixes,
         start,
         reload_unchanged,
         reload_new,
@@ -219,9 +218,10 @@ fn nft_receiver(
 fn ipset_receiver(
     ns: &Netns,
     dir: &Path,
+    prefixes: u32,
     sources: &[(IpAddr, u8)],
     new_sources: &[(IpAddr, u8)],
-) -> anyhow::Result<Vec<NetfilterCost>> {
+) -> anyhow::Result<Vec<ControlCost>> {
     let sets = |suffix: &str, sources: &[(IpAddr, u8)]| {
         let mut text = String::new();
         for (family, v4) in [("inet", true), ("inet6", false)] {
@@ -266,6 +266,7 @@ fn ipset_receiver(
     let allow = timed(&ns.name, "ipset", &["add", "allowed4", "192.0.2.200"])?;
     Ok(netfilter_costs(
         "ipset",
+        prefixes,
         start,
         reload_unchanged,
         reload_new,
@@ -273,13 +274,16 @@ fn ipset_receiver(
     ))
 }
 
+/// A netfilter system's control-plane figures at `prefixes`; its sets live
+/// in the kernel, so there is no daemon memory to report.
 fn netfilter_costs(
     system: &'static str,
+    prefixes: u32,
     start: f64,
     reload_unchanged: f64,
     reload_new: f64,
     allow: f64,
-) -> Vec<NetfilterCost> {
+) -> Vec<ControlCost> {
     [
         ("start", start),
         ("reload_unchanged", reload_unchanged),
@@ -287,10 +291,12 @@ fn netfilter_costs(
         ("allow", allow),
     ]
     .into_iter()
-    .map(|(what, seconds)| NetfilterCost {
+    .map(|(what, seconds)| ControlCost {
         system,
         what,
+        prefixes,
         seconds,
+        rss_mb: None,
     })
     .collect()
 }
@@ -336,7 +342,7 @@ impl<'lab> RateBench<'lab> {
         base: Ipv4Addr,
         sources: &[(IpAddr, u8)],
         new_sources: &[(IpAddr, u8)],
-    ) -> anyhow::Result<(RateBench<'lab>, Vec<NetfilterCost>)> {
+    ) -> anyhow::Result<(RateBench<'lab>, Vec<ControlCost>)> {
         let count = sources
             .iter()
             .filter(|(address, _)| address.is_ipv4())
@@ -352,7 +358,7 @@ impl<'lab> RateBench<'lab> {
         }];
         let mut costs = Vec::new();
         for system in &SYSTEMS[1..] {
-            let (ns, generator_if) = receiver_netns(lab, system)?;
+            let (ns, generator_if) = receiver_netns(lab, system);
             let mut program = match *system {
                 "minimal-lpm" => reference::minimal_lpm(sources)?,
                 "drop-all" => reference::drop_all()?,
@@ -360,8 +366,14 @@ impl<'lab> RateBench<'lab> {
             };
             ns.within(|| program.attach(RECEIVER_IF))?;
             match *system {
-                "nft" => costs.extend(nft_receiver(&ns, dir.path(), sources, new_sources)?),
-                "ipset" => costs.extend(ipset_receiver(&ns, dir.path(), sources, new_sources)?),
+                "nft" => costs.extend(nft_receiver(&ns, dir.path(), count, sources, new_sources)?),
+                "ipset" => costs.extend(ipset_receiver(
+                    &ns,
+                    dir.path(),
+                    count,
+                    sources,
+                    new_sources,
+                )?),
                 _ => {}
             }
             receivers.push(Receiver {
