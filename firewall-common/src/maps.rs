@@ -4,7 +4,8 @@
 use crate::limits::{MAX_PORT_ENTRIES, MAX_RULES};
 
 /// Names of the maps in the eBPF object. Each per-slot map exists twice,
-/// suffixed `_0` and `_1` (see [`ActivePolicy`]).
+/// suffixed `_0` and `_1` (see [`ActivePolicy`]), except `PORTS`, which
+/// holds both slots.
 pub mod names {
     /// `Array<ActivePolicy>`, one entry.
     pub const ACTIVE: &str = "ACTIVE";
@@ -155,7 +156,8 @@ pub mod protocol {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Key of the per-slot `PORTS` hash map.
+/// A protocol and destination port: what `PORTS` is indexed by (see
+/// [`PortKey::slot_index`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortKey {

@@ -38,21 +38,30 @@ impl Netns {
     }
 
     /// Runs `f` on the calling thread moved into this namespace, then moves
-    /// the thread back: for what must be done there but returns values
-    /// that cannot cross threads (attached programs, loaded objects).
+    /// the thread back (also if `f` panics): for what must be done there
+    /// but returns values that cannot cross threads (attached programs,
+    /// loaded objects).
     pub fn within<T>(&self, f: impl FnOnce() -> T) -> T {
-        let home = File::open("/proc/thread-self/ns/net").expect("opening this thread's namespace");
+        /// Moves the thread back to its namespace when dropped.
+        struct Return(File);
+        impl Drop for Return {
+            fn drop(&mut self) {
+                // SAFETY: a valid namespace fd; affects only the calling thread.
+                let rc = unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "returning to the thread's namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        let home = Return(
+            File::open("/proc/thread-self/ns/net").expect("opening this thread's namespace"),
+        );
         enter(&format!("/run/netns/{}", self.name));
         let result = f();
-        // SAFETY: a valid namespace fd; affects only the calling thread.
-        let rc = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "returning from {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
+        drop(home);
         result
     }
 

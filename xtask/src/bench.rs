@@ -173,8 +173,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut round_trips = Vec::new();
     for &count in sizes {
         let lab = Lab::new();
+        let mut daemon = Daemon::prepare(&lab.edge, &config(count));
         let spawned = std::time::SystemTime::now();
-        let daemon = Daemon::start(&lab.edge, &config(count));
+        daemon.spawn_and_wait();
         let policy = format!("{count} prefixes per family");
         results
             .control

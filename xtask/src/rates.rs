@@ -186,9 +186,9 @@ fn nft_receiver(
     };
     let nft = |text: &str| timed_file(&ns.name, dir, "nft", &["-f"], text);
     let start = nft(&(table + &fill(sources)))?;
-    let reload_new = nft(&replace(new_sources))?;
     let reload_unchanged = nft(&replace(sources))?;
-    // The list the rates are measured on.
+    let reload_new = nft(&replace(new_sources))?;
+    // Back to the list the rates are measured on.
     nft(&replace(sources))?;
     let allow = timed(
         &ns.name,
@@ -260,8 +260,9 @@ fn ipset_receiver(
         }
         anyhow::Ok(started.elapsed().as_secs_f64())
     };
-    let reload_new = replace(new_sources)?;
     let reload_unchanged = replace(sources)?;
+    let reload_new = replace(new_sources)?;
+    // Back to the list the rates are measured on.
     replace(sources)?;
     let allow = timed(&ns.name, "ipset", &["add", "allowed4", "192.0.2.200"])?;
     Ok(netfilter_costs(
@@ -489,22 +490,42 @@ fn received(receiver: &Receiver) -> anyhow::Result<u64> {
         .with_context(|| format!("no rx packets for {} in {links}", receiver.interface))
 }
 
-/// Runs `f` with the calling thread pinned to CPU 0, then lets it run
-/// anywhere again.
+/// Runs `f` with the calling thread pinned to the first CPU it may use,
+/// then lets it run where it could before, also if `f` panics.
 fn on_one_cpu<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    /// Puts the thread's affinity back when dropped.
+    struct Restore(libc::cpu_set_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a valid mask this thread had; affects only it.
+            let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
+            if rc != 0 {
+                eprintln!(
+                    "warning: restoring the bench thread's CPU affinity: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
     // SAFETY: plain cpu_set_t manipulation and affinity of this thread.
-    unsafe {
-        let mut all: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut all) != 0 {
+    let restore = unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
             bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
         }
+        let Some(first) =
+            (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+        else {
+            bail!("this thread may run on no CPU");
+        };
         let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut one);
+        libc::CPU_SET(first, &mut one);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
             bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
         }
-        let result = f();
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all);
-        Ok(result)
-    }
+        Restore(allowed)
+    };
+    let result = f();
+    drop(restore);
+    Ok(result)
 }
