@@ -914,6 +914,14 @@ impl Writer {
         // differ here: an unchanged one changes no policy, so nothing is
         // compiled, diffed or written.
         let policy = if config == self.config {
+            // Debug builds (the end-to-end tests) check the premise: the
+            // running policy, kept up to date edit by edit, is what a full
+            // compile gives.
+            debug_assert!(
+                policy::compile_with(&config, &self.runtime, &lists)
+                    .is_ok_and(|compiled| compiled == self.policy),
+                "the running policy differs from a full compile of its config, entries and feeds"
+            );
             None
         } else {
             Some(
