@@ -7,7 +7,7 @@
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use firewall_common::{limits::MAX_ENTRY_COUNTERS, maps::UNCOUNTED_ENTRY};
 use foldhash::fast::RandomState;
@@ -84,49 +84,59 @@ impl EntryIndexes {
         }
     }
 
-    /// The entries of `rule`, created empty if it has none.
-    fn of_rule(&mut self, rule: &str) -> &mut FastMap<IpPrefix, Held> {
-        if !self.by_rule.contains_key(rule) {
-            self.by_rule.insert(rule.to_string(), FastMap::default());
+    /// The entries of `rule` in `by_rule`, created empty if it has none. A
+    /// function of the field, so that callers may use the other fields
+    /// meanwhile.
+    fn of_rule<'a>(
+        by_rule: &'a mut FastMap<String, FastMap<IpPrefix, Held>>,
+        rule: &str,
+    ) -> &'a mut FastMap<IpPrefix, Held> {
+        if !by_rule.contains_key(rule) {
+            by_rule.insert(rule.to_string(), FastMap::default());
         }
-        self.by_rule.get_mut(rule).expect("inserted above")
+        by_rule.get_mut(rule).expect("inserted above")
     }
 
     /// Notes that `slot` lists `rule`'s `prefix`, and gives the entry an
     /// index if it had none.
     pub fn hold(&mut self, rule: &str, prefix: IpPrefix, slot: u32) -> Holding {
-        let entries = self.of_rule(rule);
-        if let Some(held) = entries.get_mut(&prefix) {
-            held.slots[slot as usize] = true;
-            return if held.index == UNCOUNTED_ENTRY {
-                Holding::Full
-            } else {
-                Holding::Kept(held.index)
-            };
+        match Self::of_rule(&mut self.by_rule, rule).entry(prefix) {
+            Entry::Occupied(mut held) => {
+                let held = held.get_mut();
+                held.slots[slot as usize] = true;
+                if held.index == UNCOUNTED_ENTRY {
+                    Holding::Full
+                } else {
+                    Holding::Kept(held.index)
+                }
+            }
+            Entry::Vacant(vacant) => {
+                let index = self.free.pop().or_else(|| {
+                    (self.unused_from < self.capacity).then(|| {
+                        self.unused_from += 1;
+                        self.unused_from - 1
+                    })
+                });
+                let mut slots = [false; 2];
+                slots[slot as usize] = true;
+                vacant.insert(Held {
+                    index: index.unwrap_or(UNCOUNTED_ENTRY),
+                    slots,
+                });
+                index.map_or(Holding::Full, Holding::Given)
+            }
         }
-        let index = self.free.pop().or_else(|| {
-            (self.unused_from < self.capacity).then(|| {
-                self.unused_from += 1;
-                self.unused_from - 1
-            })
-        });
-        let mut slots = [false; 2];
-        slots[slot as usize] = true;
-        let held = Held {
-            index: index.unwrap_or(UNCOUNTED_ENTRY),
-            slots,
-        };
-        self.of_rule(rule).insert(prefix, held);
-        index.map_or(Holding::Full, Holding::Given)
     }
 
     /// Records that `slot` lists `rule`'s `prefix` at `index`, as read back
     /// from adopted maps.
     pub fn adopt(&mut self, rule: &str, prefix: IpPrefix, slot: u32, index: u32) {
-        let held = self.of_rule(rule).entry(prefix).or_insert(Held {
-            index,
-            slots: [false; 2],
-        });
+        let held = Self::of_rule(&mut self.by_rule, rule)
+            .entry(prefix)
+            .or_insert(Held {
+                index,
+                slots: [false; 2],
+            });
         held.slots[slot as usize] = true;
         self.unused_from = self.unused_from.max(index + 1);
     }
