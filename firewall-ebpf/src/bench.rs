@@ -21,15 +21,22 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
+use firewall_common::{
+    limits::{MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY},
+    maps::PortKey,
+    wire::{ETH_HEADER_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_HEADER_LEN, IPV6_HEADER_LEN},
+};
 
 /// Allowed sources, IPv4 and IPv6: any value means allowed.
 #[map]
-static BENCH_SOURCES_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(262_144, 1);
+static BENCH_SOURCES_V4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 1);
 #[map]
-static BENCH_SOURCES_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(262_144, 1);
-/// Exposed ports: TCP 0-65535 then UDP; non-zero means exposed.
+static BENCH_SOURCES_V6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 1);
+/// Exposed ports at [`PortKey::index`]; non-zero means exposed.
 #[map]
-static BENCH_PORTS: Array<u8> = Array::with_max_entries(2 * 65_536, 0);
+static BENCH_PORTS: Array<u8> = Array::with_max_entries(MAX_PORT_ENTRIES, 0);
 
 /// The sources the generator cycles through, as IPv4 octets.
 #[map]
@@ -38,12 +45,6 @@ static GENERATOR_SOURCES: Array<[u8; 4]> = Array::with_max_entries(GENERATOR_SOU
 #[map]
 static GENERATOR_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 const GENERATOR_SOURCE_COUNT: u32 = 65_536;
-
-const ETH_HEADER: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 
 /// `N` bytes at `at`, if the frame has them.
 #[inline(always)]
@@ -59,17 +60,11 @@ fn bytes<const N: usize>(ctx: &XdpContext, at: usize) -> Option<[u8; N]> {
 /// Whether the port (at `l4 + 2`) of protocol `protocol` is exposed.
 #[inline(always)]
 fn port_exposed(ctx: &XdpContext, protocol: u8, l4: usize) -> Option<bool> {
-    let base = match protocol {
-        TCP => 0,
-        UDP => 65_536,
-        _ => return Some(false),
-    };
     let port = u16::from_be_bytes(bytes::<2>(ctx, l4 + 2)?);
-    Some(
-        BENCH_PORTS
-            .get(base + u32::from(port))
-            .is_some_and(|exposed| *exposed != 0),
-    )
+    let Some(index) = PortKey::new(protocol, port).index() else {
+        return Some(false);
+    };
+    Some(BENCH_PORTS.get(index).is_some_and(|exposed| *exposed != 0))
 }
 
 #[inline(always)]
@@ -77,8 +72,8 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
     let ethertype = u16::from_be_bytes(bytes::<2>(ctx, 12)?);
     let allowed = match ethertype {
         ETH_P_IP => {
-            let header = bytes::<20>(ctx, ETH_HEADER)?;
-            let l4 = ETH_HEADER + usize::from(header[0] & 0x0f) * 4;
+            let header = bytes::<IPV4_HEADER_LEN>(ctx, ETH_HEADER_LEN)?;
+            let l4 = ETH_HEADER_LEN + usize::from(header[0] & 0x0f) * 4;
             if !port_exposed(ctx, header[9], l4)? {
                 return Some(XDP_DROP);
             }
@@ -86,11 +81,11 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
             BENCH_SOURCES_V4.get(Key::new(32, source)).is_some()
         }
         ETH_P_IPV6 => {
-            let next = bytes::<1>(ctx, ETH_HEADER + 6)?[0];
-            if !port_exposed(ctx, next, ETH_HEADER + 40)? {
+            let next = bytes::<1>(ctx, ETH_HEADER_LEN + 6)?[0];
+            if !port_exposed(ctx, next, ETH_HEADER_LEN + IPV6_HEADER_LEN)? {
                 return Some(XDP_DROP);
             }
-            let source = bytes::<16>(ctx, ETH_HEADER + 8)?;
+            let source = bytes::<16>(ctx, ETH_HEADER_LEN + 8)?;
             BENCH_SOURCES_V6.get(Key::new(128, source)).is_some()
         }
         _ => return Some(XDP_PASS),
@@ -130,12 +125,12 @@ fn next_source(ctx: &XdpContext) -> Option<()> {
         index
     };
     let source = *GENERATOR_SOURCES.get(index % GENERATOR_SOURCE_COUNT)?;
-    let start = ctx.data() + ETH_HEADER;
-    if start + 20 > ctx.data_end() {
+    let start = ctx.data() + ETH_HEADER_LEN;
+    if start + IPV4_HEADER_LEN > ctx.data_end() {
         return None;
     }
-    // SAFETY: the 20 header bytes are inside the frame (checked above).
-    let header = unsafe { &mut *(start as *mut [u8; 20]) };
+    // SAFETY: the header's bytes are inside the frame (checked above).
+    let header = unsafe { &mut *(start as *mut [u8; IPV4_HEADER_LEN]) };
     header[12..16].copy_from_slice(&source);
     header[10] = 0;
     header[11] = 0;

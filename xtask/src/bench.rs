@@ -42,8 +42,6 @@ const TEST_RUN_SAMPLES: usize = 5;
 
 /// Prefixes per family of the large policy: the reference size.
 const LARGE: u32 = 250_000;
-/// The first IPv4 address of the bench's policies.
-const BASE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// Changes measured per case.
 const SAMPLES: usize = 15;
 /// More than the daemon's grace before it reuses a retired slot, so an
@@ -78,15 +76,20 @@ fn config_from(count: u32, shift: u32) -> String {
     )
 }
 
+/// The IPv4 address of prefix `index` of the bench's lists moved by `shift`
+/// (0 or 1): every other address from 198.18.0.0, so that the addresses
+/// between two listed ones (`shift` 1) are near misses.
+pub fn listed_v4(index: u32, shift: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 2 * index + shift)
+}
+
 /// The prefixes of [`config_from`]: addresses and lengths.
 fn sources(count: u32, shift: u32) -> Vec<(IpAddr, u8)> {
-    let base = u32::from(BASE_V4);
     (0..count)
         .flat_map(|index| {
-            let index = 2 * index + shift;
-            let v6 = (0x2001_0db8_u128 << 96) | (u128::from(index) << 64);
+            let v6 = (0x2001_0db8_u128 << 96) | (u128::from(2 * index + shift) << 64);
             [
-                (IpAddr::V4(Ipv4Addr::from(base + index)), 32),
+                (IpAddr::V4(listed_v4(index, shift)), 32),
                 (IpAddr::V6(Ipv6Addr::from(v6)), 64),
             ]
         })
@@ -183,10 +186,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         results
             .test_run_ns
             .extend(per_packet_costs(&daemon, count, repetitions)?);
-        let (rates, netfilter) =
-            RateBench::new(&lab, BASE_V4, &sources(count, 0), &sources(count, 1))?;
+        let (rates, netfilter) = RateBench::new(&lab, &sources(count, 0), &sources(count, 1))?;
         results.control.extend(netfilter);
-        results.rates.extend(rates.measure(count, repetitions)?);
+        results.rates.extend(rates.measure(repetitions)?);
         if !args.quick && (count == 10 || count == LARGE) {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);
         }
@@ -471,8 +473,8 @@ fn paths() -> [(&'static str, Vec<u8>); 4] {
         ("closed", tcp_v4(STRANGER_V4, 40000)),
         ("far", tcp_v4(STRANGER_V4, 443)),
         // Between the listed 198.18.0.0/32 and 198.18.0.2/32.
-        ("near", tcp_v4(Ipv4Addr::new(198, 18, 0, 1), 443)),
-        ("allowed", tcp_v4(Ipv4Addr::new(198, 18, 0, 2), 443)),
+        ("near", tcp_v4(listed_v4(0, 1), 443)),
+        ("allowed", tcp_v4(listed_v4(1, 0), 443)),
     ]
 }
 
@@ -502,10 +504,9 @@ fn per_packet_costs(
 /// adjacent (so none merge), in the benchmarking and documentation ranges;
 /// `shift` 1 moves every prefix.
 fn aws_body(v4: u32, v6: u32, shift: u32) -> Vec<u8> {
-    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + shift;
     let prefixes: Vec<serde_json::Value> = (0..v4)
         .map(|index| {
-            serde_json::json!({"ip_prefix": format!("{}/32", Ipv4Addr::from(base + 2 * index)), "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"})
+            serde_json::json!({"ip_prefix": format!("{}/32", listed_v4(index, shift)), "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"})
         })
         .collect();
     let ipv6_prefixes: Vec<serde_json::Value> = (0..v6)

@@ -29,7 +29,7 @@ use firewall_tests::{
 };
 
 use crate::{
-    bench::ControlCost,
+    bench::{ControlCost, listed_v4},
     reference::{self, Program},
 };
 
@@ -71,6 +71,8 @@ struct Receiver {
 /// The receivers of one size and the generators of each traffic kind.
 pub struct RateBench<'lab> {
     lab: &'lab Lab,
+    /// IPv4 prefixes of the policy every system holds.
+    prefixes: u32,
     receivers: Vec<Receiver>,
     generators: Vec<(&'static str, Program, Vec<u8>)>,
 }
@@ -308,18 +310,17 @@ fn spread(limit: u32, count: u32) -> impl Iterator<Item = u32> {
     (0..count).map(move |index| ((u64::from(index) * 2_654_435_761) % u64::from(limit)) as u32)
 }
 
-/// The sources of each traffic kind, for a policy of `count` /32s at
-/// `base`, `base + 2`, ...: far ones in 198.51.100.0/24 and 203.0.113.0/24,
-/// near ones between two listed addresses, allowed ones listed.
-fn traffic_sources(traffic: &str, base: Ipv4Addr, count: u32) -> Vec<Ipv4Addr> {
-    let base = u32::from(base);
+/// The sources of each traffic kind, for the bench's policy of `count` /32s
+/// ([`listed_v4`]): far ones in 198.51.100.0/24 and 203.0.113.0/24, near
+/// ones between two listed addresses, allowed ones listed.
+fn traffic_sources(traffic: &str, count: u32) -> Vec<Ipv4Addr> {
     let samples = count.min(65_536);
     match traffic {
         "near" => spread(count, samples)
-            .map(|index| Ipv4Addr::from(base + 2 * index + 1))
+            .map(|index| listed_v4(index, 1))
             .collect(),
         "allowed" => spread(count, samples)
-            .map(|index| Ipv4Addr::from(base + 2 * index))
+            .map(|index| listed_v4(index, 0))
             .collect(),
         _ => spread(512, 512)
             .map(|index| {
@@ -336,11 +337,10 @@ fn traffic_sources(traffic: &str, base: Ipv4Addr, count: u32) -> Vec<Ipv4Addr> {
 
 impl<'lab> RateBench<'lab> {
     /// Sets up every system on the policy `sources` (the daemon already
-    /// runs on it in `lab.edge`), `base` being its first IPv4 address, and
-    /// measures the netfilter systems' control planes on the way.
+    /// runs on it in `lab.edge`), and measures the netfilter systems'
+    /// control planes on the way.
     pub fn new(
         lab: &'lab Lab,
-        base: Ipv4Addr,
         sources: &[(IpAddr, u8)],
         new_sources: &[(IpAddr, u8)],
     ) -> anyhow::Result<(RateBench<'lab>, Vec<ControlCost>)> {
@@ -390,13 +390,14 @@ impl<'lab> RateBench<'lab> {
             .iter()
             .map(|&traffic| {
                 let port = if traffic == "closed" { 40000 } else { 443 };
-                let program = reference::generator(&traffic_sources(traffic, base, count))?;
+                let program = reference::generator(&traffic_sources(traffic, count))?;
                 anyhow::Ok((traffic, program, tcp_v4(STRANGER_V4, port)))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok((
             RateBench {
                 lab,
+                prefixes: count,
                 receivers,
                 generators,
             },
@@ -406,7 +407,7 @@ impl<'lab> RateBench<'lab> {
 
     /// Every system and traffic kind `repetitions` times, interleaved; the
     /// median rate of each.
-    pub fn measure(&self, prefixes: u32, repetitions: usize) -> anyhow::Result<Vec<Rate>> {
+    pub fn measure(&self, repetitions: usize) -> anyhow::Result<Vec<Rate>> {
         let mut samples: Vec<(Rate, Vec<f64>)> = Vec::new();
         for _ in 0..repetitions {
             for (traffic, generator, frame) in &self.generators {
@@ -420,7 +421,7 @@ impl<'lab> RateBench<'lab> {
                             Rate {
                                 system: receiver.system,
                                 traffic,
-                                prefixes,
+                                prefixes: self.prefixes,
                                 mpps: 0.0,
                             },
                             vec![mpps],

@@ -18,6 +18,8 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 
+use firewall_common::maps::{PortKey, protocol};
+
 use crate::cargo::workspace_root;
 
 /// The object aya-build wrote for the release build of `firewall-ctl`:
@@ -100,7 +102,10 @@ pub fn minimal_lpm(sources: &[(IpAddr, u8)]) -> anyhow::Result<Program> {
         .map_mut("BENCH_PORTS")
         .context("BENCH_PORTS")?
         .try_into()?;
-    ports.set(443, 1, 0)?;
+    let https = PortKey::new(protocol::TCP, 443)
+        .index()
+        .context("TCP has port indexes")?;
+    ports.set(https, 1, 0)?;
     // Taken out of the object: the loaded program keeps them alive.
     let mut v4: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(
         ebpf.take_map("BENCH_SOURCES_V4")
