@@ -159,8 +159,9 @@ impl Writer {
         let compiled = policy::compile_with(&self.config, &self.runtime, &lists)
             .map_err(|err| err.to_string())?;
         let diff = PolicyDiff::between(&self.policy, &compiled);
+        let changed_map_entries = diff.len();
         self.datapath
-            .apply(&compiled, &diff)
+            .apply(&compiled, diff)
             .map_err(|err| format!("applying the update failed: {err}"))?;
         let took = started.elapsed();
         let (added, removed) = changes(previous.as_ref(), &list);
@@ -173,7 +174,7 @@ impl Writer {
             prefixes_v6 = v6,
             added = added.len(),
             removed = removed.len(),
-            changed_map_entries = diff.len(),
+            changed_map_entries,
             took_ms = took.as_millis() as u64,
             "applied a feed update"
         );

@@ -183,7 +183,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // Fill the maps before attaching: the first packet already sees the
     // policy. With adopted maps this is the idle slot: one switch replaces
     // the old daemon's policy.
-    datapath.apply(&policy, &PolicyDiff::default())?;
+    datapath.apply(&policy, PolicyDiff::default())?;
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;
     }

@@ -758,7 +758,7 @@ impl Writer {
         let enforce_change = diff.len() > 0;
         let mut staged = if enforce_change {
             self.datapath
-                .write_idle(&self.policy, &diff)
+                .write_idle(&self.policy, diff)
                 .map_err(|err| format!("writing the new policy into the data plane failed: {err}"))
         } else {
             Ok(())
@@ -1028,14 +1028,14 @@ impl Writer {
         let mut changed_map_entries = 0;
         if let Some(policy) = &policy {
             let diff = PolicyDiff::between(&self.policy, policy);
-            if let Err(err) = self.datapath.apply(policy, &diff) {
+            changed_map_entries = diff.len();
+            if let Err(err) = self.datapath.apply(policy, diff) {
                 self.detach_new(&attached);
                 if let Err(err) = self.datapath.set_tracking(&self.config) {
                     error!(error = %err, "restoring the flow tracking settings of the running config failed");
                 }
                 return Err(format!("applying the new policy failed: {err}"));
             }
-            changed_map_entries = diff.len();
         }
         for name in &self.config.interfaces {
             if !config.interfaces.contains(name)

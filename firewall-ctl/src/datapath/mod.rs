@@ -554,7 +554,7 @@ impl Datapath {
     pub fn apply(
         &mut self,
         policy: &CompiledPolicy,
-        changed: &PolicyDiff,
+        changed: PolicyDiff,
     ) -> Result<(), DatapathError> {
         self.write_idle(policy, changed)?;
         self.switch(policy)
@@ -567,7 +567,7 @@ impl Datapath {
     pub fn write_idle(
         &mut self,
         policy: &CompiledPolicy,
-        changed: &PolicyDiff,
+        changed: PolicyDiff,
     ) -> Result<(), DatapathError> {
         let slot = self.idle_slot();
         self.wait_for_retired_readers();
@@ -579,12 +579,14 @@ impl Datapath {
         let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names
             && self.slot_entry_rules[slot as usize] == Some(entry_rules);
         self.slot_entry_rules[slot as usize] = None;
-        let result = match &lag {
-            Some(lag) if same_rules => {
-                let mut keys = lag.clone();
-                keys.extend(changed);
-                self.write_keys(slot, policy, &keys)
-            }
+        let result = match lag {
+            // Either diff alone is written as it is: a union would copy a
+            // whole new list's keys.
+            Some(lag) if same_rules => match (lag.len(), changed.len()) {
+                (0, _) => self.write_keys(slot, policy, &changed),
+                (_, 0) => self.write_keys(slot, policy, &lag),
+                _ => self.write_keys(slot, policy, &lag.union(&changed)),
+            },
             _ => self.write_all(slot, policy),
         };
         // If the write failed halfway, the slot holds a mix: `idle_lag`
@@ -594,7 +596,7 @@ impl Datapath {
             self.give_rules(slot, &policy.rule_names)?;
         }
         self.slot_entry_rules[slot as usize] = Some(entry_rules);
-        self.idle_lag = Some(changed.clone());
+        self.idle_lag = Some(changed);
         Ok(())
     }
 
@@ -628,7 +630,7 @@ impl Datapath {
     /// Writes the live `policy` into the idle slot too, so the next change
     /// writes only its diff.
     pub fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        self.write_idle(policy, &PolicyDiff::default())
+        self.write_idle(policy, PolicyDiff::default())
     }
 
     /// Waits, if the last switch was recent, until no packet can still be

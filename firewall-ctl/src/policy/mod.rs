@@ -85,12 +85,15 @@ impl PolicyDiff {
         }
     }
 
-    pub fn extend(&mut self, other: &PolicyDiff) {
-        self.v4.extend(&other.v4);
-        self.v6.extend(&other.v6);
-        self.ports.extend(&other.ports);
-        self.v4_listings.extend(&other.v4_listings);
-        self.v6_listings.extend(&other.v6_listings);
+    /// The keys of both diffs.
+    pub fn union(&self, other: &PolicyDiff) -> Self {
+        Self {
+            v4: union(&self.v4, &other.v4),
+            v6: union(&self.v6, &other.v6),
+            ports: union(&self.ports, &other.ports),
+            v4_listings: union(&self.v4_listings, &other.v4_listings),
+            v6_listings: union(&self.v6_listings, &other.v6_listings),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,6 +103,12 @@ impl PolicyDiff {
             + self.v4_listings.len()
             + self.v6_listings.len()
     }
+}
+
+/// Both sets, built in key order: full tree nodes, where inserting one
+/// set's keys into the other leaves half-full ones.
+fn union<K: Ord + Copy>(one: &BTreeSet<K>, other: &BTreeSet<K>) -> BTreeSet<K> {
+    one.union(other).copied().collect()
 }
 
 /// Listings in one table and not the other.
@@ -208,8 +217,8 @@ pub fn compile_with(
     if !misfits.is_empty() {
         return Err(PolicyError::Misfits { misfits });
     }
-    let mut v4 = BTreeMap::new();
-    let mut v6 = BTreeMap::new();
+    let mut v4: Vec<(PrefixKey, RuleSet)> = Vec::new();
+    let mut v6: Vec<(PrefixKey, RuleSet)> = Vec::new();
     let mut ports: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
     let runtime_sources = runtime
         .values()
@@ -227,8 +236,9 @@ pub fn compile_with(
     });
     for (index, prefix) in config_sources.chain(feed_sources).chain(runtime_sources) {
         let family = if prefix.is_v4() { &mut v4 } else { &mut v6 };
-        *family.entry(key_of(&prefix)).or_insert(0) |= 1 << index;
+        family.push((key_of(&prefix), 1 << index));
     }
+    let (v4, v6) = (listings_by_prefix(v4), listings_by_prefix(v6));
     for (index, rule) in config.rules.iter().enumerate() {
         for range in &rule.ports {
             for port in range.first..=range.last {
@@ -250,6 +260,21 @@ pub fn compile_with(
     };
     policy.check_entry_tries()?;
     Ok(policy)
+}
+
+/// (prefix, rules) listings sorted by prefix, each prefix once with the
+/// union of its rules: a vector sorted in place, where a map would cost a
+/// tree node per prefix.
+fn listings_by_prefix(mut listings: Vec<(PrefixKey, RuleSet)>) -> Vec<(PrefixKey, RuleSet)> {
+    listings.sort_unstable_by_key(|(key, _)| *key);
+    listings.dedup_by(|(key, rules), (kept_key, kept_rules)| {
+        let same = key == kept_key;
+        if same {
+            *kept_rules |= *rules;
+        }
+        same
+    });
+    listings
 }
 
 fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
