@@ -67,6 +67,10 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "firewall";
 
+/// Map elements built and written at a time when a change writes many:
+/// 64k source-trie writes take 2.5 MB.
+const WRITE_CHUNK: usize = 65_536;
+
 /// After this long, no packet can still be using a slot that was retired:
 /// XDP runs to completion within microseconds, and an RCU grace period
 /// (which bounds them) takes milliseconds. Only a change that follows the
@@ -731,16 +735,27 @@ impl Datapath {
                 entries.push((F::entry_key(rule, key), index));
             }
         }
-        let mut sources = Vec::with_capacity(nodes.len());
-        for key in nodes {
-            let value = table
-                .node(key)
-                .map(|node| self.source_value::<F>(slot, policy, *key, node, &mut given));
-            sources.push((F::key(*key), value));
-        }
         self.reset_entry_counters(&given)?;
         write_trie(self, F::ENTRIES[slot as usize], entries)?;
-        write_trie(self, F::SOURCES[slot as usize], sources)
+        // A new list changes every key: written a chunk at a time, its
+        // values never all sit in memory at once.
+        let mut nodes = nodes.iter().peekable();
+        while nodes.peek().is_some() {
+            given.clear();
+            let sources: Vec<_> = nodes
+                .by_ref()
+                .take(WRITE_CHUNK)
+                .map(|key| {
+                    let value = table
+                        .node(key)
+                        .map(|node| self.source_value::<F>(slot, policy, *key, node, &mut given));
+                    (F::key(*key), value)
+                })
+                .collect();
+            self.reset_entry_counters(&given)?;
+            write_trie(self, F::SOURCES[slot as usize], sources)?;
+        }
+        Ok(())
     }
 
     /// Makes `slot` hold exactly one family of `policy`; the entry tries
@@ -829,7 +844,10 @@ impl Datapath {
             ..EntryCounter::default()
         };
         let map = map_data(self, names::ENTRY_STATS)?;
-        let written = batch::update(map, indexes, &vec![fresh; indexes.len()]);
+        let values = vec![fresh; indexes.len().min(WRITE_CHUNK)];
+        let written = indexes
+            .chunks(WRITE_CHUNK)
+            .try_for_each(|indexes| batch::update(map, indexes, &values[..indexes.len()]));
         if batch::or_fallback(names::ENTRY_STATS, written)?.is_some() {
             return Ok(());
         }
