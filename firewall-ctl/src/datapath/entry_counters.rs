@@ -175,17 +175,32 @@ impl EntryIndexes {
         }
     }
 
-    /// Releases, in `slot`, every entry `listed` says it no longer lists:
-    /// `listed(rule, prefix)`.
-    pub fn release_unlisted(&mut self, slot: u32, listed: impl Fn(&str, &IpPrefix) -> bool) {
-        let unlisted: Vec<(String, IpPrefix)> = self
-            .listed_in(slot)
-            .filter(|(rule, prefix, _)| !listed(rule, prefix))
-            .map(|(rule, prefix, _)| (rule.to_string(), prefix))
-            .collect();
-        for (rule, prefix) in unlisted {
-            self.release(&rule, prefix, slot);
-        }
+    /// Notes that `slot` lists none of the IPv4 (`v4`) or IPv6 entries, as
+    /// a slot is rewritten whole: holding again those it lists, then
+    /// [`EntryIndexes::free_unlisted`], frees the others. Two passes over
+    /// the entries, where asking the policy about each one took 0.15 s of
+    /// a 250k + 250k start.
+    pub fn unlist_family(&mut self, slot: u32, v4: bool) {
+        self.by_rule
+            .values_mut()
+            .flat_map(|entries| entries.iter_mut())
+            .filter(|(prefix, _)| prefix.is_v4() == v4)
+            .for_each(|(_, held)| held.slots[slot as usize] = false);
+    }
+
+    /// Frees the index of every entry neither slot lists.
+    pub fn free_unlisted(&mut self) {
+        let free = &mut self.free;
+        self.by_rule.retain(|_, entries| {
+            entries.retain(|_, held| {
+                let listed = held.slots != [false; 2];
+                if !listed && held.index != UNCOUNTED_ENTRY {
+                    free.push(held.index);
+                }
+                listed
+            });
+            !entries.is_empty()
+        });
     }
 
     /// The entries `slot` lists: rule, prefix, index.
@@ -276,8 +291,19 @@ mod tests {
         let mut listed: Vec<u32> = indexes.listed_in(1).map(|(_, _, index)| index).collect();
         listed.sort();
         assert_eq!(listed, [2, 5]);
-        indexes.release_unlisted(1, |rule, _| rule == "a");
+        // Slot 1 rewritten with only rule a's entry: b's is freed, and
+        // given again as a new counter.
+        indexes.unlist_family(1, true);
+        assert_eq!(
+            indexes.hold("a", prefix("192.0.2.1/32"), 1),
+            Holding::Kept(2)
+        );
+        indexes.free_unlisted();
         let listed: Vec<&str> = indexes.listed_in(1).map(|(rule, _, _)| rule).collect();
         assert_eq!(listed, ["a"]);
+        assert_eq!(
+            indexes.hold("d", prefix("192.0.2.77/32"), 1),
+            Holding::Given(5)
+        );
     }
 }

@@ -58,7 +58,7 @@ use self::{
 };
 use crate::{
     config::{IpPrefix, XdpModeSetting},
-    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, key_of, table::Node},
+    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
 };
 
 /// The XDP object built by `build.rs`.
@@ -721,12 +721,20 @@ impl Datapath {
         let table = F::table(policy);
         let mut given = Vec::new();
         let mut entries = Vec::with_capacity(listings.len());
+        let mut walk = table.walk();
+        // The listings held, in key order: the nodes below usually credit
+        // their own listing, and find its index here instead of looking it
+        // up again.
+        let mut held: Vec<(Listing, u32)> = Vec::new();
         for &(key, rule) in listings {
             let Some(name) = policy.rule_names.get(rule as usize) else {
                 continue;
             };
-            let index = if table.listings(&key) & (1 << rule) != 0 {
-                Some(self.hold_entry(name, F::prefix(key), slot, &mut given))
+            let own = walk.find(&key).map_or(0, |(own, _)| own);
+            let index = if own & (1 << rule) != 0 {
+                let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
+                held.push(((key, rule), index));
+                Some(index)
             } else {
                 self.entry_indexes.release(name, F::prefix(key), slot);
                 None
@@ -740,15 +748,26 @@ impl Datapath {
         // A new list changes every key: written a chunk at a time, its
         // values never all sit in memory at once.
         let mut nodes = nodes.iter().peekable();
+        let mut walk = table.walk();
+        let mut held = held.iter().peekable();
         while nodes.peek().is_some() {
             given.clear();
             let sources: Vec<_> = nodes
                 .by_ref()
                 .take(WRITE_CHUNK)
                 .map(|key| {
-                    let value = table
-                        .node(key)
-                        .map(|node| self.source_value::<F>(slot, policy, *key, node, &mut given));
+                    let value = walk.find(key).map(|(_, node)| {
+                        let first = (*key, node.rules.trailing_zeros());
+                        while held.next_if(|(listing, _)| *listing < first).is_some() {}
+                        match held.peek() {
+                            Some(&&(listing, entry))
+                                if listing == first && node.first_len == key.1 =>
+                            {
+                                source_value(node, entry)
+                            }
+                            _ => self.source_value::<F>(slot, policy, *key, node, &mut given),
+                        }
+                    });
                     (F::key(*key), value)
                 })
                 .collect();
@@ -768,33 +787,31 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let table = F::table(policy);
         let mut entries = Vec::new();
+        let mut sources = Vec::with_capacity(table.len());
         let mut given = Vec::new();
-        for (key, rules) in table.all_listings() {
-            for rule in crate::policy::rule_indexes(rules) {
+        self.entry_indexes.unlist_family(slot, F::V4);
+        for (key, own, node) in table.listed() {
+            let first_rule = node.rules.trailing_zeros();
+            let mut first_index = None;
+            for rule in crate::policy::rule_indexes(own) {
                 let name = &policy.rule_names[rule as usize];
                 let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
+                if rule == first_rule {
+                    first_index = Some(index);
+                }
                 if entry_rules & (1 << rule) != 0 {
                     entries.push((F::entry_key(rule, key), index));
                 }
             }
+            // Usually the entry the node credits is its own listing, just
+            // held: no second lookup.
+            let value = match first_index {
+                Some(entry) if node.first_len == key.1 => source_value(node, entry),
+                _ => self.source_value::<F>(slot, policy, key, node, &mut given),
+            };
+            sources.push((F::key(key), value));
         }
-        self.entry_indexes.release_unlisted(slot, |name, prefix| {
-            prefix.is_v4() != F::V4
-                || policy
-                    .rule_names
-                    .iter()
-                    .position(|rule| rule == name)
-                    .is_some_and(|rule| table.listings(&key_of(prefix)) & (1 << rule) != 0)
-        });
-        let sources = table
-            .nodes()
-            .map(|(key, node)| {
-                (
-                    F::key(key),
-                    self.source_value::<F>(slot, policy, key, node, &mut given),
-                )
-            })
-            .collect();
+        self.entry_indexes.free_unlisted();
         self.reset_entry_counters(&given)?;
         sync_trie(self, F::ENTRIES[slot as usize], entries)?;
         sync_trie(self, F::SOURCES[slot as usize], sources)
@@ -812,11 +829,7 @@ impl Datapath {
     ) -> SourceValue {
         let rule = &policy.rule_names[node.rules.trailing_zeros() as usize];
         let first = F::table(policy).first_entry(key, node);
-        SourceValue {
-            rules: node.rules,
-            entry: self.hold_entry(rule, F::prefix(first), slot, given),
-            pad: 0,
-        }
+        source_value(node, self.hold_entry(rule, F::prefix(first), slot, given))
     }
 
     /// The counter index of `rule`'s `prefix` in `slot`; newly given ones
@@ -1098,6 +1111,16 @@ fn map_data<'a>(datapath: &'a Datapath, name: &'static str) -> Result<&'a MapDat
     }
 }
 
+/// The source-trie value of `node`, whose first rule credits the counter
+/// at `entry`.
+fn source_value(node: Node, entry: u32) -> SourceValue {
+    SourceValue {
+        rules: node.rules,
+        entry,
+        pad: 0,
+    }
+}
+
 /// Writes each value (or its absence) at its key into the trie `name`.
 fn write_trie<K: aya::Pod, V: aya::Pod>(
     datapath: &mut Datapath,
@@ -1124,15 +1147,21 @@ fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     name: &'static str,
     wanted: Vec<(Key<K>, V)>,
 ) -> Result<(), DatapathError> {
-    let keep: std::collections::HashSet<(u32, K)> = wanted
-        .iter()
-        .map(|(key, _)| (key.prefix_len(), key.data()))
-        .collect();
-    let stale: Vec<Key<K>> = trie_elements::<K, V>(datapath, name)?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| !keep.contains(&(key.prefix_len(), key.data())))
-        .collect();
+    let present = trie_elements::<K, V>(datapath, name)?;
+    // A new trie (a first start) has nothing stale: no set of what to keep.
+    let stale: Vec<Key<K>> = if present.is_empty() {
+        Vec::new()
+    } else {
+        let keep: std::collections::HashSet<(u32, K), foldhash::fast::RandomState> = wanted
+            .iter()
+            .map(|(key, _)| (key.prefix_len(), key.data()))
+            .collect();
+        present
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !keep.contains(&(key.prefix_len(), key.data())))
+            .collect()
+    };
     let (keys, values): (Vec<Key<K>>, Vec<V>) = wanted.into_iter().unzip();
     apply_to_trie(datapath, name, &stale, &keys, &values)
 }
