@@ -145,7 +145,23 @@ pub struct SampleBucket {
     /// Spent only on a source other than the last one sampled, so a flood
     /// from one source cannot hide the others.
     pub novel_tokens: u32,
-    pub last_source: [u8; 16],
+    /// [`fold_source`] of the last source sampled: one 8-byte compare per
+    /// drop once the plain tokens are spent, where comparing 16 bytes cost
+    /// the closed-port path 2 ns.
+    pub last_source: u64,
+    /// Keeps the value 24 bytes, as in layout 5: the bucket is refilled
+    /// whole every second, so adopted maps need no new layout for it.
+    pub reserved: u64,
+}
+
+/// An address (IPv4 in the first 4 bytes) folded to 64 bits, its halves
+/// XORed: exact for IPv4; two IPv6 sources that fold alike count as one
+/// for novelty, which only decides which of them a novel token samples.
+#[inline(always)]
+pub const fn fold_source(address: [u8; 16]) -> u64 {
+    // SAFETY: 16 bytes as two words; every bit pattern is a valid u64.
+    let [high, low]: [u64; 2] = unsafe { core::mem::transmute(address) };
+    high ^ low
 }
 
 /// IP protocol numbers the policy can expose.
@@ -296,6 +312,21 @@ mod tests {
             }
         }
         assert!(!ActivePolicy::default().ready());
+    }
+
+    #[test]
+    fn folded_sources_are_exact_for_ipv4_and_tell_ipv6_networks_apart() {
+        let v4 = |octets: [u8; 4]| {
+            let mut address = [0; 16];
+            address[..4].copy_from_slice(&octets);
+            fold_source(address)
+        };
+        assert_ne!(v4([192, 0, 2, 1]), v4([192, 0, 2, 2]));
+        assert_eq!(v4([192, 0, 2, 1]), v4([192, 0, 2, 1]));
+        let v6 = |text: &str| fold_source(text.parse::<core::net::Ipv6Addr>().unwrap().octets());
+        assert_ne!(v6("2001:db8::1"), v6("2001:db8::2"));
+        assert_ne!(v6("2001:db8::1"), v6("2001:db8:1::1"));
+        assert_ne!(v4([192, 0, 2, 1]), 0, "never the refilled bucket's 0");
     }
 
     #[test]

@@ -79,6 +79,13 @@ fn finish(
 ) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::REASON_STATS, verdict.reason as u32, bytes);
+    if verdict.reason.is_drop() {
+        // SAFETY: `ctx.ctx` is the program's `xdp_md`, valid for the call.
+        maps::sample_drop(packet, verdict.reason, || unsafe {
+            (*ctx.ctx).ingress_ifindex
+        });
+        return if enforce { XDP_DROP } else { XDP_PASS };
+    }
     if verdict.reason == Reason::Allowed {
         maps::count(
             &maps::RULE_STATS,
@@ -87,14 +94,7 @@ fn finish(
         );
         maps::count_entry(verdict.entry, bytes);
     }
-    if !verdict.reason.is_drop() {
-        return XDP_PASS;
-    }
-    // SAFETY: `ctx.ctx` is the program's `xdp_md`, valid for the call.
-    maps::sample_drop(packet, verdict.reason, || unsafe {
-        (*ctx.ctx).ingress_ifindex
-    });
-    if enforce { XDP_DROP } else { XDP_PASS }
+    XDP_PASS
 }
 
 #[cfg(not(test))]

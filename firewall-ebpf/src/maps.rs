@@ -17,7 +17,7 @@ use firewall_common::{
     },
     maps::{
         ActivePolicy, BlockedSample, Counter, EntryCounter, PortKey, RuleSet, SampleBucket,
-        SourceValue, UNCOUNTED_ENTRY, entry_key_len,
+        SourceValue, UNCOUNTED_ENTRY, entry_key_len, fold_source,
     },
     reasons::{REASON_COUNT, Reason},
     verdict::{Flows, Policy, Source},
@@ -205,14 +205,15 @@ pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: impl FnOnce()
     // SAFETY: per-CPU value; user space only ever stores a whole new bucket.
     let bucket = unsafe { &mut *bucket };
     let source = packet.address();
+    let folded = fold_source(source);
     if bucket.tokens > 0 {
         bucket.tokens -= 1;
-    } else if bucket.novel_tokens > 0 && bucket.last_source != source {
+    } else if bucket.novel_tokens > 0 && bucket.last_source != folded {
         bucket.novel_tokens -= 1;
     } else {
         return;
     }
-    bucket.last_source = source;
+    bucket.last_source = folded;
     // Written in place in the ring, not built on the stack and copied. A
     // full ring loses the sample, which is what a sample may do.
     let Some(mut entry) = BLOCKED_SAMPLES.reserve::<BlockedSample>(0) else {

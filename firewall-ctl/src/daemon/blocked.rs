@@ -265,7 +265,7 @@ async fn refill(
         let bucket = SampleBucket {
             tokens: rate,
             novel_tokens: rate,
-            last_source: [0; 16],
+            ..SampleBucket::default()
         };
         let values = PerCpuValues::try_from(vec![bucket; cpus]).expect("one value per CPU");
         if let Err(err) = buckets.set(0, values, 0) {
