@@ -203,6 +203,17 @@ impl EntryIndexes {
         });
     }
 
+    /// Gives back the room of entries since unlisted: after a new list
+    /// both lists' entries were held at once, twice what either slot lists
+    /// once the idle slot has caught up (60 MB at 250k + 250k).
+    pub fn shrink(&mut self) {
+        for entries in self.by_rule.values_mut() {
+            if entries.capacity() > 2 * entries.len() {
+                entries.shrink_to_fit();
+            }
+        }
+    }
+
     /// The entries `slot` lists: rule, prefix, index.
     pub fn listed_in(&self, slot: u32) -> impl Iterator<Item = (&str, IpPrefix, u32)> {
         self.by_rule.iter().flat_map(move |(rule, entries)| {
@@ -247,6 +258,33 @@ mod tests {
             indexes.hold("vendor", prefix("198.51.100.0/24"), 0),
             Holding::Given(2)
         );
+    }
+
+    #[test]
+    fn shrinking_keeps_every_entry_and_its_index() {
+        let mut indexes = EntryIndexes::with_capacity(10_000);
+        let prefixes: Vec<IpPrefix> = (0..4000)
+            .map(|n| prefix(&format!("198.51.{}.{}/32", 100 + n / 256, n % 256)))
+            .collect();
+        for prefix in &prefixes {
+            indexes.hold("vendor", *prefix, 0);
+        }
+        for prefix in &prefixes[100..] {
+            indexes.release("vendor", *prefix, 0);
+        }
+        let listed = |indexes: &EntryIndexes| {
+            let mut listed: Vec<(String, IpPrefix, u32)> = indexes
+                .listed_in(0)
+                .map(|(rule, prefix, index)| (rule.to_string(), prefix, index))
+                .collect();
+            listed.sort();
+            listed
+        };
+        let before = listed(&indexes);
+        indexes.shrink();
+        assert!(indexes.by_rule["vendor"].capacity() < 1000);
+        assert_eq!(listed(&indexes), before);
+        assert_eq!(indexes.hold("vendor", prefixes[0], 1), Holding::Kept(1));
     }
 
     #[test]

@@ -634,7 +634,11 @@ impl Datapath {
     /// Writes the live `policy` into the idle slot too, so the next change
     /// writes only its diff.
     pub fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        self.write_idle(policy, PolicyDiff::default())
+        self.write_idle(policy, PolicyDiff::default())?;
+        // Both slots list the same entries now: the fewest there will be
+        // until the next change.
+        self.entry_indexes.shrink();
+        Ok(())
     }
 
     /// Waits, if the last switch was recent, until no packet can still be
