@@ -300,6 +300,7 @@ fn netfilter_costs(
         prefixes,
         seconds,
         rss_mb: None,
+        peak_rss_mb: None,
     })
     .collect()
 }
