@@ -1,8 +1,10 @@
 //! Batch map reads, writes and deletes (`BPF_MAP_LOOKUP_BATCH`,
 //! `BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux 5.6): one `bpf` call per [`BATCH`]
 //! elements, not one or two per element. aya 0.14 has no wrapper for them.
+//! Writes take a bare descriptor, so that a thread of their own can make
+//! them ([`super::background`]); so do their per-element fallbacks.
 
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use aya::{
     maps::{MapData, MapError},
@@ -60,7 +62,7 @@ pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError
     move |io_error| DatapathError::Map {
         name,
         source: MapError::SyscallError(SyscallError {
-            call: "bpf batch",
+            call: "bpf",
             io_error,
         }),
     }
@@ -100,7 +102,40 @@ fn unsupported(error: &std::io::Error) -> bool {
 
 /// The descriptor of `map`, as `bpf_attr` holds it.
 fn raw_fd(map: &MapData) -> u32 {
-    std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()) as u32
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// `union bpf_attr` of `BPF_MAP_UPDATE_ELEM` and `BPF_MAP_DELETE_ELEM`.
+#[repr(C)]
+#[derive(Default)]
+struct ElementAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One element call; `ENOENT` is `Ok(false)`.
+fn element_call(cmd: libc::c_long, attr: &ElementAttr) -> std::io::Result<bool> {
+    // SAFETY: `attr` points at a key (and value) of the map's sizes,
+    // borrowed by the caller for the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const ElementAttr,
+            std::mem::size_of::<ElementAttr>(),
+        )
+    };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => Ok(false),
+        _ => Err(error),
+    }
 }
 
 /// The elements of `map`, in the map's order, up to about `limit` of them
@@ -145,11 +180,11 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::R
     }
 }
 
-/// Deletes `keys` from `map`, skipping any gone already; how many it
-/// deleted.
-pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<u64> {
+/// Deletes `keys` from the map `map`, skipping any gone already; how many
+/// it deleted.
+pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<u64> {
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    let fd = raw_fd(map);
+    let fd = map.as_raw_fd() as u32;
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -169,15 +204,16 @@ pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<u64> {
     Ok(deleted)
 }
 
-/// Writes `values[i]` at `keys[i]` in `map`, [`BATCH`] elements per call.
+/// Writes `values[i]` at `keys[i]` in the map `map`, [`BATCH`] elements
+/// per call.
 pub fn update<K: aya::Pod, V: aya::Pod>(
-    map: &MapData,
+    map: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
 ) -> std::io::Result<()> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     assert_eq!(keys.len(), values.len(), "one value per key");
-    let fd = raw_fd(map);
+    let fd = map.as_raw_fd() as u32;
     for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
@@ -196,4 +232,145 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
         }
     }
     Ok(())
+}
+
+/// Deletes `removed` (absent ones included) from the map `name` at `map`
+/// and writes `values` at `keys`: batch calls where the kernel has them for
+/// the map type (LPM tries got them after arrays and hashes), else
+/// [`replace_each`].
+pub fn replace<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    name: &'static str,
+    removed: &[K],
+    keys: &[K],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    let written = delete(map, removed).and_then(|_| update(map, keys, values));
+    match or_fallback(name, written)? {
+        Some(()) => Ok(()),
+        None => replace_each(map, removed, keys, values).map_err(error(name)),
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// [`replace`] one call per element.
+fn replace_each<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    removed: &[K],
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<()> {
+    let map_fd = map.as_raw_fd() as u32;
+    for key in removed {
+        let attr = ElementAttr {
+            map_fd,
+            key: std::ptr::from_ref(key) as u64,
+            ..ElementAttr::default()
+        };
+        // Absent already is removed.
+        element_call(BPF_MAP_DELETE_ELEM, &attr)?;
+    }
+    for (key, value) in keys.iter().zip(values) {
+        let attr = ElementAttr {
+            map_fd,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_ref(value) as u64,
+            ..ElementAttr::default()
+        };
+        if !element_call(BPF_MAP_UPDATE_ELEM, &attr)? {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+
+    use aya::maps::lpm_trie::Key;
+
+    use super::*;
+
+    /// `union bpf_attr` of `BPF_MAP_CREATE`, as far as used.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+
+    fn lpm_trie() -> OwnedFd {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        let attr = CreateAttr {
+            map_type: 11,
+            key_size: 8,
+            value_size: 4,
+            max_entries: 16,
+            // BPF_F_NO_PREALLOC, which LPM tries require.
+            map_flags: 1,
+        };
+        // SAFETY: a create attr; the kernel returns a new descriptor.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_CREATE,
+                &raw const attr,
+                std::mem::size_of::<CreateAttr>(),
+            )
+        };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just returned to us, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    fn lookup(map: &OwnedFd, key: &Key<[u8; 4]>) -> Option<u32> {
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let mut value = 0u32;
+        let attr = ElementAttr {
+            map_fd: map.as_raw_fd() as u32,
+            key: std::ptr::from_ref(key) as u64,
+            value: &raw mut value as u64,
+            ..ElementAttr::default()
+        };
+        element_call(BPF_MAP_LOOKUP_ELEM, &attr)
+            .unwrap()
+            .then_some(value)
+    }
+
+    /// The per-element path, which kernels without batch calls for LPM
+    /// tries take (this one has them, so `replace` would not).
+    #[test]
+    fn one_call_per_element_deletes_and_writes_exactly() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "SKIPPED one_call_per_element_deletes_and_writes_exactly: needs root (creates a BPF map)"
+            );
+            return;
+        }
+        let map = lpm_trie();
+        let key = |last: u8| Key::new(32, [192, 0, 2, last]);
+        replace_each(map.as_fd(), &[], &[key(1), key(2)], &[10u32, 20]).unwrap();
+        // Deleting an absent key is fine; writes replace values.
+        replace_each(
+            map.as_fd(),
+            &[key(1), key(9)],
+            &[key(2), key(3)],
+            &[21u32, 30],
+        )
+        .unwrap();
+        assert_eq!(lookup(&map, &key(1)), None);
+        assert_eq!(lookup(&map, &key(2)), Some(21));
+        assert_eq!(lookup(&map, &key(3)), Some(30));
+        // And the batch path gives the same.
+        replace(map.as_fd(), "TEST", &[key(3)], &[key(4)], &[40u32]).unwrap();
+        assert_eq!(lookup(&map, &key(3)), None);
+        assert_eq!(lookup(&map, &key(4)), Some(40));
+    }
 }

@@ -8,7 +8,7 @@
 //! handle, which the kernel keeps without a pin and a restarted daemon
 //! replaces in place.
 
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -297,7 +297,8 @@ impl Datapath {
                 _ => table.icmp += 1,
             }
         }
-        let deleted = batch::delete(map, &expired).map_err(batch::error(names::FLOWS))?;
+        let deleted =
+            batch::delete(map.fd().as_fd(), &expired).map_err(batch::error(names::FLOWS))?;
         let mut stats: PerCpuArray<&mut MapData, u64> = self.map_mut(names::FLOW_STATS)?;
         let per_cpu =
             |stats: &PerCpuArray<&mut MapData, u64>, index| -> Result<Vec<u64>, DatapathError> {

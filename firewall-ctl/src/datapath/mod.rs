@@ -20,6 +20,7 @@
 //! daemon adopts it: same maps, its own program swapped onto the links
 //! atomically, its policy written into the idle slot and switched once.
 
+mod background;
 mod batch;
 pub mod entry_counters;
 pub mod flows;
@@ -28,6 +29,7 @@ pub mod pins;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -53,6 +55,7 @@ use firewall_common::{
 use tracing::{info, warn};
 
 use self::{
+    background::{TrieWrites, with_trie_writes},
     entry_counters::{EntryId, EntryIndexes, Holding},
     pins::{PinDir, PinDirError},
 };
@@ -67,8 +70,8 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "firewall";
 
-/// Map elements built and written at a time when a change writes many:
-/// 64k source-trie writes take 2.5 MB.
+/// Map elements built at a time when a change writes many, and handed to
+/// a writing thread: it starts on the first chunk while the next are built.
 const WRITE_CHUNK: usize = 65_536;
 
 /// After this long, no packet can still be using a slot that was retired:
@@ -123,6 +126,8 @@ pub enum DatapathError {
     },
     #[error("counting CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
+    #[error("starting a thread to write the maps failed: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A step of attaching, pinning or adopting a link that failed.
@@ -682,8 +687,24 @@ impl Datapath {
         keys: &PolicyDiff,
     ) -> Result<(), DatapathError> {
         let entry_rules = policy.entry_rules();
-        self.write_family_keys::<V4>(slot, policy, entry_rules, &keys.v4, &keys.v4_listings)?;
-        self.write_family_keys::<V6>(slot, policy, entry_rules, &keys.v6, &keys.v6_listings)?;
+        with_trie_writes(|writes| {
+            self.write_family_keys::<V4>(
+                slot,
+                policy,
+                entry_rules,
+                &keys.v4,
+                &keys.v4_listings,
+                writes,
+            )?;
+            self.write_family_keys::<V6>(
+                slot,
+                policy,
+                entry_rules,
+                &keys.v6,
+                &keys.v6_listings,
+                writes,
+            )
+        })?;
         let name = names::PORTS;
         let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
         for key in &keys.ports {
@@ -698,8 +719,10 @@ impl Datapath {
     /// Makes `slot`'s maps hold exactly `policy`, whatever they held.
     fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         let entry_rules = policy.entry_rules();
-        self.write_family_all::<V4>(slot, policy, entry_rules)?;
-        self.write_family_all::<V6>(slot, policy, entry_rules)?;
+        with_trie_writes(|writes| {
+            self.write_family_all::<V4>(slot, policy, entry_rules, writes)?;
+            self.write_family_all::<V6>(slot, policy, entry_rules, writes)
+        })?;
         let name = names::PORTS;
         let mut rules: Vec<RuleSet> = vec![0; MAX_PORT_ENTRIES as usize];
         for (key, exposing) in &policy.ports {
@@ -709,7 +732,8 @@ impl Datapath {
         }
         let first = slot * MAX_PORT_ENTRIES;
         let indexes: Vec<u32> = (first..first + MAX_PORT_ENTRIES).collect();
-        batch::update(map_data(self, name)?, &indexes, &rules).map_err(batch::error(name))
+        batch::update(map_data(self, name)?.fd().as_fd(), &indexes, &rules)
+            .map_err(batch::error(name))
     }
 
     /// Writes one family of `policy` at `nodes` and `listings` into `slot`;
@@ -721,6 +745,7 @@ impl Datapath {
         entry_rules: RuleSet,
         nodes: &std::collections::BTreeSet<PrefixKey>,
         listings: &std::collections::BTreeSet<Listing>,
+        writes: &TrieWrites<'_>,
     ) -> Result<(), DatapathError> {
         let table = F::table(policy);
         let mut given = Vec::new();
@@ -748,7 +773,7 @@ impl Datapath {
             }
         }
         self.reset_entry_counters(&given)?;
-        write_trie(self, F::ENTRIES[slot as usize], entries)?;
+        write_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
         // A new list changes every key: written a chunk at a time, its
         // values never all sit in memory at once.
         let mut nodes = nodes.iter().peekable();
@@ -776,7 +801,7 @@ impl Datapath {
                 })
                 .collect();
             self.reset_entry_counters(&given)?;
-            write_trie(self, F::SOURCES[slot as usize], sources)?;
+            write_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)?;
         }
         Ok(())
     }
@@ -788,6 +813,7 @@ impl Datapath {
         slot: u32,
         policy: &CompiledPolicy,
         entry_rules: RuleSet,
+        writes: &TrieWrites<'_>,
     ) -> Result<(), DatapathError> {
         let table = F::table(policy);
         let mut entries = Vec::new();
@@ -817,8 +843,8 @@ impl Datapath {
         }
         self.entry_indexes.free_unlisted();
         self.reset_entry_counters(&given)?;
-        sync_trie(self, F::ENTRIES[slot as usize], entries)?;
-        sync_trie(self, F::SOURCES[slot as usize], sources)
+        sync_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
+        sync_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)
     }
 
     /// The trie value of `node`: its rules, and the counter of the entry the
@@ -860,7 +886,7 @@ impl Datapath {
             listed_at: crate::system::monotonic_ns(),
             ..EntryCounter::default()
         };
-        let map = map_data(self, names::ENTRY_STATS)?;
+        let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
         let values = vec![fresh; indexes.len().min(WRITE_CHUNK)];
         let written = indexes
             .chunks(WRITE_CHUNK)
@@ -983,12 +1009,14 @@ impl Datapath {
 /// One address family's maps and key encodings.
 trait Family {
     const V4: bool;
+    /// The [`TrieWrites`] lane of this family's tries.
+    const LANE: usize;
     const SOURCES: [&'static str; 2];
     const ENTRIES: [&'static str; 2];
     /// Address bytes of a source trie key.
-    type Bytes: aya::Pod + Eq + std::hash::Hash;
+    type Bytes: aya::Pod + Eq + std::hash::Hash + Send;
     /// Rule byte and address bytes of an entry trie key.
-    type EntryBytes: aya::Pod + Eq + std::hash::Hash;
+    type EntryBytes: aya::Pod + Eq + std::hash::Hash + Send;
     fn bytes(bits: u128) -> Self::Bytes;
     /// The network bits of source trie key bytes.
     fn bits(bytes: Self::Bytes) -> u128;
@@ -1013,6 +1041,7 @@ struct V6;
 
 impl Family for V4 {
     const V4: bool = true;
+    const LANE: usize = 0;
     const SOURCES: [&'static str; 2] = names::SOURCES_V4;
     const ENTRIES: [&'static str; 2] = names::ENTRIES_V4;
     type Bytes = [u8; 4];
@@ -1050,6 +1079,7 @@ impl Family for V4 {
 
 impl Family for V6 {
     const V4: bool = false;
+    const LANE: usize = 1;
     const SOURCES: [&'static str; 2] = names::SOURCES_V6;
     const ENTRIES: [&'static str; 2] = names::ENTRIES_V6;
     type Bytes = [u8; 16];
@@ -1087,18 +1117,6 @@ impl Family for V6 {
     }
 }
 
-/// Deleting a key that is not there leaves the map as wanted.
-fn absent_is_removed(error: MapError) -> Result<(), MapError> {
-    match &error {
-        MapError::SyscallError(SyscallError { io_error, .. })
-            if io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        _ => Err(error),
-    }
-}
-
 fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
     values.fold(Counter::default(), |mut total, value| {
         total += *value;
@@ -1125,11 +1143,14 @@ fn source_value(node: Node, entry: u32) -> SourceValue {
     }
 }
 
-/// Writes each value (or its absence) at its key into the trie `name`.
-fn write_trie<K: aya::Pod, V: aya::Pod>(
-    datapath: &mut Datapath,
+/// Queues writing each value (or its absence) at its key into the trie
+/// `name`.
+fn write_trie<K: aya::Pod + Send, V: aya::Pod + Send>(
+    datapath: &Datapath,
     name: &'static str,
     writes: Vec<(Key<K>, Option<V>)>,
+    queue: &TrieWrites<'_>,
+    lane: usize,
 ) -> Result<(), DatapathError> {
     let mut removed = Vec::new();
     let (mut keys, mut values) = (Vec::new(), Vec::new());
@@ -1142,14 +1163,17 @@ fn write_trie<K: aya::Pod, V: aya::Pod>(
             None => removed.push(key),
         }
     }
-    apply_to_trie(datapath, name, &removed, &keys, &values)
+    queue.replace(lane, owned_fd(datapath, name)?, name, removed, keys, values);
+    Ok(())
 }
 
-/// Makes the LPM trie `name` hold exactly `wanted`.
-fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
-    datapath: &mut Datapath,
+/// Queues what makes the LPM trie `name` hold exactly `wanted`.
+fn sync_trie<K: aya::Pod + Eq + std::hash::Hash + Send, V: aya::Pod + Send>(
+    datapath: &Datapath,
     name: &'static str,
     wanted: Vec<(Key<K>, V)>,
+    queue: &TrieWrites<'_>,
+    lane: usize,
 ) -> Result<(), DatapathError> {
     let present = trie_elements::<K, V>(datapath, name)?;
     // A new trie (a first start) has nothing stale: no set of what to keep.
@@ -1167,7 +1191,20 @@ fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
             .collect()
     };
     let (keys, values): (Vec<Key<K>>, Vec<V>) = wanted.into_iter().unzip();
-    apply_to_trie(datapath, name, &stale, &keys, &values)
+    queue.replace(lane, owned_fd(datapath, name)?, name, stale, keys, values);
+    Ok(())
+}
+
+/// A descriptor of the map `name` of its own, for a writing thread.
+fn owned_fd(
+    datapath: &Datapath,
+    name: &'static str,
+) -> Result<std::os::fd::OwnedFd, DatapathError> {
+    map_data(datapath, name)?
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(batch::error(name))
 }
 
 /// Every element of the trie `name`: batch reads, else one at a time.
@@ -1183,33 +1220,6 @@ fn trie_elements<K: aya::Pod, V: aya::Pod>(
     trie.iter()
         .collect::<Result<_, _>>()
         .map_err(map_error(name))
-}
-
-/// Deletes `removed` (absent ones included) from the trie `name` and
-/// writes `values` at `keys`: batch calls (a few thousand elements each)
-/// where the kernel has them for LPM tries, else one call per element.
-fn apply_to_trie<K: aya::Pod, V: aya::Pod>(
-    datapath: &mut Datapath,
-    name: &'static str,
-    removed: &[Key<K>],
-    keys: &[Key<K>],
-    values: &[V],
-) -> Result<(), DatapathError> {
-    let map = map_data(datapath, name)?;
-    let written = batch::delete(map, removed).and_then(|_| batch::update(map, keys, values));
-    if batch::or_fallback(name, written)?.is_some() {
-        return Ok(());
-    }
-    let mut trie: LpmTrie<&mut MapData, K, V> = datapath.map_mut(name)?;
-    for key in removed {
-        trie.remove(key)
-            .or_else(absent_is_removed)
-            .map_err(map_error(name))?;
-    }
-    for (key, value) in keys.iter().zip(values) {
-        trie.insert(key, value, 0).map_err(map_error(name))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
