@@ -119,6 +119,47 @@ fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
     assert!(stats.drops("not_allowlisted") > 0, "{stats:?}");
 }
 
+/// A restarted daemon rewrites the idle slot of the maps it adopts whole:
+/// what its config no longer lists must be gone from the source and entry
+/// tries before that slot goes live, and what it still lists must stay.
+#[test]
+fn a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists() {
+    if !root_or_skip("a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    let _https = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let _ssh = listen_tcp(&lab.edge, at(EDGE_V4, 22));
+    let reach =
+        |source: std::net::Ipv4Addr, port| connect_tcp(&lab.peer, source.into(), at(EDGE_V4, port));
+    assert_eq!(reach(VENDOR_V4, 443), Connect::Connected);
+    assert_eq!(reach(INNER_V4, 443), Connect::Connected);
+    assert_eq!(reach(INNER_V4, 22), Connect::Connected);
+    // Both slots hold the policy once the idle one has caught up.
+    std::thread::sleep(Duration::from_secs(2));
+
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        daemon.kill(signal);
+        // The vendor keeps only its IPv6 range; the office's /26 inside the
+        // vendor's old /24 stays, now under no other rule.
+        std::fs::write(
+            &daemon.config,
+            config("driver").replace(
+                "sources = [\"203.0.113.0/24\", \"2001:db8:1::/48\"]",
+                "sources = [\"2001:db8:1::/48\"]",
+            ),
+        )
+        .unwrap();
+        daemon.spawn_and_wait();
+        assert_eq!(reach(VENDOR_V4, 443), Connect::TimedOut, "{signal}");
+        assert_eq!(reach(INNER_V4, 443), Connect::TimedOut, "{signal}");
+        assert_eq!(reach(INNER_V4, 22), Connect::Connected, "{signal}");
+        assert_eq!(reach(OFFICE_V4, 22), Connect::Connected, "{signal}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 #[test]
 fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
     if !root_or_skip("detach_removes_the_firewall_with_or_without_a_running_daemon") {

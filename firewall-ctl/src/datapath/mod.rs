@@ -359,7 +359,7 @@ impl Datapath {
             let names = self.ledger.slot_rules[slot].clone();
             let mut firsts: HashMap<u32, (u8, u128, u32)> = HashMap::new();
             for (key, value) in trie_elements::<F::Bytes, SourceValue>(self, F::SOURCES[slot])? {
-                let (len, bits) = (key.prefix_len() as u8, F::bits(key.data()));
+                let (bits, len) = F::source_prefix(&key);
                 let rule = value.rules.trailing_zeros();
                 let shortest = firsts.entry(value.entry).or_insert((len, bits, rule));
                 if len < shortest.0 {
@@ -371,9 +371,8 @@ impl Datapath {
                 .map(|(index, (len, bits, rule))| (rule, (bits, len), index))
                 .collect();
             for (key, index) in trie_elements::<F::EntryBytes, u32>(self, F::ENTRIES[slot])? {
-                let (rule, bits) = F::split_entry(key.data());
-                let len = (key.prefix_len() - entry_key_len(0)) as u8;
-                adopted.push((u32::from(rule), (bits, len), index));
+                let (rule, prefix) = F::entry_listing(&key);
+                adopted.push((u32::from(rule), prefix, index));
             }
             for (rule, key, index) in adopted {
                 if let Some(name) = names.get(rule as usize)
@@ -816,35 +815,53 @@ impl Datapath {
         writes: &TrieWrites<'_>,
     ) -> Result<(), DatapathError> {
         let table = F::table(policy);
+        let (entries_name, sources_name) = (F::ENTRIES[slot as usize], F::SOURCES[slot as usize]);
+        // What the tries hold and the policy does not goes first; the rest
+        // is overwritten as the policy is walked.
+        let stale_entries = stale_keys::<F::EntryBytes, u32>(self, entries_name, |key| {
+            let (rule, prefix) = F::entry_listing(key);
+            entry_rules & (1 << rule) != 0 && table.listings(&prefix) & (1 << rule) != 0
+        })?;
+        write_trie::<_, u32>(self, entries_name, stale_entries, writes, F::LANE)?;
+        let stale_sources = stale_keys::<F::Bytes, SourceValue>(self, sources_name, |key| {
+            table.node(&F::source_prefix(key)).is_some()
+        })?;
+        write_trie::<_, SourceValue>(self, sources_name, stale_sources, writes, F::LANE)?;
         let mut entries = Vec::new();
-        let mut sources = Vec::with_capacity(table.len());
         let mut given = Vec::new();
         self.entry_indexes.unlist_family(slot, F::V4);
-        for (key, own, node) in table.listed() {
-            let first_rule = node.rules.trailing_zeros();
-            let mut first_index = None;
-            for rule in crate::policy::rule_indexes(own) {
-                let name = &policy.rule_names[rule as usize];
-                let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
-                if rule == first_rule {
-                    first_index = Some(index);
+        let mut listed = table.listed().peekable();
+        // Written a chunk at a time, so that the kernel fills the trie while
+        // the next chunk is worked out.
+        while listed.peek().is_some() {
+            given.clear();
+            let mut sources = Vec::with_capacity(WRITE_CHUNK);
+            for (key, own, node) in listed.by_ref().take(WRITE_CHUNK) {
+                let first_rule = node.rules.trailing_zeros();
+                let mut first_index = None;
+                for rule in crate::policy::rule_indexes(own) {
+                    let name = &policy.rule_names[rule as usize];
+                    let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
+                    if rule == first_rule {
+                        first_index = Some(index);
+                    }
+                    if entry_rules & (1 << rule) != 0 {
+                        entries.push((F::entry_key(rule, key), Some(index)));
+                    }
                 }
-                if entry_rules & (1 << rule) != 0 {
-                    entries.push((F::entry_key(rule, key), index));
-                }
+                // Usually the entry the node credits is its own listing,
+                // just held: no second lookup.
+                let value = match first_index {
+                    Some(entry) if node.first_len == key.1 => source_value(node, entry),
+                    _ => self.source_value::<F>(slot, policy, key, node, &mut given),
+                };
+                sources.push((F::key(key), Some(value)));
             }
-            // Usually the entry the node credits is its own listing, just
-            // held: no second lookup.
-            let value = match first_index {
-                Some(entry) if node.first_len == key.1 => source_value(node, entry),
-                _ => self.source_value::<F>(slot, policy, key, node, &mut given),
-            };
-            sources.push((F::key(key), value));
+            self.reset_entry_counters(&given)?;
+            write_trie(self, sources_name, sources, writes, F::LANE)?;
         }
         self.entry_indexes.free_unlisted();
-        self.reset_entry_counters(&given)?;
-        sync_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
-        sync_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)
+        write_trie(self, entries_name, entries, writes, F::LANE)
     }
 
     /// The trie value of `node`: its rules, and the counter of the entry the
@@ -1034,6 +1051,18 @@ trait Family {
     fn entry_key(rule: u32, key: PrefixKey) -> Key<Self::EntryBytes> {
         Key::new(entry_key_len(key.1), Self::entry_bytes(rule, key.0))
     }
+
+    /// The prefix of a source trie key.
+    fn source_prefix(key: &Key<Self::Bytes>) -> PrefixKey {
+        (Self::bits(key.data()), key.prefix_len() as u8)
+    }
+
+    /// The rule and prefix of an entry trie key.
+    fn entry_listing(key: &Key<Self::EntryBytes>) -> (u8, PrefixKey) {
+        let (rule, bits) = Self::split_entry(key.data());
+        let len = key.prefix_len().saturating_sub(entry_key_len(0)) as u8;
+        (rule, (bits, len))
+    }
 }
 
 struct V4;
@@ -1167,32 +1196,18 @@ fn write_trie<K: aya::Pod + Send, V: aya::Pod + Send>(
     Ok(())
 }
 
-/// Queues what makes the LPM trie `name` hold exactly `wanted`.
-fn sync_trie<K: aya::Pod + Eq + std::hash::Hash + Send, V: aya::Pod + Send>(
+/// The keys of the trie `name` that `wanted` says it should not hold, as
+/// removals for [`write_trie`]. A new trie (a first start) has none.
+fn stale_keys<K: aya::Pod, V: aya::Pod>(
     datapath: &Datapath,
     name: &'static str,
-    wanted: Vec<(Key<K>, V)>,
-    queue: &TrieWrites<'_>,
-    lane: usize,
-) -> Result<(), DatapathError> {
-    let present = trie_elements::<K, V>(datapath, name)?;
-    // A new trie (a first start) has nothing stale: no set of what to keep.
-    let stale: Vec<Key<K>> = if present.is_empty() {
-        Vec::new()
-    } else {
-        let keep: std::collections::HashSet<(u32, K), foldhash::fast::RandomState> = wanted
-            .iter()
-            .map(|(key, _)| (key.prefix_len(), key.data()))
-            .collect();
-        present
-            .into_iter()
-            .map(|(key, _)| key)
-            .filter(|key| !keep.contains(&(key.prefix_len(), key.data())))
-            .collect()
-    };
-    let (keys, values): (Vec<Key<K>>, Vec<V>) = wanted.into_iter().unzip();
-    queue.replace(lane, owned_fd(datapath, name)?, name, stale, keys, values);
-    Ok(())
+    wanted: impl Fn(&Key<K>) -> bool,
+) -> Result<Vec<(Key<K>, Option<V>)>, DatapathError> {
+    Ok(trie_elements::<K, V>(datapath, name)?
+        .into_iter()
+        .filter(|(key, _)| !wanted(key))
+        .map(|(key, _)| (key, None))
+        .collect())
 }
 
 /// A descriptor of the map `name` of its own, for a writing thread.
