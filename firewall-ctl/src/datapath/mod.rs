@@ -1172,12 +1172,15 @@ fn source_value(node: Node, entry: u32) -> SourceValue {
     }
 }
 
+/// Values to write at trie keys; `None` deletes the key.
+type TrieUpdates<K, V> = Vec<(Key<K>, Option<V>)>;
+
 /// Queues writing each value (or its absence) at its key into the trie
 /// `name`.
 fn write_trie<K: aya::Pod + Send, V: aya::Pod + Send>(
     datapath: &Datapath,
     name: &'static str,
-    writes: Vec<(Key<K>, Option<V>)>,
+    writes: TrieUpdates<K, V>,
     queue: &TrieWrites<'_>,
     lane: usize,
 ) -> Result<(), DatapathError> {
@@ -1202,7 +1205,7 @@ fn stale_keys<K: aya::Pod, V: aya::Pod>(
     datapath: &Datapath,
     name: &'static str,
     wanted: impl Fn(&Key<K>) -> bool,
-) -> Result<Vec<(Key<K>, Option<V>)>, DatapathError> {
+) -> Result<TrieUpdates<K, V>, DatapathError> {
     Ok(trie_elements::<K, V>(datapath, name)?
         .into_iter()
         .filter(|(key, _)| !wanted(key))
