@@ -29,8 +29,8 @@ fn nested_v4_prefixes() -> Vec<String> {
         .collect()
 }
 
-/// 250,000 /64s inside 2001:db8::/32.
-fn v6_prefixes() -> Vec<String> {
+/// 250,000 /64s inside 2001:db8::/32, from 2001:db8:`base`::/64.
+fn v6_prefixes(base: u16) -> Vec<String> {
     (0..250_000u32)
         .map(|index| {
             format!(
@@ -38,7 +38,7 @@ fn v6_prefixes() -> Vec<String> {
                 Ipv6Addr::new(
                     0x2001,
                     0xdb8,
-                    (index >> 16) as u16,
+                    base | (index >> 16) as u16,
                     index as u16,
                     0,
                     0,
@@ -64,7 +64,7 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
         return;
     }
     let v4 = nested_v4_prefixes();
-    let v6 = v6_prefixes();
+    let v6 = v6_prefixes(0);
     assert_eq!((v4.len(), v6.len()), (253_952, 250_000));
     let mut config = String::from("interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\n");
     config.push_str(&format!(
@@ -152,7 +152,36 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     send_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443)]);
     assert_eq!(daemon.settled_stats().rule("final").0, 1);
 
+    // A new IPv6 list as large as the trie, moved up, then down (no rule
+    // overlaps it at 0x8000 nor at 0x4000, so that move writes only the
+    // diff), then back. Every key a list drops is deleted before any is
+    // added, so the trie never needs room for both lists: moving down, the
+    // new keys come first in key order and would fill the trie (ENOSPC).
+    let renamed = config.replace("name = \"last\"", "name = \"final\"");
+    let feed_v6 = || daemon.settled_stats().rule("feed").0;
+    let mut admitted = feed_v6();
+    for (base, passes) in [(0x8000, false), (0x4000, false), (0, true)] {
+        // Past the catch-up of the idle slot after the previous change.
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::write(
+            &daemon.config,
+            renamed.replace(&quoted(&v6), &quoted(&v6_prefixes(base))),
+        )
+        .unwrap();
+        let reloaded: serde_json::Value =
+            serde_json::from_str(&daemon.ctl_ok(&["reload", "--json"])).unwrap();
+        assert!(
+            reloaded["changed_map_entries"].as_u64().unwrap() >= 500_000,
+            "{reloaded}"
+        );
+        // 2001:db8:1::/64 is in the list at 2001:db8:0:: only.
+        send_frames(&lab.peer, PEER_IF, vec![tcp_v6(VENDOR_V6, 8443)]);
+        admitted += u64::from(passes);
+        assert_eq!(feed_v6(), admitted, "list at 2001:db8:{base:x}::");
+    }
+
     // SIGTERM in the middle of a reload is honoured without waiting for it.
+    let applied = daemon.log().matches("new policy applied").count();
     std::fs::write(&daemon.config, &config).unwrap();
     daemon.signal(libc::SIGHUP);
     let reloading = poll(Duration::from_secs(10), Duration::from_millis(5), || {
@@ -173,7 +202,7 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     );
     assert_eq!(
         log.matches("new policy applied").count(),
-        2,
+        applied,
         "the daemon waited for the reload before exiting:\n{log}"
     );
     assert!(lab.edge.xdp_attached(EDGE_IF), "the pinned firewall stays");

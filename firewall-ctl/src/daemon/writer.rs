@@ -709,6 +709,7 @@ impl Writer {
     /// collecting changed map keys in `diff`; returns the edits that undo it.
     fn apply_edits(&mut self, edits: Vec<Edit>, diff: &mut PolicyDiff) -> Vec<Edit> {
         let mut undo = Vec::with_capacity(edits.len());
+        let mut changes = Vec::new();
         for edit in edits {
             let in_config = self.listed_elsewhere(edit.rule, &edit.key.1);
             let previous = match edit.entry {
@@ -718,8 +719,7 @@ impl Writer {
             let listed_before = in_config || previous.is_some();
             let listed_after = in_config || self.runtime.contains_key(&edit.key);
             if listed_before != listed_after {
-                self.policy
-                    .set_listed(edit.rule, edit.key.1, listed_after, diff);
+                changes.push((edit.rule, edit.key.1, listed_after));
             }
             undo.push(Edit {
                 key: edit.key,
@@ -727,6 +727,7 @@ impl Writer {
                 entry: previous,
             });
         }
+        self.policy.set_listed_many(&changes, diff);
         undo.reverse();
         undo
     }

@@ -33,18 +33,19 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// `bpf(cmd, attr)`; `Ok(true)` when there is more to come, `Ok(false)` at
-/// the end of the map (`ENOENT`), with `attr.count` saying how many
-/// elements the call handled either way.
-fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
-    // SAFETY: `attr` is a batch `bpf_attr` whose buffers the caller sized
-    // for `attr.count` elements; they outlive the call.
+/// `bpf(cmd, attr)`, where `attr` is the `union bpf_attr` of `cmd`;
+/// `Ok(false)` for `ENOENT`: the end of the map for a batch read (with
+/// `count` saying how many elements the call handled), a key not found for
+/// an element call.
+fn bpf_call<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<bool> {
+    // SAFETY: `attr` is the attr of `cmd`; every buffer it points to was
+    // sized by the caller for the call and outlives it.
     let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>(),
         )
     };
     if result == 0 {
@@ -57,7 +58,7 @@ fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> 
     }
 }
 
-/// A failed batch call on the map `name`.
+/// A failed `bpf` call on the map `name`, or a failed copy of its descriptor.
 pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
     move |io_error| DatapathError::Map {
         name,
@@ -116,28 +117,6 @@ struct ElementAttr {
     flags: u64,
 }
 
-/// One element call; `ENOENT` is `Ok(false)`.
-fn element_call(cmd: libc::c_long, attr: &ElementAttr) -> std::io::Result<bool> {
-    // SAFETY: `attr` points at a key (and value) of the map's sizes,
-    // borrowed by the caller for the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const ElementAttr,
-            std::mem::size_of::<ElementAttr>(),
-        )
-    };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => Ok(false),
-        _ => Err(error),
-    }
-}
-
 /// The elements of `map`, in the map's order, up to about `limit` of them
 /// (whole batches). `K` and `V` must be the map's key and value types.
 pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::Result<Vec<(K, V)>> {
@@ -164,7 +143,7 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::R
             map_fd: fd,
             ..BatchAttr::default()
         };
-        let more = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+        let more = bpf_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
         let read = attr.count as usize;
         elements.extend(
             keys[..read]
@@ -195,7 +174,7 @@ pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<u
             map_fd: fd,
             ..BatchAttr::default()
         };
-        let complete = batch_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
+        let complete = bpf_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
         let done = attr.count as usize;
         deleted += done as u64;
         // A key not found stops the call at it: skip it, go on after it.
@@ -222,7 +201,7 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
             map_fd: fd,
             ..BatchAttr::default()
         };
-        batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        bpf_call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
         if attr.count as usize != keys.len() {
             return Err(std::io::Error::other(format!(
                 "the kernel wrote {} of {} elements",
@@ -264,22 +243,22 @@ fn replace_each<K: aya::Pod, V: aya::Pod>(
 ) -> std::io::Result<()> {
     let map_fd = map.as_raw_fd() as u32;
     for key in removed {
-        let attr = ElementAttr {
+        let mut attr = ElementAttr {
             map_fd,
             key: std::ptr::from_ref(key) as u64,
             ..ElementAttr::default()
         };
         // Absent already is removed.
-        element_call(BPF_MAP_DELETE_ELEM, &attr)?;
+        bpf_call(BPF_MAP_DELETE_ELEM, &mut attr)?;
     }
     for (key, value) in keys.iter().zip(values) {
-        let attr = ElementAttr {
+        let mut attr = ElementAttr {
             map_fd,
             key: std::ptr::from_ref(key) as u64,
             value: std::ptr::from_ref(value) as u64,
             ..ElementAttr::default()
         };
-        if !element_call(BPF_MAP_UPDATE_ELEM, &attr)? {
+        if !bpf_call(BPF_MAP_UPDATE_ELEM, &mut attr)? {
             return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
         }
     }
@@ -332,13 +311,13 @@ mod tests {
     fn lookup(map: &OwnedFd, key: &Key<[u8; 4]>) -> Option<u32> {
         const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
         let mut value = 0u32;
-        let attr = ElementAttr {
+        let mut attr = ElementAttr {
             map_fd: map.as_raw_fd() as u32,
             key: std::ptr::from_ref(key) as u64,
             value: &raw mut value as u64,
             ..ElementAttr::default()
         };
-        element_call(BPF_MAP_LOOKUP_ELEM, &attr)
+        bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr)
             .unwrap()
             .then_some(value)
     }

@@ -773,36 +773,45 @@ impl Datapath {
         }
         self.reset_entry_counters(&given)?;
         write_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
-        // A new list changes every key: written a chunk at a time, its
-        // values never all sit in memory at once.
-        let mut nodes = nodes.iter().peekable();
+        // Every key the policy no longer lists goes first: a new list as
+        // large as the trie must never need room for both lists at once.
         let mut walk = table.walk();
+        let removed: TrieUpdates<F::Bytes, SourceValue> = nodes
+            .iter()
+            .filter(|key| walk.find(key).is_none())
+            .map(|key| (F::key(*key), None))
+            .collect();
+        write_trie(self, F::SOURCES[slot as usize], removed, writes, F::LANE)?;
+        // Then the rest a chunk at a time, so that a new list's values never
+        // all sit in memory at once and the kernel starts on the first.
+        let mut walk = table.walk();
+        let mut listed = nodes
+            .iter()
+            .filter_map(|key| Some((*key, walk.find(key)?.1)));
         let mut held = held.iter().peekable();
-        while nodes.peek().is_some() {
+        loop {
             given.clear();
-            let sources: Vec<_> = nodes
+            let sources: TrieUpdates<F::Bytes, SourceValue> = listed
                 .by_ref()
                 .take(WRITE_CHUNK)
-                .map(|key| {
-                    let value = walk.find(key).map(|(_, node)| {
-                        let first = (*key, node.rules.trailing_zeros());
-                        while held.next_if(|(listing, _)| *listing < first).is_some() {}
-                        match held.peek() {
-                            Some(&&(listing, entry))
-                                if listing == first && node.first_len == key.1 =>
-                            {
-                                source_value(node, entry)
-                            }
-                            _ => self.source_value::<F>(slot, policy, *key, node, &mut given),
-                        }
-                    });
-                    (F::key(*key), value)
+                .map(|(key, node)| {
+                    let first = (key, node.rules.trailing_zeros());
+                    while held.next_if(|(listing, _)| *listing < first).is_some() {}
+                    let own_entry = held
+                        .peek()
+                        .filter(|(listing, _)| *listing == first)
+                        .map(|(_, entry)| *entry);
+                    let value =
+                        self.node_value::<F>(slot, policy, key, node, own_entry, &mut given);
+                    (F::key(key), Some(value))
                 })
                 .collect();
+            if sources.is_empty() {
+                return Ok(());
+            }
             self.reset_entry_counters(&given)?;
             write_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)?;
         }
-        Ok(())
     }
 
     /// Makes `slot` hold exactly one family of `policy`; the entry tries
@@ -820,7 +829,9 @@ impl Datapath {
         // is overwritten as the policy is walked.
         let stale_entries = stale_keys::<F::EntryBytes, u32>(self, entries_name, |key| {
             let (rule, prefix) = F::entry_listing(key);
-            entry_rules & (1 << rule) != 0 && table.listings(&prefix) & (1 << rule) != 0
+            // A rule byte past the last rule (a damaged map) is stale.
+            RuleSet::checked_shl(1, rule.into())
+                .is_some_and(|bit| entry_rules & bit != 0 && table.listings(&prefix) & bit != 0)
         })?;
         write_trie::<_, u32>(self, entries_name, stale_entries, writes, F::LANE)?;
         let stale_sources = stale_keys::<F::Bytes, SourceValue>(self, sources_name, |key| {
@@ -849,12 +860,7 @@ impl Datapath {
                         entries.push((F::entry_key(rule, key), Some(index)));
                     }
                 }
-                // Usually the entry the node credits is its own listing,
-                // just held: no second lookup.
-                let value = match first_index {
-                    Some(entry) if node.first_len == key.1 => source_value(node, entry),
-                    _ => self.source_value::<F>(slot, policy, key, node, &mut given),
-                };
+                let value = self.node_value::<F>(slot, policy, key, node, first_index, &mut given);
                 sources.push((F::key(key), Some(value)));
             }
             self.reset_entry_counters(&given)?;
@@ -862,6 +868,24 @@ impl Datapath {
         }
         self.entry_indexes.free_unlisted();
         write_trie(self, entries_name, entries, writes, F::LANE)
+    }
+
+    /// [`Datapath::source_value`], given `own_entry`, the index just held
+    /// for `key`'s own listing by the node's first rule, if any: usually
+    /// the entry the node credits, so no second lookup.
+    fn node_value<F: Family>(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        key: PrefixKey,
+        node: Node,
+        own_entry: Option<u32>,
+        given: &mut Vec<u32>,
+    ) -> SourceValue {
+        match own_entry {
+            Some(entry) if node.first_len == key.1 => source_value(node, entry),
+            _ => self.source_value::<F>(slot, policy, key, node, given),
+        }
     }
 
     /// The trie value of `node`: its rules, and the counter of the entry the
@@ -1184,6 +1208,9 @@ fn write_trie<K: aya::Pod + Send, V: aya::Pod + Send>(
     queue: &TrieWrites<'_>,
     lane: usize,
 ) -> Result<(), DatapathError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
     let mut removed = Vec::new();
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (key, value) in writes {

@@ -35,6 +35,11 @@ pub struct CompiledPolicy {
     pub enforce: bool,
 }
 
+/// Prefix changes in one family up to which
+/// [`CompiledPolicy::set_listed_many`] edits the sorted table in place; past
+/// it, one rebuild (a few milliseconds per 10,000 prefixes) is cheaper.
+pub const REBUILD_ABOVE: usize = 32;
+
 /// A policy the data plane cannot hold, or runtime entries that no longer
 /// fit the config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,11 +87,17 @@ impl PolicyDiff {
             )
         };
         let ((v4, v4_listings), (v6, v6_listings)) = std::thread::scope(|scope| {
-            let v6 = scope.spawn(|| family(&old.v6, &new.v6));
+            // Without a thread (a process limit), both on this one.
+            let v6 = std::thread::Builder::new()
+                .name("policy-diff".into())
+                .spawn_scoped(scope, || family(&old.v6, &new.v6));
             let v4 = family(&old.v4, &new.v4);
-            let v6 = v6
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let v6 = match v6 {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => family(&old.v6, &new.v6),
+            };
             (v4, v6)
         });
         Self {
@@ -349,6 +360,34 @@ impl CompiledPolicy {
             check_capacity(family, table.len() + new.len())?;
         }
         Ok(())
+    }
+
+    /// [`CompiledPolicy::set_listed`] for each of `changes` (rule index,
+    /// prefix, listed), in order. Past [`REBUILD_ABOVE`] changes in a
+    /// family, the family is rebuilt once and diffed, instead of shifting
+    /// its sorted table for every prefix added or removed.
+    pub fn set_listed_many(&mut self, changes: &[(usize, IpPrefix, bool)], diff: &mut PolicyDiff) {
+        for v4 in [true, false] {
+            let family = changes.iter().filter(|(_, prefix, _)| prefix.is_v4() == v4);
+            if family.clone().count() <= REBUILD_ABOVE {
+                for &(rule, prefix, listed) in family {
+                    self.set_listed(rule, prefix, listed, diff);
+                }
+                continue;
+            }
+            let family: Vec<(PrefixKey, RuleSet, bool)> = family
+                .map(|&(rule, prefix, listed)| (key_of(&prefix), 1 << rule, listed))
+                .collect();
+            let (table, changed, listings) = if v4 {
+                (&mut self.v4, &mut diff.v4, &mut diff.v4_listings)
+            } else {
+                (&mut self.v6, &mut diff.v6, &mut diff.v6_listings)
+            };
+            let rebuilt = table.with_changes(&family);
+            changed.extend(differing_keys(table.nodes(), rebuilt.nodes()));
+            listings.extend(differing_listings(table, &rebuilt));
+            *table = rebuilt;
+        }
     }
 
     /// Sets whether rule `rule` (its config index) lists `prefix`, and adds

@@ -12,7 +12,7 @@
 //! policy takes 20 MB, where two B-trees (listings and trie contents) took
 //! about 170 MB, and a reload holds two policies at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::maps::RuleSet;
 
@@ -94,12 +94,16 @@ pub struct PrefixTable {
 pub struct Walk<'a> {
     listed: &'a [Listed],
     at: usize,
+    /// The last key looked up: keys must ascend.
+    last: Option<PrefixKey>,
 }
 
 impl Walk<'_> {
     /// The rules listing `key` and its node, if it is listed. `key` must
     /// not be less than the previous one.
     pub fn find(&mut self, key: &PrefixKey) -> Option<(RuleSet, Node)> {
+        debug_assert!(self.last <= Some(*key), "a walk's keys must ascend");
+        self.last = Some(*key);
         let rest = &self.listed[self.at..];
         let mut bound = 1;
         while bound < rest.len() && rest[bound - 1].key() < *key {
@@ -244,6 +248,7 @@ impl PrefixTable {
         Walk {
             listed: &self.listed,
             at: 0,
+            last: None,
         }
     }
 
@@ -350,6 +355,54 @@ impl PrefixTable {
         }
     }
 
+    /// The table with `changes` (prefix, rule bit, listed) applied in
+    /// order: one merge and rebuild, where [`PrefixTable::set_listed`]
+    /// shifts the vector's tail for each prefix it adds or removes.
+    pub fn with_changes(&self, changes: &[(PrefixKey, RuleSet, bool)]) -> Self {
+        // Per prefix, the bits to set and to clear, the last change winning.
+        let mut edits: BTreeMap<PrefixKey, (RuleSet, RuleSet)> = BTreeMap::new();
+        for &(key, bit, listed) in changes {
+            let (set, clear) = edits.entry(key).or_default();
+            if listed {
+                (*set, *clear) = (*set | bit, *clear & !bit);
+            } else {
+                (*set, *clear) = (*set & !bit, *clear | bit);
+            }
+        }
+        let mut edits = edits.into_iter().peekable();
+        let mut own = self.all_listings().peekable();
+        let merged = std::iter::from_fn(|| {
+            loop {
+                let next = match (own.peek().copied(), edits.peek().copied()) {
+                    (None, None) => return None,
+                    (Some(listed), None) => {
+                        own.next();
+                        listed
+                    }
+                    (Some((key, rules)), Some((edited, _))) if key < edited => {
+                        own.next();
+                        (key, rules)
+                    }
+                    (listed, Some((edited, (set, clear)))) => {
+                        edits.next();
+                        let rules = match listed {
+                            Some((key, rules)) if key == edited => {
+                                own.next();
+                                rules
+                            }
+                            _ => 0,
+                        };
+                        (edited, (rules | set) & !clear)
+                    }
+                };
+                if next.1 != 0 {
+                    return Some(next);
+                }
+            }
+        });
+        Self::new(self.width, merged.collect::<Vec<_>>())
+    }
+
     /// The longest listed prefix containing `address` and shorter than
     /// `shorter_than`, and its node.
     fn enclosing_node(&self, address: u128, shorter_than: u8) -> Option<(PrefixKey, Node)> {
@@ -362,7 +415,6 @@ impl PrefixTable {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
 
@@ -463,6 +515,33 @@ mod tests {
             let expected = table.node(key).map(|node| (table.listings(key), node));
             assert_eq!(walk.find(key), expected, "{key:?}");
         }
+    }
+
+    /// Many edits at once give what the same edits one at a time give.
+    #[test]
+    fn changes_at_once_equal_the_same_changes_one_at_a_time() {
+        let start = table(&[
+            ("192.0.2.0/24", 0b01),
+            ("192.0.2.64/26", 0b10),
+            ("198.51.100.0/24", 0b11),
+        ]);
+        let changes = [
+            (v4("192.0.2.0/24"), 0b01, false),
+            (v4("192.0.2.0/24"), 0b100, true),
+            (v4("203.0.113.0/24"), 0b01, true),
+            (v4("198.51.100.0/24"), 0b10, false),
+            (v4("192.0.2.64/26"), 0b10, false),
+            (v4("203.0.113.9/32"), 0b10, true),
+            (v4("203.0.113.9/32"), 0b10, false),
+            (v4("203.0.113.0/24"), 0b01, true),
+            (v4("10.0.0.0/8"), 0b01, false),
+        ];
+        let mut one_by_one = start.clone();
+        for (key, bit, listed) in changes {
+            one_by_one.set_listed(key, bit, listed, &mut BTreeSet::new());
+        }
+        assert_eq!(start.with_changes(&changes), one_by_one);
+        assert_eq!(start.with_changes(&[]), start);
     }
 
     /// Random edits applied one at a time give the same table as building
