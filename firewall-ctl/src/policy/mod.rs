@@ -80,23 +80,17 @@ impl PolicyDiff {
     /// two threads: with a new list each is a few million keys to compare
     /// and collect.
     pub fn between(old: &CompiledPolicy, new: &CompiledPolicy) -> Self {
-        let family = |old: &PrefixTable, new: &PrefixTable| {
-            (
-                differing_keys(old.nodes(), new.nodes()),
-                differing_listings(old, new),
-            )
-        };
         let ((v4, v4_listings), (v6, v6_listings)) = std::thread::scope(|scope| {
             // Without a thread (a process limit), both on this one.
             let v6 = std::thread::Builder::new()
                 .name("policy-diff".into())
-                .spawn_scoped(scope, || family(&old.v6, &new.v6));
-            let v4 = family(&old.v4, &new.v4);
+                .spawn_scoped(scope, || family_diff(&old.v6, &new.v6));
+            let v4 = family_diff(&old.v4, &new.v4);
             let v6 = match v6 {
                 Ok(thread) => thread
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => family(&old.v6, &new.v6),
+                Err(_) => family_diff(&old.v6, &new.v6),
             };
             (v4, v6)
         });
@@ -136,6 +130,15 @@ impl PolicyDiff {
 /// set's keys into the other leaves half-full ones.
 fn union<K: Ord + Copy>(one: &BTreeSet<K>, other: &BTreeSet<K>) -> BTreeSet<K> {
     one.union(other).copied().collect()
+}
+
+/// Where two tables of one family differ: the trie keys, and the
+/// listings of the entry tries.
+fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BTreeSet<Listing>) {
+    (
+        differing_keys(old.nodes(), new.nodes()),
+        differing_listings(old, new),
+    )
 }
 
 /// Listings in one table and not the other.
@@ -384,8 +387,9 @@ impl CompiledPolicy {
                 (&mut self.v6, &mut diff.v6, &mut diff.v6_listings)
             };
             let rebuilt = table.with_changes(&family);
-            changed.extend(differing_keys(table.nodes(), rebuilt.nodes()));
-            listings.extend(differing_listings(table, &rebuilt));
+            let (nodes, listed) = family_diff(table, &rebuilt);
+            changed.extend(nodes);
+            listings.extend(listed);
             *table = rebuilt;
         }
     }
