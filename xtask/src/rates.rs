@@ -188,30 +188,28 @@ fn nft_receiver(
     };
     let nft = |text: &str| timed_file(&ns.name, dir, "nft", &["-f"], text);
     let start = nft(&(table + &fill(sources)))?;
-    let reload_unchanged = nft(&replace(sources))?;
-    let reload_new = nft(&replace(new_sources))?;
-    // Back to the list the rates are measured on.
-    nft(&replace(sources))?;
-    let allow = timed(
-        &ns.name,
-        "nft",
-        &[
-            "add",
-            "element",
-            "netdev",
-            "bench",
-            "allowed4",
-            "{ 192.0.2.200 }",
-        ],
-    )?;
-    Ok(netfilter_costs(
+    netfilter_costs(
         "nft",
         prefixes,
         start,
-        reload_unchanged,
-        reload_new,
-        allow,
-    ))
+        sources,
+        new_sources,
+        |sources| nft(&replace(sources)),
+        || {
+            timed(
+                &ns.name,
+                "nft",
+                &[
+                    "add",
+                    "element",
+                    "netdev",
+                    "bench",
+                    "allowed4",
+                    "{ 192.0.2.200 }",
+                ],
+            )
+        },
+    )
 }
 
 /// iptables-legacy raw PREROUTING with ipset hash:net sets: accepts TCP
@@ -262,32 +260,36 @@ fn ipset_receiver(
         }
         anyhow::Ok(started.elapsed().as_secs_f64())
     };
-    let reload_unchanged = replace(sources)?;
-    let reload_new = replace(new_sources)?;
-    // Back to the list the rates are measured on.
-    replace(sources)?;
-    let allow = timed(&ns.name, "ipset", &["add", "allowed4", "192.0.2.200"])?;
-    Ok(netfilter_costs(
+    netfilter_costs(
         "ipset",
         prefixes,
         start,
-        reload_unchanged,
-        reload_new,
-        allow,
-    ))
+        sources,
+        new_sources,
+        replace,
+        || timed(&ns.name, "ipset", &["add", "allowed4", "192.0.2.200"]),
+    )
 }
 
-/// A netfilter system's control-plane figures at `prefixes`; its sets live
-/// in the kernel, so there is no daemon memory to report.
-fn netfilter_costs(
+/// A netfilter system's control-plane figures at `prefixes`, once it has
+/// started (in `start` seconds) on `sources`: `replace` (timed) with the
+/// same list, with `new_sources`, and back to the list the rates are
+/// measured on; then one `allow`. Its sets live in the kernel, so there is
+/// no daemon memory to report.
+fn netfilter_costs<'a>(
     system: &'static str,
     prefixes: u32,
     start: f64,
-    reload_unchanged: f64,
-    reload_new: f64,
-    allow: f64,
-) -> Vec<ControlCost> {
-    [
+    sources: &'a [(IpAddr, u8)],
+    new_sources: &'a [(IpAddr, u8)],
+    replace: impl Fn(&'a [(IpAddr, u8)]) -> anyhow::Result<f64>,
+    allow: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<ControlCost>> {
+    let reload_unchanged = replace(sources)?;
+    let reload_new = replace(new_sources)?;
+    replace(sources)?;
+    let allow = allow()?;
+    Ok([
         ("start", start),
         ("reload_unchanged", reload_unchanged),
         ("reload_new", reload_new),
@@ -302,7 +304,7 @@ fn netfilter_costs(
         rss_mb: None,
         peak_rss_mb: None,
     })
-    .collect()
+    .collect())
 }
 
 /// A spread of `count` indexes below `limit` (a multiplicative hash, so
