@@ -69,7 +69,7 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a

@@ -4,7 +4,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -60,8 +60,10 @@ static ENTRIES_V6_1: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(MAX_PREF
 
 /// Per allowlisted entry: packets, bytes, first and last hit. Shared by
 /// every CPU (atomic adds): its size does not grow with the CPU count.
+/// Mmapable: user space resets counters with stores, not a syscall each.
 #[map]
-static ENTRY_STATS: Array<EntryCounter> = Array::with_max_entries(MAX_ENTRY_COUNTERS, 0);
+static ENTRY_STATS: Array<EntryCounter> =
+    Array::with_max_entries(MAX_ENTRY_COUNTERS, BPF_F_MMAPABLE);
 
 /// Per CPU: tokens for sampling dropped packets, refilled by user space.
 #[map]
@@ -74,9 +76,10 @@ static BLOCKED_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 /// Both slots: (protocol, destination port) -> rules exposing it, at
 /// `PortKey::slot_index`. One array (1 MiB per slot), not a hash map nor a
 /// map per slot: the verifier inlines its lookup, so a closed port costs a
-/// load.
+/// load. Mmapable: user space writes a slot's ports with stores.
 #[map]
-static PORTS: Array<RuleSet> = Array::with_max_entries(POLICY_SLOTS * MAX_PORT_ENTRIES, 0);
+static PORTS: Array<RuleSet> =
+    Array::with_max_entries(POLICY_SLOTS * MAX_PORT_ENTRIES, BPF_F_MMAPABLE);
 
 /// Packets and bytes per `Reason`, per CPU.
 #[map]

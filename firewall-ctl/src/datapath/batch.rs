@@ -267,45 +267,15 @@ fn replace_each<K: aya::Pod, V: aya::Pod>(
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsFd as _, OwnedFd};
 
     use aya::maps::lpm_trie::Key;
 
     use super::*;
 
-    /// `union bpf_attr` of `BPF_MAP_CREATE`, as far as used.
-    #[repr(C)]
-    #[derive(Default)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-
     fn lpm_trie() -> OwnedFd {
-        const BPF_MAP_CREATE: libc::c_long = 0;
-        let attr = CreateAttr {
-            map_type: 11,
-            key_size: 8,
-            value_size: 4,
-            max_entries: 16,
-            // BPF_F_NO_PREALLOC, which LPM tries require.
-            map_flags: 1,
-        };
-        // SAFETY: a create attr; the kernel returns a new descriptor.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_CREATE,
-                &raw const attr,
-                std::mem::size_of::<CreateAttr>(),
-            )
-        };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        // SAFETY: a descriptor just returned to us, owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        // BPF_MAP_TYPE_LPM_TRIE; BPF_F_NO_PREALLOC, which LPM tries require.
+        super::super::test_maps::create(11, 8, 4, 16, 1)
     }
 
     fn lookup(map: &OwnedFd, key: &Key<[u8; 4]>) -> Option<u32> {
@@ -326,11 +296,8 @@ mod tests {
     /// tries take (this one has them, so `replace` would not).
     #[test]
     fn one_call_per_element_deletes_and_writes_exactly() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!(
-                "SKIPPED one_call_per_element_deletes_and_writes_exactly: needs root (creates a BPF map)"
-            );
+        if !super::super::test_maps::root_or_skip("one_call_per_element_deletes_and_writes_exactly")
+        {
             return;
         }
         let map = lpm_trie();

@@ -24,7 +24,10 @@ mod background;
 mod batch;
 pub mod entry_counters;
 pub mod flows;
+mod mapped;
 pub mod pins;
+#[cfg(test)]
+mod test_maps;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -729,10 +732,12 @@ impl Datapath {
                 rules[index as usize] = *exposing;
             }
         }
-        let first = slot * MAX_PORT_ENTRIES;
-        let indexes: Vec<u32> = (first..first + MAX_PORT_ENTRIES).collect();
-        batch::update(map_data(self, name)?.fd().as_fd(), &indexes, &rules)
-            .map_err(batch::error(name))
+        mapped::store_run(
+            map_data(self, name)?.fd().as_fd(),
+            slot * MAX_PORT_ENTRIES,
+            &rules,
+        )
+        .map_err(batch::error(name))
     }
 
     /// Writes one family of `policy` at `nodes` and `listings` into `slot`;
@@ -771,7 +776,7 @@ impl Datapath {
                 entries.push((F::entry_key(rule, key), index));
             }
         }
-        self.reset_entry_counters(&given)?;
+        self.reset_entry_counters(&mut given)?;
         write_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
         // Every key the policy no longer lists goes first: a new list as
         // large as the trie must never need room for both lists at once.
@@ -809,7 +814,7 @@ impl Datapath {
             if sources.is_empty() {
                 return Ok(());
             }
-            self.reset_entry_counters(&given)?;
+            self.reset_entry_counters(&mut given)?;
             write_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)?;
         }
     }
@@ -863,7 +868,7 @@ impl Datapath {
                 let value = self.node_value::<F>(slot, policy, key, node, first_index, &mut given);
                 sources.push((F::key(key), Some(value)));
             }
-            self.reset_entry_counters(&given)?;
+            self.reset_entry_counters(&mut given)?;
             write_trie(self, sources_name, sources, writes, F::LANE)?;
         }
         self.entry_indexes.free_unlisted();
@@ -919,7 +924,7 @@ impl Datapath {
     }
 
     /// Starts the counters at `indexes` from zero, counting from now.
-    fn reset_entry_counters(&mut self, indexes: &[u32]) -> Result<(), DatapathError> {
+    fn reset_entry_counters(&mut self, indexes: &mut [u32]) -> Result<(), DatapathError> {
         if indexes.is_empty() {
             return Ok(());
         }
@@ -928,20 +933,7 @@ impl Datapath {
             ..EntryCounter::default()
         };
         let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
-        let values = vec![fresh; indexes.len().min(WRITE_CHUNK)];
-        let written = indexes
-            .chunks(WRITE_CHUNK)
-            .try_for_each(|indexes| batch::update(map, indexes, &values[..indexes.len()]));
-        if batch::or_fallback(names::ENTRY_STATS, written)?.is_some() {
-            return Ok(());
-        }
-        let mut stats: Array<&mut MapData, EntryCounter> = self.map_mut(names::ENTRY_STATS)?;
-        for index in indexes {
-            stats
-                .set(*index, fresh, 0)
-                .map_err(map_error(names::ENTRY_STATS))?;
-        }
-        Ok(())
+        mapped::store_at(map, indexes, fresh).map_err(batch::error(names::ENTRY_STATS))
     }
 
     /// What each entry of the live policy admitted.
@@ -1273,25 +1265,26 @@ mod tests {
 
     use super::PROGRAM;
 
-    /// The maps of layout version 5: name, type, key size, value size,
+    /// The maps of layout version 6: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1
     /// had no flow maps and 11 reasons; version 2 had no entry tries,
     /// entry counters or drop samples, and source tries held a bare
     /// `RuleSet`; up to version 3 `PORTS` were hash maps, and in version 4
-    /// one array per slot.
-    const LAYOUT_5: [(&str, u32, u32, u32, u32, u32); 19] = [
+    /// one array per slot; up to version 5 `ENTRY_STATS` had half the
+    /// entries, and it and `PORTS` could not be mmapped.
+    const LAYOUT_6: [(&str, u32, u32, u32, u32, u32); 19] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
         ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
         ("ENTRIES_V4_0", 11, 9, 4, 262_144, 1),
         ("ENTRIES_V4_1", 11, 9, 4, 262_144, 1),
         ("ENTRIES_V6_0", 11, 21, 4, 262_144, 1),
         ("ENTRIES_V6_1", 11, 21, 4, 262_144, 1),
-        ("ENTRY_STATS", 2, 4, 40, 524_288, 0),
+        ("ENTRY_STATS", 2, 4, 40, 1_048_577, 1024),
         ("FLOWS", 9, 40, 16, 65_536, 0),
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
         ("FLOW_STATS", 6, 4, 8, 4, 0),
-        ("PORTS", 2, 4, 8, 262_144, 0),
+        ("PORTS", 2, 4, 8, 262_144, 1024),
         ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
         ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
@@ -1327,18 +1320,18 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            5,
+            6,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_5,
+            maps, LAYOUT_6,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_5.map(|map| map.0),
+            LAYOUT_6.map(|map| map.0),
             "names::ALL lists every map"
         );
     }
