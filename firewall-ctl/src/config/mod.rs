@@ -661,8 +661,7 @@ impl Validator<'_> {
                 Err(err) => self.problem(text, format!("rule `{name}`: {err}")),
             }
         }
-        sources.sort_unstable();
-        sources.dedup();
+        prefix::sort_and_dedup(&mut sources);
         Rule {
             name: name.clone(),
             ports,

@@ -126,6 +126,21 @@ impl IpPrefix {
     }
 }
 
+/// Sorts `prefixes` into their order (IPv4 first, then by address, then
+/// by length) and drops repeats. Each family is sorted on an integer key of
+/// its own: with the derived comparison, a config listing 250k prefixes of
+/// each family, mixed, spent a quarter of its parse sorting them.
+pub fn sort_and_dedup(prefixes: &mut Vec<IpPrefix>) {
+    let (mut v4, mut v6): (Vec<IpPrefix>, Vec<IpPrefix>) =
+        prefixes.iter().partition(|prefix| prefix.is_v4());
+    v4.sort_unstable_by_key(|prefix| (prefix.bits().0 as u64) << 8 | u64::from(prefix.len()));
+    v6.sort_unstable_by_key(|prefix| (prefix.bits().0, prefix.len()));
+    prefixes.clear();
+    prefixes.append(&mut v4);
+    prefixes.append(&mut v6);
+    prefixes.dedup();
+}
+
 /// Shortest IPv4 prefix accepted without `allow_any_source`.
 pub const MIN_V4_LEN: u8 = 8;
 /// Shortest IPv6 prefix accepted without `allow_any_source`.
@@ -342,6 +357,34 @@ mod tests {
             .to_string();
         assert!(!err.chars().any(char::is_control), "{err:?}");
         assert!(err.contains("`203.0.113.0\\u{1b}[2J`"), "{err}");
+    }
+
+    #[test]
+    fn sorting_gives_the_order_of_prefixes_without_repeats() {
+        let mut prefixes: Vec<IpPrefix> = [
+            "2001:db8::/48",
+            "10.0.0.1",
+            "::/0",
+            "10.0.0.0/16",
+            "255.255.255.255",
+            "2001:db8::/32",
+            "10.0.0.0/8",
+            "9.255.255.255",
+            "ff00::/8",
+            "10.0.0.0/16",
+            "0.0.0.0/0",
+            "2001:db8:0:1::/64",
+            "::1",
+            "2001:db8::/32",
+        ]
+        .map(|text| text.parse().unwrap())
+        .to_vec();
+        let mut expected = prefixes.clone();
+        expected.sort_unstable();
+        expected.dedup();
+        sort_and_dedup(&mut prefixes);
+        assert_eq!(prefixes, expected);
+        assert_eq!(prefixes.len(), 12);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn normalize(entries: &[String]) -> Result<Normalized, EntryError> {
             },
         })
         .collect();
-    aggregated.sort_unstable();
+    crate::config::prefix::sort_and_dedup(&mut aggregated);
     let list = FeedList {
         prefixes: aggregated,
         listed: prefixes.len(),
