@@ -7,7 +7,7 @@
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::{collections::HashMap, hash::Hash, net::Ipv4Addr};
 
 use firewall_common::{limits::MAX_ENTRY_COUNTERS, maps::UNCOUNTED_ENTRY};
 use foldhash::fast::RandomState;
@@ -21,23 +21,130 @@ pub struct EntryId {
     pub prefix: IpPrefix,
 }
 
+/// An entry's index and which policy slots list it, in 4 bytes: the index
+/// in the low 30 bits, a bit per slot above.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Held {
-    index: u32,
-    /// Whether each policy slot lists the entry.
-    slots: [bool; 2],
+struct Held(u32);
+
+impl Held {
+    const INDEX_BITS: u32 = (1 << 30) - 1;
+
+    /// Index `index`, listed in `slot` only.
+    fn new(index: u32, slot: u32) -> Self {
+        Self(index | Self::slot_bit(slot))
+    }
+
+    fn slot_bit(slot: u32) -> u32 {
+        1 << (30 + slot)
+    }
+
+    fn index(self) -> u32 {
+        self.0 & Self::INDEX_BITS
+    }
+
+    fn list(&mut self, slot: u32, listed: bool) {
+        if listed {
+            self.0 |= Self::slot_bit(slot);
+        } else {
+            self.0 &= !Self::slot_bit(slot);
+        }
+    }
+
+    fn listed_in(self, slot: u32) -> bool {
+        self.0 & Self::slot_bit(slot) != 0
+    }
+
+    fn listed(self) -> bool {
+        self.0 & !Self::INDEX_BITS != 0
+    }
 }
+
+const _: () = assert!(MAX_ENTRY_COUNTERS <= Held::INDEX_BITS, "every index fits");
 
 /// A hash map with foldhash: a large policy makes a million lookups per
 /// reload, and SipHash took a quarter of the daemon's own time in them.
 /// Seeded per process, so crafted feed prefixes cannot aim at collisions.
 type FastMap<K, V> = HashMap<K, V, RandomState>;
 
+/// One rule's entries, per family, keyed by address and length: 12 bytes
+/// an IPv4 entry and 24 an IPv6 one, where an `IpPrefix` key and a wider
+/// value took 28 for both. Half a million entries are held while a new
+/// list replaces as many.
+#[derive(Debug, Default)]
+struct RuleEntries {
+    v4: FastMap<(u32, u8), Held>,
+    v6: FastMap<([u8; 16], u8), Held>,
+}
+
+impl RuleEntries {
+    /// `prefix`'s entry, inserted with `insert()` if it has none.
+    fn held(&mut self, prefix: IpPrefix, insert: impl FnOnce() -> Held) -> &mut Held {
+        match prefix {
+            IpPrefix::V4 { address, len } => self
+                .v4
+                .entry((address.to_bits(), len))
+                .or_insert_with(insert),
+            IpPrefix::V6 { address, len } => self
+                .v6
+                .entry((address.octets(), len))
+                .or_insert_with(insert),
+        }
+    }
+
+    /// Notes that `slot` no longer lists `prefix`; returns its index if
+    /// neither slot does any more (the entry is then gone).
+    fn release(&mut self, prefix: IpPrefix, slot: u32) -> Option<u32> {
+        fn release_in<K: Hash + Eq>(
+            entries: &mut FastMap<K, Held>,
+            key: K,
+            slot: u32,
+        ) -> Option<u32> {
+            let held = entries.get_mut(&key)?;
+            held.list(slot, false);
+            if held.listed() {
+                return None;
+            }
+            entries.remove(&key).map(Held::index)
+        }
+        match prefix {
+            IpPrefix::V4 { address, len } => {
+                release_in(&mut self.v4, (address.to_bits(), len), slot)
+            }
+            IpPrefix::V6 { address, len } => {
+                release_in(&mut self.v6, (address.octets(), len), slot)
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    fn all(&self) -> impl Iterator<Item = Held> + '_ {
+        self.v4.values().chain(self.v6.values()).copied()
+    }
+
+    /// The entries `slot` lists: prefix and index.
+    fn listed_in(&self, slot: u32) -> impl Iterator<Item = (IpPrefix, u32)> + '_ {
+        let v4 = self.v4.iter().map(|(&(bits, len), held)| {
+            let address = Ipv4Addr::from_bits(bits);
+            (IpPrefix::V4 { address, len }, *held)
+        });
+        let v6 = self.v6.iter().map(|(&(octets, len), held)| {
+            let address = octets.into();
+            (IpPrefix::V6 { address, len }, *held)
+        });
+        v4.chain(v6)
+            .filter(move |(_, held)| held.listed_in(slot))
+            .map(|(prefix, held)| (prefix, held.index()))
+    }
+}
+
 /// The index of each entry listed in either slot. Entries are grouped by
 /// rule, so each is keyed by its prefix alone (no name per entry).
 #[derive(Debug)]
 pub struct EntryIndexes {
-    by_rule: FastMap<String, FastMap<IpPrefix, Held>>,
+    by_rule: FastMap<String, RuleEntries>,
     /// Indexes given before and free again.
     free: Vec<u32>,
     /// Indexes from here up were never given.
@@ -88,11 +195,11 @@ impl EntryIndexes {
     /// function of the field, so that callers may use the other fields
     /// meanwhile.
     fn of_rule<'a>(
-        by_rule: &'a mut FastMap<String, FastMap<IpPrefix, Held>>,
+        by_rule: &'a mut FastMap<String, RuleEntries>,
         rule: &str,
-    ) -> &'a mut FastMap<IpPrefix, Held> {
+    ) -> &'a mut RuleEntries {
         if !by_rule.contains_key(rule) {
-            by_rule.insert(rule.to_string(), FastMap::default());
+            by_rule.insert(rule.to_string(), RuleEntries::default());
         }
         by_rule.get_mut(rule).expect("inserted above")
     }
@@ -100,44 +207,37 @@ impl EntryIndexes {
     /// Notes that `slot` lists `rule`'s `prefix`, and gives the entry an
     /// index if it had none.
     pub fn hold(&mut self, rule: &str, prefix: IpPrefix, slot: u32) -> Holding {
-        match Self::of_rule(&mut self.by_rule, rule).entry(prefix) {
-            Entry::Occupied(mut held) => {
-                let held = held.get_mut();
-                held.slots[slot as usize] = true;
-                if held.index == UNCOUNTED_ENTRY {
-                    Holding::Full
-                } else {
-                    Holding::Kept(held.index)
-                }
-            }
-            Entry::Vacant(vacant) => {
-                let index = self.free.pop().or_else(|| {
-                    (self.unused_from < self.capacity).then(|| {
-                        self.unused_from += 1;
-                        self.unused_from - 1
-                    })
-                });
-                let mut slots = [false; 2];
-                slots[slot as usize] = true;
-                vacant.insert(Held {
-                    index: index.unwrap_or(UNCOUNTED_ENTRY),
-                    slots,
-                });
-                index.map_or(Holding::Full, Holding::Given)
-            }
+        let Self {
+            by_rule,
+            free,
+            unused_from,
+            capacity,
+        } = self;
+        let mut given = false;
+        let held = Self::of_rule(by_rule, rule).held(prefix, || {
+            given = true;
+            let index = free.pop().or_else(|| {
+                (*unused_from < *capacity).then(|| {
+                    *unused_from += 1;
+                    *unused_from - 1
+                })
+            });
+            Held::new(index.unwrap_or(UNCOUNTED_ENTRY), slot)
+        });
+        held.list(slot, true);
+        match held.index() {
+            UNCOUNTED_ENTRY => Holding::Full,
+            index if given => Holding::Given(index),
+            index => Holding::Kept(index),
         }
     }
 
     /// Records that `slot` lists `rule`'s `prefix` at `index`, as read back
     /// from adopted maps.
     pub fn adopt(&mut self, rule: &str, prefix: IpPrefix, slot: u32, index: u32) {
-        let held = Self::of_rule(&mut self.by_rule, rule)
-            .entry(prefix)
-            .or_insert(Held {
-                index,
-                slots: [false; 2],
-            });
-        held.slots[slot as usize] = true;
+        Self::of_rule(&mut self.by_rule, rule)
+            .held(prefix, || Held::new(index, slot))
+            .list(slot, true);
         self.unused_from = self.unused_from.max(index + 1);
     }
 
@@ -145,8 +245,8 @@ impl EntryIndexes {
     /// one that no entry holds is free.
     pub fn free_unheld(&mut self) {
         let mut taken = vec![false; self.unused_from as usize];
-        for held in self.by_rule.values().flat_map(FastMap::values) {
-            taken[held.index as usize] = true;
+        for held in self.by_rule.values().flat_map(RuleEntries::all) {
+            taken[held.index() as usize] = true;
         }
         self.free = (UNCOUNTED_ENTRY + 1..self.unused_from)
             .filter(|index| !taken[*index as usize])
@@ -160,15 +260,10 @@ impl EntryIndexes {
         let Some(entries) = self.by_rule.get_mut(rule) else {
             return;
         };
-        let Some(held) = entries.get_mut(&prefix) else {
-            return;
-        };
-        held.slots[slot as usize] = false;
-        if held.slots == [false; 2] {
-            if held.index != UNCOUNTED_ENTRY {
-                self.free.push(held.index);
+        if let Some(index) = entries.release(prefix, slot) {
+            if index != UNCOUNTED_ENTRY {
+                self.free.push(index);
             }
-            entries.remove(&prefix);
             if entries.is_empty() {
                 self.by_rule.remove(rule);
             }
@@ -181,36 +276,49 @@ impl EntryIndexes {
     /// the entries, where asking the policy about each one took 0.15 s of
     /// a 250k + 250k start.
     pub fn unlist_family(&mut self, slot: u32, v4: bool) {
-        self.by_rule
-            .values_mut()
-            .flat_map(|entries| entries.iter_mut())
-            .filter(|(prefix, _)| prefix.is_v4() == v4)
-            .for_each(|(_, held)| held.slots[slot as usize] = false);
+        for entries in self.by_rule.values_mut() {
+            if v4 {
+                entries
+                    .v4
+                    .values_mut()
+                    .for_each(|held| held.list(slot, false));
+            } else {
+                entries
+                    .v6
+                    .values_mut()
+                    .for_each(|held| held.list(slot, false));
+            }
+        }
     }
 
     /// Frees the index of every entry neither slot lists.
     pub fn free_unlisted(&mut self) {
         let free = &mut self.free;
+        let mut keep = |held: &mut Held| {
+            if !held.listed() && held.index() != UNCOUNTED_ENTRY {
+                free.push(held.index());
+            }
+            held.listed()
+        };
         self.by_rule.retain(|_, entries| {
-            entries.retain(|_, held| {
-                let listed = held.slots != [false; 2];
-                if !listed && held.index != UNCOUNTED_ENTRY {
-                    free.push(held.index);
-                }
-                listed
-            });
+            entries.v4.retain(|_, held| keep(held));
+            entries.v6.retain(|_, held| keep(held));
             !entries.is_empty()
         });
     }
 
     /// Gives back the room of entries since unlisted: after a new list
     /// both lists' entries were held at once, twice what either slot lists
-    /// once the idle slot has caught up (60 MB at 250k + 250k).
+    /// once the idle slot has caught up.
     pub fn shrink(&mut self) {
-        for entries in self.by_rule.values_mut() {
+        fn shrink_map<K: Hash + Eq>(entries: &mut FastMap<K, Held>) {
             if entries.capacity() > 2 * entries.len() {
                 entries.shrink_to_fit();
             }
+        }
+        for entries in self.by_rule.values_mut() {
+            shrink_map(&mut entries.v4);
+            shrink_map(&mut entries.v6);
         }
     }
 
@@ -218,9 +326,8 @@ impl EntryIndexes {
     pub fn listed_in(&self, slot: u32) -> impl Iterator<Item = (&str, IpPrefix, u32)> {
         self.by_rule.iter().flat_map(move |(rule, entries)| {
             entries
-                .iter()
-                .filter(move |(_, held)| held.slots[slot as usize])
-                .map(move |(prefix, held)| (rule.as_str(), *prefix, held.index))
+                .listed_in(slot)
+                .map(move |(prefix, index)| (rule.as_str(), prefix, index))
         })
     }
 
@@ -282,7 +389,7 @@ mod tests {
         };
         let before = listed(&indexes);
         indexes.shrink();
-        assert!(indexes.by_rule["vendor"].capacity() < 1000);
+        assert!(indexes.by_rule["vendor"].v4.capacity() < 1000);
         assert_eq!(listed(&indexes), before);
         assert_eq!(indexes.hold("vendor", prefixes[0], 1), Holding::Kept(1));
     }
