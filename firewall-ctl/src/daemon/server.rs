@@ -45,6 +45,8 @@ pub const MAX_FOLLOWERS: usize = 8;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to read its answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers past this size give their memory back to the kernel once sent.
+const LARGE_RESPONSE_BYTES: usize = 16 << 20;
 
 /// Who may use the socket, from the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -329,8 +331,15 @@ async fn handle(stream: UnixStream, shared: &Shared) {
         Err(_) => Response::Error(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
     };
     let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
+    drop(response);
     bytes.push(b'\n');
     let _ = tokio::time::timeout(RESPONSE_TIMEOUT, writer.write_all(&bytes)).await;
+    // A report of every entry of a large policy (hundreds of MB while it
+    // was built and serialized) would otherwise stay resident.
+    if bytes.len() > LARGE_RESPONSE_BYTES {
+        drop(bytes);
+        system::return_free_memory();
+    }
 }
 
 async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {

@@ -117,9 +117,9 @@ struct ElementAttr {
     flags: u64,
 }
 
-/// The elements of `map`, in the map's order, up to about `limit` of them
-/// (whole batches). `K` and `V` must be the map's key and value types.
-pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::Result<Vec<(K, V)>> {
+/// The elements of `map`, in the map's order. `K` and `V` must be the
+/// map's key and value types.
+pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, V)>> {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = raw_fd(map);
     let mut elements = Vec::new();
@@ -151,7 +151,7 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData, limit: usize) -> std::io::R
                 .copied()
                 .zip(values[..read].iter().copied()),
         );
-        if !more || elements.len() >= limit {
+        if !more {
             return Ok(elements);
         }
         position_in = position_out;

@@ -330,11 +330,6 @@ impl EntryIndexes {
                 .map(move |(prefix, index)| (rule.as_str(), prefix, index))
         })
     }
-
-    /// Indexes from here up were never given: reading counters can stop here.
-    pub fn end(&self) -> u32 {
-        self.unused_from
-    }
 }
 
 #[cfg(test)]
@@ -410,7 +405,7 @@ mod tests {
         indexes.release("a", c, 0);
         indexes.release("a", c, 1);
         assert_eq!(indexes.hold("a", c, 0), Holding::Given(1));
-        assert_eq!(indexes.end(), 3);
+        assert_eq!(indexes.unused_from, 3);
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn carry_flows(
     old: &MapData,
     new: &mut HashMap<&mut MapData, FlowKey, FlowState>,
 ) -> std::io::Result<usize> {
-    Ok(batch::read(old, usize::MAX)?
+    Ok(batch::read(old)?
         .into_iter()
         .filter(|(key, state)| new.insert(key, state, 0).is_ok())
         .count())
@@ -284,8 +284,8 @@ impl Datapath {
         };
         let mut expired = Vec::new();
         // Collected first: deleting while walking restarts the walk.
-        for (key, state) in batch::read::<FlowKey, FlowState>(map, usize::MAX)
-            .map_err(batch::error(names::FLOWS))?
+        for (key, state) in
+            batch::read::<FlowKey, FlowState>(map).map_err(batch::error(names::FLOWS))?
         {
             if all || config.expired(key.protocol, &state, now) {
                 expired.push(key);

@@ -1,8 +1,9 @@
-//! Stores into array maps through a memory mapping (`BPF_F_MMAPABLE`,
-//! Linux 5.5). `BPF_MAP_UPDATE_BATCH` copies and checks each element in
-//! the kernel, about 0.8 µs apiece here: resetting the entry counters of a
-//! 250k + 250k policy and writing a slot's ports took 0.5 s of CPU at
-//! start. Through a mapping they are plain stores.
+//! Loads from and stores into array maps through a memory mapping
+//! (`BPF_F_MMAPABLE`, Linux 5.5). Batch map calls copy and check each
+//! element in the kernel, about 0.8 µs apiece here: resetting the entry
+//! counters of a 250k + 250k policy and writing a slot's ports took 0.5 s of
+//! CPU at start, and reading the counters back as long per report. Through
+//! a mapping they are plain loads and stores.
 //!
 //! Only a window of the array is mapped at a time, and unmapped when done:
 //! mapped pages count as the daemon's resident memory, and the entry
@@ -74,17 +75,31 @@ impl<T: aya::Pod> Window<T> {
         })
     }
 
-    /// Stores `value` at element `index`, which must be in the window.
-    fn store(&mut self, index: u32, value: T) {
+    /// Element `index`, which must be in the window.
+    fn element(&self, index: u32) -> NonNull<T> {
         let at = index
             .checked_sub(self.first)
             .filter(|at| *at < self.len)
-            .expect("stores stay inside their window");
-        // SAFETY: in bounds (checked above) and aligned (the mapping is
-        // page-aligned, elements are `STRIDE` apart). Volatile: the program
-        // may update other elements of the window meanwhile, so no Rust
-        // reference to this memory is made.
-        unsafe { self.base.add(at as usize).write_volatile(value) }
+            .expect("accesses stay inside their window");
+        // SAFETY: in bounds, checked above.
+        unsafe { self.base.add(at as usize) }
+    }
+
+    // Loads and stores are volatile and make no Rust reference to the
+    // memory: the program updates elements meanwhile. Elements are in
+    // bounds (`element`) and aligned (the mapping is page-aligned, elements
+    // are `STRIDE` apart).
+
+    /// Stores `value` at element `index`, which must be in the window.
+    fn store(&mut self, index: u32, value: T) {
+        // SAFETY: see above.
+        unsafe { self.element(index).write_volatile(value) }
+    }
+
+    /// Element `index`'s value, which must be in the window.
+    fn load(&self, index: u32) -> T {
+        // SAFETY: see above.
+        unsafe { self.element(index).read_volatile() }
     }
 }
 
@@ -126,24 +141,47 @@ pub fn store_run<T: aya::Pod>(
     store_sorted(map, &indexes, |at| values[at])
 }
 
+/// The values at `indexes` (ascending) of the array `map` (value type `T`).
+pub fn load_sorted<T: aya::Pod>(map: BorrowedFd<'_>, indexes: &[u32]) -> std::io::Result<Vec<T>> {
+    let mut values = Vec::with_capacity(indexes.len());
+    visit_sorted::<T>(map, indexes, |window, index| {
+        values.push(window.load(index))
+    })?;
+    Ok(values)
+}
+
 /// Stores `value_of(i)` at `indexes[i]` of the array `map` (value type
-/// `T`), a window at a time; `indexes` ascend.
+/// `T`); `indexes` ascend.
 fn store_sorted<T: aya::Pod>(
     map: BorrowedFd<'_>,
     indexes: &[u32],
     value_of: impl Fn(usize) -> T,
 ) -> std::io::Result<()> {
+    let mut at = 0;
+    visit_sorted::<T>(map, indexes, |window, index| {
+        window.store(index, value_of(at));
+        at += 1;
+    })
+}
+
+/// Calls `visit` with each of `indexes` (ascending) of the array `map`
+/// (value type `T`) and a window holding it, a window at a time.
+fn visit_sorted<T: aya::Pod>(
+    map: BorrowedFd<'_>,
+    indexes: &[u32],
+    mut visit: impl FnMut(&mut Window<T>, u32),
+) -> std::io::Result<()> {
     let per_window = (WINDOW_BYTES / Window::<T>::STRIDE) as u32;
-    let mut done = 0;
-    while let Some(&first) = indexes.get(done) {
-        let inside = indexes[done..].partition_point(|index| index - first < per_window);
-        let window_indexes = &indexes[done..done + inside];
+    let mut rest = indexes;
+    while let Some(&first) = rest.first() {
+        let inside = rest.partition_point(|index| index - first < per_window);
+        let (window_indexes, after) = rest.split_at(inside);
         let last = window_indexes[inside - 1];
         let mut window = Window::<T>::map(map, first, last - first + 1)?;
-        for (at, index) in (done..).zip(window_indexes) {
-            window.store(*index, value_of(at));
+        for index in window_indexes {
+            visit(&mut window, *index);
         }
-        done += inside;
+        rest = after;
     }
     Ok(())
 }
@@ -160,10 +198,13 @@ mod tests {
     type Value = [u64; 5];
 
     /// Stores land at exactly the indexes asked for, across windows and
-    /// in any order given; the program (here: a lookup) sees them.
+    /// in any order given; the program (here: a lookup) sees them, and so
+    /// do loads.
     #[test]
-    fn stores_land_at_their_indexes_and_nowhere_else() {
-        if !super::super::test_maps::root_or_skip("stores_land_at_their_indexes_and_nowhere_else") {
+    fn stores_land_at_their_indexes_and_nowhere_else_and_load_back() {
+        if !super::super::test_maps::root_or_skip(
+            "stores_land_at_their_indexes_and_nowhere_else_and_load_back",
+        ) {
             return;
         }
         const LEN: u32 = 100_000;
@@ -173,6 +214,18 @@ mod tests {
         store_at::<Value>(fd.as_fd(), &mut scattered, [1, 2, 3, 4, 5]).unwrap();
         let run: Vec<Value> = (0..30_000).map(|index| [index; 5]).collect();
         store_run(fd.as_fd(), 50_000, &run).unwrap();
+
+        let read: Vec<Value> = load_sorted(fd.as_fd(), &[1, 7, 50_000, 79_999, 80_000]).unwrap();
+        assert_eq!(
+            read,
+            [
+                [1, 2, 3, 4, 5],
+                [1, 2, 3, 4, 5],
+                [0; 5],
+                [29_999; 5],
+                [0; 5]
+            ]
+        );
 
         let map = Array::<_, Value>::try_from(Map::Array(MapData::from_fd(fd).unwrap())).unwrap();
         for index in 0..LEN {

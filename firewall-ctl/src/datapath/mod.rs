@@ -941,22 +941,22 @@ impl Datapath {
         if !self.active.ready() {
             return Ok(Vec::new());
         }
-        let counters: Vec<(u32, EntryCounter)> = batch::read(
-            map_data(self, names::ENTRY_STATS)?,
-            self.entry_indexes.end() as usize,
-        )
-        .map_err(batch::error(names::ENTRY_STATS))?;
-        Ok(self
-            .entry_indexes
-            .listed_in(self.active.slot())
-            .map(|(rule, prefix, index)| EntryUsage {
+        let mut listed: Vec<(&str, IpPrefix, u32)> =
+            self.entry_indexes.listed_in(self.active.slot()).collect();
+        listed.sort_unstable_by_key(|(_, _, index)| *index);
+        let indexes: Vec<u32> = listed.iter().map(|(_, _, index)| *index).collect();
+        let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
+        let counters: Vec<EntryCounter> =
+            mapped::load_sorted(map, &indexes).map_err(batch::error(names::ENTRY_STATS))?;
+        Ok(listed
+            .into_iter()
+            .zip(counters)
+            .map(|((rule, prefix, index), counter)| EntryUsage {
                 entry: EntryId {
                     rule: rule.to_string(),
                     prefix,
                 },
-                counter: (index != UNCOUNTED_ENTRY)
-                    .then(|| counters.get(index as usize).map(|(_, counter)| *counter))
-                    .flatten(),
+                counter: (index != UNCOUNTED_ENTRY).then_some(counter),
             })
             .collect())
     }
@@ -1249,7 +1249,7 @@ fn trie_elements<K: aya::Pod, V: aya::Pod>(
     datapath: &Datapath,
     name: &'static str,
 ) -> Result<Vec<(Key<K>, V)>, DatapathError> {
-    let read = batch::read::<Key<K>, V>(map_data(datapath, name)?, usize::MAX);
+    let read = batch::read::<Key<K>, V>(map_data(datapath, name)?);
     if let Some(elements) = batch::or_fallback(name, read)? {
         return Ok(elements);
     }
