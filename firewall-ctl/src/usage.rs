@@ -3,7 +3,9 @@
 //! (`stats --entries`) or flags stale ones for an auditor (`audit report`).
 //! Pure: no I/O.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
+
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +36,14 @@ pub fn entries_report(
         })
         .collect();
     let mut rows: Vec<EntryStats> = Vec::new();
-    let mut row_of: HashMap<(String, IpPrefix), usize> = HashMap::new();
-    for entry in listed {
-        let key = (entry.rule.clone(), entry.prefix);
-        if let Some(&row) = row_of.get(&key) {
+    // `listed` comes rule by rule: an entry listed by several origins is
+    // found among its own rule's rows.
+    let mut rule_rows: HashMap<IpPrefix, usize> = HashMap::default();
+    for mut entry in listed {
+        if rows.last().is_some_and(|last| last.rule != entry.rule) {
+            rule_rows.clear();
+        }
+        if let Some(&row) = rule_rows.get(&entry.prefix) {
             merge_origin(&mut rows[row], entry);
             continue;
         }
@@ -47,7 +53,7 @@ pub fn entries_report(
             .flatten();
         let seen = |ns: u64| (ns != 0).then(|| wall_clock(ns));
         let mut row = EntryStats {
-            rule: entry.rule.clone(),
+            rule: std::mem::take(&mut entry.rule),
             prefix: entry.prefix,
             origins: Vec::new(),
             comment: None,
@@ -62,7 +68,7 @@ pub fn entries_report(
             counting_since: counter.and_then(|counter| seen(counter.listed_at)),
         };
         merge_origin(&mut row, entry);
-        row_of.insert(key, rows.len());
+        rule_rows.insert(row.prefix, rows.len());
         rows.push(row);
     }
     EntriesReport {
@@ -298,6 +304,35 @@ mod tests {
         );
         assert_eq!(report.entries[1].first_seen, None);
         assert_eq!(report.counting_since, Some(at(1000)));
+    }
+
+    #[test]
+    fn the_same_prefix_in_two_rules_is_two_rows() {
+        let report = entries_report(
+            vec![
+                listed("vendor", "203.0.113.0/24", Origin::Config),
+                listed("office", "203.0.113.0/24", Origin::Config),
+                listed("office", "203.0.113.0/24", Origin::Cli),
+            ],
+            &[
+                used("vendor", "203.0.113.0/24", 10, 50),
+                used("office", "203.0.113.0/24", 3, 900),
+            ],
+            at(2000),
+            |ns| at(1000 + ns / SECOND),
+        );
+        let rows: Vec<(&str, String, u64)> = report
+            .entries
+            .iter()
+            .map(|row| (row.rule.as_str(), origins(&row.origins), row.packets))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("vendor", "config".to_string(), 10),
+                ("office", "config+cli".to_string(), 3)
+            ]
+        );
     }
 
     #[test]
