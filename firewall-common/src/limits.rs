@@ -24,10 +24,12 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 pub const POLICY_SLOTS: u32 = 2;
 
 /// Per-entry counters (`ENTRY_STATS`), shared by every CPU and both policy
-/// slots: as many as both slots have trie entries, so that a new list as
-/// large as the tries counts every entry while the old one is still held.
-/// Index 0 is never given to an entry (see [`crate::maps::UNCOUNTED_ENTRY`]).
-pub const MAX_ENTRY_COUNTERS: u32 = POLICY_SLOTS * 2 * MAX_PREFIXES_PER_FAMILY + 1;
+/// slots: as many as both slots have source trie entries, so that a new
+/// list as large as the tries counts every entry while the old one is still
+/// held (index 0, never given, aside: see [`crate::maps::UNCOUNTED_ENTRY`]).
+/// A power of two: without CAP_PERFMON the kernel rounds an array up to
+/// one, which one more entry would double to 80 MiB.
+pub const MAX_ENTRY_COUNTERS: u32 = POLICY_SLOTS * 2 * MAX_PREFIXES_PER_FAMILY;
 
 /// Bytes of the ring buffer that carries blocked-traffic samples to user
 /// space: 8192 samples of 32 bytes plus their 8-byte headers, rounded up

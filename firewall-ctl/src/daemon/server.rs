@@ -336,9 +336,10 @@ async fn handle(stream: UnixStream, shared: &Shared) {
     let _ = tokio::time::timeout(RESPONSE_TIMEOUT, writer.write_all(&bytes)).await;
     // A report of every entry of a large policy (hundreds of MB while it
     // was built and serialized) would otherwise stay resident.
+    // Off the runtime's one thread: trimming a large heap takes a while.
     if bytes.len() > LARGE_RESPONSE_BYTES {
         drop(bytes);
-        system::return_free_memory();
+        let _ = tokio::task::spawn_blocking(system::return_free_memory).await;
     }
 }
 

@@ -33,7 +33,7 @@ impl<T: aya::Pod> Window<T> {
     /// the stores below assume that is `size_of::<T>()`.
     const STRIDE: usize = {
         assert!(
-            size_of::<T>().is_multiple_of(8),
+            size_of::<T>().is_multiple_of(8) && align_of::<T>() <= 8,
             "array values are 8-byte aligned"
         );
         size_of::<T>()
@@ -171,6 +171,7 @@ fn visit_sorted<T: aya::Pod>(
     indexes: &[u32],
     mut visit: impl FnMut(&mut Window<T>, u32),
 ) -> std::io::Result<()> {
+    debug_assert!(indexes.is_sorted(), "indexes ascend");
     let per_window = (WINDOW_BYTES / Window::<T>::STRIDE) as u32;
     let mut rest = indexes;
     while let Some(&first) = rest.first() {

@@ -48,7 +48,7 @@ use aya::{
     sys::SyscallError,
 };
 use firewall_common::{
-    limits::{MAX_PORT_ENTRIES, MAX_RULES},
+    limits::{MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_RULES},
     maps::{
         ActivePolicy, Counter, EntryCounter, RuleSet, SourceValue, UNCOUNTED_ENTRY, entry_key_len,
         names, rule_stats_index,
@@ -378,8 +378,10 @@ impl Datapath {
                 adopted.push((u32::from(rule), prefix, index));
             }
             for (rule, key, index) in adopted {
+                // An index past the counters (a damaged map) counts nowhere.
                 if let Some(name) = names.get(rule as usize)
                     && index != UNCOUNTED_ENTRY
+                    && index < MAX_ENTRY_COUNTERS
                 {
                     self.entry_indexes
                         .adopt(name, F::prefix(key), slot as u32, index);
@@ -916,7 +918,7 @@ impl Datapath {
             Holding::Given(index) => given.push(index),
             Holding::Full if !self.uncounted_warned => {
                 self.uncounted_warned = true;
-                warn!(rule, %prefix, capacity = firewall_common::limits::MAX_ENTRY_COUNTERS - 1, "per-entry counters are full: this entry and later ones are not counted per entry (rule counters still count them)");
+                warn!(rule, %prefix, capacity = MAX_ENTRY_COUNTERS - 1, "per-entry counters are full: this entry and later ones are not counted per entry (rule counters still count them)");
             }
             _ => {}
         }
@@ -1279,7 +1281,7 @@ mod tests {
         ("ENTRIES_V4_1", 11, 9, 4, 262_144, 1),
         ("ENTRIES_V6_0", 11, 21, 4, 262_144, 1),
         ("ENTRIES_V6_1", 11, 21, 4, 262_144, 1),
-        ("ENTRY_STATS", 2, 4, 40, 1_048_577, 1024),
+        ("ENTRY_STATS", 2, 4, 40, 1_048_576, 1024),
         ("FLOWS", 9, 40, 16, 65_536, 0),
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
         ("FLOW_KEY_SCRATCH", 6, 4, 40, 1, 0),
