@@ -761,15 +761,14 @@ impl Datapath {
         // their own listing, and find its index here instead of looking it
         // up again.
         let mut held: Vec<(Listing, u32)> = Vec::new();
-        for &listing in listings {
-            let (key, rule) = (listing.key(), listing.rule());
+        for &(key, rule) in listings {
             let Some(name) = policy.rule_names.get(rule as usize) else {
                 continue;
             };
             let own = walk.find(&key).map_or(0, |(own, _)| own);
             let index = if own & (1 << rule) != 0 {
                 let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
-                held.push((listing, index));
+                held.push(((key, rule), index));
                 Some(index)
             } else {
                 self.entry_indexes.release(name, F::prefix(key), slot);
@@ -803,7 +802,7 @@ impl Datapath {
                 .by_ref()
                 .take(WRITE_CHUNK)
                 .map(|(key, node)| {
-                    let first = Listing::new(key, node.rules.trailing_zeros());
+                    let first = (key, node.rules.trailing_zeros());
                     while held.next_if(|(listing, _)| *listing < first).is_some() {}
                     let own_entry = held
                         .peek()

@@ -72,40 +72,8 @@ pub struct PolicyDiff {
     pub v6_listings: BTreeSet<Listing>,
 }
 
-/// A prefix and the index of a rule that lists (or listed) it, ordered by
-/// prefix, then rule. 24 bytes, where a `(PrefixKey, u32)` takes 48 (a
-/// `u128` is 16-aligned): a new list's diff holds a million of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Listing {
-    // In order of comparison.
-    high_bits: u64,
-    low_bits: u64,
-    len: u8,
-    rule: u8,
-}
-
-impl Listing {
-    /// `rule` is below [`MAX_RULES`](firewall_common::limits::MAX_RULES).
-    pub fn new((bits, len): PrefixKey, rule: u32) -> Self {
-        Self {
-            high_bits: (bits >> 64) as u64,
-            low_bits: bits as u64,
-            len,
-            rule: rule as u8,
-        }
-    }
-
-    pub fn key(self) -> PrefixKey {
-        (
-            u128::from(self.high_bits) << 64 | u128::from(self.low_bits),
-            self.len,
-        )
-    }
-
-    pub fn rule(self) -> u32 {
-        u32::from(self.rule)
-    }
-}
+/// A prefix and the index of a rule that lists (or listed) it.
+pub type Listing = (PrefixKey, u32);
 
 impl PolicyDiff {
     /// Every key where `old` and `new` differ. The families are diffed on
@@ -178,7 +146,7 @@ fn differing_listings(old: &PrefixTable, new: &PrefixTable) -> BTreeSet<Listing>
     differing(old.all_listings(), new.all_listings())
         .flat_map(|(key, old, new)| {
             let flipped = old.unwrap_or(0) ^ new.unwrap_or(0);
-            rule_indexes(flipped).map(move |rule| Listing::new(key, rule))
+            rule_indexes(flipped).map(move |rule| (key, rule))
         })
         .collect()
 }
@@ -444,7 +412,7 @@ impl CompiledPolicy {
         let key = key_of(&prefix);
         let bit = 1 << rule;
         if (table.listings(&key) & bit != 0) != listed {
-            listings.insert(Listing::new(key, rule as u32));
+            listings.insert((key, rule as u32));
         }
         table.set_listed(key, bit, listed, changed);
     }

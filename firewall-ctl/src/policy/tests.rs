@@ -501,31 +501,3 @@ fn overlapping_rules_beyond_the_entry_tries_are_refused() {
     );
     assert!(err.to_string().contains("merge those rules"), "{err}");
 }
-
-/// A compact listing keeps its prefix and rule, and orders as the
-/// (prefix, rule) pair it stands for.
-#[test]
-fn listings_round_trip_and_order_by_prefix_then_rule() {
-    let keys: [PrefixKey; 5] = [
-        (0, 0),
-        (0xc000_0200, 24),
-        (0xc000_0200, 32),
-        (0x2001_0db8 << 96, 32),
-        (u128::MAX, 128),
-    ];
-    let pairs: Vec<(PrefixKey, u32)> = keys
-        .iter()
-        .flat_map(|key| [(*key, 0), (*key, 63)])
-        .collect();
-    for pair in &pairs {
-        let listing = Listing::new(pair.0, pair.1);
-        assert_eq!((listing.key(), listing.rule()), *pair);
-        for other in &pairs {
-            assert_eq!(
-                listing.cmp(&Listing::new(other.0, other.1)),
-                pair.cmp(other),
-                "{pair:?} vs {other:?}"
-            );
-        }
-    }
-}
