@@ -60,12 +60,17 @@ fn bpf_call<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<bool> {
 
 /// A failed `bpf` call on the map `name`, or a failed copy of its descriptor.
 pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    syscall_error(name, "bpf")
+}
+
+/// A failed system call `call` on the map `name`.
+pub fn syscall_error(
+    name: &'static str,
+    call: &'static str,
+) -> impl FnOnce(std::io::Error) -> DatapathError {
     move |io_error| DatapathError::Map {
         name,
-        source: MapError::SyscallError(SyscallError {
-            call: "bpf",
-            io_error,
-        }),
+        source: MapError::SyscallError(SyscallError { call, io_error }),
     }
 }
 

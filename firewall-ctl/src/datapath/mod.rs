@@ -739,7 +739,7 @@ impl Datapath {
             slot * MAX_PORT_ENTRIES,
             &rules,
         )
-        .map_err(batch::error(name))
+        .map_err(batch::syscall_error(name, "mmap"))
     }
 
     /// Writes one family of `policy` at `nodes` and `listings` into `slot`;
@@ -935,7 +935,8 @@ impl Datapath {
             ..EntryCounter::default()
         };
         let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
-        mapped::store_at(map, indexes, fresh).map_err(batch::error(names::ENTRY_STATS))
+        mapped::store_at(map, indexes, fresh)
+            .map_err(batch::syscall_error(names::ENTRY_STATS, "mmap"))
     }
 
     /// What each entry of the live policy admitted.
@@ -948,8 +949,8 @@ impl Datapath {
         listed.sort_unstable_by_key(|(_, _, index)| *index);
         let indexes: Vec<u32> = listed.iter().map(|(_, _, index)| *index).collect();
         let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
-        let counters: Vec<EntryCounter> =
-            mapped::load_sorted(map, &indexes).map_err(batch::error(names::ENTRY_STATS))?;
+        let counters: Vec<EntryCounter> = mapped::load_sorted(map, &indexes)
+            .map_err(batch::syscall_error(names::ENTRY_STATS, "mmap"))?;
         Ok(listed
             .into_iter()
             .zip(counters)
