@@ -245,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            system::tune_allocator();
             let overrides = daemon::Overrides {
                 socket: cli.socket,
                 state_dir,

@@ -219,6 +219,24 @@ pub fn wall_clock_of(ns: u64) -> std::time::SystemTime {
     std::time::SystemTime::now() - std::time::Duration::from_nanos(ago)
 }
 
+/// Large blocks (a policy's tables, index maps and write buffers, each
+/// megabytes) get their own mappings, which a free unmaps at once.
+/// glibc otherwise raises its mapping threshold to the largest block freed
+/// (up to 32 MiB), after which such blocks come from the heap arenas, where
+/// a few small survivors pin their pages: at 250k + 250k prefixes the
+/// daemon stayed at 135 MB resident after a list change instead of 73, and
+/// peaked at 307 MB instead of 229.
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Sets the allocator up for the daemon; see [`MMAP_THRESHOLD`].
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt has no preconditions; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// Gives the memory freed after a large policy change back to the kernel:
 /// glibc keeps freed heap pages for reuse, and the daemon's resident size
 /// would otherwise stay at the peak of its largest reload.
