@@ -2,7 +2,10 @@
 //! the rest of the policy and applied atomically, or refused whole with
 //! the last good list left in force; either way it is audited and shown.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -14,6 +17,7 @@ use super::{
 use crate::{
     api::{FeedStatus, FeedsReport},
     config::Feed,
+    datapath::Delta,
     entries::Timestamp,
     feeds::{
         self, FeedLists,
@@ -22,7 +26,7 @@ use crate::{
         schedule::{FeedOutcome, FetchJob},
         store::{LastGood, Validator},
     },
-    policy::{self, PolicyDiff},
+    policy,
 };
 
 /// Prefixes an audit record lists per update, at most.
@@ -158,14 +162,13 @@ impl Writer {
         let previous = lists.insert(feed.name.clone(), list.clone());
         let compiled = policy::compile_with(&self.config, &self.runtime, &lists)
             .map_err(|err| err.to_string())?;
-        let diff = PolicyDiff::between(&self.policy, &compiled);
-        let changed_map_entries = diff.len();
-        self.datapath
-            .apply(&compiled, diff)
+        let changed_map_entries = self
+            .datapath
+            .apply(&compiled, Delta::From(Arc::clone(&self.policy)))
             .map_err(|err| format!("applying the update failed: {err}"))?;
         let took = started.elapsed();
         let (added, removed) = changes(previous.as_ref(), &list);
-        self.policy = compiled;
+        self.policy = Arc::new(compiled);
         self.feeds = lists;
         let (v4, v6) = list.families();
         info!(

@@ -36,7 +36,7 @@ use self::{
 use crate::{
     api::{self, Command, Response, StatusReport},
     config::{self, Config},
-    datapath::Datapath,
+    datapath::{Datapath, Delta},
     entries::{self, Requester, RuntimeEntries},
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
@@ -183,7 +183,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // Fill the maps before attaching: the first packet already sees the
     // policy. With adopted maps this is the idle slot: one switch replaces
     // the old daemon's policy.
-    datapath.apply(&policy, PolicyDiff::default())?;
+    datapath.apply(&policy, Delta::Keys(PolicyDiff::default()))?;
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;
     }
@@ -251,7 +251,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             .collect(),
         feed_store,
         feed_configs,
-        policy,
+        policy: Arc::new(policy),
         datapath,
         store,
         audit,

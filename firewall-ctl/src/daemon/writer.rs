@@ -33,7 +33,7 @@ use crate::{
         StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
-    datapath::{Attachment, Datapath, flows::FlowTable},
+    datapath::{Attachment, Datapath, Delta, flows::FlowTable},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
     feeds::FeedLists,
     policy::{self, CompiledPolicy, PolicyDiff, explain, guard},
@@ -64,7 +64,9 @@ pub struct Writer {
     pub feed_store: crate::feeds::store::FeedStore,
     /// The config's feeds, for the scheduler that fetches them.
     pub feed_configs: watch::Sender<Vec<config::Feed>>,
-    pub policy: CompiledPolicy,
+    /// Shared with the data plane while its idle slot still holds an
+    /// older policy (see [`Delta::From`]).
+    pub policy: Arc<CompiledPolicy>,
     pub datapath: Datapath,
     pub store: StateStore,
     pub audit: AuditLog,
@@ -727,7 +729,7 @@ impl Writer {
                 entry: previous,
             });
         }
-        self.policy.set_listed_many(&changes, diff);
+        Arc::make_mut(&mut self.policy).set_listed_many(&changes, diff);
         undo.reverse();
         undo
     }
@@ -759,7 +761,8 @@ impl Writer {
         let enforce_change = diff.len() > 0;
         let mut staged = if enforce_change {
             self.datapath
-                .write_idle(&self.policy, diff)
+                .write_idle(&self.policy, Delta::Keys(diff))
+                .map(drop)
                 .map_err(|err| format!("writing the new policy into the data plane failed: {err}"))
         } else {
             Ok(())
@@ -920,7 +923,7 @@ impl Writer {
             // compile gives.
             debug_assert!(
                 policy::compile_with(&config, &self.runtime, &lists)
-                    .is_ok_and(|compiled| compiled == self.policy),
+                    .is_ok_and(|compiled| compiled == *self.policy),
                 "the running policy differs from a full compile of its config, entries and feeds"
             );
             None
@@ -1028,14 +1031,16 @@ impl Writer {
         }
         let mut changed_map_entries = 0;
         if let Some(policy) = &policy {
-            let diff = PolicyDiff::between(&self.policy, policy);
-            changed_map_entries = diff.len();
-            if let Err(err) = self.datapath.apply(policy, diff) {
-                self.detach_new(&attached);
-                if let Err(err) = self.datapath.set_tracking(&self.config) {
-                    error!(error = %err, "restoring the flow tracking settings of the running config failed");
+            let changed = Delta::From(Arc::clone(&self.policy));
+            match self.datapath.apply(policy, changed) {
+                Ok(written) => changed_map_entries = written,
+                Err(err) => {
+                    self.detach_new(&attached);
+                    if let Err(err) = self.datapath.set_tracking(&self.config) {
+                        error!(error = %err, "restoring the flow tracking settings of the running config failed");
+                    }
+                    return Err(format!("applying the new policy failed: {err}"));
                 }
-                return Err(format!("applying the new policy failed: {err}"));
             }
         }
         for name in &self.config.interfaces {
@@ -1055,7 +1060,7 @@ impl Writer {
             ..config
         };
         if let Some(policy) = policy {
-            self.policy = policy;
+            self.policy = Arc::new(policy);
         }
         if !self.config.track_outbound {
             self.flows = None;

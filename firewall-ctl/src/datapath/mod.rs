@@ -6,10 +6,13 @@
 //! packet sees the whole old or the whole new policy; if writing the idle
 //! slot fails, the live slot was never touched.
 //!
-//! Only what differs is written: the datapath knows at which keys the idle
-//! slot may differ from the live policy (its *lag*: the keys of the last
-//! change), so a change writes those keys plus its own, not the whole
-//! policy. A one-prefix `allow` on a 250k-prefix policy is a few syscalls.
+//! Only what differs is written: the datapath knows where the idle slot
+//! may differ from the live policy (its *lag*, a [`Delta`]: the keys of the
+//! last edit, or the whole policy it still holds after a reload), so a
+//! change writes those keys plus its own, not the whole policy. A
+//! one-prefix `allow` on a 250k-prefix policy is a few syscalls; a reload
+//! walks the old and new policies side by side and writes where they
+//! differ, without collecting those keys.
 //!
 //! Each source trie entry also names the counter of the entry its first
 //! rule credits, and the entry tries (rule, prefix) name the others'; the
@@ -30,10 +33,12 @@ pub mod pins;
 mod test_maps;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -50,8 +55,8 @@ use aya::{
 use firewall_common::{
     limits::{MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_RULES},
     maps::{
-        ActivePolicy, Counter, EntryCounter, RuleSet, SourceValue, UNCOUNTED_ENTRY, entry_key_len,
-        names, rule_stats_index,
+        ActivePolicy, Counter, EntryCounter, PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY,
+        entry_key_len, names, rule_stats_index,
     },
     reasons::{REASON_COUNT, Reason},
 };
@@ -64,7 +69,7 @@ use self::{
 };
 use crate::{
     config::{IpPrefix, XdpModeSetting},
-    policy::{CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
+    policy::{self, CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
 };
 
 /// The XDP object built by `build.rs`.
@@ -220,13 +225,128 @@ pub struct Counters {
     pub reasons: Vec<Counter>,
 }
 
+/// Where a slot's maps may differ from a policy written over them.
+#[derive(Clone, Debug)]
+pub enum Delta {
+    /// At these keys only: what CLI edits change.
+    Keys(PolicyDiff),
+    /// Wherever this policy, which the slot holds, differs from the new
+    /// one: a reload or feed update, whose changed keys (millions for a new
+    /// list) are found by walking both policies as they are written, never
+    /// collected.
+    From(Arc<CompiledPolicy>),
+}
+
+impl Delta {
+    /// Whether anything may differ.
+    fn may_differ(&self) -> bool {
+        match self {
+            Delta::Keys(keys) => keys.len() > 0,
+            Delta::From(_) => true,
+        }
+    }
+}
+
+/// The keys to write into a slot to make it hold a policy: where the
+/// policy differs from `from`, plus `keys`.
+struct Stale<'a> {
+    from: Option<&'a CompiledPolicy>,
+    keys: Option<Cow<'a, PolicyDiff>>,
+}
+
+impl<'a> Stale<'a> {
+    /// For an idle slot that differs from the live policy where `lag`
+    /// says, and a new policy that differs from the live one where
+    /// `changed` says.
+    fn new(lag: &'a Delta, changed: &'a Delta) -> Self {
+        match (lag, changed) {
+            // The slot holds `held` exactly: whatever changed since is
+            // where it differs from `held`.
+            (Delta::From(held), _) => Self {
+                from: Some(held),
+                keys: None,
+            },
+            (Delta::Keys(lag), Delta::From(live)) => Self {
+                from: Some(live),
+                keys: Some(Cow::Borrowed(lag)),
+            },
+            // Either diff alone is used as it is: a union copies both.
+            (Delta::Keys(lag), Delta::Keys(changed)) => Self {
+                from: None,
+                keys: Some(match (lag.len(), changed.len()) {
+                    (0, _) => Cow::Borrowed(changed),
+                    (_, 0) => Cow::Borrowed(lag),
+                    _ => Cow::Owned(lag.union(changed)),
+                }),
+            },
+        }
+    }
+
+    /// The trie keys of family `F` to write, in key order.
+    fn nodes<F: Family>(&self, policy: &'a CompiledPolicy) -> impl Iterator<Item = PrefixKey> + '_ {
+        union_sorted(
+            self.from
+                .into_iter()
+                .flat_map(|from| policy::changed_nodes(F::table(from), F::table(policy))),
+            self.keys
+                .iter()
+                .flat_map(|keys| F::keys(keys).0.iter().copied()),
+        )
+    }
+
+    /// The entry trie listings of family `F` to write, in key order.
+    fn listings<F: Family>(
+        &self,
+        policy: &'a CompiledPolicy,
+    ) -> impl Iterator<Item = Listing> + '_ {
+        union_sorted(
+            self.from
+                .into_iter()
+                .flat_map(|from| policy::changed_listings(F::table(from), F::table(policy))),
+            self.keys
+                .iter()
+                .flat_map(|keys| F::keys(keys).1.iter().copied()),
+        )
+    }
+
+    /// The port keys to write.
+    fn ports(&self, policy: &CompiledPolicy) -> BTreeSet<PortKey> {
+        let mut ports = self
+            .from
+            .map(|from| policy::changed_ports(from, policy))
+            .unwrap_or_default();
+        if let Some(keys) = &self.keys {
+            ports.extend(keys.ports.iter().copied());
+        }
+        ports
+    }
+}
+
+/// The items of two ascending iterators, ascending, each once.
+fn union_sorted<T: Ord>(
+    one: impl Iterator<Item = T>,
+    other: impl Iterator<Item = T>,
+) -> impl Iterator<Item = T> {
+    let (mut one, mut other) = (one.peekable(), other.peekable());
+    std::iter::from_fn(move || match (one.peek(), other.peek()) {
+        (Some(a), Some(b)) if a < b => one.next(),
+        (Some(a), Some(b)) if b < a => other.next(),
+        (Some(_), Some(_)) => {
+            other.next();
+            one.next()
+        }
+        (Some(_), None) => one.next(),
+        (None, _) => other.next(),
+    })
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     pins: PinDir,
     active: ActivePolicy,
-    /// Keys at which the idle slot may differ from the live policy; `None`
-    /// when anything may (nothing written yet, or a write failed halfway).
-    idle_lag: Option<PolicyDiff>,
+    /// Where the idle slot may differ from the live policy; `None` when
+    /// anywhere (nothing written yet, or a write failed halfway).
+    idle_lag: Option<Delta>,
     /// Which rule each slot's counters count for, and what rules counted
     /// before their slot was given other rules.
     ledger: CounterLedger,
@@ -564,24 +684,26 @@ impl Datapath {
 
     /// Makes `policy` live atomically: [`Datapath::write_idle`] then
     /// [`Datapath::switch`]. On error the previous policy stays live.
+    /// Returns how many map entries were written.
     pub fn apply(
         &mut self,
         policy: &CompiledPolicy,
-        changed: PolicyDiff,
-    ) -> Result<(), DatapathError> {
-        self.write_idle(policy, changed)?;
-        self.switch(policy)
+        changed: Delta,
+    ) -> Result<usize, DatapathError> {
+        let written = self.write_idle(policy, changed)?;
+        self.switch(policy)?;
+        Ok(written)
     }
 
     /// Makes the idle slot hold exactly `policy`, which differs from the
-    /// live policy at the keys in `changed`. Nothing live is touched; if
-    /// the caller then does not switch, the next write still knows what
-    /// the idle slot holds.
+    /// live policy where `changed` says. Nothing live is touched; if the
+    /// caller then does not switch, the next write still knows what the
+    /// idle slot holds. Returns how many map entries were written.
     pub fn write_idle(
         &mut self,
         policy: &CompiledPolicy,
-        changed: PolicyDiff,
-    ) -> Result<(), DatapathError> {
+        changed: Delta,
+    ) -> Result<usize, DatapathError> {
         let slot = self.idle_slot();
         self.wait_for_retired_readers();
         let lag = self.idle_lag.take();
@@ -592,25 +714,19 @@ impl Datapath {
         let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names
             && self.slot_entry_rules[slot as usize] == Some(entry_rules);
         self.slot_entry_rules[slot as usize] = None;
-        let result = match lag {
-            // Either diff alone is written as it is: a union would copy a
-            // whole new list's keys.
-            Some(lag) if same_rules => match (lag.len(), changed.len()) {
-                (0, _) => self.write_keys(slot, policy, &changed),
-                (_, 0) => self.write_keys(slot, policy, &lag),
-                _ => self.write_keys(slot, policy, &lag.union(&changed)),
-            },
+        let result = match &lag {
+            Some(lag) if same_rules => self.write_keys(slot, policy, &Stale::new(lag, &changed)),
             _ => self.write_all(slot, policy),
         };
         // If the write failed halfway, the slot holds a mix: `idle_lag`
         // stays `None`, so the next write rewrites it whole.
-        result?;
+        let written = result?;
         if self.ledger.slot_rules[slot as usize] != policy.rule_names {
             self.give_rules(slot, &policy.rule_names)?;
         }
         self.slot_entry_rules[slot as usize] = Some(entry_rules);
         self.idle_lag = Some(changed);
-        Ok(())
+        Ok(written)
     }
 
     /// Makes the idle slot, written by [`Datapath::write_idle`], live. The
@@ -636,14 +752,14 @@ impl Datapath {
     /// [`Datapath::prepare_idle`] brings it up to date ahead of the next
     /// change.
     pub fn idle_lags(&self) -> bool {
-        self.idle_lag.as_ref().is_none_or(|lag| lag.len() > 0)
+        self.idle_lag.as_ref().is_none_or(Delta::may_differ)
             || self.slot_entry_rules[self.idle_slot() as usize].is_none()
     }
 
     /// Writes the live `policy` into the idle slot too, so the next change
     /// writes only its diff.
     pub fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
-        self.write_idle(policy, PolicyDiff::default())?;
+        self.write_idle(policy, Delta::Keys(PolicyDiff::default()))?;
         // Both slots list the same entries now: the fewest there will be
         // until the next change.
         self.entry_indexes.shrink();
@@ -683,45 +799,36 @@ impl Datapath {
         Ok(())
     }
 
-    /// Writes `policy`'s value (or its absence) at each key of `keys`.
+    /// Writes `policy`'s value (or its absence) at each key of `stale`;
+    /// returns how many.
     fn write_keys(
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
-        keys: &PolicyDiff,
-    ) -> Result<(), DatapathError> {
+        stale: &Stale<'_>,
+    ) -> Result<usize, DatapathError> {
         let entry_rules = policy.entry_rules();
-        with_trie_writes(|writes| {
-            self.write_family_keys::<V4>(
-                slot,
-                policy,
-                entry_rules,
-                &keys.v4,
-                &keys.v4_listings,
-                writes,
-            )?;
-            self.write_family_keys::<V6>(
-                slot,
-                policy,
-                entry_rules,
-                &keys.v6,
-                &keys.v6_listings,
-                writes,
+        let written = with_trie_writes(|writes| {
+            Ok(
+                self.write_family_keys::<V4>(slot, policy, entry_rules, stale, writes)?
+                    + self.write_family_keys::<V6>(slot, policy, entry_rules, stale, writes)?,
             )
         })?;
         let name = names::PORTS;
         let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
-        for key in &keys.ports {
+        let stale_ports = stale.ports(policy);
+        for key in &stale_ports {
             if let Some(index) = key.slot_index(slot) {
                 let rules = policy.ports.get(key).copied().unwrap_or(0);
                 ports.set(index, rules, 0).map_err(map_error(name))?;
             }
         }
-        Ok(())
+        Ok(written + stale_ports.len())
     }
 
-    /// Makes `slot`'s maps hold exactly `policy`, whatever they held.
-    fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+    /// Makes `slot`'s maps hold exactly `policy`, whatever they held;
+    /// returns how many entries the policy has (all are written).
+    fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<usize, DatapathError> {
         let entry_rules = policy.entry_rules();
         with_trie_writes(|writes| {
             self.write_family_all::<V4>(slot, policy, entry_rules, writes)?;
@@ -739,29 +846,32 @@ impl Datapath {
             slot * MAX_PORT_ENTRIES,
             &rules,
         )
-        .map_err(batch::syscall_error(name, "mmap"))
+        .map_err(batch::syscall_error(name, "mmap"))?;
+        Ok(policy.v4.len() + policy.v6.len() + policy.ports.len())
     }
 
-    /// Writes one family of `policy` at `nodes` and `listings` into `slot`;
-    /// the entry tries hold the listings of `entry_rules` only.
+    /// Writes one family of `policy` at the keys of `stale` into `slot`;
+    /// the entry tries hold the listings of `entry_rules` only. Returns
+    /// how many keys were written.
     fn write_family_keys<F: Family>(
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
         entry_rules: RuleSet,
-        nodes: &std::collections::BTreeSet<PrefixKey>,
-        listings: &std::collections::BTreeSet<Listing>,
+        stale: &Stale<'_>,
         writes: &TrieWrites<'_>,
-    ) -> Result<(), DatapathError> {
+    ) -> Result<usize, DatapathError> {
         let table = F::table(policy);
         let mut given = Vec::new();
-        let mut entries = Vec::with_capacity(listings.len());
+        let mut entries = Vec::new();
         let mut walk = table.walk();
         // The listings held, in key order: the nodes below usually credit
         // their own listing, and find its index here instead of looking it
         // up again.
         let mut held: Vec<(Listing, u32)> = Vec::new();
-        for &(key, rule) in listings {
+        let mut written = 0;
+        for (key, rule) in stale.listings::<F>(policy) {
+            written += 1;
             let Some(name) = policy.rule_names.get(rule as usize) else {
                 continue;
             };
@@ -783,18 +893,19 @@ impl Datapath {
         // Every key the policy no longer lists goes first: a new list as
         // large as the trie must never need room for both lists at once.
         let mut walk = table.walk();
-        let removed: TrieUpdates<F::Bytes, SourceValue> = nodes
-            .iter()
+        let removed: TrieUpdates<F::Bytes, SourceValue> = stale
+            .nodes::<F>(policy)
             .filter(|key| walk.find(key).is_none())
-            .map(|key| (F::key(*key), None))
+            .map(|key| (F::key(key), None))
             .collect();
+        written += removed.len();
         write_trie(self, F::SOURCES[slot as usize], removed, writes, F::LANE)?;
         // Then the rest a chunk at a time, so that a new list's values never
         // all sit in memory at once and the kernel starts on the first.
         let mut walk = table.walk();
-        let mut listed = nodes
-            .iter()
-            .filter_map(|key| Some((*key, walk.find(key)?.1)));
+        let mut listed = stale
+            .nodes::<F>(policy)
+            .filter_map(|key| Some((key, walk.find(&key)?.1)));
         let mut held = held.iter().peekable();
         loop {
             given.clear();
@@ -814,8 +925,9 @@ impl Datapath {
                 })
                 .collect();
             if sources.is_empty() {
-                return Ok(());
+                return Ok(written);
             }
+            written += sources.len();
             self.reset_entry_counters(&mut given)?;
             write_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)?;
         }
@@ -1059,6 +1171,8 @@ trait Family {
     fn entry_bytes(rule: u32, bits: u128) -> Self::EntryBytes;
     /// This family's table of `policy`.
     fn table(policy: &CompiledPolicy) -> &PrefixTable;
+    /// This family's trie keys and listings in `diff`.
+    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>);
     /// The rule and network bits of an entry trie key.
     fn split_entry(bytes: Self::EntryBytes) -> (u8, u128);
     fn prefix(key: PrefixKey) -> IpPrefix;
@@ -1107,6 +1221,10 @@ impl Family for V4 {
         &policy.v4
     }
 
+    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>) {
+        (&diff.v4, &diff.v4_listings)
+    }
+
     fn entry_bytes(rule: u32, bits: u128) -> [u8; 5] {
         let [a, b, c, d] = Self::bytes(bits);
         [rule as u8, a, b, c, d]
@@ -1143,6 +1261,10 @@ impl Family for V6 {
 
     fn table(policy: &CompiledPolicy) -> &PrefixTable {
         &policy.v6
+    }
+
+    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>) {
+        (&diff.v6, &diff.v6_listings)
     }
 
     fn entry_bytes(rule: u32, bits: u128) -> [u8; 17] {
@@ -1264,9 +1386,106 @@ fn trie_elements<K: aya::Pod, V: aya::Pod>(
 
 #[cfg(test)]
 mod tests {
+    use std::{borrow::Cow, collections::BTreeSet, sync::Arc};
+
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-    use super::PROGRAM;
+    use super::{Delta, Family, PROGRAM, Stale, V4, V6, union_sorted};
+    use crate::{
+        entries::RuntimeEntries,
+        policy::{self, CompiledPolicy, PolicyDiff},
+    };
+
+    #[test]
+    fn sorted_unions_give_each_item_once_in_order() {
+        let union: Vec<u32> =
+            union_sorted([1, 3, 5, 6].into_iter(), [2, 3, 6, 9].into_iter()).collect();
+        assert_eq!(union, [1, 2, 3, 5, 6, 9]);
+        assert_eq!(
+            union_sorted([4].into_iter(), [].into_iter()).collect::<Vec<u32>>(),
+            [4]
+        );
+        assert_eq!(
+            union_sorted([].into_iter(), [4].into_iter()).collect::<Vec<u32>>(),
+            [4]
+        );
+    }
+
+    fn compile(sources: &[&str]) -> CompiledPolicy {
+        let quoted: Vec<String> = sources
+            .iter()
+            .map(|source| format!("\"{source}\""))
+            .collect();
+        let config = crate::config::tests::parse(&format!(
+            "interfaces = [\"eth0\"]\n[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [{}]\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"203.0.113.0/24\"]\n",
+            quoted.join(", ")
+        ))
+        .unwrap();
+        policy::compile(&config, &RuntimeEntries::new()).unwrap()
+    }
+
+    /// What `stale` writes over a slot to make it hold `policy`, collected.
+    fn written(stale: &Stale<'_>, policy: &CompiledPolicy) -> PolicyDiff {
+        PolicyDiff {
+            v4: stale.nodes::<V4>(policy).collect(),
+            v6: stale.nodes::<V6>(policy).collect(),
+            ports: stale.ports(policy),
+            v4_listings: stale.listings::<V4>(policy).collect(),
+            v6_listings: stale.listings::<V6>(policy).collect(),
+        }
+    }
+
+    /// Every way the idle slot and a change can be described gives the
+    /// keys where the slot differs from the new policy: no more, and, what
+    /// would leave a stale key behind, no fewer.
+    #[test]
+    fn the_keys_written_are_where_the_idle_slot_differs_from_the_new_policy() {
+        let held = Arc::new(compile(&["192.0.2.0/24", "2001:db8::/48"]));
+        let live = Arc::new(compile(&["192.0.2.0/24", "198.51.100.7", "2001:db8::/48"]));
+        let new = compile(&["198.51.100.7", "198.51.100.0/24", "2001:db8:1::/48"]);
+        // A slot holding `held` exactly, whatever the change was.
+        let lag = Delta::From(Arc::clone(&held));
+        for changed in [
+            Delta::From(Arc::clone(&live)),
+            Delta::Keys(PolicyDiff::between(&live, &new)),
+        ] {
+            let stale = Stale::new(&lag, &changed);
+            assert_eq!(written(&stale, &new), PolicyDiff::between(&held, &new));
+        }
+        // A slot holding the live policy except at the keys of the edit
+        // that made it live.
+        let lag = Delta::Keys(PolicyDiff::between(&held, &live));
+        let expected = PolicyDiff::between(&held, &live).union(&PolicyDiff::between(&live, &new));
+        for changed in [
+            Delta::From(Arc::clone(&live)),
+            Delta::Keys(PolicyDiff::between(&live, &new)),
+        ] {
+            assert_eq!(written(&Stale::new(&lag, &changed), &new), expected);
+        }
+        // Exactly where the old and new slot contents differ, counted
+        // per family.
+        let exact = PolicyDiff::between(&held, &new);
+        assert!(
+            !exact.v4.is_empty() && !exact.v6_listings.is_empty(),
+            "{exact:?}"
+        );
+        assert_eq!(V4::keys(&exact).0, &exact.v4);
+        assert_eq!(V6::keys(&exact).1, &exact.v6_listings);
+    }
+
+    #[test]
+    fn an_empty_diff_is_used_as_it_is_not_copied() {
+        let diff = PolicyDiff {
+            v4: BTreeSet::from([(7, 32)]),
+            ..PolicyDiff::default()
+        };
+        let empty = Delta::Keys(PolicyDiff::default());
+        let changed = Delta::Keys(diff.clone());
+        for stale in [Stale::new(&empty, &changed), Stale::new(&changed, &empty)] {
+            assert!(matches!(stale.keys, Some(Cow::Borrowed(keys)) if *keys == diff));
+            assert!(stale.from.is_none());
+        }
+    }
 
     /// The maps of layout version 6: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1

@@ -76,31 +76,17 @@ pub struct PolicyDiff {
 pub type Listing = (PrefixKey, u32);
 
 impl PolicyDiff {
-    /// Every key where `old` and `new` differ. The families are diffed on
-    /// two threads: with a new list each is a few million keys to compare
-    /// and collect.
+    /// Every key where `old` and `new` differ, collected: what the data
+    /// plane walks with [`changed_nodes`], [`changed_listings`] and
+    /// [`changed_ports`] without collecting it.
+    #[cfg(test)]
     pub fn between(old: &CompiledPolicy, new: &CompiledPolicy) -> Self {
-        let ((v4, v4_listings), (v6, v6_listings)) = std::thread::scope(|scope| {
-            // Without a thread (a process limit), both on this one.
-            let v6 = std::thread::Builder::new()
-                .name("policy-diff".into())
-                .spawn_scoped(scope, || family_diff(&old.v6, &new.v6));
-            let v4 = family_diff(&old.v4, &new.v4);
-            let v6 = match v6 {
-                Ok(thread) => thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => family_diff(&old.v6, &new.v6),
-            };
-            (v4, v6)
-        });
+        let (v4, v4_listings) = family_diff(&old.v4, &new.v4);
+        let (v6, v6_listings) = family_diff(&old.v6, &new.v6);
         Self {
             v4,
             v6,
-            ports: differing_keys(
-                old.ports.iter().map(|(key, rules)| (*key, *rules)),
-                new.ports.iter().map(|(key, rules)| (*key, *rules)),
-            ),
+            ports: changed_ports(old, new),
             v4_listings,
             v6_listings,
         }
@@ -132,38 +118,50 @@ fn union<K: Ord + Copy>(one: &BTreeSet<K>, other: &BTreeSet<K>) -> BTreeSet<K> {
     one.union(other).copied().collect()
 }
 
-/// Where two tables of one family differ: the trie keys, and the
-/// listings of the entry tries.
+/// Where two tables of one family differ, collected: the trie keys, and
+/// the listings of the entry tries.
 fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BTreeSet<Listing>) {
+    // In key order: the sets are built in bulk, not one insertion per key.
     (
-        differing_keys(old.nodes(), new.nodes()),
-        differing_listings(old, new),
+        changed_nodes(old, new).collect(),
+        changed_listings(old, new).collect(),
     )
 }
 
-/// Listings in one table and not the other.
-fn differing_listings(old: &PrefixTable, new: &PrefixTable) -> BTreeSet<Listing> {
-    differing(old.all_listings(), new.all_listings())
-        .flat_map(|(key, old, new)| {
-            let flipped = old.unwrap_or(0) ^ new.unwrap_or(0);
-            rule_indexes(flipped).map(move |rule| (key, rule))
-        })
-        .collect()
+/// The trie keys whose values differ between two tables of one family
+/// (held by one only, or with other values), in key order: one merge pass.
+pub fn changed_nodes<'a>(
+    old: &'a PrefixTable,
+    new: &'a PrefixTable,
+) -> impl Iterator<Item = PrefixKey> + 'a {
+    differing(old.nodes(), new.nodes()).map(|(key, _, _)| key)
+}
+
+/// The listings in one of two tables of one family and not the other, in
+/// key order: one merge pass.
+pub fn changed_listings<'a>(
+    old: &'a PrefixTable,
+    new: &'a PrefixTable,
+) -> impl Iterator<Item = Listing> + 'a {
+    differing(old.all_listings(), new.all_listings()).flat_map(|(key, old, new)| {
+        let flipped = old.unwrap_or(0) ^ new.unwrap_or(0);
+        rule_indexes(flipped).map(move |rule| (key, rule))
+    })
+}
+
+/// The port keys whose rules differ between two policies.
+pub fn changed_ports(old: &CompiledPolicy, new: &CompiledPolicy) -> BTreeSet<PortKey> {
+    differing(
+        old.ports.iter().map(|(key, rules)| (*key, *rules)),
+        new.ports.iter().map(|(key, rules)| (*key, *rules)),
+    )
+    .map(|(key, _, _)| key)
+    .collect()
 }
 
 /// The indexes of the rules in `rules`.
 pub fn rule_indexes(rules: RuleSet) -> impl Iterator<Item = u32> {
     (0..RuleSet::BITS).filter(move |rule| rules & (1 << rule) != 0)
-}
-
-/// Keys whose values differ between two maps given as sorted iterators:
-/// one merge pass, linear in their sizes.
-fn differing_keys<K: Ord + Copy, V: PartialEq + Copy>(
-    old: impl Iterator<Item = (K, V)>,
-    new: impl Iterator<Item = (K, V)>,
-) -> BTreeSet<K> {
-    // In key order: the set is built in bulk, not one insertion per key.
-    differing(old, new).map(|(key, _, _)| key).collect()
 }
 
 /// The keys whose values differ between two maps given as sorted
