@@ -60,6 +60,10 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     assert_eq!(https(&lab), Connect::TimedOut);
+    // What a rollback comes back to is kept in the state directory.
+    let running = daemon.state_dir.join("running-config.toml");
+    let running_text = || std::fs::read_to_string(&running).unwrap();
+    assert_eq!(running_text(), config("driver"));
 
     // Not confirmed: the new rule admits, then stops admitting.
     std::fs::write(&daemon.config, with_stranger()).unwrap();
@@ -69,12 +73,14 @@ fn reload_confirm_rolls_back_unless_confirmed() {
         "{applied}"
     );
     assert_eq!(https(&lab), Connect::Connected);
+    assert_eq!(running_text(), with_stranger());
     assert!(daemon.status()["rollback_at"].is_string());
     let busy = daemon.ctl_err(&["reload"]);
     assert!(busy.contains("waits for confirmation"), "{busy}");
     await_no_pending(&daemon);
     assert_eq!(https(&lab), Connect::TimedOut, "rolled back");
     assert!(daemon.log().contains("rolled back to the previous config"));
+    assert_eq!(running_text(), config("driver"));
 
     // Confirmed: it stays.
     daemon.ctl_ok(&["reload", "--confirm", "2s"]);
@@ -114,6 +120,22 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     );
     let bad = daemon.ctl_err(&["reload", "--confirm", "soon"]);
     assert!(bad.contains("`--confirm soon` is not a duration"), "{bad}");
+
+    // Without the copy there is nothing to roll back to: refused, and
+    // nothing changes, until a plain reload writes the copy again.
+    std::fs::remove_file(&running).unwrap();
+    std::fs::write(&daemon.config, config("driver")).unwrap();
+    let refused = daemon.ctl_err(&["reload", "--confirm", "2s"]);
+    assert!(
+        refused.contains("running-config.toml`, which `--confirm` rolls back to, cannot be read")
+            && refused.contains("reload without `--confirm`"),
+        "{refused}"
+    );
+    assert_eq!(https(&lab), Connect::Connected, "the stranger is still in");
+    assert!(daemon.status()["rollback_at"].is_null());
+    daemon.ctl_ok(&["reload"]);
+    assert_eq!(https(&lab), Connect::TimedOut);
+    assert_eq!(running_text(), config("driver"));
 }
 
 #[test]

@@ -197,6 +197,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     } else {
         None
     };
+    // Enforcing: now the copy `reload --confirm` rolls back to.
+    store.keep_running_config(&config_text);
+    drop(config_text);
     let program_id = datapath.program_id()?;
     let maps_dir = datapath.maps_dir();
     if let Some(ledger) = datapath.take_changed_ledger() {
@@ -261,7 +264,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         reloads_rejected: 0,
         last_reload_error: None,
         reload_in_progress: false,
-        config_text,
         pending,
         expiry_retry_at: None,
         flows,

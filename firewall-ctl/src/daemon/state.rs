@@ -28,6 +28,11 @@ const LOCK_FILE: &str = "lock";
 const LEDGER_FILE: &str = "counters.json";
 /// A `reload --confirm` waiting for confirmation, and what it rolls back to.
 const PENDING_FILE: &str = "pending-reload.toml";
+/// A copy of the config text the daemon runs, for `reload --confirm` to
+/// roll back to: on disk rather than in memory, where a large allowlist's
+/// text is megabytes. Rewritten at every start and reload, so it needs no
+/// fsync; operators can diff it against the config file.
+pub const RUNNING_CONFIG_FILE: &str = "running-config.toml";
 
 /// A reload that rolls back unless confirmed: kept on disk so that a
 /// daemon restarted meanwhile still rolls back on time.
@@ -206,6 +211,28 @@ impl StateStore {
         let text = toml::to_string(pending).expect("a pending reload serializes");
         fsutil::write_atomically(&path, text.as_bytes(), 0o600)
             .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Keeps `text` as the copy of the running config. On failure the old
+    /// copy is removed, so that an out-of-date one is never rolled back
+    /// to, and only `reload --confirm` is refused until the next write.
+    pub fn keep_running_config(&self, text: &str) {
+        let path = self.dir.join(RUNNING_CONFIG_FILE);
+        if let Err(err) = fsutil::replace_atomically(&path, text.as_bytes(), 0o600) {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(path = %path.display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
+        }
+    }
+
+    /// The copy of the running config.
+    pub fn running_config(&self) -> Result<String, String> {
+        let path = self.dir.join(RUNNING_CONFIG_FILE);
+        fsutil::read_regular_file(&path, MAX_FILE_BYTES).map_err(|err| {
+            format!(
+                "the copy of the running config `{}`, which `--confirm` rolls back to, cannot be read: {err}; reload without `--confirm`, which writes the copy again",
+                path.display()
+            )
+        })
     }
 
     /// Forgets the pending reload (confirmed or rolled back).

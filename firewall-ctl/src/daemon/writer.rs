@@ -79,8 +79,6 @@ pub struct Writer {
     pub reloads_rejected: u64,
     pub last_reload_error: Option<String>,
     pub reload_in_progress: bool,
-    /// The text of the config that is live (what a rollback comes back to).
-    pub config_text: String,
     /// A `reload --confirm` waiting for `confirm`.
     pub pending: Option<Pending>,
     /// Set after an expiry could not be applied: when to try again.
@@ -940,10 +938,11 @@ impl Writer {
             return Err(cut);
         }
         if let Some(rollback_at) = rollback_at {
+            let previous_text = self.store.running_config()?;
             let pending = PendingReload {
                 version: STATE_VERSION,
                 rollback_at,
-                previous_config: self.config_text.clone(),
+                previous_config: previous_text.clone(),
             };
             self.store
                 .save_pending_reload(&pending)
@@ -951,7 +950,7 @@ impl Writer {
             self.pending = Some(Pending {
                 rollback_at,
                 previous: self.config.clone(),
-                previous_text: self.config_text.clone(),
+                previous_text,
             });
         }
         let applied = self.apply_config(config, policy, lists);
@@ -962,7 +961,7 @@ impl Writer {
             }
         }
         let mut report = applied?;
-        self.config_text = text;
+        self.store.keep_running_config(&text);
         report.rollback_at = rollback_at;
         Ok(report)
     }
@@ -1124,7 +1123,7 @@ impl Writer {
             .and_then(|policy| self.apply_config(pending.previous.clone(), Some(policy), lists));
         match result {
             Ok(report) => {
-                self.config_text = pending.previous_text;
+                self.store.keep_running_config(&pending.previous_text);
                 if let Err(err) = self.store.clear_pending_reload() {
                     error!(error = %err, "forgetting the pending reload failed; a restart would roll back again, to the same config");
                 }
