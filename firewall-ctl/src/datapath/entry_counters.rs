@@ -57,62 +57,195 @@ impl Held {
     fn listed(self) -> bool {
         self.0 & !Self::INDEX_BITS != 0
     }
+
+    /// An entry released by both slots, its index freed: no index given
+    /// ever has all index bits set.
+    const GONE: Held = Held(Self::INDEX_BITS);
 }
 
 const _: () = assert!(MAX_ENTRY_COUNTERS <= Held::INDEX_BITS, "every index fits");
 
-/// A hash map with foldhash: a large policy makes a million lookups per
-/// reload, and SipHash took a quarter of the daemon's own time in them.
-/// Seeded per process, so crafted feed prefixes cannot aim at collisions.
+/// A hash map with foldhash, for the rules: seeded per process, so crafted
+/// rule names cannot aim at collisions.
 type FastMap<K, V> = HashMap<K, V, RandomState>;
 
-/// One rule's entries, per family, keyed by address and length: 12 bytes
-/// an IPv4 entry and 24 an IPv6 one, where an `IpPrefix` key and a wider
-/// value took 28 for both. Half a million entries are held while a new
-/// list replaces as many.
+/// One rule's entries of one family, as sorted vectors: 12 bytes an IPv4
+/// entry and 24 an IPv6 one, where a hash map took twice that at the load
+/// its power-of-two growth leaves (a 250k list sat in 512k buckets, a new
+/// list's 500k entries in 1M). Entries given since the last merge are
+/// appended to `added`: a policy is walked in key order, so they come in
+/// key order and both vectors are searched by bisection. A released entry
+/// stays, [`Held::GONE`], until the next merge.
+#[derive(Debug)]
+struct EntryMap<K> {
+    /// Sorted by key, each key once.
+    sorted: Vec<(K, Held)>,
+    /// Sorted by key, each key once and none in `sorted` (but for adopted
+    /// entries until [`EntryMap::merge`]).
+    added: Vec<(K, Held)>,
+    /// Entries not gone.
+    held: usize,
+}
+
+impl<K> Default for EntryMap<K> {
+    fn default() -> Self {
+        Self {
+            sorted: Vec::new(),
+            added: Vec::new(),
+            held: 0,
+        }
+    }
+}
+
+impl<K: Ord + Copy> EntryMap<K> {
+    fn get_mut(&mut self, key: &K) -> Option<&mut Held> {
+        let find = |entries: &[(K, Held)]| entries.binary_search_by(|(at, _)| at.cmp(key));
+        if let Ok(at) = find(&self.sorted) {
+            return Some(&mut self.sorted[at].1);
+        }
+        find(&self.added).ok().map(|at| &mut self.added[at].1)
+    }
+
+    /// `key`'s entry, given with `insert()` if it had none (or it was gone).
+    fn held(&mut self, key: K, insert: impl FnOnce() -> Held) -> &mut Held {
+        // Two lookups: a borrow returned from one branch is still taken in
+        // the other, for the borrow checker.
+        if let Some(held) = self.get_mut(&key) {
+            if *held == Held::GONE {
+                *held = insert();
+                self.held += 1;
+            }
+            return self.get_mut(&key).expect("found above");
+        }
+        if self.added.last().is_some_and(|(last, _)| *last > key) {
+            // Out of key order: a new walk began. Merged first, so that
+            // `added` stays sorted.
+            self.merge();
+        }
+        self.held += 1;
+        self.added.push((key, insert()));
+        &mut self.added.last_mut().expect("pushed above").1
+    }
+
+    /// Records an entry read back from adopted maps, in no particular
+    /// order and once per slot; [`EntryMap::merge`] files them.
+    fn adopt(&mut self, key: K, held: Held) {
+        self.added.push((key, held));
+    }
+
+    /// Notes that `slot` no longer lists `key`; returns its index if
+    /// neither slot does any more (the entry is then gone).
+    fn release(&mut self, key: &K, slot: u32) -> Option<u32> {
+        let held = self.get_mut(key).filter(|held| **held != Held::GONE)?;
+        held.list(slot, false);
+        if held.listed() {
+            return None;
+        }
+        let index = held.index();
+        *held = Held::GONE;
+        self.held -= 1;
+        Some(index)
+    }
+
+    /// Notes that `slot` lists none of the entries; they keep their
+    /// indexes until [`EntryMap::free_unlisted`].
+    fn unlist(&mut self, slot: u32) {
+        for (_, held) in self.sorted.iter_mut().chain(&mut self.added) {
+            held.list(slot, false);
+        }
+    }
+
+    /// Makes the entries neither slot lists gone, adding their indexes to
+    /// `free`.
+    fn free_unlisted(&mut self, free: &mut Vec<u32>) {
+        for (_, held) in self.sorted.iter_mut().chain(&mut self.added) {
+            if *held != Held::GONE && !held.listed() {
+                if held.index() != UNCOUNTED_ENTRY {
+                    free.push(held.index());
+                }
+                *held = Held::GONE;
+                self.held -= 1;
+            }
+        }
+    }
+
+    /// Every entry not gone, in no particular order.
+    fn all(&self) -> impl Iterator<Item = (K, Held)> + '_ {
+        self.sorted
+            .iter()
+            .chain(&self.added)
+            .filter(|(_, held)| *held != Held::GONE)
+            .copied()
+    }
+
+    /// Makes `sorted` every entry not gone, with `added` merged in
+    /// (adopted ones sorted, their slots combined), and gives back the
+    /// room of the rest.
+    fn merge(&mut self) {
+        let mut added = std::mem::take(&mut self.added);
+        added.sort_by_key(|(key, _)| *key);
+        added.dedup_by(|(key, held), (kept_key, kept)| {
+            let same = key == kept_key;
+            if same {
+                // The slot bits; both slots name the same index.
+                *kept = Held(kept.0 | (held.0 & !Held::INDEX_BITS));
+            }
+            same
+        });
+        let mut merged = Vec::with_capacity(self.sorted.len().max(added.len()));
+        let mut added = added.into_iter().peekable();
+        for entry in std::mem::take(&mut self.sorted) {
+            while let Some(next) = added.next_if(|(key, _)| *key < entry.0) {
+                merged.push(next);
+            }
+            merged.push(entry);
+        }
+        merged.extend(added);
+        merged.retain(|(_, held)| *held != Held::GONE);
+        merged.shrink_to_fit();
+        self.held = merged.len();
+        self.sorted = merged;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.sorted.capacity() + self.added.capacity()
+    }
+}
+
+/// One rule's entries, per family, keyed by address and length.
 #[derive(Debug, Default)]
 struct RuleEntries {
-    v4: FastMap<(u32, u8), Held>,
-    v6: FastMap<([u8; 16], u8), Held>,
+    v4: EntryMap<(u32, u8)>,
+    v6: EntryMap<([u8; 16], u8)>,
 }
 
 impl RuleEntries {
     /// `prefix`'s entry, inserted with `insert()` if it has none.
     fn held(&mut self, prefix: IpPrefix, insert: impl FnOnce() -> Held) -> &mut Held {
         match prefix {
-            IpPrefix::V4 { address, len } => self
-                .v4
-                .entry((address.to_bits(), len))
-                .or_insert_with(insert),
-            IpPrefix::V6 { address, len } => self
-                .v6
-                .entry((address.octets(), len))
-                .or_insert_with(insert),
+            IpPrefix::V4 { address, len } => self.v4.held((address.to_bits(), len), insert),
+            IpPrefix::V6 { address, len } => self.v6.held((address.octets(), len), insert),
+        }
+    }
+
+    fn adopt(&mut self, prefix: IpPrefix, held: Held) {
+        match prefix {
+            IpPrefix::V4 { address, len } => self.v4.adopt((address.to_bits(), len), held),
+            IpPrefix::V6 { address, len } => self.v6.adopt((address.octets(), len), held),
         }
     }
 
     /// Notes that `slot` no longer lists `prefix`; returns its index if
     /// neither slot does any more (the entry is then gone).
     fn release(&mut self, prefix: IpPrefix, slot: u32) -> Option<u32> {
-        fn release_in<K: Hash + Eq>(
-            entries: &mut FastMap<K, Held>,
-            key: K,
-            slot: u32,
-        ) -> Option<u32> {
-            let held = entries.get_mut(&key)?;
-            held.list(slot, false);
-            if held.listed() {
-                return None;
-            }
-            entries.remove(&key).map(Held::index)
-        }
         match prefix {
-            IpPrefix::V4 { address, len } => {
-                release_in(&mut self.v4, (address.to_bits(), len), slot)
-            }
-            IpPrefix::V6 { address, len } => {
-                release_in(&mut self.v6, (address.octets(), len), slot)
-            }
+            IpPrefix::V4 { address, len } => self.v4.release(&(address.to_bits(), len), slot),
+            IpPrefix::V6 { address, len } => self.v6.release(&(address.octets(), len), slot),
         }
     }
 
@@ -121,18 +254,24 @@ impl RuleEntries {
     }
 
     fn all(&self) -> impl Iterator<Item = Held> + '_ {
-        self.v4.values().chain(self.v6.values()).copied()
+        let v4 = self.v4.all().map(|(_, held)| held);
+        v4.chain(self.v6.all().map(|(_, held)| held))
+    }
+
+    fn merge(&mut self) {
+        self.v4.merge();
+        self.v6.merge();
     }
 
     /// The entries `slot` lists: prefix and index.
     fn listed_in(&self, slot: u32) -> impl Iterator<Item = (IpPrefix, u32)> + '_ {
-        let v4 = self.v4.iter().map(|(&(bits, len), held)| {
+        let v4 = self.v4.all().map(|((bits, len), held)| {
             let address = Ipv4Addr::from_bits(bits);
-            (IpPrefix::V4 { address, len }, *held)
+            (IpPrefix::V4 { address, len }, held)
         });
-        let v6 = self.v6.iter().map(|(&(octets, len), held)| {
+        let v6 = self.v6.all().map(|((octets, len), held)| {
             let address = octets.into();
-            (IpPrefix::V6 { address, len }, *held)
+            (IpPrefix::V6 { address, len }, held)
         });
         v4.chain(v6)
             .filter(move |(_, held)| held.listed_in(slot))
@@ -233,17 +372,16 @@ impl EntryIndexes {
     }
 
     /// Records that `slot` lists `rule`'s `prefix` at `index`, as read back
-    /// from adopted maps.
+    /// from adopted maps; [`EntryIndexes::free_unheld`] must follow.
     pub fn adopt(&mut self, rule: &str, prefix: IpPrefix, slot: u32, index: u32) {
-        Self::of_rule(&mut self.by_rule, rule)
-            .held(prefix, || Held::new(index, slot))
-            .list(slot, true);
+        Self::of_rule(&mut self.by_rule, rule).adopt(prefix, Held::new(index, slot));
         self.unused_from = self.unused_from.max(index + 1);
     }
 
-    /// After [`EntryIndexes::adopt`]: every index below the highest adopted
-    /// one that no entry holds is free.
+    /// After [`EntryIndexes::adopt`]: files the adopted entries, and every
+    /// index below the highest adopted one that no entry holds is free.
     pub fn free_unheld(&mut self) {
+        self.by_rule.values_mut().for_each(RuleEntries::merge);
         let mut taken = vec![false; self.unused_from as usize];
         for held in self.by_rule.values().flat_map(RuleEntries::all) {
             taken[held.index() as usize] = true;
@@ -278,15 +416,9 @@ impl EntryIndexes {
     pub fn unlist_family(&mut self, slot: u32, v4: bool) {
         for entries in self.by_rule.values_mut() {
             if v4 {
-                entries
-                    .v4
-                    .values_mut()
-                    .for_each(|held| held.list(slot, false));
+                entries.v4.unlist(slot);
             } else {
-                entries
-                    .v6
-                    .values_mut()
-                    .for_each(|held| held.list(slot, false));
+                entries.v6.unlist(slot);
             }
         }
     }
@@ -294,32 +426,18 @@ impl EntryIndexes {
     /// Frees the index of every entry neither slot lists.
     pub fn free_unlisted(&mut self) {
         let free = &mut self.free;
-        let mut keep = |held: &mut Held| {
-            if !held.listed() && held.index() != UNCOUNTED_ENTRY {
-                free.push(held.index());
-            }
-            held.listed()
-        };
         self.by_rule.retain(|_, entries| {
-            entries.v4.retain(|_, held| keep(held));
-            entries.v6.retain(|_, held| keep(held));
+            entries.v4.free_unlisted(free);
+            entries.v6.free_unlisted(free);
             !entries.is_empty()
         });
     }
 
-    /// Gives back the room of entries since unlisted: after a new list
-    /// both lists' entries were held at once, twice what either slot lists
-    /// once the idle slot has caught up.
+    /// Drops the entries neither slot lists and gives back their room:
+    /// after a new list both lists' entries were held at once, twice what
+    /// either slot lists once the idle slot has caught up.
     pub fn shrink(&mut self) {
-        fn shrink_map<K: Hash + Eq>(entries: &mut FastMap<K, Held>) {
-            if entries.capacity() > 2 * entries.len() {
-                entries.shrink_to_fit();
-            }
-        }
-        for entries in self.by_rule.values_mut() {
-            shrink_map(&mut entries.v4);
-            shrink_map(&mut entries.v6);
-        }
+        self.by_rule.values_mut().for_each(RuleEntries::merge);
     }
 
     /// The entries `slot` lists: rule, prefix, index.
@@ -387,6 +505,60 @@ mod tests {
         assert!(indexes.by_rule["vendor"].v4.capacity() < 1000);
         assert_eq!(listed(&indexes), before);
         assert_eq!(indexes.hold("vendor", prefixes[0], 1), Holding::Kept(1));
+    }
+
+    /// Entries given in any order, released, given again and adopted are
+    /// found with their indexes, before and after merges.
+    #[test]
+    fn entries_keep_their_indexes_in_any_order_of_changes() {
+        let mut entries = EntryMap::<u32>::default();
+        let mut next = 0;
+        let mut give = |entries: &mut EntryMap<u32>, key: u32| {
+            entries
+                .held(key, || {
+                    next += 1;
+                    Held::new(next, 0)
+                })
+                .index()
+        };
+        // In key order: appended; then out of order, which merges first.
+        assert_eq!([10, 20, 30].map(|key| give(&mut entries, key)), [1, 2, 3]);
+        assert_eq!(entries.added.len(), 3);
+        assert_eq!(give(&mut entries, 15), 4);
+        assert_eq!(entries.sorted.len(), 3);
+        assert_eq!(
+            [30, 15, 10, 20].map(|key| give(&mut entries, key)),
+            [3, 4, 1, 2]
+        );
+        // Released by its only slot, an entry is gone: given again, it
+        // gets a new index, and a merge drops what stays gone.
+        assert_eq!(entries.release(&20, 0), Some(2));
+        assert_eq!(entries.release(&20, 0), None);
+        assert_eq!(entries.release(&10, 0), Some(1));
+        assert_eq!(give(&mut entries, 20), 5);
+        entries.merge();
+        let all: Vec<(u32, u32)> = entries
+            .all()
+            .map(|(key, held)| (key, held.index()))
+            .collect();
+        assert_eq!(all, [(15, 4), (20, 5), (30, 3)]);
+        assert_eq!(entries.sorted.capacity(), 3);
+        // Adopted entries come once per slot, in no order.
+        let mut adopted = EntryMap::<u32>::default();
+        for (key, slot, index) in [(9, 1, 7), (3, 0, 8), (9, 0, 7)] {
+            adopted.adopt(key, Held::new(index, slot));
+        }
+        adopted.merge();
+        let held: Vec<(u32, u32, bool, bool)> = adopted
+            .all()
+            .map(|(key, held)| (key, held.index(), held.listed_in(0), held.listed_in(1)))
+            .collect();
+        assert_eq!(held, [(3, 8, true, false), (9, 7, true, true)]);
+        assert!(!adopted.is_empty());
+        assert_eq!(adopted.release(&3, 0), Some(8));
+        assert_eq!(adopted.release(&9, 0), None);
+        assert_eq!(adopted.release(&9, 1), Some(7));
+        assert!(adopted.is_empty());
     }
 
     #[test]
