@@ -691,14 +691,20 @@ impl Datapath {
         changed: Delta,
     ) -> Result<usize, DatapathError> {
         let written = self.write_idle(policy, changed)?;
-        self.switch(policy)?;
+        // Not switched, the idle slot holds `policy`, where a
+        // [`Delta::From`] lag says it holds the live one: rewritten whole
+        // next time.
+        self.switch(policy).inspect_err(|_| self.idle_lag = None)?;
         Ok(written)
     }
 
     /// Makes the idle slot hold exactly `policy`, which differs from the
     /// live policy where `changed` says. Nothing live is touched; if the
-    /// caller then does not switch, the next write still knows what the
-    /// idle slot holds. Returns how many map entries were written.
+    /// caller then does not switch, the next write still knows where the
+    /// idle slot may differ, for [`Delta::Keys`] (the keys where two
+    /// policies differ, whichever of them the slot holds); a
+    /// [`Delta::From`] change goes through [`Datapath::apply`]. Returns how
+    /// many map entries were written.
     pub fn write_idle(
         &mut self,
         policy: &CompiledPolicy,
