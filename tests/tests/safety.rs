@@ -133,6 +133,8 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     );
     assert_eq!(https(&lab), Connect::Connected, "the stranger is still in");
     assert!(daemon.status()["rollback_at"].is_null());
+    // The new config's copy, written while it was applied, is gone too.
+    assert!(!daemon.state_dir.join("running-config.toml.next").exists());
     daemon.ctl_ok(&["reload"]);
     assert_eq!(https(&lab), Connect::TimedOut);
     assert_eq!(running_text(), config("driver"));

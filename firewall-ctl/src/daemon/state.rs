@@ -33,6 +33,42 @@ const PENDING_FILE: &str = "pending-reload.toml";
 /// text is megabytes. Rewritten at every start and reload, so it needs no
 /// fsync; operators can diff it against the config file.
 pub const RUNNING_CONFIG_FILE: &str = "running-config.toml";
+/// The copy of a config while it is being applied.
+const STAGED_CONFIG_FILE: &str = "running-config.toml.next";
+
+/// A staged copy of a config ([`StateStore::stage_running_config`]),
+/// removed when dropped unless kept.
+pub struct StagedConfig {
+    /// `None` when it could not be written.
+    staged: Option<PathBuf>,
+    running: PathBuf,
+}
+
+impl StagedConfig {
+    /// Makes the staged copy the running one, now that its config is live.
+    /// Without one, the running copy is removed: it is out of date, and
+    /// must never be rolled back to.
+    pub fn keep(mut self) {
+        let kept = match self.staged.take() {
+            Some(staged) => std::fs::rename(&staged, &self.running).inspect_err(|_| {
+                let _ = std::fs::remove_file(&staged);
+            }),
+            None => Err(io::Error::other("the copy was not written")),
+        };
+        if let Err(err) = kept {
+            let _ = std::fs::remove_file(&self.running);
+            tracing::warn!(path = %self.running.display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
+        }
+    }
+}
+
+impl Drop for StagedConfig {
+    fn drop(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            let _ = std::fs::remove_file(staged);
+        }
+    }
+}
 
 /// A reload that rolls back unless confirmed: kept on disk so that a
 /// daemon restarted meanwhile still rolls back on time.
@@ -213,14 +249,26 @@ impl StateStore {
             .map_err(|source| StateError::Write { path, source })
     }
 
-    /// Keeps `text` as the copy of the running config. On failure the old
-    /// copy is removed, so that an out-of-date one is never rolled back
-    /// to, and only `reload --confirm` is refused until the next write.
+    /// Keeps `text` as the copy of the running config.
     pub fn keep_running_config(&self, text: &str) {
-        let path = self.dir.join(RUNNING_CONFIG_FILE);
-        if let Err(err) = fsutil::replace_atomically(&path, text.as_bytes(), 0o600) {
-            let _ = std::fs::remove_file(&path);
-            tracing::warn!(path = %path.display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
+        self.stage_running_config(text).keep();
+    }
+
+    /// Writes `text`, a config about to go live, beside the running copy,
+    /// so that the text need not stay in memory while its policy is
+    /// compiled and written: [`StagedConfig::keep`] makes it the running
+    /// copy once it is live.
+    pub fn stage_running_config(&self, text: &str) -> StagedConfig {
+        let running = self.dir.join(RUNNING_CONFIG_FILE);
+        let staged = self.dir.join(STAGED_CONFIG_FILE);
+        let written = fsutil::replace_atomically(&staged, text.as_bytes(), 0o600)
+            .inspect_err(|err| {
+                let _ = std::fs::remove_file(&staged);
+                tracing::warn!(path = %staged.display(), error = %err, "writing a copy of the new config failed; once it is live, `reload --confirm` is refused until a reload writes the copy");
+            });
+        StagedConfig {
+            staged: written.ok().map(|()| staged),
+            running,
         }
     }
 

@@ -910,6 +910,10 @@ impl Writer {
             .overrides
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
+        // On disk from here: a large allowlist's text is megabytes, and
+        // the policy is compiled and written next.
+        let staged = self.store.stage_running_config(&text);
+        drop(text);
         let lists = self.feeds_for(&config.feeds);
         // The running policy is compiled from the running config, the
         // runtime entries and the feeds' lists, and only the config can
@@ -961,7 +965,7 @@ impl Writer {
             }
         }
         let mut report = applied?;
-        self.store.keep_running_config(&text);
+        staged.keep();
         report.rollback_at = rollback_at;
         Ok(report)
     }
