@@ -34,9 +34,12 @@ pub struct Node {
     pub first_len: u8,
 }
 
-/// One listed prefix, 40 bytes: its key and node split into fields, so
-/// that no `u128` aligns it to 16 bytes and the lengths pack together.
+/// One listed prefix, 34 bytes: its key and node split into fields, so
+/// that no `u128` aligns it to 16 bytes, and packed, so that the two
+/// lengths are not padded to 8 (40 bytes; unaligned loads cost nothing
+/// here, and no field is ever borrowed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, packed)]
 struct Listed {
     /// Network bits, high and low halves.
     bits: [u64; 2],
@@ -49,7 +52,7 @@ struct Listed {
     first_len: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Listed>() == 40);
+const _: () = assert!(std::mem::size_of::<Listed>() == 34);
 
 impl Listed {
     fn new(key: PrefixKey, own: RuleSet, node: Node) -> Self {
