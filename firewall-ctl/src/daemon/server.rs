@@ -9,6 +9,7 @@
 //! and audited.
 
 use std::{
+    io::Write as _,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -330,16 +331,77 @@ async fn handle(stream: UnixStream, shared: &Shared) {
         Ok(Err(err)) => Response::Error(format!("reading the request failed: {err}")),
         Err(_) => Response::Error(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
     };
-    let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
-    drop(response);
-    bytes.push(b'\n');
-    let _ = tokio::time::timeout(RESPONSE_TIMEOUT, writer.write_all(&bytes)).await;
-    // A report of every entry of a large policy (hundreds of MB while it
-    // was built and serialized) would otherwise stay resident.
-    // Off the runtime's one thread: trimming a large heap takes a while.
-    if bytes.len() > LARGE_RESPONSE_BYTES {
-        drop(bytes);
+    let sent = send(&mut writer, response, RESPONSE_TIMEOUT).await;
+    // A report of every entry of a large policy (a hundred MB and more
+    // while it was built) would otherwise stay resident. Off the runtime's
+    // one thread: trimming a large heap takes a while.
+    if sent > LARGE_RESPONSE_BYTES {
         let _ = tokio::task::spawn_blocking(system::return_free_memory).await;
+    }
+}
+
+/// Bytes of JSON serialized at a time by [`send`].
+const RESPONSE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Sends `response` and a newline, serialized on a blocking thread a chunk
+/// at a time while the chunks before are written: a report of every entry
+/// of a 250k + 250k policy is about 190 MB of JSON, which was built whole
+/// first. Gives up after `timeout`; returns the bytes sent.
+async fn send(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: Response,
+    timeout: Duration,
+) -> usize {
+    let (chunks, mut received) = tokio::sync::mpsc::channel(2);
+    let serializer = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            chunks,
+            buffer: Vec::new(),
+        };
+        // An error is a closed channel: the writing side gave up.
+        let _ = serde_json::to_writer(&mut out, &response)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+    });
+    let mut sent = 0;
+    let write = async {
+        while let Some(chunk) = received.recv().await {
+            writer.write_all(&chunk).await?;
+            sent += chunk.len();
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(timeout, write).await;
+    // Stops the serializer at its next chunk if the client gave up.
+    drop(received);
+    let _ = serializer.await;
+    sent
+}
+
+/// Hands what is written to it to [`send`] in chunks.
+struct ChunkWriter {
+    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= RESPONSE_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.buffer);
+        self.chunks
+            .blocking_send(chunk)
+            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
     }
 }
 
@@ -520,6 +582,38 @@ mod tests {
         api::{AllowRequest, RemoveRequest},
         config::Group,
     };
+
+    /// More than a few chunks of JSON.
+    fn large_response() -> Response {
+        Response::Error("x".repeat(3 * RESPONSE_CHUNK_BYTES + 5))
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_arrives_whole_and_in_order() {
+        let (mut server, mut client) = tokio::io::duplex(64 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        let mut expected = serde_json::to_vec(&large_response()).unwrap();
+        expected.push(b'\n');
+        let sent = send(&mut server, large_response(), Duration::from_secs(10)).await;
+        drop(server);
+        assert_eq!(sent, expected.len());
+        assert!(reader.await.unwrap() == expected);
+    }
+
+    /// A client that stops reading holds the server no longer than the
+    /// timeout, and the serializing thread stops too.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_given_up_on() {
+        let (mut server, _client) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let sent = send(&mut server, large_response(), Duration::from_millis(200)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(sent < RESPONSE_CHUNK_BYTES, "{sent}");
+    }
 
     fn access() -> Access {
         Access {

@@ -338,7 +338,8 @@ impl Writer {
                         &self.runtime,
                         &self.feeds,
                         rule.as_deref(),
-                    ),
+                    )
+                    .collect(),
                 }),
             },
             Command::Explain { source, port } => match explain::parse_query(&source, &port) {
@@ -1223,7 +1224,7 @@ impl Writer {
         let listed = explain::list(&self.config, &self.runtime, &self.feeds, rule);
         Ok(crate::usage::entries_report(
             listed,
-            &usage,
+            usage,
             Timestamp::now(),
             |ns| Timestamp(crate::system::wall_clock_of(ns)),
         ))

@@ -37,13 +37,14 @@ pub struct ListedEntry {
 
 /// Every effective entry, rule by rule in config order; within a rule,
 /// config entries first, then feed entries (feed by feed), then runtime
-/// entries, each by prefix.
-pub fn list(
-    config: &Config,
-    runtime: &RuntimeEntries,
-    feeds: &FeedLists,
-    rule: Option<&str>,
-) -> Vec<ListedEntry> {
+/// entries, each by prefix. An iterator: a report of half a million
+/// entries builds its rows from it without holding them all twice.
+pub fn list<'a>(
+    config: &'a Config,
+    runtime: &'a RuntimeEntries,
+    feeds: &'a FeedLists,
+    rule: Option<&'a str>,
+) -> impl Iterator<Item = ListedEntry> + 'a {
     let plain = |rule: &str, prefix: IpPrefix, origin: Origin| ListedEntry {
         rule: rule.to_string(),
         prefix,
@@ -56,22 +57,22 @@ pub fn list(
     config
         .rules
         .iter()
-        .filter(|candidate| rule.is_none_or(|name| candidate.name == name))
-        .flat_map(|rule| {
+        .filter(move |candidate| rule.is_none_or(|name| candidate.name == name))
+        .flat_map(move |rule| {
             let from_config = rule
                 .sources
                 .iter()
-                .map(|prefix| plain(&rule.name, *prefix, Origin::Config));
-            let from_feeds = rule.feeds.iter().flat_map(|feed| {
+                .map(move |prefix| plain(&rule.name, *prefix, Origin::Config));
+            let from_feeds = rule.feeds.iter().flat_map(move |feed| {
                 feeds
                     .get(feed)
                     .into_iter()
                     .flat_map(|list| &list.prefixes)
-                    .map(|prefix| plain(&rule.name, *prefix, Origin::Feed(feed.clone())))
+                    .map(move |prefix| plain(&rule.name, *prefix, Origin::Feed(feed.clone())))
             });
             let from_cli = runtime
                 .values()
-                .filter(|entry| entry.rule == rule.name)
+                .filter(move |entry| entry.rule == rule.name)
                 .map(|entry| ListedEntry {
                     rule: entry.rule.clone(),
                     prefix: entry.prefix,
@@ -81,12 +82,8 @@ pub fn list(
                     added_at: Some(entry.added_at),
                     expires_at: entry.expires_at,
                 });
-            from_config
-                .chain(from_feeds)
-                .chain(from_cli)
-                .collect::<Vec<_>>()
+            from_config.chain(from_feeds).chain(from_cli)
         })
-        .collect()
 }
 
 /// An entry as `explain` names it.
@@ -193,7 +190,7 @@ pub fn explain(
         port: key,
     };
     let verdict = decide(packet, policy);
-    let entries = list(config, runtime, feeds, None);
+    let entries: Vec<ListedEntry> = list(config, runtime, feeds, None).collect();
     let holding = |rule: &str| {
         entries
             .iter()
@@ -374,9 +371,9 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
     fn list_shows_origins_and_filters_by_rule() {
         let config = parse_config(OVERLAP).unwrap();
         let added = runtime(&[("vendor", "192.0.2.99")]);
-        let all = list(&config, &added, &FeedLists::new(), None);
-        assert_eq!(all.len(), 5);
-        let vendor = list(&config, &added, &FeedLists::new(), Some("vendor"));
+        assert_eq!(list(&config, &added, &FeedLists::new(), None).count(), 5);
+        let vendor: Vec<ListedEntry> =
+            list(&config, &added, &FeedLists::new(), Some("vendor")).collect();
         let shown: Vec<(String, Origin)> = vendor
             .iter()
             .map(|entry| (entry.prefix.to_string(), entry.origin.clone()))
@@ -410,7 +407,6 @@ sources = ["203.0.113.64/26", "198.51.100.0/24"]
         .into();
         let runtime = RuntimeEntries::new();
         let listed: Vec<(String, String)> = list(&config, &runtime, &feeds, None)
-            .iter()
             .map(|entry| (entry.prefix.to_string(), entry.origin.to_string()))
             .collect();
         assert_eq!(
