@@ -11,6 +11,7 @@ use std::{
 };
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -52,6 +53,39 @@ pub fn pinned(pin: &Path) -> io::Result<OwnedFd> {
     bpf(BPF_OBJ_GET, &mut get)
         .map(owned)
         .map_err(|err| context(err, format_args!("opening {}", pin.display())))
+}
+
+/// Every key and value of the map pinned at `pin` (`key_size` and
+/// `value_size` bytes each), as raw bytes.
+pub fn map_entries(
+    pin: &Path,
+    key_size: usize,
+    value_size: usize,
+) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let map = pinned(pin)?;
+    let fd = u64::from(map.as_raw_fd() as u32);
+    let mut entries = std::collections::BTreeMap::new();
+    let mut key: Option<Vec<u8>> = None;
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut attr = [
+            fd,
+            key.as_ref().map_or(0, |key| key.as_ptr() as u64),
+            next.as_mut_ptr() as u64,
+            0,
+        ];
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(err) => return Err(context(err, format_args!("walking {}", pin.display()))),
+        }
+        let mut value = vec![0u8; value_size];
+        let mut attr = [fd, next.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
+            .map_err(|err| context(err, format_args!("reading {}", pin.display())))?;
+        entries.insert(next.clone(), value);
+        key = Some(next);
+    }
 }
 
 /// The program run by the BPF link pinned at `pin`.
