@@ -26,7 +26,7 @@ pub use self::{
     feeds::{Feed, FeedSource},
     flows::FlowSettings,
     ports::PortRange,
-    prefix::{IpPrefix, PrefixError},
+    prefix::{IpPrefix, PrefixError, PrefixList},
 };
 use crate::{
     fsutil::{self, MAX_FILE_BYTES, ReadError},
@@ -129,8 +129,7 @@ impl fmt::Display for XdpModeSetting {
 pub struct Rule {
     pub name: String,
     pub ports: Vec<PortRange>,
-    /// Sorted, without duplicates.
-    pub sources: Vec<IpPrefix>,
+    pub sources: PrefixList,
     /// Names of the feeds whose entries are this rule's sources too.
     pub feeds: Vec<String>,
     pub comment: Option<String>,
@@ -143,7 +142,7 @@ pub struct Rule {
 impl Rule {
     /// Whether the config lists `prefix` in this rule.
     pub fn lists(&self, prefix: &IpPrefix) -> bool {
-        self.sources.binary_search(prefix).is_ok()
+        self.sources.contains(prefix)
     }
 }
 
@@ -689,11 +688,10 @@ impl Validator<'_> {
                 Err(err) => self.problem(text, format!("rule `{name}`: {err}")),
             }
         }
-        prefix::sort_and_dedup(&mut sources);
         Rule {
             name: name.clone(),
             ports,
-            sources,
+            sources: PrefixList::new(sources),
             feeds: rule_feeds,
             comment: raw.comment,
             allow_any_source: raw.allow_any_source,

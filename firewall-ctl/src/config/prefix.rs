@@ -141,6 +141,72 @@ pub fn sort_and_dedup(prefixes: &mut Vec<IpPrefix>) {
     prefixes.dedup();
 }
 
+/// Prefixes in their order without repeats, as a config rule lists them,
+/// kept per family on compact keys (the address in network order, then
+/// the length, so that byte order is prefix order): 5 bytes an IPv4 prefix
+/// and 17 an IPv6 one, where an `IpPrefix` takes 18. A rule of 250k + 250k
+/// is 5.5 MB instead of 9, held once per config (twice while a reload
+/// replaces it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixList {
+    v4: Vec<[u8; 5]>,
+    v6: Vec<[u8; 17]>,
+}
+
+impl PrefixList {
+    /// The list of `prefixes`, given in any order, repeats allowed.
+    pub fn new(mut prefixes: Vec<IpPrefix>) -> Self {
+        sort_and_dedup(&mut prefixes);
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for prefix in prefixes {
+            match prefix {
+                IpPrefix::V4 { address, len } => v4.push(v4_key(address, len)),
+                IpPrefix::V6 { address, len } => v6.push(v6_key(address, len)),
+            }
+        }
+        Self { v4, v6 }
+    }
+
+    /// In order: IPv4 first, then by address, then by length.
+    pub fn iter(&self) -> impl Iterator<Item = IpPrefix> + '_ {
+        let v4 = self.v4.iter().map(|&[a, b, c, d, len]| IpPrefix::V4 {
+            address: Ipv4Addr::new(a, b, c, d),
+            len,
+        });
+        let v6 = self.v6.iter().map(|key| {
+            let (address, len) = key.split_at(16);
+            IpPrefix::V6 {
+                address: <[u8; 16]>::try_from(address).expect("16 bytes").into(),
+                len: len[0],
+            }
+        });
+        v4.chain(v6)
+    }
+
+    pub fn contains(&self, prefix: &IpPrefix) -> bool {
+        match *prefix {
+            IpPrefix::V4 { address, len } => self.v4.binary_search(&v4_key(address, len)).is_ok(),
+            IpPrefix::V6 { address, len } => self.v6.binary_search(&v6_key(address, len)).is_ok(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+fn v4_key(address: Ipv4Addr, len: u8) -> [u8; 5] {
+    let [a, b, c, d] = address.octets();
+    [a, b, c, d, len]
+}
+
+fn v6_key(address: Ipv6Addr, len: u8) -> [u8; 17] {
+    let mut key = [0; 17];
+    key[..16].copy_from_slice(&address.octets());
+    key[16] = len;
+    key
+}
+
 /// Shortest IPv4 prefix accepted without `allow_any_source`.
 pub const MIN_V4_LEN: u8 = 8;
 /// Shortest IPv6 prefix accepted without `allow_any_source`.
@@ -382,9 +448,19 @@ mod tests {
         let mut expected = prefixes.clone();
         expected.sort_unstable();
         expected.dedup();
+        // Kept compact, the list gives back the same prefixes in order.
+        let list = PrefixList::new(prefixes.clone());
         sort_and_dedup(&mut prefixes);
         assert_eq!(prefixes, expected);
         assert_eq!(prefixes.len(), 12);
+        assert_eq!(list.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(list.len(), 12);
+        for prefix in &expected {
+            assert!(list.contains(prefix), "{prefix}");
+        }
+        for absent in ["10.0.0.0/9", "10.0.0.2", "2001:db8::/33", "::2"] {
+            assert!(!list.contains(&absent.parse().unwrap()), "{absent}");
+        }
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn parses_a_full_config() {
     assert_eq!(config.socket, PathBuf::from("/tmp/fw.sock"));
     assert_eq!(config.rules.len(), 2);
     assert_eq!(config.rules[0].name, "jira-align");
-    assert_eq!(config.rules[0].sources[1].to_string(), "2001:db8:1::/48");
+    assert_eq!(
+        config.rules[0].sources.iter().nth(1).unwrap().to_string(),
+        "2001:db8:1::/48"
+    );
     assert_eq!(
         config.rules[0].comment.as_deref(),
         Some("Jira Align connector egress")
@@ -93,7 +96,10 @@ fn parses_a_full_config() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(ports, ["tcp/22", "udp/4500", "tcp/8000-8080"]);
-    assert_eq!(config.rules[1].sources[0].to_string(), "198.51.100.7/32");
+    assert_eq!(
+        config.rules[1].sources.iter().next().unwrap().to_string(),
+        "198.51.100.7/32"
+    );
 }
 
 #[test]
@@ -173,7 +179,7 @@ fn any_source_needs_an_explicit_opt_in() {
             "name = \"open\"\nports = [\"443\"]\nsources = [\"{any}\"]\nallow_any_source = true\n"
         )))
         .unwrap();
-        assert!(config.rules[0].sources[0].is_any());
+        assert!(config.rules[0].sources.iter().next().unwrap().is_any());
     }
 }
 
@@ -526,7 +532,7 @@ fn feeds_are_parsed_and_rules_take_sources_feeds_or_both() {
         config.feeds[2].source,
         FeedSource::File(PathBuf::from("/etc/firewall-ctl/vendor.txt"))
     );
-    assert!(config.rules[0].sources.is_empty());
+    assert!(config.rules[0].sources.len() == 0);
     assert_eq!(config.rules[0].feeds, ["atlassian-jira", "office"]);
     assert_eq!(config.rules[1].sources.len(), 1);
     assert_eq!(config.rules[1].feeds, ["vendor-file"]);

@@ -62,7 +62,7 @@ pub fn list<'a>(
             let from_config = rule
                 .sources
                 .iter()
-                .map(move |prefix| plain(&rule.name, *prefix, Origin::Config));
+                .map(move |prefix| plain(&rule.name, prefix, Origin::Config));
             let from_feeds = rule.feeds.iter().flat_map(move |feed| {
                 feeds
                     .get(feed)

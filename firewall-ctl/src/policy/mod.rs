@@ -255,7 +255,7 @@ pub fn compile_with(
         .rules
         .iter()
         .enumerate()
-        .flat_map(|(index, rule)| rule.sources.iter().map(move |prefix| (index, *prefix)));
+        .flat_map(|(index, rule)| rule.sources.iter().map(move |prefix| (index, prefix)));
     let feed_sources = config.rules.iter().enumerate().flat_map(|(index, rule)| {
         rule.feeds
             .iter()

@@ -82,7 +82,7 @@ impl Attributed<'_> {
             self.config.rules[rule as usize]
                 .sources
                 .iter()
-                .position(|prefix| prefix.is_v4() == v4 && key_of(prefix) == key)
+                .position(|prefix| prefix.is_v4() == v4 && key_of(&prefix) == key)
         });
         position.map_or(0, |position| model::reference_entry(rule, position))
     }
