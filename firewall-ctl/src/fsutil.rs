@@ -87,17 +87,6 @@ pub fn kind_at(path: &Path) -> Option<&'static str> {
 /// temporary file beside it, fsync it, rename it over `path`, fsync the
 /// directory so the rename itself is durable.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    replace(path, contents, mode, true)
-}
-
-/// [`write_atomically`] without the fsyncs, for a file rewritten at every
-/// start: readers see the old file or the new one, but a power loss may
-/// lose the new one.
-pub fn replace_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    replace(path, contents, mode, false)
-}
-
-fn replace(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("the path has no directory"))?;
@@ -111,15 +100,10 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result
         .mode(mode)
         .open(&temporary)?;
     file.write_all(contents)?;
-    if durable {
-        file.sync_all()?;
-    }
+    file.sync_all()?;
     drop(file);
     std::fs::rename(&temporary, path)?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    sync_dir(dir)
 }
 
 /// Makes the directory's entries (a rename, a new file) durable.

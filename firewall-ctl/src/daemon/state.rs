@@ -6,8 +6,8 @@
 
 use std::{
     fs::{DirBuilder, File},
-    io,
-    os::unix::fs::DirBuilderExt as _,
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -261,7 +261,15 @@ impl StateStore {
     pub fn stage_running_config(&self, text: &str) -> StagedConfig {
         let running = self.dir.join(RUNNING_CONFIG_FILE);
         let staged = self.dir.join(STAGED_CONFIG_FILE);
-        let written = fsutil::replace_atomically(&staged, text.as_bytes(), 0o600)
+        // Written in place: it is only ever used once whole, renamed by
+        // `keep`. No fsync: it is written again at every start.
+        let written = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
             .inspect_err(|err| {
                 let _ = std::fs::remove_file(&staged);
                 tracing::warn!(path = %staged.display(), error = %err, "writing a copy of the new config failed; once it is live, `reload --confirm` is refused until a reload writes the copy");
