@@ -141,56 +141,12 @@ pub fn sort_and_dedup(prefixes: &mut Vec<IpPrefix>) {
     prefixes.dedup();
 }
 
-/// A prefix as a compact key of its family, for large collections of
-/// them: the address in network order, then the length, so that byte
-/// order is prefix order. 5 bytes an IPv4 prefix and 17 an IPv6 one, where
-/// an `IpPrefix` takes 18 (and aligns what holds it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompactPrefix {
-    V4([u8; 5]),
-    V6([u8; 17]),
-}
-
-impl From<IpPrefix> for CompactPrefix {
-    fn from(prefix: IpPrefix) -> Self {
-        match prefix {
-            IpPrefix::V4 { address, len } => {
-                let [a, b, c, d] = address.octets();
-                CompactPrefix::V4([a, b, c, d, len])
-            }
-            IpPrefix::V6 { address, len } => {
-                let mut key = [0; 17];
-                key[..16].copy_from_slice(&address.octets());
-                key[16] = len;
-                CompactPrefix::V6(key)
-            }
-        }
-    }
-}
-
-impl From<[u8; 5]> for IpPrefix {
-    fn from([a, b, c, d, len]: [u8; 5]) -> Self {
-        IpPrefix::V4 {
-            address: Ipv4Addr::new(a, b, c, d),
-            len,
-        }
-    }
-}
-
-impl From<[u8; 17]> for IpPrefix {
-    fn from(key: [u8; 17]) -> Self {
-        let (address, len) = key.split_at(16);
-        IpPrefix::V6 {
-            address: <[u8; 16]>::try_from(address).expect("16 bytes").into(),
-            len: len[0],
-        }
-    }
-}
-
 /// Prefixes in their order without repeats, as a config rule lists them,
-/// kept per family as [`CompactPrefix`] keys: a rule of 250k + 250k is 5.5
-/// MB instead of 9, held once per config (twice while a reload replaces
-/// it).
+/// kept per family on compact keys (the address in network order, then
+/// the length, so that byte order is prefix order): 5 bytes an IPv4 prefix
+/// and 17 an IPv6 one, where an `IpPrefix` takes 18. A rule of 250k + 250k
+/// is 5.5 MB instead of 9, held once per config (twice while a reload
+/// replaces it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PrefixList {
     v4: Vec<[u8; 5]>,
@@ -203,9 +159,9 @@ impl PrefixList {
         sort_and_dedup(&mut prefixes);
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for prefix in prefixes {
-            match prefix.into() {
-                CompactPrefix::V4(key) => v4.push(key),
-                CompactPrefix::V6(key) => v6.push(key),
+            match prefix {
+                IpPrefix::V4 { address, len } => v4.push(v4_key(address, len)),
+                IpPrefix::V6 { address, len } => v6.push(v6_key(address, len)),
             }
         }
         Self { v4, v6 }
@@ -213,20 +169,42 @@ impl PrefixList {
 
     /// In order: IPv4 first, then by address, then by length.
     pub fn iter(&self) -> impl Iterator<Item = IpPrefix> + '_ {
-        let v4 = self.v4.iter().map(|key| IpPrefix::from(*key));
-        v4.chain(self.v6.iter().map(|key| IpPrefix::from(*key)))
+        let v4 = self.v4.iter().map(|&[a, b, c, d, len]| IpPrefix::V4 {
+            address: Ipv4Addr::new(a, b, c, d),
+            len,
+        });
+        let v6 = self.v6.iter().map(|key| {
+            let (address, len) = key.split_at(16);
+            IpPrefix::V6 {
+                address: <[u8; 16]>::try_from(address).expect("16 bytes").into(),
+                len: len[0],
+            }
+        });
+        v4.chain(v6)
     }
 
     pub fn contains(&self, prefix: &IpPrefix) -> bool {
-        match (*prefix).into() {
-            CompactPrefix::V4(key) => self.v4.binary_search(&key).is_ok(),
-            CompactPrefix::V6(key) => self.v6.binary_search(&key).is_ok(),
+        match *prefix {
+            IpPrefix::V4 { address, len } => self.v4.binary_search(&v4_key(address, len)).is_ok(),
+            IpPrefix::V6 { address, len } => self.v6.binary_search(&v6_key(address, len)).is_ok(),
         }
     }
 
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
+}
+
+fn v4_key(address: Ipv4Addr, len: u8) -> [u8; 5] {
+    let [a, b, c, d] = address.octets();
+    [a, b, c, d, len]
+}
+
+fn v6_key(address: Ipv6Addr, len: u8) -> [u8; 17] {
+    let mut key = [0; 17];
+    key[..16].copy_from_slice(&address.octets());
+    key[16] = len;
+    key
 }
 
 /// Shortest IPv4 prefix accepted without `allow_any_source`.

@@ -7,12 +7,12 @@
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 
-use std::{collections::HashMap, hash::Hash};
+use std::{collections::HashMap, hash::Hash, net::Ipv4Addr};
 
 use firewall_common::{limits::MAX_ENTRY_COUNTERS, maps::UNCOUNTED_ENTRY};
 use foldhash::fast::RandomState;
 
-use crate::config::{IpPrefix, prefix::CompactPrefix};
+use crate::config::IpPrefix;
 
 /// An allowlisted entry: what a counter counts for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -217,35 +217,35 @@ impl<K: Ord + Copy> EntryMap<K> {
     }
 }
 
-/// One rule's entries, per family, keyed by [`CompactPrefix`].
+/// One rule's entries, per family, keyed by address and length.
 #[derive(Debug, Default)]
 struct RuleEntries {
-    v4: EntryMap<[u8; 5]>,
-    v6: EntryMap<[u8; 17]>,
+    v4: EntryMap<(u32, u8)>,
+    v6: EntryMap<([u8; 16], u8)>,
 }
 
 impl RuleEntries {
     /// `prefix`'s entry, inserted with `insert()` if it has none.
     fn held(&mut self, prefix: IpPrefix, insert: impl FnOnce() -> Held) -> &mut Held {
-        match prefix.into() {
-            CompactPrefix::V4(key) => self.v4.held(key, insert),
-            CompactPrefix::V6(key) => self.v6.held(key, insert),
+        match prefix {
+            IpPrefix::V4 { address, len } => self.v4.held((address.to_bits(), len), insert),
+            IpPrefix::V6 { address, len } => self.v6.held((address.octets(), len), insert),
         }
     }
 
     fn adopt(&mut self, prefix: IpPrefix, held: Held) {
-        match prefix.into() {
-            CompactPrefix::V4(key) => self.v4.adopt(key, held),
-            CompactPrefix::V6(key) => self.v6.adopt(key, held),
+        match prefix {
+            IpPrefix::V4 { address, len } => self.v4.adopt((address.to_bits(), len), held),
+            IpPrefix::V6 { address, len } => self.v6.adopt((address.octets(), len), held),
         }
     }
 
     /// Notes that `slot` no longer lists `prefix`; returns its index if
     /// neither slot does any more (the entry is then gone).
     fn release(&mut self, prefix: IpPrefix, slot: u32) -> Option<u32> {
-        match prefix.into() {
-            CompactPrefix::V4(key) => self.v4.release(&key, slot),
-            CompactPrefix::V6(key) => self.v6.release(&key, slot),
+        match prefix {
+            IpPrefix::V4 { address, len } => self.v4.release(&(address.to_bits(), len), slot),
+            IpPrefix::V6 { address, len } => self.v6.release(&(address.octets(), len), slot),
         }
     }
 
@@ -265,8 +265,14 @@ impl RuleEntries {
 
     /// The entries `slot` lists: prefix and index.
     fn listed_in(&self, slot: u32) -> impl Iterator<Item = (IpPrefix, u32)> + '_ {
-        let v4 = self.v4.all().map(|(key, held)| (IpPrefix::from(key), held));
-        let v6 = self.v6.all().map(|(key, held)| (IpPrefix::from(key), held));
+        let v4 = self.v4.all().map(|((bits, len), held)| {
+            let address = Ipv4Addr::from_bits(bits);
+            (IpPrefix::V4 { address, len }, held)
+        });
+        let v6 = self.v6.all().map(|((octets, len), held)| {
+            let address = octets.into();
+            (IpPrefix::V6 { address, len }, held)
+        });
         v4.chain(v6)
             .filter(move |(_, held)| held.listed_in(slot))
             .map(|(prefix, held)| (prefix, held.index()))
