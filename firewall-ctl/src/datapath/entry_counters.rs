@@ -217,7 +217,9 @@ impl<K: Ord + Copy> EntryMap<K> {
     }
 }
 
-/// One rule's entries, per family, keyed by address and length.
+/// One rule's entries, per family, keyed by address and length. Not the
+/// byte-array keys of `PrefixList`: those compare through memcmp, and the
+/// million bisections of a new-list reload took 0.1 s longer on them.
 #[derive(Debug, Default)]
 struct RuleEntries {
     v4: EntryMap<(u32, u8)>,
