@@ -5,7 +5,8 @@
 /// Rules are a bit set in a `u64` (see [`crate::maps::RuleSet`]).
 pub const MAX_RULES: usize = 64;
 
-/// LPM trie entries per address family and per policy slot.
+/// Listed prefixes per address family and per policy slot; their rows
+/// (see [`crate::maps::rows`]) are twice as many at most.
 pub const MAX_PREFIXES_PER_FAMILY: u32 = 262_144;
 
 /// `(protocol, port)` entries per policy slot: every TCP and UDP port.
@@ -24,7 +25,7 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 pub const POLICY_SLOTS: u32 = 2;
 
 /// Per-entry counters (`ENTRY_STATS`), shared by every CPU and both policy
-/// slots: as many as both slots have source trie entries, so that a new
+/// slots: as many as both slots can list prefixes, so that a new
 /// list as large as the tries counts every entry while the old one is still
 /// held (index 0, never given, aside: see [`crate::maps::UNCOUNTED_ENTRY`]).
 /// A power of two: without CAP_PERFMON the kernel rounds an array up to

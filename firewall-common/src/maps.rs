@@ -3,20 +3,26 @@
 
 use crate::limits::{MAX_PORT_ENTRIES, MAX_RULES};
 
-/// Names of the maps in the eBPF object. Each per-slot map exists twice,
-/// suffixed `_0` and `_1` (see [`ActivePolicy`]), except `PORTS`, which
-/// holds both slots.
+/// Names of the maps in the eBPF object. A map of the policy holds both
+/// slots (see [`ActivePolicy`]), slot 0's part first: one map, so that the
+/// verifier inlines its lookups (a call site that may use either of two
+/// maps goes through the generic helper).
 pub mod names {
     /// `Array<ActivePolicy>`, one entry.
     pub const ACTIVE: &str = "ACTIVE";
-    /// `LpmTrie<[u8; 4], SourceValue>` per slot.
-    pub const SOURCES_V4: [&str; 2] = ["SOURCES_V4_0", "SOURCES_V4_1"];
-    /// `LpmTrie<[u8; 16], SourceValue>` per slot.
-    pub const SOURCES_V6: [&str; 2] = ["SOURCES_V6_0", "SOURCES_V6_1"];
-    /// `LpmTrie<[u8; 5], u32>` per slot: (rule, IPv4 prefix) -> entry index.
-    pub const ENTRIES_V4: [&str; 2] = ["ENTRIES_V4_0", "ENTRIES_V4_1"];
-    /// `LpmTrie<[u8; 17], u32>` per slot: (rule, IPv6 prefix) -> entry index.
-    pub const ENTRIES_V6: [&str; 2] = ["ENTRIES_V6_0", "ENTRIES_V6_1"];
+    /// `Array<SourceRowV4>` of both slots: IPv4 source -> rules whose
+    /// sources contain it (see [`super::rows`]).
+    pub const SOURCES_V4: &str = "SOURCES_V4";
+    /// `Array<SourceRowV6>` of both slots.
+    pub const SOURCES_V6: &str = "SOURCES_V6";
+    /// `Array<EntryRowV4>` of both slots: per rule, IPv4 source -> the
+    /// rule's most specific entry containing it.
+    pub const ENTRIES_V4: &str = "ENTRIES_V4";
+    /// `Array<EntryRowV6>` of both slots.
+    pub const ENTRIES_V6: &str = "ENTRIES_V6";
+    /// `Array<Span>` of both slots: where each table's rows are (see
+    /// [`super::span_index`]).
+    pub const SPANS: &str = "SPANS";
     /// `Array<EntryCounter>` indexed by entry index, shared by the slots.
     pub const ENTRY_STATS: &str = "ENTRY_STATS";
     /// `PerCpuArray<SampleBucket>`, one entry: the sampling token bucket.
@@ -42,16 +48,13 @@ pub mod names {
     pub const FLOW_KEY_SCRATCH: &str = "FLOW_KEY_SCRATCH";
 
     /// Every map, as pinned under `bpf_dir`.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 16] = [
         ACTIVE,
-        SOURCES_V4[0],
-        SOURCES_V4[1],
-        SOURCES_V6[0],
-        SOURCES_V6[1],
-        ENTRIES_V4[0],
-        ENTRIES_V4[1],
-        ENTRIES_V6[0],
-        ENTRIES_V6[1],
+        SOURCES_V4,
+        SOURCES_V6,
+        ENTRIES_V4,
+        ENTRIES_V6,
+        SPANS,
         ENTRY_STATS,
         SAMPLE_BUCKETS,
         BLOCKED_SAMPLES,
@@ -69,21 +72,21 @@ pub mod names {
 /// daemon adopts pinned maps only of its own version; bump this with any
 /// change to a map, and a daemon of the new release loads fresh maps, fills
 /// them, and swaps the program on the pinned links without a gap.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// The rules that match something, one bit per rule in config order
 /// (bit 0 = first rule). Stored per source prefix and per exposed port; a
 /// packet is allowed when the two sets intersect.
 pub type RuleSet = u64;
 
-/// Value of the source tries: the rules whose sources contain the prefix,
-/// and the entry that the first of them (lowest bit) credits.
+/// What a source lookup finds: the rules whose sources contain the
+/// address, and the entry that the first of them (lowest bit) credits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceValue {
     pub rules: RuleSet,
     /// Index into `ENTRY_STATS` of the most specific entry of rule
-    /// `rules.trailing_zeros()` that contains the prefix.
+    /// `rules.trailing_zeros()` that contains the address.
     pub entry: u32,
     /// Always zero.
     pub pad: u32,
@@ -110,12 +113,171 @@ pub struct EntryCounter {
     pub listed_at: u64,
 }
 
-/// Key bytes of the entry tries: the rule's index, then the address, so a
-/// longest-prefix match of `(rule, address)` finds the most specific entry
-/// of that rule containing the address.
-pub const fn entry_key_len(address_len: u8) -> u32 {
-    8 + address_len as u32
+/// The policy's prefixes as interval tables: a table's rows ascend by
+/// `start`, and the row with the last start at or below an address says
+/// what the longest listed prefix containing the address gives there, up to
+/// the next row's start (a row with no rules: none). User space cuts nested
+/// prefixes into these rows (at most two per prefix) and the data plane
+/// finds a row with a binary search over an array, where the kernel's LPM
+/// trie chased a pointer per prefix bit and took a syscall and an
+/// allocation for every prefix written.
+///
+/// Row starts are host-order integers: an IPv4 address as one `u32`, an
+/// IPv6 one as its high and low `u64` halves.
+pub mod rows {
+    use crate::limits::{MAX_PREFIXES_PER_FAMILY, MAX_RULES, POLICY_SLOTS};
+
+    /// Rows per table and slot: two per prefix. Slot `s` has rows
+    /// `s * PER_SLOT..(s + 1) * PER_SLOT` of each table.
+    pub const PER_SLOT: u32 = 2 * MAX_PREFIXES_PER_FAMILY;
+    /// Rows of each table map: both slots.
+    pub const PER_MAP: u32 = POLICY_SLOTS * PER_SLOT;
+    /// Halvings [`last_at_or_below`] takes at most: enough for a slot.
+    pub const SEARCH_STEPS: u32 = 20;
+    const _: () = assert!(1 << SEARCH_STEPS >= PER_SLOT);
+
+    /// `SPANS` entries per slot: the source table of each family, then the
+    /// entry table of each rule, IPv4's rules first.
+    pub const SPANS_PER_SLOT: u32 = 2 + 2 * MAX_RULES as u32;
+
+    /// Where the rows of one table of one slot are in their map.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Span {
+        /// Index of the first row in the map.
+        pub first: u32,
+        pub len: u32,
+    }
+
+    /// The table a [`Span`] describes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Table {
+        Sources { v4: bool },
+        Entries { v4: bool, rule: u32 },
+    }
+
+    /// Index into `SPANS` of `table` in `slot`; `None` for a rule past
+    /// the last.
+    #[inline(always)]
+    pub const fn span_index(slot: u32, table: Table) -> Option<u32> {
+        let within = match table {
+            Table::Sources { v4: true } => 0,
+            Table::Sources { v4: false } => 1,
+            Table::Entries { v4, rule } => {
+                if rule >= MAX_RULES as u32 {
+                    return None;
+                }
+                2 + rule + if v4 { 0 } else { MAX_RULES as u32 }
+            }
+        };
+        Some(slot * SPANS_PER_SLOT + within)
+    }
+
+    /// The last row of `span` whose start is at or below the address,
+    /// given `at_or_below(row)` for rows of the span; `None` if there is
+    /// none, or a row cannot be read.
+    #[inline(always)]
+    pub fn last_at_or_below(span: Span, at_or_below: impl Fn(u32) -> Option<bool>) -> Option<u32> {
+        if span.len == 0 {
+            return None;
+        }
+        // The row sought, if any, is among the `len` rows from `base`.
+        let (mut base, mut len) = (span.first, span.len);
+        for _ in 0..SEARCH_STEPS {
+            if len <= 1 {
+                break;
+            }
+            let half = len / 2;
+            if at_or_below(base + half)? {
+                base += half;
+            }
+            len -= half;
+        }
+        if at_or_below(base)? { Some(base) } else { None }
+    }
+
+    /// A source table row of IPv4 addresses.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SourceRowV4 {
+        pub start: u32,
+        /// An [`super::EntryRef`].
+        pub entry: u32,
+        pub rules: super::RuleSet,
+    }
+
+    /// A source table row of IPv6 addresses.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SourceRowV6 {
+        /// High, then low half.
+        pub start: [u64; 2],
+        pub rules: super::RuleSet,
+        /// An [`super::EntryRef`].
+        pub entry: u32,
+        pub pad: u32,
+    }
+
+    /// An entry table row of IPv4 addresses; its entry is an
+    /// [`super::EntryRef`], [`super::UNCOUNTED_ENTRY`] for none.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct EntryRowV4 {
+        pub start: u32,
+        pub entry: u32,
+    }
+
+    /// An entry table row of IPv6 addresses.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct EntryRowV6 {
+        pub start: [u64; 2],
+        pub entry: u32,
+        pub pad: u32,
+    }
+
+    /// Host-order halves of an IPv6 address, as row starts hold them.
+    #[inline(always)]
+    pub fn v6_halves(address: &[u8; 16]) -> [u64; 2] {
+        let mut high = [0; 8];
+        let mut low = [0; 8];
+        high.copy_from_slice(&address[..8]);
+        low.copy_from_slice(&address[8..]);
+        [u64::from_be_bytes(high), u64::from_be_bytes(low)]
+    }
+
+    /// Whether IPv6 start `start` is at or below `address`.
+    #[inline(always)]
+    pub fn v6_at_or_below(start: &[u64; 2], address: &[u64; 2]) -> bool {
+        start[0] < address[0] || (start[0] == address[0] && start[1] <= address[1])
+    }
 }
+
+/// A row's entry: the counter index in the low 24 bits, the entry's prefix
+/// length in the high 8. The length lets a restarted daemon tell which
+/// prefix a row's counter belongs to (the row's start cut to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryRef(pub u32);
+
+impl EntryRef {
+    const INDEX_BITS: u32 = 24;
+    const INDEX_MASK: u32 = (1 << Self::INDEX_BITS) - 1;
+
+    pub const fn new(index: u32, prefix_len: u8) -> Self {
+        Self((index & Self::INDEX_MASK) | (prefix_len as u32) << Self::INDEX_BITS)
+    }
+
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self.0 & Self::INDEX_MASK
+    }
+
+    pub const fn prefix_len(self) -> u8 {
+        (self.0 >> Self::INDEX_BITS) as u8
+    }
+}
+
+const _: () = assert!(crate::limits::MAX_ENTRY_COUNTERS <= EntryRef::INDEX_MASK + 1);
 
 /// A dropped packet as sampled for user space (`BLOCKED_SAMPLES`).
 #[repr(C)]
@@ -287,6 +449,11 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::ActivePolicy {}
     unsafe impl aya::Pod for super::SourceValue {}
+    unsafe impl aya::Pod for super::rows::Span {}
+    unsafe impl aya::Pod for super::rows::SourceRowV4 {}
+    unsafe impl aya::Pod for super::rows::SourceRowV6 {}
+    unsafe impl aya::Pod for super::rows::EntryRowV4 {}
+    unsafe impl aya::Pod for super::rows::EntryRowV6 {}
     unsafe impl aya::Pod for super::EntryCounter {}
     unsafe impl aya::Pod for super::BlockedSample {}
     unsafe impl aya::Pod for super::SampleBucket {}
@@ -349,6 +516,119 @@ mod tests {
             Some(2 * MAX_PORT_ENTRIES - 1)
         );
         assert_eq!(PortKey::new(protocol::ICMP, 8).slot_index(1), None);
+    }
+
+    #[test]
+    fn the_search_finds_the_last_row_at_or_below_any_key() {
+        // Every length up to a few hundred rows, starts with gaps and
+        // neighbours, keys on, between, below and above the starts.
+        let mut seed = 0x9e37_79b9_u32;
+        for len in 0..300u32 {
+            let mut starts = [0u32; 300];
+            let mut at = 5;
+            for start in starts.iter_mut().take(len as usize) {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                at += 1 + (seed >> 29);
+                *start = at;
+            }
+            let starts = &starts[..len as usize];
+            for offset in [0, 7, 1000] {
+                let span = rows::Span { first: offset, len };
+                let at_or_below = |key: u32| {
+                    move |row: u32| starts.get((row - offset) as usize).map(|s| *s <= key)
+                };
+                for key in 0..at + 3 {
+                    let expected = starts
+                        .iter()
+                        .rposition(|s| *s <= key)
+                        .map(|i| i as u32 + offset);
+                    assert_eq!(
+                        rows::last_at_or_below(span, at_or_below(key)),
+                        expected,
+                        "len {len}, key {key}"
+                    );
+                }
+            }
+        }
+        // A row that cannot be read ends the search with nothing found.
+        let span = rows::Span { first: 0, len: 8 };
+        assert_eq!(
+            rows::last_at_or_below(span, |row| (row < 4).then_some(true)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_search_needs_no_more_steps_than_it_is_given_for_a_full_slot() {
+        let span = rows::Span {
+            first: 0,
+            len: rows::PER_SLOT,
+        };
+        let last = rows::PER_SLOT - 1;
+        assert_eq!(rows::last_at_or_below(span, |_| Some(true)), Some(last));
+        assert_eq!(rows::last_at_or_below(span, |row| Some(row == 0)), Some(0));
+    }
+
+    #[test]
+    fn ipv6_starts_compare_as_addresses() {
+        let halves =
+            |text: &str| rows::v6_halves(&text.parse::<core::net::Ipv6Addr>().unwrap().octets());
+        let (low, high) = (halves("2001:db8::ffff"), halves("2001:db8:0:1::"));
+        assert!(rows::v6_at_or_below(&low, &high));
+        assert!(!rows::v6_at_or_below(&high, &low));
+        assert!(rows::v6_at_or_below(&low, &low));
+        assert_eq!(halves("::1"), [0, 1]);
+    }
+
+    #[test]
+    fn entry_refs_carry_index_and_prefix_length() {
+        let entry = EntryRef::new(crate::limits::MAX_ENTRY_COUNTERS - 1, 128);
+        assert_eq!(entry.index(), crate::limits::MAX_ENTRY_COUNTERS - 1);
+        assert_eq!(entry.prefix_len(), 128);
+        assert_eq!(EntryRef::new(UNCOUNTED_ENTRY, 0).0, UNCOUNTED_ENTRY);
+    }
+
+    #[test]
+    fn spans_of_the_two_slots_and_the_tables_do_not_overlap() {
+        use rows::{SPANS_PER_SLOT, Table, span_index};
+        let last_rule = MAX_RULES as u32 - 1;
+        assert_eq!(span_index(0, Table::Sources { v4: true }), Some(0));
+        assert_eq!(span_index(0, Table::Entries { v4: true, rule: 0 }), Some(2));
+        assert_eq!(
+            span_index(
+                0,
+                Table::Entries {
+                    v4: true,
+                    rule: last_rule
+                }
+            )
+            .map(|i| i + 1),
+            span_index(0, Table::Entries { v4: false, rule: 0 })
+        );
+        assert_eq!(
+            span_index(
+                0,
+                Table::Entries {
+                    v4: false,
+                    rule: last_rule
+                }
+            ),
+            Some(SPANS_PER_SLOT - 1)
+        );
+        assert_eq!(
+            span_index(1, Table::Sources { v4: true }),
+            Some(SPANS_PER_SLOT)
+        );
+        assert_eq!(
+            span_index(
+                1,
+                Table::Entries {
+                    v4: false,
+                    rule: MAX_RULES as u32
+                }
+            ),
+            None
+        );
     }
 
     #[test]

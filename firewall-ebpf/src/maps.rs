@@ -7,17 +7,21 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use firewall_common::{
     flow::{Direction, Ends, FlowConfig, FlowKey, FlowState, flow_stats},
     limits::{
-        DEFAULT_MAX_FLOWS, MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY,
-        MAX_RULES, POLICY_SLOTS, SAMPLE_RING_BYTES,
+        DEFAULT_MAX_FLOWS, MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_RULES, POLICY_SLOTS,
+        SAMPLE_RING_BYTES,
     },
     maps::{
-        ActivePolicy, BlockedSample, Counter, EntryCounter, PortKey, RuleSet, SampleBucket,
-        SourceValue, UNCOUNTED_ENTRY, entry_key_len, fold_source,
+        ActivePolicy, BlockedSample, Counter, EntryCounter, EntryRef, PortKey, RuleSet,
+        SampleBucket, SourceValue, UNCOUNTED_ENTRY, fold_source,
+        rows::{
+            self, EntryRowV4, EntryRowV6, SourceRowV4, SourceRowV6, Span, Table, last_at_or_below,
+            span_index, v6_at_or_below, v6_halves,
+        },
     },
     reasons::{REASON_COUNT, Reason},
     verdict::{Flows, Policy, Source},
@@ -29,34 +33,26 @@ use crate::parse::{FlowRef, ParsedPacket};
 #[map]
 static ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
 
-/// Slot 0 and 1: IPv4 source prefix -> rules whose sources contain it.
+/// Both slots' interval tables of sources (see `firewall_common::maps::rows`):
+/// IPv4 and IPv6 source -> the rules whose sources contain it.
+/// Mmapable: user space writes a slot's rows with stores.
 #[map]
-static SOURCES_V4_0: LpmTrie<[u8; 4], SourceValue> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static SOURCES_V4: Array<SourceRowV4> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
 #[map]
-static SOURCES_V4_1: LpmTrie<[u8; 4], SourceValue> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static SOURCES_V6: Array<SourceRowV6> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
 
-/// Slot 0 and 1: IPv6 source prefix -> rules whose sources contain it.
+/// Both slots' interval tables of entries, a span per rule: source -> the
+/// rule's most specific entry containing it. Looked up only when the
+/// admitting rule is not the first the source matched.
 #[map]
-static SOURCES_V6_0: LpmTrie<[u8; 16], SourceValue> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static ENTRIES_V4: Array<EntryRowV4> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
 #[map]
-static SOURCES_V6_1: LpmTrie<[u8; 16], SourceValue> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static ENTRIES_V6: Array<EntryRowV6> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
 
-/// Slot 0 and 1: (rule, IPv4 prefix) -> its entry's counter index; looked
-/// up only when the admitting rule is not the first the source matched.
+/// Where each table of each slot has its rows (`rows::span_index`).
 #[map]
-static ENTRIES_V4_0: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
-#[map]
-static ENTRIES_V4_1: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
-
-/// Slot 0 and 1: (rule, IPv6 prefix) -> its entry's counter index.
-#[map]
-static ENTRIES_V6_0: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
-#[map]
-static ENTRIES_V6_1: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(MAX_PREFIXES_PER_FAMILY, 0);
+static SPANS: Array<Span> =
+    Array::with_max_entries(POLICY_SLOTS * rows::SPANS_PER_SLOT, BPF_F_MMAPABLE);
 
 /// Per allowlisted entry: packets, bytes, first and last hit. Shared by
 /// every CPU (atomic adds): its size does not grow with the CPU count.
@@ -276,55 +272,80 @@ impl Flows<FlowRef> for SlotPolicy {
     }
 }
 
+impl SlotPolicy {
+    /// The rows of `table` in this slot; none if the map has no such entry.
+    #[inline(always)]
+    fn span(&self, table: Table) -> Span {
+        span_index(self.slot, table)
+            .and_then(|index| SPANS.get(index))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 impl Policy for SlotPolicy {
     #[inline(always)]
     fn source_entry(&self, source: &Source) -> SourceValue {
-        let found = match source {
+        let (rules, entry) = match source {
             Source::V4(address) => {
-                let key = Key::new(32, *address);
-                if self.slot == 0 {
-                    SOURCES_V4_0.get(&key)
-                } else {
-                    SOURCES_V4_1.get(&key)
+                let address = u32::from_be_bytes(*address);
+                let span = self.span(Table::Sources { v4: true });
+                let row = last_at_or_below(span, |row| {
+                    SOURCES_V4.get(row).map(|row| row.start <= address)
+                })
+                .and_then(|row| SOURCES_V4.get(row));
+                match row {
+                    Some(row) => (row.rules, row.entry),
+                    None => return SourceValue::default(),
                 }
             }
             Source::V6(address) => {
-                let key = Key::new(128, *address);
-                if self.slot == 0 {
-                    SOURCES_V6_0.get(&key)
-                } else {
-                    SOURCES_V6_1.get(&key)
+                let address = v6_halves(address);
+                let span = self.span(Table::Sources { v4: false });
+                let row = last_at_or_below(span, |row| {
+                    SOURCES_V6
+                        .get(row)
+                        .map(|row| v6_at_or_below(&row.start, &address))
+                })
+                .and_then(|row| SOURCES_V6.get(row));
+                match row {
+                    Some(row) => (row.rules, row.entry),
+                    None => return SourceValue::default(),
                 }
             }
         };
-        found.copied().unwrap_or_default()
+        SourceValue {
+            rules,
+            entry: EntryRef(entry).index(),
+            pad: 0,
+        }
     }
 
     #[inline(always)]
     fn rule_entry(&self, rule: u32, source: &Source) -> u32 {
-        let rule = rule as u8;
-        let found = match source {
-            Source::V4([a, b, c, d]) => {
-                let key = Key::new(entry_key_len(32), [rule, *a, *b, *c, *d]);
-                if self.slot == 0 {
-                    ENTRIES_V4_0.get(&key)
-                } else {
-                    ENTRIES_V4_1.get(&key)
-                }
+        let entry = match source {
+            Source::V4(address) => {
+                let address = u32::from_be_bytes(*address);
+                let span = self.span(Table::Entries { v4: true, rule });
+                last_at_or_below(span, |row| {
+                    ENTRIES_V4.get(row).map(|row| row.start <= address)
+                })
+                .and_then(|row| ENTRIES_V4.get(row))
+                .map(|row| row.entry)
             }
             Source::V6(address) => {
-                let mut data = [0u8; 17];
-                data[0] = rule;
-                data[1..].copy_from_slice(address);
-                let key = Key::new(entry_key_len(128), data);
-                if self.slot == 0 {
-                    ENTRIES_V6_0.get(&key)
-                } else {
-                    ENTRIES_V6_1.get(&key)
-                }
+                let address = v6_halves(address);
+                let span = self.span(Table::Entries { v4: false, rule });
+                last_at_or_below(span, |row| {
+                    ENTRIES_V6
+                        .get(row)
+                        .map(|row| v6_at_or_below(&row.start, &address))
+                })
+                .and_then(|row| ENTRIES_V6.get(row))
+                .map(|row| row.entry)
             }
         };
-        found.copied().unwrap_or(UNCOUNTED_ENTRY)
+        entry.map_or(UNCOUNTED_ENTRY, |entry| EntryRef(entry).index())
     }
 
     #[inline(always)]

@@ -11,7 +11,6 @@ use std::{
 };
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -55,37 +54,24 @@ pub fn pinned(pin: &Path) -> io::Result<OwnedFd> {
         .map_err(|err| context(err, format_args!("opening {}", pin.display())))
 }
 
-/// Every key and value of the map pinned at `pin` (`key_size` and
-/// `value_size` bytes each), as raw bytes.
-pub fn map_entries(
+/// Elements `indexes` of the array map pinned at `pin` (values of
+/// `value_size` bytes), as raw bytes.
+pub fn array_elements(
     pin: &Path,
-    key_size: usize,
+    indexes: std::ops::Range<u32>,
     value_size: usize,
-) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+) -> io::Result<Vec<Vec<u8>>> {
     let map = pinned(pin)?;
     let fd = u64::from(map.as_raw_fd() as u32);
-    let mut entries = std::collections::BTreeMap::new();
-    let mut key: Option<Vec<u8>> = None;
-    loop {
-        let mut next = vec![0u8; key_size];
-        let mut attr = [
-            fd,
-            key.as_ref().map_or(0, |key| key.as_ptr() as u64),
-            next.as_mut_ptr() as u64,
-            0,
-        ];
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(_) => {}
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
-            Err(err) => return Err(context(err, format_args!("walking {}", pin.display()))),
-        }
-        let mut value = vec![0u8; value_size];
-        let mut attr = [fd, next.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
-            .map_err(|err| context(err, format_args!("reading {}", pin.display())))?;
-        entries.insert(next.clone(), value);
-        key = Some(next);
-    }
+    indexes
+        .map(|index| {
+            let mut value = vec![0u8; value_size];
+            let mut attr = [fd, &raw const index as u64, value.as_mut_ptr() as u64, 0];
+            bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
+                .map_err(|err| context(err, format_args!("reading {}", pin.display())))?;
+            Ok(value)
+        })
+        .collect()
 }
 
 /// The program run by the BPF link pinned at `pin`.

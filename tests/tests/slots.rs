@@ -1,40 +1,63 @@
 //! Both policy slots hold exactly the policy once the idle one has caught
-//! up, whatever reloads and edits came before, however fast: each change
-//! writes only where the idle slot may differ, so a key it missed would
-//! stay behind in one slot.
+//! up, whatever reloads and edits came before, however fast: read back
+//! row by row, the two slots' interval tables are the same and cut the
+//! listed prefixes as expected.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{net::Ipv6Addr, path::Path, time::Duration};
 
-use firewall_common::maps::{LAYOUT_VERSION, names};
+use firewall_common::maps::{
+    LAYOUT_VERSION, names,
+    rows::{PER_SLOT, Table, span_index},
+};
 use firewall_tests::{bpf, config, daemon::Daemon, lab::Lab, root_or_skip};
 
-/// The source and entry tries: the map names of both slots, key and value
-/// sizes.
-const TRIES: [([&str; 2], usize, usize); 4] = [
-    (names::SOURCES_V4, 8, 16),
-    (names::SOURCES_V6, 20, 16),
-    (names::ENTRIES_V4, 9, 4),
-    (names::ENTRIES_V6, 21, 4),
-];
+/// Bytes of a row of each table.
+const SOURCE_V4_ROW: usize = 16;
+const SOURCE_V6_ROW: usize = 32;
+const ENTRY_V4_ROW: usize = 8;
 
-type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// Each trie of each slot.
-fn tries(daemon: &Daemon) -> Vec<[Entries; 2]> {
-    let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
-    TRIES
-        .iter()
-        .map(|(slots, key_size, value_size)| {
-            slots.map(|name| bpf::map_entries(&maps.join(name), *key_size, *value_size).unwrap())
-        })
-        .collect()
+/// The rows of `table` in `slot`, as raw bytes.
+fn rows(maps: &Path, slot: u32, table: Table, name: &str, row_size: usize) -> Vec<Vec<u8>> {
+    let at = span_index(slot, table).unwrap();
+    let span = &bpf::array_elements(&maps.join(names::SPANS), at..at + 1, 8).unwrap()[0];
+    let first = u32::from_ne_bytes(span[..4].try_into().unwrap());
+    let len = u32::from_ne_bytes(span[4..].try_into().unwrap());
+    assert!(
+        (slot * PER_SLOT..(slot + 1) * PER_SLOT).contains(&first) || len == 0,
+        "{name}: slot {slot}'s rows start at {first}"
+    );
+    bpf::array_elements(&maps.join(name), first..first + len, row_size).unwrap()
 }
 
-/// A source trie key: the prefix length, then the address bytes.
-fn key(len: u32, address: &[u8]) -> Vec<u8> {
-    let mut key = len.to_ne_bytes().to_vec();
-    key.extend_from_slice(address);
-    key
+fn word(row: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(row[at..at + 4].try_into().unwrap())
+}
+
+fn long(row: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(row[at..at + 8].try_into().unwrap())
+}
+
+fn v4(text: &str) -> u32 {
+    u32::from(text.parse::<std::net::Ipv4Addr>().unwrap())
+}
+
+/// An IPv4 source row: start, rules, and the prefix length of the entry
+/// it credits (the top byte of its entry reference).
+fn source_v4(row: &[u8]) -> (u32, u64, u32) {
+    (word(row, 0), long(row, 8), word(row, 4) >> 24)
+}
+
+/// An IPv4 entry row: start and its entry's prefix length (0: none).
+fn entry_v4(row: &[u8]) -> (u32, u32) {
+    (word(row, 0), word(row, 4) >> 24)
+}
+
+/// An IPv6 source row: start and rules.
+fn source_v6(row: &[u8]) -> (u128, u64) {
+    (
+        (u128::from(long(row, 0)) << 64) | u128::from(long(row, 8)),
+        long(row, 16),
+    )
 }
 
 #[test]
@@ -73,37 +96,79 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
     assert_eq!(status["reloads"], 3, "{status}");
     std::thread::sleep(Duration::from_millis(1500));
 
-    let tries = tries(&daemon);
-    for ((slots, _, _), [zero, one]) in TRIES.iter().zip(&tries) {
-        assert_eq!(zero, one, "{} and {} differ", slots[0], slots[1]);
-    }
-    let v4: Vec<Vec<u8>> = tries[0][0].keys().cloned().collect();
-    let mut expected_v4 = vec![
-        key(32, &[192, 0, 2, 88]),
-        key(24, &[198, 51, 100, 0]),
-        key(24, &[203, 0, 113, 0]),
-        key(26, &[203, 0, 113, 64]),
-    ];
-    expected_v4.sort();
-    assert_eq!(v4, expected_v4);
-    let v6: Vec<Vec<u8>> = tries[1][0].keys().cloned().collect();
-    let db8 = |third: u8| {
-        let mut address = [0u8; 16];
-        address[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, third]);
-        key(48, &address)
+    let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+    let both = |table: Table, name: &str, size: usize| {
+        let [zero, one] = [0, 1].map(|slot| rows(&maps, slot, table, name, size));
+        assert_eq!(zero, one, "{name}: the slots differ");
+        zero
     };
-    let mut expected_v6 = vec![db8(1), db8(9)];
-    expected_v6.sort();
-    assert_eq!(v6, expected_v6);
-    // The office rule holds a node after the vendor (its /26 inside the
-    // vendor's /24), so the entry trie has its listings: rule byte, then
-    // the address, the length counting the rule's 8 bits.
-    let entries: Vec<Vec<u8>> = tries[2][0].keys().cloned().collect();
+    let sources_v4 = both(
+        Table::Sources { v4: true },
+        names::SOURCES_V4,
+        SOURCE_V4_ROW,
+    );
+    let sources_v6 = both(
+        Table::Sources { v4: false },
+        names::SOURCES_V6,
+        SOURCE_V6_ROW,
+    );
+    // The vendor (rule 0) and the office (rule 1): the office's /26 inside
+    // the vendor's /24 cuts it in three, and credits the vendor's /24
+    // first.
     assert_eq!(
-        entries,
+        sources_v4
+            .iter()
+            .map(|row| source_v4(row))
+            .collect::<Vec<_>>(),
         [
-            key(32, &[1, 198, 51, 100, 0]),
-            key(34, &[1, 203, 0, 113, 64])
+            (v4("192.0.2.88"), 0b01, 32),
+            (v4("192.0.2.89"), 0, 0),
+            (v4("198.51.100.0"), 0b10, 24),
+            (v4("198.51.101.0"), 0, 0),
+            (v4("203.0.113.0"), 0b01, 24),
+            (v4("203.0.113.64"), 0b11, 24),
+            (v4("203.0.113.128"), 0b01, 24),
+            (v4("203.0.114.0"), 0, 0),
         ]
+    );
+    let db8 = |third: u16| u128::from(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, 0));
+    let starts: Vec<(u128, bool)> = sources_v6
+        .iter()
+        .map(|row| source_v6(row))
+        .map(|(start, rules)| (start, rules != 0))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            (db8(1), true),
+            (db8(2), false),
+            (db8(9), true),
+            (db8(10), false)
+        ]
+    );
+    // The office holds a node after the vendor, so it has entry rows: its
+    // listings, each up to where nothing of it resumes.
+    let office = both(
+        Table::Entries { v4: true, rule: 1 },
+        names::ENTRIES_V4,
+        ENTRY_V4_ROW,
+    );
+    assert_eq!(
+        office.iter().map(|row| entry_v4(row)).collect::<Vec<_>>(),
+        [
+            (v4("198.51.100.0"), 24),
+            (v4("198.51.101.0"), 0),
+            (v4("203.0.113.64"), 26),
+            (v4("203.0.113.128"), 0),
+        ]
+    );
+    let vendor = both(
+        Table::Entries { v4: true, rule: 0 },
+        names::ENTRIES_V4,
+        ENTRY_V4_ROW,
+    );
+    assert!(
+        vendor.is_empty(),
+        "the vendor is always first: no entry rows"
     );
 }

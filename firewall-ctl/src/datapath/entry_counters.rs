@@ -133,20 +133,6 @@ impl<K: Ord + Copy> EntryMap<K> {
         self.added.push((key, held));
     }
 
-    /// Notes that `slot` no longer lists `key`; returns its index if
-    /// neither slot does any more (the entry is then gone).
-    fn release(&mut self, key: &K, slot: u32) -> Option<u32> {
-        let held = self.get_mut(key).filter(|held| **held != Held::GONE)?;
-        held.list(slot, false);
-        if held.listed() {
-            return None;
-        }
-        let index = held.index();
-        *held = Held::GONE;
-        self.held -= 1;
-        Some(index)
-    }
-
     /// Notes that `slot` lists none of the entries; they keep their
     /// indexes until [`EntryMap::free_unlisted`].
     fn unlist(&mut self, slot: u32) {
@@ -239,15 +225,6 @@ impl RuleEntries {
         match prefix {
             IpPrefix::V4 { address, len } => self.v4.adopt((address.to_bits(), len), held),
             IpPrefix::V6 { address, len } => self.v6.adopt((address.octets(), len), held),
-        }
-    }
-
-    /// Notes that `slot` no longer lists `prefix`; returns its index if
-    /// neither slot does any more (the entry is then gone).
-    fn release(&mut self, prefix: IpPrefix, slot: u32) -> Option<u32> {
-        match prefix {
-            IpPrefix::V4 { address, len } => self.v4.release(&(address.to_bits(), len), slot),
-            IpPrefix::V6 { address, len } => self.v6.release(&(address.octets(), len), slot),
         }
     }
 
@@ -394,22 +371,6 @@ impl EntryIndexes {
             .collect();
     }
 
-    /// Notes that `slot` no longer lists `rule`'s `prefix`; its index is
-    /// free once neither slot does.
-    pub fn release(&mut self, rule: &str, prefix: IpPrefix, slot: u32) {
-        let Some(entries) = self.by_rule.get_mut(rule) else {
-            return;
-        };
-        if let Some(index) = entries.release(prefix, slot) {
-            if index != UNCOUNTED_ENTRY {
-                self.free.push(index);
-            }
-            if entries.is_empty() {
-                self.by_rule.remove(rule);
-            }
-        }
-    }
-
     /// Notes that `slot` lists none of the IPv4 (`v4`) or IPv6 entries, as
     /// a slot is rewritten whole: holding again those it lists, then
     /// [`EntryIndexes::free_unlisted`], frees the others. Two passes over
@@ -460,16 +421,25 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// Rewrites `slot` (IPv4) as listing `listed` only.
+    fn relist(indexes: &mut EntryIndexes, slot: u32, listed: &[(&str, IpPrefix)]) {
+        indexes.unlist_family(slot, true);
+        for (rule, prefix) in listed {
+            indexes.hold(rule, *prefix, slot);
+        }
+        indexes.free_unlisted();
+    }
+
     #[test]
     fn an_entry_keeps_its_index_while_either_slot_lists_it() {
         let mut indexes = EntryIndexes::with_capacity(4);
         let vendor = prefix("203.0.113.0/24");
         assert_eq!(indexes.hold("vendor", vendor, 0), Holding::Given(1));
         assert_eq!(indexes.hold("vendor", vendor, 1), Holding::Kept(1));
-        indexes.release("vendor", vendor, 0);
+        relist(&mut indexes, 0, &[]);
         assert_eq!(indexes.hold("vendor", vendor, 0), Holding::Kept(1));
-        indexes.release("vendor", vendor, 0);
-        indexes.release("vendor", vendor, 1);
+        relist(&mut indexes, 0, &[]);
+        relist(&mut indexes, 1, &[]);
         // Free now: the next entry gets it, as a new counter.
         assert_eq!(
             indexes.hold("office", prefix("198.51.100.0/24"), 0),
@@ -491,9 +461,8 @@ mod tests {
         for prefix in &prefixes {
             indexes.hold("vendor", *prefix, 0);
         }
-        for prefix in &prefixes[100..] {
-            indexes.release("vendor", *prefix, 0);
-        }
+        let kept: Vec<(&str, IpPrefix)> = prefixes[..100].iter().map(|p| ("vendor", *p)).collect();
+        relist(&mut indexes, 0, &kept);
         let listed = |indexes: &EntryIndexes| {
             let mut listed: Vec<(String, IpPrefix, u32)> = indexes
                 .listed_in(0)
@@ -532,11 +501,16 @@ mod tests {
             [30, 15, 10, 20].map(|key| give(&mut entries, key)),
             [3, 4, 1, 2]
         );
-        // Released by its only slot, an entry is gone: given again, it
-        // gets a new index, and a merge drops what stays gone.
-        assert_eq!(entries.release(&20, 0), Some(2));
-        assert_eq!(entries.release(&20, 0), None);
-        assert_eq!(entries.release(&10, 0), Some(1));
+        // Unlisted by its only slot, an entry is gone once freed: given
+        // again, it gets a new index, and a merge drops what stays gone.
+        entries.unlist(0);
+        for key in [15, 30] {
+            entries.get_mut(&key).unwrap().list(0, true);
+        }
+        let mut free = Vec::new();
+        entries.free_unlisted(&mut free);
+        free.sort_unstable();
+        assert_eq!(free, [1, 2]);
         assert_eq!(give(&mut entries, 20), 5);
         entries.merge();
         let all: Vec<(u32, u32)> = entries
@@ -557,9 +531,13 @@ mod tests {
             .collect();
         assert_eq!(held, [(3, 8, true, false), (9, 7, true, true)]);
         assert!(!adopted.is_empty());
-        assert_eq!(adopted.release(&3, 0), Some(8));
-        assert_eq!(adopted.release(&9, 0), None);
-        assert_eq!(adopted.release(&9, 1), Some(7));
+        let mut free = Vec::new();
+        adopted.unlist(0);
+        adopted.free_unlisted(&mut free);
+        assert_eq!(free, [8]);
+        adopted.unlist(1);
+        adopted.free_unlisted(&mut free);
+        assert_eq!(free, [8, 7]);
         assert!(adopted.is_empty());
     }
 
@@ -575,9 +553,8 @@ mod tests {
         assert_eq!(indexes.hold("a", b, 0), Holding::Given(2));
         assert_eq!(indexes.hold("a", c, 0), Holding::Full);
         assert_eq!(indexes.hold("a", c, 1), Holding::Full);
-        indexes.release("a", a, 0);
-        indexes.release("a", c, 0);
-        indexes.release("a", c, 1);
+        relist(&mut indexes, 0, &[("a", b)]);
+        relist(&mut indexes, 1, &[]);
         assert_eq!(indexes.hold("a", c, 0), Holding::Given(1));
         assert_eq!(indexes.unused_from, 3);
     }

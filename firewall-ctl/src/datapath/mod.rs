@@ -6,16 +6,14 @@
 //! packet sees the whole old or the whole new policy; if writing the idle
 //! slot fails, the live slot was never touched.
 //!
-//! Only what differs is written: the datapath knows where the idle slot
-//! may differ from the live policy (its *lag*, a [`Delta`]: the keys of the
-//! last edit, or the whole policy it still holds after a reload), so a
-//! change writes those keys plus its own, not the whole policy. A
-//! one-prefix `allow` on a 250k-prefix policy is a few syscalls; a reload
-//! walks the old and new policies side by side and writes where they
-//! differ, without collecting those keys.
+//! The prefixes are written as interval tables ([`rows`]): rows a binary
+//! search in the data plane finds, stored through a memory mapping, a
+//! slot's table at a time. A new 250k-prefix list costs the time to cut it
+//! into rows and copy them, not a syscall and a kernel allocation per
+//! prefix; a change that leaves the policy as it is writes nothing.
 //!
-//! Each source trie entry also names the counter of the entry its first
-//! rule credits, and the entry tries (rule, prefix) name the others'; the
+//! Each source row also names the counter of the entry its first rule
+//! credits, and each rule's entry table names its own entries'; the
 //! counters' indexes are kept stable per entry ([`entry_counters`]).
 //!
 //! Maps and links are pinned under `bpf_dir` ([`pins`]): the program stays
@@ -23,20 +21,19 @@
 //! daemon adopts it: same maps, its own program swapped onto the links
 //! atomically, its policy written into the idle slot and switched once.
 
-mod background;
 mod batch;
 pub mod entry_counters;
 pub mod flows;
 mod mapped;
 pub mod pins;
+mod rows;
 #[cfg(test)]
 mod test_maps;
 
 use std::{
-    borrow::Cow,
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::BTreeMap,
     fmt,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -44,7 +41,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -55,21 +52,26 @@ use aya::{
 use firewall_common::{
     limits::{MAX_ENTRY_COUNTERS, MAX_PORT_ENTRIES, MAX_RULES},
     maps::{
-        ActivePolicy, Counter, EntryCounter, PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY,
-        entry_key_len, names, rule_stats_index,
+        ActivePolicy, Counter, EntryCounter, EntryRef, RuleSet, SourceValue, UNCOUNTED_ENTRY,
+        names,
+        rows::{
+            self as table_rows, EntryRowV4, EntryRowV6, SPANS_PER_SLOT, SourceRowV4, SourceRowV6,
+            Span, Table, span_index,
+        },
+        rule_stats_index,
     },
     reasons::{REASON_COUNT, Reason},
 };
 use tracing::{info, warn};
 
 use self::{
-    background::{TrieWrites, with_trie_writes},
     entry_counters::{EntryId, EntryIndexes, Holding},
     pins::{PinDir, PinDirError},
+    rows::Cutter,
 };
 use crate::{
-    config::{IpPrefix, XdpModeSetting},
-    policy::{self, CompiledPolicy, Listing, PolicyDiff, PrefixKey, PrefixTable, table::Node},
+    config::{IpPrefix, XdpModeSetting, prefix::network_bits},
+    policy::{CompiledPolicy, PolicyDiff, PrefixKey, PrefixTable, table::Node},
 };
 
 /// The XDP object built by `build.rs`.
@@ -78,8 +80,7 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "firewall";
 
-/// Map elements built at a time when a change writes many, and handed to
-/// a writing thread: it starts on the first chunk while the next are built.
+/// Rows stored at a time: what a write holds in memory besides the policy.
 const WRITE_CHUNK: usize = 65_536;
 
 /// After this long, no packet can still be using a slot that was retired:
@@ -134,8 +135,10 @@ pub enum DatapathError {
     },
     #[error("counting CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
-    #[error("starting a thread to write the maps failed: {0}")]
-    Thread(#[source] std::io::Error),
+    #[error(
+        "map `{name}` cannot hold this policy's rows ({max} a slot): list fewer prefixes, or fewer that overlap across rules"
+    )]
+    TableFull { name: &'static str, max: u32 },
 }
 
 /// A step of attaching, pinning or adopting a link that failed.
@@ -225,128 +228,33 @@ pub struct Counters {
     pub reasons: Vec<Counter>,
 }
 
-/// Where a slot's maps may differ from a policy written over them.
+/// Where a new policy may differ from the live one.
 #[derive(Clone, Debug)]
 pub enum Delta {
     /// At these keys only: what CLI edits change.
     Keys(PolicyDiff),
-    /// Wherever this policy, which the slot holds, differs from the new
-    /// one: a reload or feed update, whose changed keys (millions for a new
-    /// list) are found by walking both policies as they are written, never
-    /// collected.
+    /// Wherever it differs from this policy, the live one: a reload or
+    /// feed update.
     From(Arc<CompiledPolicy>),
 }
 
 impl Delta {
-    /// Whether anything may differ.
-    fn may_differ(&self) -> bool {
+    /// Whether `policy`, so changed, differs from the live policy.
+    fn differs(&self, policy: &CompiledPolicy) -> bool {
         match self {
             Delta::Keys(keys) => keys.len() > 0,
-            Delta::From(_) => true,
+            Delta::From(live) => **live != *policy,
         }
     }
-}
-
-/// The keys to write into a slot to make it hold a policy: where the
-/// policy differs from `from`, plus `keys`.
-struct Stale<'a> {
-    from: Option<&'a CompiledPolicy>,
-    keys: Option<Cow<'a, PolicyDiff>>,
-}
-
-impl<'a> Stale<'a> {
-    /// For an idle slot that differs from the live policy where `lag`
-    /// says, and a new policy that differs from the live one where
-    /// `changed` says.
-    fn new(lag: &'a Delta, changed: &'a Delta) -> Self {
-        match (lag, changed) {
-            // The slot holds `held` exactly: whatever changed since is
-            // where it differs from `held`.
-            (Delta::From(held), _) => Self {
-                from: Some(held),
-                keys: None,
-            },
-            (Delta::Keys(lag), Delta::From(live)) => Self {
-                from: Some(live),
-                keys: Some(Cow::Borrowed(lag)),
-            },
-            // Either diff alone is used as it is: a union copies both.
-            (Delta::Keys(lag), Delta::Keys(changed)) => Self {
-                from: None,
-                keys: Some(match (lag.len(), changed.len()) {
-                    (0, _) => Cow::Borrowed(changed),
-                    (_, 0) => Cow::Borrowed(lag),
-                    _ => Cow::Owned(lag.union(changed)),
-                }),
-            },
-        }
-    }
-
-    /// The trie keys of family `F` to write, in key order.
-    fn nodes<F: Family>(&self, policy: &'a CompiledPolicy) -> impl Iterator<Item = PrefixKey> + '_ {
-        union_sorted(
-            self.from
-                .into_iter()
-                .flat_map(|from| policy::changed_nodes(F::table(from), F::table(policy))),
-            self.keys
-                .iter()
-                .flat_map(|keys| F::keys(keys).0.iter().copied()),
-        )
-    }
-
-    /// The entry trie listings of family `F` to write, in key order.
-    fn listings<F: Family>(
-        &self,
-        policy: &'a CompiledPolicy,
-    ) -> impl Iterator<Item = Listing> + '_ {
-        union_sorted(
-            self.from
-                .into_iter()
-                .flat_map(|from| policy::changed_listings(F::table(from), F::table(policy))),
-            self.keys
-                .iter()
-                .flat_map(|keys| F::keys(keys).1.iter().copied()),
-        )
-    }
-
-    /// The port keys to write.
-    fn ports(&self, policy: &CompiledPolicy) -> BTreeSet<PortKey> {
-        let mut ports = self
-            .from
-            .map(|from| policy::changed_ports(from, policy))
-            .unwrap_or_default();
-        if let Some(keys) = &self.keys {
-            ports.extend(keys.ports.iter().copied());
-        }
-        ports
-    }
-}
-
-/// The items of two ascending iterators, ascending, each once.
-fn union_sorted<T: Ord>(
-    one: impl Iterator<Item = T>,
-    other: impl Iterator<Item = T>,
-) -> impl Iterator<Item = T> {
-    let (mut one, mut other) = (one.peekable(), other.peekable());
-    std::iter::from_fn(move || match (one.peek(), other.peek()) {
-        (Some(a), Some(b)) if a < b => one.next(),
-        (Some(a), Some(b)) if b < a => other.next(),
-        (Some(_), Some(_)) => {
-            other.next();
-            one.next()
-        }
-        (Some(_), None) => one.next(),
-        (None, _) => other.next(),
-    })
 }
 
 pub struct Datapath {
     ebpf: Ebpf,
     pins: PinDir,
     active: ActivePolicy,
-    /// Where the idle slot may differ from the live policy; `None` when
-    /// anywhere (nothing written yet, or a write failed halfway).
-    idle_lag: Option<Delta>,
+    /// Whether the idle slot holds the live policy: false until known (a
+    /// write that failed halfway leaves a mix).
+    idle_is_live: bool,
     /// Which rule each slot's counters count for, and what rules counted
     /// before their slot was given other rules.
     ledger: CounterLedger,
@@ -364,9 +272,6 @@ pub struct Datapath {
     entry_indexes: EntryIndexes,
     /// Whether the warning that `ENTRY_STATS` is full was logged.
     uncounted_warned: bool,
-    /// The rules whose listings each slot's entry tries hold
-    /// ([`CompiledPolicy::entry_rules`]); `None` when unknown.
-    slot_entry_rules: [Option<RuleSet>; 2],
 }
 
 /// What one entry admitted, as read back.
@@ -428,7 +333,7 @@ impl Datapath {
             ebpf,
             pins,
             active: ActivePolicy::default(),
-            idle_lag: None,
+            idle_is_live: false,
             ledger: CounterLedger::default(),
             ledger_changed: false,
             retiring_since: None,
@@ -436,7 +341,6 @@ impl Datapath {
             max_flows,
             entry_indexes: EntryIndexes::default(),
             uncounted_warned: false,
-            slot_entry_rules: [None; 2],
         };
         if let Some(old) = resized {
             datapath.carry_flows_from(old)?;
@@ -474,29 +378,38 @@ impl Datapath {
     }
 
     /// Reads back which index each entry of each slot counts in: from the
-    /// source trie for the entries of each prefix's first rule (an entry is
-    /// the shortest prefix naming its index), from the entry trie for the
-    /// rest.
+    /// source rows for the entries of each address's first rule, from the
+    /// entry rows for the rest. A row's entry carries its prefix length,
+    /// so the row's start cut to it is the entry's prefix. (An entry with
+    /// no row, its prefix covered by longer ones of its rule, can never be
+    /// credited: it is given a fresh counter.)
     fn adopt_entry_indexes<F: Family>(&mut self) -> Result<(), DatapathError> {
         for slot in 0..2 {
             let names = self.ledger.slot_rules[slot].clone();
-            let mut firsts: HashMap<u32, (u8, u128, u32)> = HashMap::new();
-            for (key, value) in trie_elements::<F::Bytes, SourceValue>(self, F::SOURCES[slot])? {
-                let (bits, len) = F::source_prefix(&key);
-                let rule = value.rules.trailing_zeros();
-                let shortest = firsts.entry(value.entry).or_insert((len, bits, rule));
-                if len < shortest.0 {
-                    *shortest = (len, bits, rule);
+            let spans = self.spans(slot as u32)?;
+            let mut adopted: Vec<(u32, PrefixKey, u32)> = Vec::new();
+            let entry = |start: u128, entry: EntryRef| {
+                let len = entry.prefix_len();
+                ((network_bits(start, len, F::WIDTH), len), entry.index())
+            };
+            let span = spans[F::span(None)];
+            for row in self.rows::<F::SourceRow>(F::SOURCES, span)? {
+                let (start, rules, first) = F::source_of(&row);
+                if rules != 0 {
+                    let (key, index) = entry(start, first);
+                    adopted.push((rules.trailing_zeros(), key, index));
                 }
             }
-            let mut adopted: Vec<(u32, PrefixKey, u32)> = firsts
-                .into_iter()
-                .map(|(index, (len, bits, rule))| (rule, (bits, len), index))
-                .collect();
-            for (key, index) in trie_elements::<F::EntryBytes, u32>(self, F::ENTRIES[slot])? {
-                let (rule, prefix) = F::entry_listing(&key);
-                adopted.push((u32::from(rule), prefix, index));
+            for rule in 0..MAX_RULES as u32 {
+                let span = spans[F::span(Some(rule))];
+                for row in self.rows::<F::EntryRow>(F::ENTRIES, span)? {
+                    let (start, found) = F::entry_of(&row);
+                    let (key, index) = entry(start, found);
+                    adopted.push((rule, key, index));
+                }
             }
+            adopted.sort_unstable();
+            adopted.dedup();
             for (rule, key, index) in adopted {
                 // An index past the counters (a damaged map) counts nowhere.
                 if let Some(name) = names.get(rule as usize)
@@ -509,6 +422,29 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// The spans of `slot`, in `SPANS` order.
+    fn spans(&self, slot: u32) -> Result<Vec<Span>, DatapathError> {
+        let first = slot * SPANS_PER_SLOT;
+        let indexes: Vec<u32> = (first..first + SPANS_PER_SLOT).collect();
+        mapped::load_sorted(map_data(self, names::SPANS)?.fd().as_fd(), &indexes)
+            .map_err(batch::syscall_error(names::SPANS, "mmap"))
+    }
+
+    /// The rows of `span` in the table `name`; none if the span lies
+    /// outside it (a damaged map).
+    fn rows<T: aya::Pod>(&self, name: &'static str, span: Span) -> Result<Vec<T>, DatapathError> {
+        let Some(end) = span
+            .first
+            .checked_add(span.len)
+            .filter(|end| *end <= table_rows::PER_MAP)
+        else {
+            return Ok(Vec::new());
+        };
+        let indexes: Vec<u32> = (span.first..end).collect();
+        mapped::load_sorted(map_data(self, name)?.fd().as_fd(), &indexes)
+            .map_err(batch::syscall_error(name, "mmap"))
     }
 
     /// The ledger, if it changed since the last call: to be saved.
@@ -691,53 +627,38 @@ impl Datapath {
         changed: Delta,
     ) -> Result<usize, DatapathError> {
         let written = self.write_idle(policy, changed)?;
-        // Not switched, the idle slot holds `policy`, where a
-        // [`Delta::From`] lag says it holds the live one: rewritten whole
-        // next time.
-        self.switch(policy).inspect_err(|_| self.idle_lag = None)?;
+        self.switch(policy)?;
         Ok(written)
     }
 
     /// Makes the idle slot hold exactly `policy`, which differs from the
-    /// live policy where `changed` says. Nothing live is touched; if the
-    /// caller then does not switch, the next write still knows where the
-    /// idle slot may differ, for [`Delta::Keys`] (the keys where two
-    /// policies differ, whichever of them the slot holds); a
-    /// [`Delta::From`] change goes through [`Datapath::apply`]. Returns how
-    /// many map entries were written.
+    /// live policy where `changed` says: written whole, unless it already
+    /// holds it. Nothing live is touched. Returns how many map entries
+    /// (rows and ports) were written.
     pub fn write_idle(
         &mut self,
         policy: &CompiledPolicy,
         changed: Delta,
     ) -> Result<usize, DatapathError> {
+        let differs = changed.differs(policy);
+        if self.idle_is_live && !differs {
+            return Ok(0);
+        }
         let slot = self.idle_slot();
         self.wait_for_retired_readers();
-        let lag = self.idle_lag.take();
-        // Entries are named by rule: a slot whose rules had other names or
-        // positions, or whose entry tries hold other rules, is rewritten
-        // whole.
-        let entry_rules = policy.entry_rules();
-        let same_rules = self.ledger.slot_rules[slot as usize] == policy.rule_names
-            && self.slot_entry_rules[slot as usize] == Some(entry_rules);
-        self.slot_entry_rules[slot as usize] = None;
-        let result = match &lag {
-            Some(lag) if same_rules => self.write_keys(slot, policy, &Stale::new(lag, &changed)),
-            _ => self.write_all(slot, policy),
-        };
-        // If the write failed halfway, the slot holds a mix: `idle_lag`
-        // stays `None`, so the next write rewrites it whole.
-        let written = result?;
+        // If the write fails halfway, the slot holds a mix.
+        self.idle_is_live = false;
+        let written = self.write_all(slot, policy)?;
         if self.ledger.slot_rules[slot as usize] != policy.rule_names {
             self.give_rules(slot, &policy.rule_names)?;
         }
-        self.slot_entry_rules[slot as usize] = Some(entry_rules);
-        self.idle_lag = Some(changed);
+        // Whichever slot is live next, the two hold the same policy if
+        // nothing changed.
+        self.idle_is_live = !differs;
         Ok(written)
     }
 
-    /// Makes the idle slot, written by [`Datapath::write_idle`], live. The
-    /// slot that was live becomes idle and differs from the new live policy
-    /// exactly where the idle write did.
+    /// Makes the idle slot, written by [`Datapath::write_idle`], live.
     pub fn switch(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         let slot = self.idle_slot();
         let was_live = self.active.ready();
@@ -749,21 +670,19 @@ impl Datapath {
             self.retiring_since = Some(Instant::now());
         } else {
             // The other slot has never been written.
-            self.idle_lag = None;
+            self.idle_is_live = false;
         }
         Ok(())
     }
 
-    /// Whether the idle slot differs from the live policy (or may):
-    /// [`Datapath::prepare_idle`] brings it up to date ahead of the next
-    /// change.
+    /// Whether the idle slot may differ from the live policy:
+    /// [`Datapath::prepare_idle`] makes it hold the live policy, which
+    /// releases the counters of entries only it still listed.
     pub fn idle_lags(&self) -> bool {
-        self.idle_lag.as_ref().is_none_or(Delta::may_differ)
-            || self.slot_entry_rules[self.idle_slot() as usize].is_none()
+        !self.idle_is_live
     }
 
-    /// Writes the live `policy` into the idle slot too, so the next change
-    /// writes only its diff.
+    /// Writes the live `policy` into the idle slot too.
     pub fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         self.write_idle(policy, Delta::Keys(PolicyDiff::default()))?;
         // Both slots list the same entries now: the fewest there will be
@@ -805,41 +724,19 @@ impl Datapath {
         Ok(())
     }
 
-    /// Writes `policy`'s value (or its absence) at each key of `stale`;
-    /// returns how many.
-    fn write_keys(
-        &mut self,
-        slot: u32,
-        policy: &CompiledPolicy,
-        stale: &Stale<'_>,
-    ) -> Result<usize, DatapathError> {
-        let entry_rules = policy.entry_rules();
-        let written = with_trie_writes(|writes| {
-            Ok(
-                self.write_family_keys::<V4>(slot, policy, entry_rules, stale, writes)?
-                    + self.write_family_keys::<V6>(slot, policy, entry_rules, stale, writes)?,
-            )
-        })?;
-        let name = names::PORTS;
-        let mut ports: Array<&mut MapData, RuleSet> = self.map_mut(name)?;
-        let stale_ports = stale.ports(policy);
-        for key in &stale_ports {
-            if let Some(index) = key.slot_index(slot) {
-                let rules = policy.ports.get(key).copied().unwrap_or(0);
-                ports.set(index, rules, 0).map_err(map_error(name))?;
-            }
-        }
-        Ok(written + stale_ports.len())
-    }
-
     /// Makes `slot`'s maps hold exactly `policy`, whatever they held;
-    /// returns how many entries the policy has (all are written).
+    /// returns how many rows and ports were written.
     fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<usize, DatapathError> {
-        let entry_rules = policy.entry_rules();
-        with_trie_writes(|writes| {
-            self.write_family_all::<V4>(slot, policy, entry_rules, writes)?;
-            self.write_family_all::<V6>(slot, policy, entry_rules, writes)
-        })?;
+        let mut spans = vec![Span::default(); SPANS_PER_SLOT as usize];
+        let written = self.write_family::<V4>(slot, policy, &mut spans)?
+            + self.write_family::<V6>(slot, policy, &mut spans)?;
+        let first_span = slot * SPANS_PER_SLOT;
+        mapped::store_run(
+            map_data(self, names::SPANS)?.fd().as_fd(),
+            first_span,
+            &spans,
+        )
+        .map_err(batch::syscall_error(names::SPANS, "mmap"))?;
         let name = names::PORTS;
         let mut rules: Vec<RuleSet> = vec![0; MAX_PORT_ENTRIES as usize];
         for (key, exposing) in &policy.ports {
@@ -853,146 +750,80 @@ impl Datapath {
             &rules,
         )
         .map_err(batch::syscall_error(name, "mmap"))?;
-        Ok(policy.v4.len() + policy.v6.len() + policy.ports.len())
+        Ok(written + policy.ports.len())
     }
 
-    /// Writes one family of `policy` at the keys of `stale` into `slot`;
-    /// the entry tries hold the listings of `entry_rules` only. Returns
-    /// how many keys were written.
-    fn write_family_keys<F: Family>(
+    /// Writes one family of `policy` into `slot`: its source rows, and the
+    /// entry rows of the rules in [`CompiledPolicy::entry_rules`]; their
+    /// spans go into `spans` (the slot's, from its first). Holds a counter
+    /// for every entry the family lists and releases the slot's others.
+    /// Returns how many rows were written.
+    fn write_family<F: Family>(
         &mut self,
         slot: u32,
         policy: &CompiledPolicy,
-        entry_rules: RuleSet,
-        stale: &Stale<'_>,
-        writes: &TrieWrites<'_>,
+        spans: &mut [Span],
     ) -> Result<usize, DatapathError> {
         let table = F::table(policy);
+        let entry_rules = policy.entry_rules();
         let mut given = Vec::new();
-        let mut entries = Vec::new();
-        let mut walk = table.walk();
-        // The listings held, in key order: the nodes below usually credit
-        // their own listing, and find its index here instead of looking it
-        // up again.
-        let mut held: Vec<(Listing, u32)> = Vec::new();
-        let mut written = 0;
-        for (key, rule) in stale.listings::<F>(policy) {
-            written += 1;
-            let Some(name) = policy.rule_names.get(rule as usize) else {
-                continue;
-            };
-            let own = walk.find(&key).map_or(0, |(own, _)| own);
-            let index = if own & (1 << rule) != 0 {
+        // Per rule with entry rows: its listings and their counters, in
+        // key order.
+        let mut listings: Vec<Vec<(PrefixKey, EntryRef)>> = vec![Vec::new(); MAX_RULES];
+        self.entry_indexes.unlist_family(slot, F::V4);
+        let mut sources = RowWriter::new(owned_fd(self, F::SOURCES)?, F::SOURCES, slot);
+        let mut cutter = Cutter::new(F::WIDTH);
+        for (key, own, node) in table.listed() {
+            let first_rule = node.rules.trailing_zeros();
+            let mut first_index = None;
+            for rule in crate::policy::rule_indexes(own) {
+                let name = &policy.rule_names[rule as usize];
                 let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
-                held.push(((key, rule), index));
-                Some(index)
-            } else {
-                self.entry_indexes.release(name, F::prefix(key), slot);
-                None
-            };
-            if entry_rules & (1 << rule) != 0 {
-                entries.push((F::entry_key(rule, key), index));
+                if rule == first_rule {
+                    first_index = Some(index);
+                }
+                if entry_rules & (1 << rule) != 0 {
+                    listings[rule as usize].push((key, EntryRef::new(index, key.1)));
+                }
             }
+            let value = self.node_value::<F>(slot, policy, key, node, first_index, &mut given);
+            cutter.add(
+                key,
+                (node.rules, EntryRef::new(value.entry, node.first_len)),
+            );
+            for (start, value) in cutter.drain() {
+                sources.push(F::source_row(start, value))?;
+            }
+            if given.len() >= WRITE_CHUNK {
+                self.reset_entry_counters(&mut given)?;
+                given.clear();
+            }
+        }
+        for (start, value) in cutter.finish() {
+            sources.push(F::source_row(start, value))?;
         }
         self.reset_entry_counters(&mut given)?;
-        write_trie(self, F::ENTRIES[slot as usize], entries, writes, F::LANE)?;
-        // Every key the policy no longer lists goes first: a new list as
-        // large as the trie must never need room for both lists at once.
-        let mut walk = table.walk();
-        let removed: TrieUpdates<F::Bytes, SourceValue> = stale
-            .nodes::<F>(policy)
-            .filter(|key| walk.find(key).is_none())
-            .map(|key| (F::key(key), None))
-            .collect();
-        written += removed.len();
-        write_trie(self, F::SOURCES[slot as usize], removed, writes, F::LANE)?;
-        // Then the rest a chunk at a time, so that a new list's values never
-        // all sit in memory at once and the kernel starts on the first.
-        let mut walk = table.walk();
-        let mut listed = stale
-            .nodes::<F>(policy)
-            .filter_map(|key| Some((key, walk.find(&key)?.1)));
-        let mut held = held.iter().peekable();
-        loop {
-            given.clear();
-            let sources: TrieUpdates<F::Bytes, SourceValue> = listed
-                .by_ref()
-                .take(WRITE_CHUNK)
-                .map(|(key, node)| {
-                    let first = (key, node.rules.trailing_zeros());
-                    while held.next_if(|(listing, _)| *listing < first).is_some() {}
-                    let own_entry = held
-                        .peek()
-                        .filter(|(listing, _)| *listing == first)
-                        .map(|(_, entry)| *entry);
-                    let value =
-                        self.node_value::<F>(slot, policy, key, node, own_entry, &mut given);
-                    (F::key(key), Some(value))
-                })
-                .collect();
-            if sources.is_empty() {
-                return Ok(written);
-            }
-            written += sources.len();
-            self.reset_entry_counters(&mut given)?;
-            write_trie(self, F::SOURCES[slot as usize], sources, writes, F::LANE)?;
-        }
-    }
-
-    /// Makes `slot` hold exactly one family of `policy`; the entry tries
-    /// hold the listings of `entry_rules` only.
-    fn write_family_all<F: Family>(
-        &mut self,
-        slot: u32,
-        policy: &CompiledPolicy,
-        entry_rules: RuleSet,
-        writes: &TrieWrites<'_>,
-    ) -> Result<(), DatapathError> {
-        let table = F::table(policy);
-        let (entries_name, sources_name) = (F::ENTRIES[slot as usize], F::SOURCES[slot as usize]);
-        // What the tries hold and the policy does not goes first; the rest
-        // is overwritten as the policy is walked.
-        let stale_entries = stale_keys::<F::EntryBytes, u32>(self, entries_name, |key| {
-            let (rule, prefix) = F::entry_listing(key);
-            // A rule byte past the last rule (a damaged map) is stale.
-            RuleSet::checked_shl(1, rule.into())
-                .is_some_and(|bit| entry_rules & bit != 0 && table.listings(&prefix) & bit != 0)
-        })?;
-        write_trie::<_, u32>(self, entries_name, stale_entries, writes, F::LANE)?;
-        let stale_sources = stale_keys::<F::Bytes, SourceValue>(self, sources_name, |key| {
-            table.node(&F::source_prefix(key)).is_some()
-        })?;
-        write_trie::<_, SourceValue>(self, sources_name, stale_sources, writes, F::LANE)?;
-        let mut entries = Vec::new();
-        let mut given = Vec::new();
-        self.entry_indexes.unlist_family(slot, F::V4);
-        let mut listed = table.listed().peekable();
-        // Written a chunk at a time, so that the kernel fills the trie while
-        // the next chunk is worked out.
-        while listed.peek().is_some() {
-            given.clear();
-            let mut sources = Vec::with_capacity(WRITE_CHUNK);
-            for (key, own, node) in listed.by_ref().take(WRITE_CHUNK) {
-                let first_rule = node.rules.trailing_zeros();
-                let mut first_index = None;
-                for rule in crate::policy::rule_indexes(own) {
-                    let name = &policy.rule_names[rule as usize];
-                    let index = self.hold_entry(name, F::prefix(key), slot, &mut given);
-                    if rule == first_rule {
-                        first_index = Some(index);
-                    }
-                    if entry_rules & (1 << rule) != 0 {
-                        entries.push((F::entry_key(rule, key), Some(index)));
-                    }
-                }
-                let value = self.node_value::<F>(slot, policy, key, node, first_index, &mut given);
-                sources.push((F::key(key), Some(value)));
-            }
-            self.reset_entry_counters(&mut given)?;
-            write_trie(self, sources_name, sources, writes, F::LANE)?;
-        }
         self.entry_indexes.free_unlisted();
-        write_trie(self, entries_name, entries, writes, F::LANE)
+        let mut written = sources.len();
+        spans[F::span(None)] = sources.finish()?;
+        let mut entries = RowWriter::new(owned_fd(self, F::ENTRIES)?, F::ENTRIES, slot);
+        for (rule, listings) in listings.into_iter().enumerate() {
+            let first = entries.len();
+            let mut cutter = Cutter::new(F::WIDTH);
+            for (key, entry) in listings {
+                cutter.add(key, entry);
+                for (start, entry) in cutter.drain() {
+                    entries.push(F::entry_row(start, entry))?;
+                }
+            }
+            for (start, entry) in cutter.finish() {
+                entries.push(F::entry_row(start, entry))?;
+            }
+            spans[F::span(Some(rule as u32))] = entries.span_since(first);
+        }
+        written += entries.len();
+        entries.finish()?;
+        Ok(written)
     }
 
     /// [`Datapath::source_value`], given `own_entry`, the index just held
@@ -1160,47 +991,34 @@ impl Datapath {
     }
 }
 
-/// One address family's maps and key encodings.
+/// One address family's tables and row encodings.
 trait Family {
     const V4: bool;
-    /// The [`TrieWrites`] lane of this family's tries.
-    const LANE: usize;
-    const SOURCES: [&'static str; 2];
-    const ENTRIES: [&'static str; 2];
-    /// Address bytes of a source trie key.
-    type Bytes: aya::Pod + Eq + std::hash::Hash + Send;
-    /// Rule byte and address bytes of an entry trie key.
-    type EntryBytes: aya::Pod + Eq + std::hash::Hash + Send;
-    fn bytes(bits: u128) -> Self::Bytes;
-    /// The network bits of source trie key bytes.
-    fn bits(bytes: Self::Bytes) -> u128;
-    fn entry_bytes(rule: u32, bits: u128) -> Self::EntryBytes;
+    /// Bits in an address.
+    const WIDTH: u8;
+    const SOURCES: &'static str;
+    const ENTRIES: &'static str;
+    type SourceRow: aya::Pod;
+    type EntryRow: aya::Pod;
     /// This family's table of `policy`.
     fn table(policy: &CompiledPolicy) -> &PrefixTable;
-    /// This family's trie keys and listings in `diff`.
-    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>);
-    /// The rule and network bits of an entry trie key.
-    fn split_entry(bytes: Self::EntryBytes) -> (u8, u128);
     fn prefix(key: PrefixKey) -> IpPrefix;
+    /// A source row: from `start`, `value`'s rules and the entry their
+    /// first credits, or none.
+    fn source_row(start: u128, value: Option<(RuleSet, EntryRef)>) -> Self::SourceRow;
+    fn entry_row(start: u128, entry: Option<EntryRef>) -> Self::EntryRow;
+    /// A source row's start, rules and entry.
+    fn source_of(row: &Self::SourceRow) -> (u128, RuleSet, EntryRef);
+    fn entry_of(row: &Self::EntryRow) -> (u128, EntryRef);
 
-    fn key(key: PrefixKey) -> Key<Self::Bytes> {
-        Key::new(u32::from(key.1), Self::bytes(key.0))
-    }
-
-    fn entry_key(rule: u32, key: PrefixKey) -> Key<Self::EntryBytes> {
-        Key::new(entry_key_len(key.1), Self::entry_bytes(rule, key.0))
-    }
-
-    /// The prefix of a source trie key.
-    fn source_prefix(key: &Key<Self::Bytes>) -> PrefixKey {
-        (Self::bits(key.data()), key.prefix_len() as u8)
-    }
-
-    /// The rule and prefix of an entry trie key.
-    fn entry_listing(key: &Key<Self::EntryBytes>) -> (u8, PrefixKey) {
-        let (rule, bits) = Self::split_entry(key.data());
-        let len = key.prefix_len().saturating_sub(entry_key_len(0)) as u8;
-        (rule, (bits, len))
+    /// Index within a slot's spans of this family's source table, or of
+    /// `rule`'s entry table.
+    fn span(rule: Option<u32>) -> usize {
+        let table = match rule {
+            None => Table::Sources { v4: Self::V4 },
+            Some(rule) => Table::Entries { v4: Self::V4, rule },
+        };
+        span_index(0, table).expect("rules are fewer than MAX_RULES") as usize
     }
 }
 
@@ -1209,36 +1027,14 @@ struct V6;
 
 impl Family for V4 {
     const V4: bool = true;
-    const LANE: usize = 0;
-    const SOURCES: [&'static str; 2] = names::SOURCES_V4;
-    const ENTRIES: [&'static str; 2] = names::ENTRIES_V4;
-    type Bytes = [u8; 4];
-    type EntryBytes = [u8; 5];
-
-    fn bytes(bits: u128) -> [u8; 4] {
-        (bits as u32).to_be_bytes()
-    }
-
-    fn bits(bytes: [u8; 4]) -> u128 {
-        u32::from_be_bytes(bytes) as u128
-    }
+    const WIDTH: u8 = 32;
+    const SOURCES: &'static str = names::SOURCES_V4;
+    const ENTRIES: &'static str = names::ENTRIES_V4;
+    type SourceRow = SourceRowV4;
+    type EntryRow = EntryRowV4;
 
     fn table(policy: &CompiledPolicy) -> &PrefixTable {
         &policy.v4
-    }
-
-    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>) {
-        (&diff.v4, &diff.v4_listings)
-    }
-
-    fn entry_bytes(rule: u32, bits: u128) -> [u8; 5] {
-        let [a, b, c, d] = Self::bytes(bits);
-        [rule as u8, a, b, c, d]
-    }
-
-    fn split_entry(bytes: [u8; 5]) -> (u8, u128) {
-        let [rule, address @ ..] = bytes;
-        (rule, u32::from_be_bytes(address) as u128)
     }
 
     fn prefix(key: PrefixKey) -> IpPrefix {
@@ -1247,42 +1043,42 @@ impl Family for V4 {
             len: key.1,
         }
     }
+
+    fn source_row(start: u128, value: Option<(RuleSet, EntryRef)>) -> SourceRowV4 {
+        let (rules, entry) = value.unwrap_or_default();
+        SourceRowV4 {
+            start: start as u32,
+            entry: entry.0,
+            rules,
+        }
+    }
+
+    fn entry_row(start: u128, entry: Option<EntryRef>) -> EntryRowV4 {
+        EntryRowV4 {
+            start: start as u32,
+            entry: entry.unwrap_or_default().0,
+        }
+    }
+
+    fn source_of(row: &SourceRowV4) -> (u128, RuleSet, EntryRef) {
+        (row.start.into(), row.rules, EntryRef(row.entry))
+    }
+
+    fn entry_of(row: &EntryRowV4) -> (u128, EntryRef) {
+        (row.start.into(), EntryRef(row.entry))
+    }
 }
 
 impl Family for V6 {
     const V4: bool = false;
-    const LANE: usize = 1;
-    const SOURCES: [&'static str; 2] = names::SOURCES_V6;
-    const ENTRIES: [&'static str; 2] = names::ENTRIES_V6;
-    type Bytes = [u8; 16];
-    type EntryBytes = [u8; 17];
-
-    fn bytes(bits: u128) -> [u8; 16] {
-        bits.to_be_bytes()
-    }
-
-    fn bits(bytes: [u8; 16]) -> u128 {
-        u128::from_be_bytes(bytes)
-    }
+    const WIDTH: u8 = 128;
+    const SOURCES: &'static str = names::SOURCES_V6;
+    const ENTRIES: &'static str = names::ENTRIES_V6;
+    type SourceRow = SourceRowV6;
+    type EntryRow = EntryRowV6;
 
     fn table(policy: &CompiledPolicy) -> &PrefixTable {
         &policy.v6
-    }
-
-    fn keys(diff: &PolicyDiff) -> (&BTreeSet<PrefixKey>, &BTreeSet<Listing>) {
-        (&diff.v6, &diff.v6_listings)
-    }
-
-    fn entry_bytes(rule: u32, bits: u128) -> [u8; 17] {
-        let mut bytes = [0; 17];
-        bytes[0] = rule as u8;
-        bytes[1..].copy_from_slice(&bits.to_be_bytes());
-        bytes
-    }
-
-    fn split_entry(bytes: [u8; 17]) -> (u8, u128) {
-        let [rule, address @ ..] = bytes;
-        (rule, u128::from_be_bytes(address))
     }
 
     fn prefix(key: PrefixKey) -> IpPrefix {
@@ -1290,6 +1086,105 @@ impl Family for V6 {
             address: key.0.into(),
             len: key.1,
         }
+    }
+
+    fn source_row(start: u128, value: Option<(RuleSet, EntryRef)>) -> SourceRowV6 {
+        let (rules, entry) = value.unwrap_or_default();
+        SourceRowV6 {
+            start: halves(start),
+            rules,
+            entry: entry.0,
+            pad: 0,
+        }
+    }
+
+    fn entry_row(start: u128, entry: Option<EntryRef>) -> EntryRowV6 {
+        EntryRowV6 {
+            start: halves(start),
+            entry: entry.unwrap_or_default().0,
+            pad: 0,
+        }
+    }
+
+    fn source_of(row: &SourceRowV6) -> (u128, RuleSet, EntryRef) {
+        (whole(row.start), row.rules, EntryRef(row.entry))
+    }
+
+    fn entry_of(row: &EntryRowV6) -> (u128, EntryRef) {
+        (whole(row.start), EntryRef(row.entry))
+    }
+}
+
+/// An IPv6 row start's halves, high first.
+fn halves(start: u128) -> [u64; 2] {
+    [(start >> 64) as u64, start as u64]
+}
+
+fn whole([high, low]: [u64; 2]) -> u128 {
+    (u128::from(high) << 64) | u128::from(low)
+}
+
+/// Rows of one table of one slot, stored a chunk at a time from the
+/// slot's first row.
+struct RowWriter<T> {
+    map: OwnedFd,
+    name: &'static str,
+    /// Index in the map of the slot's first row.
+    first: u32,
+    stored: u32,
+    chunk: Vec<T>,
+}
+
+impl<T: aya::Pod> RowWriter<T> {
+    fn new(map: OwnedFd, name: &'static str, slot: u32) -> Self {
+        Self {
+            map,
+            name,
+            first: slot * table_rows::PER_SLOT,
+            stored: 0,
+            chunk: Vec::new(),
+        }
+    }
+
+    /// Rows so far.
+    fn len(&self) -> usize {
+        self.stored as usize + self.chunk.len()
+    }
+
+    fn push(&mut self, row: T) -> Result<(), DatapathError> {
+        if self.len() >= table_rows::PER_SLOT as usize {
+            return Err(DatapathError::TableFull {
+                name: self.name,
+                max: table_rows::PER_SLOT,
+            });
+        }
+        self.chunk.push(row);
+        if self.chunk.len() >= WRITE_CHUNK {
+            self.store()?;
+        }
+        Ok(())
+    }
+
+    /// The rows from the `from`th so far.
+    fn span_since(&self, from: usize) -> Span {
+        Span {
+            first: self.first + from as u32,
+            len: (self.len() - from) as u32,
+        }
+    }
+
+    fn store(&mut self) -> Result<(), DatapathError> {
+        mapped::store_run(self.map.as_fd(), self.first + self.stored, &self.chunk)
+            .map_err(batch::syscall_error(self.name, "mmap"))?;
+        self.stored += self.chunk.len() as u32;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// Stores the last rows; returns the span of all.
+    fn finish(mut self) -> Result<Span, DatapathError> {
+        self.store()?;
+        Ok(self.span_since(0))
     }
 }
 
@@ -1304,13 +1199,13 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
 fn map_data<'a>(datapath: &'a Datapath, name: &'static str) -> Result<&'a MapData, DatapathError> {
     use aya::maps::Map;
     match datapath.ebpf.map(name) {
-        Some(Map::LpmTrie(data) | Map::Array(data) | Map::LruHashMap(data)) => Ok(data),
+        Some(Map::Array(data) | Map::LruHashMap(data)) => Ok(data),
         _ => Err(DatapathError::MissingMap { name }),
     }
 }
 
-/// The source-trie value of `node`, whose first rule credits the counter
-/// at `entry`.
+/// The source value of `node`, whose first rule credits the counter at
+/// `entry`.
 fn source_value(node: Node, entry: u32) -> SourceValue {
     SourceValue {
         rules: node.rules,
@@ -1319,55 +1214,8 @@ fn source_value(node: Node, entry: u32) -> SourceValue {
     }
 }
 
-/// Values to write at trie keys; `None` deletes the key.
-type TrieUpdates<K, V> = Vec<(Key<K>, Option<V>)>;
-
-/// Queues writing each value (or its absence) at its key into the trie
-/// `name`.
-fn write_trie<K: aya::Pod + Send, V: aya::Pod + Send>(
-    datapath: &Datapath,
-    name: &'static str,
-    writes: TrieUpdates<K, V>,
-    queue: &TrieWrites<'_>,
-    lane: usize,
-) -> Result<(), DatapathError> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let mut removed = Vec::new();
-    let (mut keys, mut values) = (Vec::new(), Vec::new());
-    for (key, value) in writes {
-        match value {
-            Some(value) => {
-                keys.push(key);
-                values.push(value);
-            }
-            None => removed.push(key),
-        }
-    }
-    queue.replace(lane, owned_fd(datapath, name)?, name, removed, keys, values);
-    Ok(())
-}
-
-/// The keys of the trie `name` that `wanted` says it should not hold, as
-/// removals for [`write_trie`]. A new trie (a first start) has none.
-fn stale_keys<K: aya::Pod, V: aya::Pod>(
-    datapath: &Datapath,
-    name: &'static str,
-    wanted: impl Fn(&Key<K>) -> bool,
-) -> Result<TrieUpdates<K, V>, DatapathError> {
-    Ok(trie_elements::<K, V>(datapath, name)?
-        .into_iter()
-        .filter(|(key, _)| !wanted(key))
-        .map(|(key, _)| (key, None))
-        .collect())
-}
-
-/// A descriptor of the map `name` of its own, for a writing thread.
-fn owned_fd(
-    datapath: &Datapath,
-    name: &'static str,
-) -> Result<std::os::fd::OwnedFd, DatapathError> {
+/// A descriptor of the map `name` of its own, kept while the map is written.
+fn owned_fd(datapath: &Datapath, name: &'static str) -> Result<OwnedFd, DatapathError> {
     map_data(datapath, name)?
         .fd()
         .as_fd()
@@ -1375,138 +1223,25 @@ fn owned_fd(
         .map_err(batch::error(name))
 }
 
-/// Every element of the trie `name`: batch reads, else one at a time.
-fn trie_elements<K: aya::Pod, V: aya::Pod>(
-    datapath: &Datapath,
-    name: &'static str,
-) -> Result<Vec<(Key<K>, V)>, DatapathError> {
-    let read = batch::read::<Key<K>, V>(map_data(datapath, name)?);
-    if let Some(elements) = batch::or_fallback(name, read)? {
-        return Ok(elements);
-    }
-    let trie: LpmTrie<&MapData, K, V> = datapath.map(name)?;
-    trie.iter()
-        .collect::<Result<_, _>>()
-        .map_err(map_error(name))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{borrow::Cow, collections::BTreeSet, sync::Arc};
-
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-    use super::{Delta, Family, PROGRAM, Stale, V4, V6, union_sorted};
-    use crate::{
-        entries::RuntimeEntries,
-        policy::{self, CompiledPolicy, PolicyDiff},
-    };
+    use super::PROGRAM;
 
-    #[test]
-    fn sorted_unions_give_each_item_once_in_order() {
-        let union: Vec<u32> =
-            union_sorted([1, 3, 5, 6].into_iter(), [2, 3, 6, 9].into_iter()).collect();
-        assert_eq!(union, [1, 2, 3, 5, 6, 9]);
-        assert_eq!(
-            union_sorted([4].into_iter(), [].into_iter()).collect::<Vec<u32>>(),
-            [4]
-        );
-        assert_eq!(
-            union_sorted([].into_iter(), [4].into_iter()).collect::<Vec<u32>>(),
-            [4]
-        );
-    }
-
-    fn compile(sources: &[&str]) -> CompiledPolicy {
-        let quoted: Vec<String> = sources
-            .iter()
-            .map(|source| format!("\"{source}\""))
-            .collect();
-        let config = crate::config::tests::parse(&format!(
-            "interfaces = [\"eth0\"]\n[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [{}]\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"203.0.113.0/24\"]\n",
-            quoted.join(", ")
-        ))
-        .unwrap();
-        policy::compile(&config, &RuntimeEntries::new()).unwrap()
-    }
-
-    /// What `stale` writes over a slot to make it hold `policy`, collected.
-    fn written(stale: &Stale<'_>, policy: &CompiledPolicy) -> PolicyDiff {
-        PolicyDiff {
-            v4: stale.nodes::<V4>(policy).collect(),
-            v6: stale.nodes::<V6>(policy).collect(),
-            ports: stale.ports(policy),
-            v4_listings: stale.listings::<V4>(policy).collect(),
-            v6_listings: stale.listings::<V6>(policy).collect(),
-        }
-    }
-
-    /// Every way the idle slot and a change can be described gives the
-    /// keys where the slot differs from the new policy: no more, and, what
-    /// would leave a stale key behind, no fewer.
-    #[test]
-    fn the_keys_written_are_where_the_idle_slot_differs_from_the_new_policy() {
-        let held = Arc::new(compile(&["192.0.2.0/24", "2001:db8::/48"]));
-        let live = Arc::new(compile(&["192.0.2.0/24", "198.51.100.7", "2001:db8::/48"]));
-        let new = compile(&["198.51.100.7", "198.51.100.0/24", "2001:db8:1::/48"]);
-        // A slot holding `held` exactly, whatever the change was.
-        let lag = Delta::From(Arc::clone(&held));
-        for changed in [
-            Delta::From(Arc::clone(&live)),
-            Delta::Keys(PolicyDiff::between(&live, &new)),
-        ] {
-            let stale = Stale::new(&lag, &changed);
-            assert_eq!(written(&stale, &new), PolicyDiff::between(&held, &new));
-        }
-        // A slot holding the live policy except at the keys of the edit
-        // that made it live.
-        let lag = Delta::Keys(PolicyDiff::between(&held, &live));
-        let expected = PolicyDiff::between(&held, &live).union(&PolicyDiff::between(&live, &new));
-        for changed in [
-            Delta::From(Arc::clone(&live)),
-            Delta::Keys(PolicyDiff::between(&live, &new)),
-        ] {
-            assert_eq!(written(&Stale::new(&lag, &changed), &new), expected);
-        }
-        // Exactly where the old and new slot contents differ, counted
-        // per family.
-        let exact = PolicyDiff::between(&held, &new);
-        assert!(
-            !exact.v4.is_empty() && !exact.v6_listings.is_empty(),
-            "{exact:?}"
-        );
-        assert_eq!(V4::keys(&exact).0, &exact.v4);
-        assert_eq!(V6::keys(&exact).1, &exact.v6_listings);
-    }
-
-    #[test]
-    fn an_empty_diff_is_used_as_it_is_not_copied() {
-        let diff = PolicyDiff {
-            v4: BTreeSet::from([(7, 32)]),
-            ..PolicyDiff::default()
-        };
-        let empty = Delta::Keys(PolicyDiff::default());
-        let changed = Delta::Keys(diff.clone());
-        for stale in [Stale::new(&empty, &changed), Stale::new(&changed, &empty)] {
-            assert!(matches!(stale.keys, Some(Cow::Borrowed(keys)) if *keys == diff));
-            assert!(stale.from.is_none());
-        }
-    }
-
-    /// The maps of layout version 6: name, type, key size, value size,
+    /// The maps of layout version 7: name, type, key size, value size,
     /// max entries, flags (from the object's `bpf_map_def`s). Version 1
     /// had no flow maps and 11 reasons; version 2 had no entry tries,
     /// entry counters or drop samples, and source tries held a bare
     /// `RuleSet`; up to version 3 `PORTS` were hash maps, and in version 4
     /// one array per slot; up to version 5 `ENTRY_STATS` had half the
-    /// entries, and it and `PORTS` could not be mmapped.
-    const LAYOUT_6: [(&str, u32, u32, u32, u32, u32); 19] = [
+    /// entries, and it and `PORTS` could not be mmapped; up to version 6
+    /// sources and entries were LPM tries, one per slot.
+    const LAYOUT_7: [(&str, u32, u32, u32, u32, u32); 16] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
         ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
-        ("ENTRIES_V4_0", 11, 9, 4, 262_144, 1),
-        ("ENTRIES_V4_1", 11, 9, 4, 262_144, 1),
-        ("ENTRIES_V6_0", 11, 21, 4, 262_144, 1),
-        ("ENTRIES_V6_1", 11, 21, 4, 262_144, 1),
+        ("ENTRIES_V4", 2, 4, 8, 1_048_576, 1024),
+        ("ENTRIES_V6", 2, 4, 24, 1_048_576, 1024),
         ("ENTRY_STATS", 2, 4, 40, 1_048_576, 1024),
         ("FLOWS", 9, 40, 16, 65_536, 0),
         ("FLOW_CONFIG", 2, 4, 40, 1, 0),
@@ -1516,10 +1251,9 @@ mod tests {
         ("REASON_STATS", 6, 4, 16, 14, 0),
         ("RULE_STATS", 6, 4, 16, 128, 0),
         ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
-        ("SOURCES_V4_0", 11, 8, 16, 262_144, 1),
-        ("SOURCES_V4_1", 11, 8, 16, 262_144, 1),
-        ("SOURCES_V6_0", 11, 20, 16, 262_144, 1),
-        ("SOURCES_V6_1", 11, 20, 16, 262_144, 1),
+        ("SOURCES_V4", 2, 4, 16, 1_048_576, 1024),
+        ("SOURCES_V6", 2, 4, 32, 1_048_576, 1024),
+        ("SPANS", 2, 4, 8, 260, 1024),
     ];
 
     /// A daemon adopts pinned maps of its own layout version only, so any
@@ -1548,18 +1282,18 @@ mod tests {
         maps.sort();
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
-            6,
+            7,
             "record the new version's layout in this test"
         );
         assert_eq!(
-            maps, LAYOUT_6,
+            maps, LAYOUT_7,
             "the maps changed: bump firewall_common::maps::LAYOUT_VERSION and record the new layout here"
         );
         let mut names: Vec<&str> = firewall_common::maps::names::ALL.to_vec();
         names.sort();
         assert_eq!(
             names,
-            LAYOUT_6.map(|map| map.0),
+            LAYOUT_7.map(|map| map.0),
             "names::ALL lists every map"
         );
     }

@@ -76,9 +76,8 @@ pub struct PolicyDiff {
 pub type Listing = (PrefixKey, u32);
 
 impl PolicyDiff {
-    /// Every key where `old` and `new` differ, collected: what the data
-    /// plane walks with [`changed_nodes`], [`changed_listings`] and
-    /// [`changed_ports`] without collecting it.
+    /// Every key where `old` and `new` differ: what edits collect as they
+    /// go, found here by comparing whole policies.
     #[cfg(test)]
     pub fn between(old: &CompiledPolicy, new: &CompiledPolicy) -> Self {
         let (v4, v4_listings) = family_diff(&old.v4, &new.v4);
@@ -92,17 +91,6 @@ impl PolicyDiff {
         }
     }
 
-    /// The keys of both diffs.
-    pub fn union(&self, other: &PolicyDiff) -> Self {
-        Self {
-            v4: union(&self.v4, &other.v4),
-            v6: union(&self.v6, &other.v6),
-            ports: union(&self.ports, &other.ports),
-            v4_listings: union(&self.v4_listings, &other.v4_listings),
-            v6_listings: union(&self.v6_listings, &other.v6_listings),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.v4.len()
             + self.v6.len()
@@ -110,12 +98,6 @@ impl PolicyDiff {
             + self.v4_listings.len()
             + self.v6_listings.len()
     }
-}
-
-/// Both sets, built in key order: full tree nodes, where inserting one
-/// set's keys into the other leaves half-full ones.
-fn union<K: Ord + Copy>(one: &BTreeSet<K>, other: &BTreeSet<K>) -> BTreeSet<K> {
-    one.union(other).copied().collect()
 }
 
 /// Where two tables of one family differ, collected: the trie keys, and
@@ -130,7 +112,7 @@ fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BT
 
 /// The trie keys whose values differ between two tables of one family
 /// (held by one only, or with other values), in key order: one merge pass.
-pub fn changed_nodes<'a>(
+fn changed_nodes<'a>(
     old: &'a PrefixTable,
     new: &'a PrefixTable,
 ) -> impl Iterator<Item = PrefixKey> + 'a {
@@ -139,7 +121,7 @@ pub fn changed_nodes<'a>(
 
 /// The listings in one of two tables of one family and not the other, in
 /// key order: one merge pass.
-pub fn changed_listings<'a>(
+fn changed_listings<'a>(
     old: &'a PrefixTable,
     new: &'a PrefixTable,
 ) -> impl Iterator<Item = Listing> + 'a {
@@ -150,7 +132,8 @@ pub fn changed_listings<'a>(
 }
 
 /// The port keys whose rules differ between two policies.
-pub fn changed_ports(old: &CompiledPolicy, new: &CompiledPolicy) -> BTreeSet<PortKey> {
+#[cfg(test)]
+fn changed_ports(old: &CompiledPolicy, new: &CompiledPolicy) -> BTreeSet<PortKey> {
     differing(
         old.ports.iter().map(|(key, rules)| (*key, *rules)),
         new.ports.iter().map(|(key, rules)| (*key, *rules)),

@@ -91,36 +91,6 @@ pub struct PrefixTable {
     later: [u32; RuleSet::BITS as usize],
 }
 
-/// Lookups of keys in ascending order (a diff's): each search starts where
-/// the last one ended and gallops, so that a dense run of keys costs a
-/// step or two each instead of a binary search over the whole table.
-pub struct Walk<'a> {
-    listed: &'a [Listed],
-    at: usize,
-    /// The last key looked up: keys must ascend.
-    last: Option<PrefixKey>,
-}
-
-impl Walk<'_> {
-    /// The rules listing `key` and its node, if it is listed. `key` must
-    /// not be less than the previous one.
-    pub fn find(&mut self, key: &PrefixKey) -> Option<(RuleSet, Node)> {
-        debug_assert!(self.last <= Some(*key), "a walk's keys must ascend");
-        self.last = Some(*key);
-        let rest = &self.listed[self.at..];
-        let mut bound = 1;
-        while bound < rest.len() && rest[bound - 1].key() < *key {
-            bound *= 2;
-        }
-        let bound = bound.min(rest.len());
-        self.at += rest[..bound].partition_point(|listed| listed.key() < *key);
-        self.listed
-            .get(self.at)
-            .filter(|listed| listed.key() == *key)
-            .map(|listed| (listed.own, listed.node()))
-    }
-}
-
 /// Whether `outer` contains `inner`.
 pub fn contains(outer: PrefixKey, inner: PrefixKey, width: u8) -> bool {
     outer.1 <= inner.1 && network_bits(inner.0, outer.1, width) == outer.0
@@ -244,15 +214,6 @@ impl PrefixTable {
     /// Rules that list exactly `key`.
     pub fn listings(&self, key: &PrefixKey) -> RuleSet {
         self.find(key).map_or(0, |listed| listed.own)
-    }
-
-    /// A [`Walk`] from the start of the table.
-    pub fn walk(&self) -> Walk<'_> {
-        Walk {
-            listed: &self.listed,
-            at: 0,
-            last: None,
-        }
     }
 
     /// Every prefix, the rules listing it and its node, in key order.
@@ -499,25 +460,6 @@ mod tests {
         assert_eq!(table.get(&v4("192.0.2.0/24")), Some(0b10));
         table.set_listed(v4("192.0.2.0/24"), 0b10, false, &mut changed);
         assert_eq!(table.len(), 0);
-    }
-
-    #[test]
-    fn a_walk_finds_ascending_keys_as_lookups_do() {
-        let table = table(&[
-            ("192.0.2.0/24", 0b1),
-            ("192.0.2.8/29", 0b10),
-            ("198.51.100.0/24", 0b1),
-            ("203.0.113.0/24", 0b100),
-            ("203.0.113.64/26", 0b1),
-        ]);
-        let mut keys: Vec<PrefixKey> = table.nodes().map(|(key, _)| key).collect();
-        keys.extend(["192.0.2.0/25", "198.51.100.7/32", "203.0.113.255/32"].map(v4));
-        keys.sort();
-        let mut walk = table.walk();
-        for key in &keys {
-            let expected = table.node(key).map(|node| (table.listings(key), node));
-            assert_eq!(walk.find(key), expected, "{key:?}");
-        }
     }
 
     /// Many edits at once give what the same edits one at a time give.
