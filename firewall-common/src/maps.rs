@@ -21,8 +21,11 @@ pub mod names {
     /// `Array<EntryRowV6>` of both slots.
     pub const ENTRIES_V6: &str = "ENTRIES_V6";
     /// `Array<Span>` of both slots: where each table's rows are (see
-    /// [`super::span_index`]).
+    /// [`super::rows::span_index`]).
     pub const SPANS: &str = "SPANS";
+    /// `Array<Span>` of both slots: per /16 of IPv4, the source rows its
+    /// addresses can fall in (see [`super::rows::v4_bucket_index`]).
+    pub const SOURCE_BUCKETS_V4: &str = "SOURCE_BUCKETS_V4";
     /// `Array<EntryCounter>` indexed by entry index, shared by the slots.
     pub const ENTRY_STATS: &str = "ENTRY_STATS";
     /// `PerCpuArray<SampleBucket>`, one entry: the sampling token bucket.
@@ -48,13 +51,14 @@ pub mod names {
     pub const FLOW_KEY_SCRATCH: &str = "FLOW_KEY_SCRATCH";
 
     /// Every map, as pinned under `bpf_dir`.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ACTIVE,
         SOURCES_V4,
         SOURCES_V6,
         ENTRIES_V4,
         ENTRIES_V6,
         SPANS,
+        SOURCE_BUCKETS_V4,
         ENTRY_STATS,
         SAMPLE_BUCKETS,
         BLOCKED_SAMPLES,
@@ -171,6 +175,21 @@ pub mod rows {
             }
         };
         Some(slot * SPANS_PER_SLOT + within)
+    }
+
+    /// Bits of an IPv4 address that pick its bucket: its /16.
+    pub const V4_BUCKET_BITS: u32 = 16;
+    /// Buckets per slot.
+    pub const V4_BUCKETS: u32 = 1 << V4_BUCKET_BITS;
+
+    /// Index into `SOURCE_BUCKETS_V4` of the bucket of IPv4 `address` in
+    /// `slot`: the span of the source rows from the one in force at the
+    /// bucket's first address to the last starting inside it. A search
+    /// there takes a step or two for a few prefixes per /16, where the
+    /// whole table takes twenty.
+    #[inline(always)]
+    pub const fn v4_bucket_index(slot: u32, address: u32) -> u32 {
+        slot * V4_BUCKETS + (address >> (32 - V4_BUCKET_BITS))
     }
 
     /// The last row of `span` whose start is at or below the address,

@@ -20,7 +20,7 @@ use firewall_common::{
         SampleBucket, SourceValue, UNCOUNTED_ENTRY, fold_source,
         rows::{
             self, EntryRowV4, EntryRowV6, SourceRowV4, SourceRowV6, Span, Table, last_at_or_below,
-            span_index, v6_at_or_below, v6_halves,
+            span_index, v4_bucket_index, v6_at_or_below, v6_halves,
         },
     },
     reasons::{REASON_COUNT, Reason},
@@ -48,6 +48,12 @@ static SOURCES_V6: Array<SourceRowV6> = Array::with_max_entries(rows::PER_MAP, B
 static ENTRIES_V4: Array<EntryRowV4> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
 #[map]
 static ENTRIES_V6: Array<EntryRowV6> = Array::with_max_entries(rows::PER_MAP, BPF_F_MMAPABLE);
+
+/// Both slots: per /16, the span of IPv4 source rows to search
+/// (`rows::v4_bucket_index`).
+#[map]
+static SOURCE_BUCKETS_V4: Array<Span> =
+    Array::with_max_entries(POLICY_SLOTS * rows::V4_BUCKETS, BPF_F_MMAPABLE);
 
 /// Where each table of each slot has its rows (`rows::span_index`).
 #[map]
@@ -289,7 +295,10 @@ impl Policy for SlotPolicy {
         let (rules, entry) = match source {
             Source::V4(address) => {
                 let address = u32::from_be_bytes(*address);
-                let span = self.span(Table::Sources { v4: true });
+                let span = SOURCE_BUCKETS_V4
+                    .get(v4_bucket_index(self.slot, address))
+                    .copied()
+                    .unwrap_or_default();
                 let row = last_at_or_below(span, |row| {
                     SOURCES_V4.get(row).map(|row| row.start <= address)
                 })

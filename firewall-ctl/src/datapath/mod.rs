@@ -56,7 +56,7 @@ use firewall_common::{
         names,
         rows::{
             self as table_rows, EntryRowV4, EntryRowV6, SPANS_PER_SLOT, SourceRowV4, SourceRowV6,
-            Span, Table, span_index,
+            Span, Table, V4_BUCKETS, span_index,
         },
         rule_stats_index,
     },
@@ -772,6 +772,14 @@ impl Datapath {
         let mut listings: Vec<Vec<(PrefixKey, EntryRef)>> = vec![Vec::new(); MAX_RULES];
         self.entry_indexes.unlist_family(slot, F::V4);
         let mut sources = RowWriter::new(owned_fd(self, F::SOURCES)?, F::SOURCES, slot);
+        // IPv4 row starts, for the buckets.
+        let mut starts: Vec<u32> = Vec::new();
+        let mut push_source = |sources: &mut RowWriter<F::SourceRow>, start: u128, value| {
+            if F::V4 {
+                starts.push(start as u32);
+            }
+            sources.push(F::source_row(start, value))
+        };
         let mut cutter = Cutter::new(F::WIDTH);
         for (key, own, node) in table.listed() {
             let first_rule = node.rules.trailing_zeros();
@@ -792,7 +800,7 @@ impl Datapath {
                 (node.rules, EntryRef::new(value.entry, node.first_len)),
             );
             for (start, value) in cutter.drain() {
-                sources.push(F::source_row(start, value))?;
+                push_source(&mut sources, start, value)?;
             }
             if given.len() >= WRITE_CHUNK {
                 self.reset_entry_counters(&mut given)?;
@@ -800,12 +808,24 @@ impl Datapath {
             }
         }
         for (start, value) in cutter.finish() {
-            sources.push(F::source_row(start, value))?;
+            push_source(&mut sources, start, value)?;
         }
         self.reset_entry_counters(&mut given)?;
         self.entry_indexes.free_unlisted();
         let mut written = sources.len();
-        spans[F::span(None)] = sources.finish()?;
+        let span = sources.finish()?;
+        spans[F::span(None)] = span;
+        if F::V4 {
+            let name = names::SOURCE_BUCKETS_V4;
+            let buckets = rows::v4_buckets(&starts, span.first);
+            mapped::store_run(
+                map_data(self, name)?.fd().as_fd(),
+                slot * V4_BUCKETS,
+                &buckets,
+            )
+            .map_err(batch::syscall_error(name, "mmap"))?;
+            written += buckets.len();
+        }
         let mut entries = RowWriter::new(owned_fd(self, F::ENTRIES)?, F::ENTRIES, slot);
         for (rule, listings) in listings.into_iter().enumerate() {
             let first = entries.len();
@@ -1237,7 +1257,7 @@ mod tests {
     /// one array per slot; up to version 5 `ENTRY_STATS` had half the
     /// entries, and it and `PORTS` could not be mmapped; up to version 6
     /// sources and entries were LPM tries, one per slot.
-    const LAYOUT_7: [(&str, u32, u32, u32, u32, u32); 16] = [
+    const LAYOUT_7: [(&str, u32, u32, u32, u32, u32); 17] = [
         ("ACTIVE", 2, 4, 4, 1, 0),
         ("BLOCKED_SAMPLES", 27, 0, 0, 524_288, 0),
         ("ENTRIES_V4", 2, 4, 8, 1_048_576, 1024),
@@ -1253,6 +1273,7 @@ mod tests {
         ("SAMPLE_BUCKETS", 6, 4, 24, 1, 0),
         ("SOURCES_V4", 2, 4, 16, 1_048_576, 1024),
         ("SOURCES_V6", 2, 4, 32, 1_048_576, 1024),
+        ("SOURCE_BUCKETS_V4", 2, 4, 8, 131_072, 1024),
         ("SPANS", 2, 4, 8, 260, 1024),
     ];
 

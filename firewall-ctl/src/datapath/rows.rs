@@ -5,7 +5,30 @@
 //! table of `n` prefixes has at most `2n` rows: each prefix starts one,
 //! and one more where its parent (or nothing) resumes after it.
 
+use firewall_common::maps::rows::{Span, V4_BUCKET_BITS, V4_BUCKETS};
+
 use crate::policy::PrefixKey;
+
+/// The `SOURCE_BUCKETS_V4` spans of a slot whose IPv4 source rows start at
+/// `starts` (ascending), the first at index `first` of the map: per
+/// bucket, from the row in force at its first address (or the first row,
+/// if none is) to the last row starting inside it.
+pub fn v4_buckets(starts: &[u32], first: u32) -> Vec<Span> {
+    (0..V4_BUCKETS)
+        .map(|bucket| {
+            let low = bucket << (32 - V4_BUCKET_BITS);
+            let next = u64::from(bucket + 1) << (32 - V4_BUCKET_BITS);
+            let from = starts
+                .partition_point(|start| *start <= low)
+                .saturating_sub(1);
+            let to = starts.partition_point(|start| u64::from(*start) < next);
+            Span {
+                first: first + from as u32,
+                len: (to - from) as u32,
+            }
+        })
+        .collect()
+}
 
 /// Cuts prefixes, added in key order (a prefix before everything nested
 /// in it, as a `PrefixTable` holds them), into rows `(start, value)`:
@@ -110,7 +133,9 @@ impl<V: Copy + PartialEq> Cutter<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::Cutter;
+    use firewall_common::maps::rows::{Span, last_at_or_below};
+
+    use super::{Cutter, v4_buckets};
     use crate::{config::prefix::network_bits, policy::PrefixKey};
 
     /// The rows of `prefixes` (any order) with their index as the value.
@@ -241,5 +266,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A search in an address's bucket finds the row a search of the
+    /// whole table finds.
+    #[test]
+    fn a_bucket_holds_every_row_its_addresses_can_fall_in() {
+        let at = |text: &str| u32::from(text.parse::<std::net::Ipv4Addr>().unwrap());
+        let starts = [
+            at("0.0.0.5"),
+            at("10.0.0.0"),
+            at("10.0.0.128"),
+            at("10.0.1.0"),
+            at("10.2.0.0"),
+            at("10.2.255.255"),
+            at("11.0.0.0"),
+            at("255.255.255.0"),
+        ];
+        let first = 1000;
+        let buckets = v4_buckets(&starts, first);
+        assert_eq!(buckets.len(), 65_536);
+        let search = |span: Span, address: u32| {
+            last_at_or_below(span, |row| {
+                starts
+                    .get((row - first) as usize)
+                    .map(|start| *start <= address)
+            })
+        };
+        let whole = Span {
+            first,
+            len: starts.len() as u32,
+        };
+        let addresses = starts
+            .iter()
+            .flat_map(|start| [start.wrapping_sub(1), *start, start.wrapping_add(1)])
+            .chain([
+                0,
+                at("10.1.0.0"),
+                at("10.255.255.255"),
+                at("200.0.0.1"),
+                u32::MAX,
+            ]);
+        for address in addresses {
+            let bucket = buckets[(address >> 16) as usize];
+            assert_eq!(
+                search(bucket, address),
+                search(whole, address),
+                "{address:#x}"
+            );
+        }
+        // A /16 with no row of its own holds only the row in force.
+        assert_eq!(buckets[(at("200.0.0.0") >> 16) as usize].len, 1);
+        assert_eq!(v4_buckets(&[], 0)[7], Span::default());
     }
 }
