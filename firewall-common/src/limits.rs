@@ -26,7 +26,7 @@ pub const POLICY_SLOTS: u32 = 2;
 
 /// Per-entry counters (`ENTRY_STATS`), shared by every CPU and both policy
 /// slots: as many as both slots can list prefixes, so that a new
-/// list as large as the tries counts every entry while the old one is still
+/// list as large as a slot counts every entry while the old one is still
 /// held (index 0, never given, aside: see [`crate::maps::UNCOUNTED_ENTRY`]).
 /// A power of two: without CAP_PERFMON the kernel rounds an array up to
 /// one, which one more entry would double to 80 MiB.

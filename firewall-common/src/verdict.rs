@@ -89,7 +89,7 @@ impl Verdict {
     }
 }
 
-/// Decides one packet. Port before source: a closed port costs no LPM lookup.
+/// Decides one packet. Port before source: a closed port costs no source search.
 ///
 /// `decide` and [`decide_tracked`] take the packet by value: behind a
 /// reference the data plane would store the enum on its stack whole, bytes

@@ -753,7 +753,7 @@ impl Writer {
             self.apply_edits(undo, &mut PolicyDiff::default());
             return Err(guard::cut_message(&self.config, &session));
         }
-        if let Err(err) = self.policy.check_entry_tries() {
+        if let Err(err) = self.policy.check_entry_tables() {
             self.apply_edits(undo, &mut PolicyDiff::default());
             return Err(format!("{err}; nothing was changed"));
         }

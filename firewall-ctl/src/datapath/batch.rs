@@ -93,7 +93,7 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, 
     let mut keys = vec![zeroed::<K>(); BATCH];
     let mut values = vec![zeroed::<V>(); BATCH];
     // The position in the map: a bucket index for hash maps, the last key
-    // for arrays and LPM tries (generic batch ops), so room for any key.
+    // for arrays (generic batch ops), so room for any key.
     let (mut position_in, mut position_out) = ([0u8; MAX_KEY_BYTES], [0u8; MAX_KEY_BYTES]);
     let mut first = true;
     loop {

@@ -3,7 +3,7 @@
 //! An entry is a rule (by name) and a prefix, whatever its origin. It keeps
 //! its index for as long as either policy slot lists it, so its counters
 //! survive reloads, CLI edits and feed updates; a daemon that adopts pinned
-//! maps reads the indexes back from the entry tries. An index is given
+//! maps reads the indexes back from the rows. An index is given
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 

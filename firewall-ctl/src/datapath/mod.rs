@@ -864,7 +864,7 @@ impl Datapath {
         }
     }
 
-    /// The trie value of `node`: its rules, and the counter of the entry the
+    /// The source value of `node`: its rules, and the counter of the entry the
     /// first of them credits.
     fn source_value<F: Family>(
         &mut self,

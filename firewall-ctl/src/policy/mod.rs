@@ -49,7 +49,7 @@ pub enum PolicyError {
     )]
     TooManyPrefixes { family: u8, count: usize, max: u32 },
     #[error(
-        "overlapping rules need {count} IPv{family} entries in the data plane's entry trie (one per prefix listed by a rule that another rule's prefix covers or equals), and it holds at most {max}: let fewer rules list the same large feed or prefixes, or merge those rules"
+        "overlapping rules need {count} IPv{family} entries in the data plane's entry tables (one per prefix listed by a rule that another rule's prefix covers or equals), and it holds at most {max}: let fewer rules list the same large feed or prefixes, or merge those rules"
     )]
     TooManyOverlaps { family: u8, count: usize, max: u32 },
     #[error(
@@ -67,7 +67,7 @@ pub struct PolicyDiff {
     pub v6: BTreeSet<PrefixKey>,
     pub ports: BTreeSet<PortKey>,
     /// (prefix, rule index) listings added or removed: the keys of the
-    /// entry tries.
+    /// entry tables.
     pub v4_listings: BTreeSet<Listing>,
     pub v6_listings: BTreeSet<Listing>,
 }
@@ -101,7 +101,7 @@ impl PolicyDiff {
 }
 
 /// Where two tables of one family differ, collected: the trie keys, and
-/// the listings of the entry tries.
+/// the listings of the entry tables.
 fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BTreeSet<Listing>) {
     // In key order: the sets are built in bulk, not one insertion per key.
     (
@@ -269,7 +269,7 @@ pub fn compile_with(
         ports,
         enforce: config.enforce,
     };
-    policy.check_entry_tries()?;
+    policy.check_entry_tables()?;
     Ok(policy)
 }
 
@@ -300,9 +300,9 @@ fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
 }
 
 impl CompiledPolicy {
-    /// Fails if the entry tries could not hold the listings of
+    /// Fails if the entry tables could not hold the listings of
     /// [`CompiledPolicy::entry_rules`].
-    pub fn check_entry_tries(&self) -> Result<(), PolicyError> {
+    pub fn check_entry_tables(&self) -> Result<(), PolicyError> {
         let entry_rules = self.entry_rules();
         if entry_rules == 0 {
             return Ok(());
@@ -324,9 +324,9 @@ impl CompiledPolicy {
     }
 
     /// The rules the data plane may need to find an entry of with a second
-    /// lookup (the entry tries): those that some prefix lists after another
+    /// lookup (the entry tables): those that some prefix lists after another
     /// rule, so that its longest match names another rule first. Usually
-    /// none: with rules that do not overlap, the source trie alone credits
+    /// none: with rules that do not overlap, the source rows alone credit
     /// every entry.
     pub fn entry_rules(&self) -> RuleSet {
         self.v4.later_rules() | self.v6.later_rules()

@@ -1,5 +1,5 @@
-//! One address family's source trie contents, kept up to date one prefix
-//! at a time.
+//! One address family's listed prefixes and what each gives (what its
+//! source rows hold), kept up to date one prefix at a time.
 //!
 //! An LPM lookup returns only the longest match, so every entry carries the
 //! rules of every listed prefix that contains it (its *effective* rules).
@@ -233,8 +233,8 @@ impl PrefixTable {
         self.position(key).is_err()
     }
 
-    /// Rules of the longest prefix containing `address`, as the kernel's
-    /// LPM trie answers.
+    /// Rules of the longest prefix containing `address`, as the data
+    /// plane's source rows answer.
     pub fn longest_match(&self, address: u128) -> RuleSet {
         self.longest_node(address).map_or(0, |(_, node)| node.rules)
     }
@@ -245,7 +245,7 @@ impl PrefixTable {
     }
 
     /// The longest prefix rule `rule` lists that contains `address`, as the
-    /// kernel's entry trie answers.
+    /// data plane's entry rows answer.
     #[cfg(test)]
     pub fn longest_listing(&self, address: u128, rule: u32) -> Option<PrefixKey> {
         (0..=self.width).rev().find_map(|len| {

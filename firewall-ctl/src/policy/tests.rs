@@ -334,7 +334,7 @@ fn runtime_entries_compile_as_if_the_config_listed_them() {
         diff,
         PolicyDiff::between(&compile(&partial).unwrap(), &with_runtime)
     );
-    // Two trie entries, and the two listings of the entry tries.
+    // Two trie entries, and the two listings of the entry tables.
     assert_eq!(diff.len(), 4);
 }
 
@@ -453,7 +453,7 @@ fn room_is_checked_before_anything_is_added() {
 }
 
 #[test]
-fn entry_tries_hold_only_rules_another_rule_comes_before() {
+fn entry_tables_hold_only_rules_another_rule_comes_before() {
     let disjoint = compile(&config(
         "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", \"203.0.113.0/28\"]\n\
          [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"198.51.100.0/24\"]\n",
@@ -473,7 +473,7 @@ fn entry_tries_hold_only_rules_another_rule_comes_before() {
 /// Three rules sharing one list need two entry-trie elements per prefix:
 /// past the trie's capacity that is a clear error, before any map is touched.
 #[test]
-fn overlapping_rules_beyond_the_entry_tries_are_refused() {
+fn overlapping_rules_beyond_the_entry_tables_are_refused() {
     let shared: Vec<String> = (0..MAX_PREFIXES_PER_FAMILY / 2 + 1)
         .map(|n| format!("\"{}/32\"", Ipv4Addr::from(0x0a00_0000 + n)))
         .collect();
