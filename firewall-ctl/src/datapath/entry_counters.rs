@@ -74,8 +74,11 @@ type FastMap<K, V> = HashMap<K, V, RandomState>;
 /// its power-of-two growth leaves (a 250k list sat in 512k buckets, a new
 /// list's 500k entries in 1M). Entries given since the last merge are
 /// appended to `added`: a policy is walked in key order, so they come in
-/// key order and both vectors are searched by bisection. A released entry
-/// stays, [`Held::GONE`], until the next merge.
+/// key order, and so are the lookups of a walk: each vector is searched
+/// forward from where the last lookup ended ([`gallop`]), a step or two
+/// each, where a bisection of a 250k list took eighteen cache misses and
+/// most of an `allow`. A released entry stays, [`Held::GONE`], until the
+/// next merge.
 #[derive(Debug)]
 struct EntryMap<K> {
     /// Sorted by key, each key once.
@@ -85,6 +88,9 @@ struct EntryMap<K> {
     added: Vec<(K, Held)>,
     /// Entries not gone.
     held: usize,
+    /// Where the last lookup ended in `sorted` and in `added`: where the
+    /// next key of a walk in key order is sought first.
+    hints: [usize; 2],
 }
 
 impl<K> Default for EntryMap<K> {
@@ -93,23 +99,63 @@ impl<K> Default for EntryMap<K> {
             sorted: Vec::new(),
             added: Vec::new(),
             held: 0,
+            hints: [0; 2],
         }
     }
 }
 
+/// Where `key` is in `entries` (sorted by key), or where it would go, as
+/// `binary_search` answers, sought from `hint` on if every key before
+/// `hint` is smaller (doubling the window until it holds the key, then
+/// bisecting it), else from the start. Costs the log of the distance from
+/// `hint`.
+fn gallop<K: Ord>(entries: &[(K, Held)], hint: usize, key: &K) -> Result<usize, usize> {
+    let from = if hint <= entries.len() && (hint == 0 || entries[hint - 1].0 < *key) {
+        hint
+    } else {
+        0
+    };
+    let rest = &entries[from..];
+    let mut window = 1;
+    while window < rest.len() && rest[window - 1].0 < *key {
+        window *= 2;
+    }
+    rest[..window.min(rest.len())]
+        .binary_search_by(|(at, _)| at.cmp(key))
+        .map(|at| from + at)
+        .map_err(|at| from + at)
+}
+
 impl<K: Ord + Copy> EntryMap<K> {
-    fn get_mut(&mut self, key: &K) -> Option<&mut Held> {
-        let find = |entries: &[(K, Held)]| entries.binary_search_by(|(at, _)| at.cmp(key));
-        if let Ok(at) = find(&self.sorted) {
-            return Some(&mut self.sorted[at].1);
+    /// Where `key` is: in `added` or not, and at which position.
+    fn locate(&mut self, key: &K) -> Option<(bool, usize)> {
+        for (in_added, entries) in [(false, &self.sorted), (true, &self.added)] {
+            let hint = &mut self.hints[usize::from(in_added)];
+            match gallop(entries, *hint, key) {
+                Ok(at) => {
+                    *hint = at;
+                    return Some((in_added, at));
+                }
+                Err(at) => *hint = at,
+            }
         }
-        find(&self.added).ok().map(|at| &mut self.added[at].1)
+        None
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut Held> {
+        let (in_added, at) = self.locate(key)?;
+        let entries = if in_added {
+            &mut self.added
+        } else {
+            &mut self.sorted
+        };
+        Some(&mut entries[at].1)
     }
 
     /// `key`'s entry, given with `insert()` if it had none (or it was gone).
     fn held(&mut self, key: K, insert: impl FnOnce() -> Held) -> &mut Held {
-        // Two lookups: a borrow returned from one branch is still taken in
-        // the other, for the borrow checker.
+        // Two lookups, the second at the hint: a borrow returned from one
+        // branch is still taken in the other, for the borrow checker.
         if let Some(held) = self.get_mut(&key) {
             if *held == Held::GONE {
                 *held = insert();
@@ -476,6 +522,22 @@ mod tests {
         assert!(indexes.by_rule["vendor"].v4.capacity() < 1000);
         assert_eq!(listed(&indexes), before);
         assert_eq!(indexes.hold("vendor", prefixes[0], 1), Holding::Kept(1));
+    }
+
+    /// From any hint, right or wrong, a lookup answers what a bisection of
+    /// the whole vector answers.
+    #[test]
+    fn a_lookup_from_any_hint_finds_what_bisection_finds() {
+        let entries: Vec<(u32, Held)> = (0..40).map(|key| (3 * key, Held(key))).collect();
+        for len in [0, 1, 2, 5, 40] {
+            let entries = &entries[..len];
+            for key in 0..125 {
+                let whole = entries.binary_search_by(|(at, _)| at.cmp(&key));
+                for hint in 0..=len + 1 {
+                    assert_eq!(gallop(entries, hint, &key), whole, "{len} {key} {hint}");
+                }
+            }
+        }
     }
 
     /// Entries given in any order, released, given again and adopted are
