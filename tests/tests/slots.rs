@@ -172,3 +172,76 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
         "the vendor is always first: no entry rows"
     );
 }
+
+/// A change to one address family rewrites that family's rows only, in
+/// the slot it makes live and in the catch-up of the other: the other
+/// family's rows stay as they are, and both slots end up the same.
+#[test]
+fn a_change_to_one_family_writes_only_that_familys_rows() {
+    if !root_or_skip("a_change_to_one_family_writes_only_that_familys_rows") {
+        return;
+    }
+    let lab = Lab::new();
+    let listed = config("driver");
+    let daemon = Daemon::start(&lab.edge, &listed);
+    let written = |config: &str| {
+        // Past the catch-up of the idle slot after the previous change.
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::write(&daemon.config, config).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&daemon.ctl_ok(&["reload", "--json"])).unwrap();
+        report["changed_map_entries"].as_u64().unwrap()
+    };
+    // The vendor's IPv6 /48 moved: two IPv6 source rows (where it starts
+    // and where it ends) and the three exposed ports.
+    let moved_v6 = listed.replace("2001:db8:1::/48", "2001:db8:2::/48");
+    assert_eq!(written(&moved_v6), 2 + 3);
+    // The office's /24 halved: six IPv4 source rows, the IPv4 buckets of
+    // the slot, the office's four entry rows (its /26 lies in the
+    // vendor's /24) and the ports.
+    let halved_v4 = moved_v6.replace("198.51.100.0/24", "198.51.100.0/25");
+    assert_eq!(
+        written(&halved_v4),
+        6 + u64::from(firewall_common::maps::rows::V4_BUCKETS) + 4 + 3
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+    let both = |table: Table, name: &str, size: usize| {
+        let [zero, one] = [0, 1].map(|slot| rows(&maps, slot, table, name, size));
+        assert_eq!(zero, one, "{name}: the slots differ");
+        zero
+    };
+    let sources_v4 = both(
+        Table::Sources { v4: true },
+        names::SOURCES_V4,
+        SOURCE_V4_ROW,
+    );
+    assert_eq!(
+        sources_v4
+            .iter()
+            .map(|row| source_v4(row))
+            .collect::<Vec<_>>(),
+        [
+            (v4("198.51.100.0"), 0b10, 25),
+            (v4("198.51.100.128"), 0, 0),
+            (v4("203.0.113.0"), 0b01, 24),
+            (v4("203.0.113.64"), 0b11, 24),
+            (v4("203.0.113.128"), 0b01, 24),
+            (v4("203.0.114.0"), 0, 0),
+        ]
+    );
+    let sources_v6 = both(
+        Table::Sources { v4: false },
+        names::SOURCES_V6,
+        SOURCE_V6_ROW,
+    );
+    let db8 = |third: u16| u128::from(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, 0));
+    assert_eq!(
+        sources_v6
+            .iter()
+            .map(|row| source_v6(row))
+            .collect::<Vec<_>>(),
+        [(db8(2), 0b01), (db8(3), 0)]
+    );
+}

@@ -246,15 +246,48 @@ impl Delta {
             Delta::From(live) => **live != *policy,
         }
     }
+
+    /// Whether `policy`, so changed, lists the same sources as the live
+    /// policy in the family `v4` says, for the same rules (CLI edits never
+    /// change the rules): then the family's rows are the same too.
+    fn keeps_family(&self, policy: &CompiledPolicy, v4: bool) -> bool {
+        match self {
+            Delta::Keys(keys) if v4 => keys.v4.is_empty() && keys.v4_listings.is_empty(),
+            Delta::Keys(keys) => keys.v6.is_empty() && keys.v6_listings.is_empty(),
+            Delta::From(live) => {
+                live.rule_names == policy.rule_names
+                    && if v4 {
+                        live.v4 == policy.v4
+                    } else {
+                        live.v6 == policy.v6
+                    }
+            }
+        }
+    }
+}
+
+/// Per address family, a flag.
+#[derive(Clone, Copy, Debug)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    const NONE: Self = Self {
+        v4: false,
+        v6: false,
+    };
 }
 
 pub struct Datapath {
     ebpf: Ebpf,
     pins: PinDir,
     active: ActivePolicy,
-    /// Whether the idle slot holds the live policy: false until known (a
-    /// write that failed halfway leaves a mix).
-    idle_is_live: bool,
+    /// Per family, whether the idle slot holds the live policy's rows,
+    /// with its rules: false until known (a write that failed halfway
+    /// leaves a mix). Families the last change left alone stay held.
+    idle_holds_live: Families,
     /// Which rule each slot's counters count for, and what rules counted
     /// before their slot was given other rules.
     ledger: CounterLedger,
@@ -328,12 +361,19 @@ impl Datapath {
             .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
             .try_into()
             .map_err(DatapathError::Program)?;
+        let verifying = Instant::now();
         program.load().map_err(DatapathError::Program)?;
+        // How much work the kernel's verifier did: most of a small start.
+        let verified_insns = program
+            .info()
+            .ok()
+            .and_then(|info| info.verified_instruction_count());
+        info!(program = PROGRAM_NAME, verified_insns, took = ?verifying.elapsed(), "loaded the XDP program");
         let mut datapath = Self {
             ebpf,
             pins,
             active: ActivePolicy::default(),
-            idle_is_live: false,
+            idle_holds_live: Families::NONE,
             ledger: CounterLedger::default(),
             ledger_changed: false,
             retiring_since: None,
@@ -640,21 +680,31 @@ impl Datapath {
         policy: &CompiledPolicy,
         changed: Delta,
     ) -> Result<usize, DatapathError> {
-        let differs = changed.differs(policy);
-        if self.idle_is_live && !differs {
+        let held = self.idle_holds_live;
+        if held.v4 && held.v6 && !changed.differs(policy) {
             return Ok(0);
         }
         let slot = self.idle_slot();
         self.wait_for_retired_readers();
+        // Per family, whether `policy` has the live rows: whichever slot is
+        // live next, the two hold the same rows there.
+        let unchanged = Families {
+            v4: changed.keeps_family(policy, true),
+            v6: changed.keeps_family(policy, false),
+        };
+        // A family the idle slot holds already is not written again: an
+        // `allow` of one address writes the rows of its family only.
+        let kept = Families {
+            v4: held.v4 && unchanged.v4,
+            v6: held.v6 && unchanged.v6,
+        };
         // If the write fails halfway, the slot holds a mix.
-        self.idle_is_live = false;
-        let written = self.write_all(slot, policy)?;
+        self.idle_holds_live = Families::NONE;
+        let written = self.write_all(slot, policy, kept)?;
         if self.ledger.slot_rules[slot as usize] != policy.rule_names {
             self.give_rules(slot, &policy.rule_names)?;
         }
-        // Whichever slot is live next, the two hold the same policy if
-        // nothing changed.
-        self.idle_is_live = !differs;
+        self.idle_holds_live = unchanged;
         Ok(written)
     }
 
@@ -670,7 +720,7 @@ impl Datapath {
             self.retiring_since = Some(Instant::now());
         } else {
             // The other slot has never been written.
-            self.idle_is_live = false;
+            self.idle_holds_live = Families::NONE;
         }
         Ok(())
     }
@@ -679,7 +729,7 @@ impl Datapath {
     /// [`Datapath::prepare_idle`] makes it hold the live policy, which
     /// releases the counters of entries only it still listed.
     pub fn idle_lags(&self) -> bool {
-        !self.idle_is_live
+        !(self.idle_holds_live.v4 && self.idle_holds_live.v6)
     }
 
     /// Writes the live `policy` into the idle slot too.
@@ -724,12 +774,27 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes `slot`'s maps hold exactly `policy`, whatever they held;
-    /// returns how many rows and ports were written.
-    fn write_all(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<usize, DatapathError> {
-        let mut spans = vec![Span::default(); SPANS_PER_SLOT as usize];
-        let written = self.write_family::<V4>(slot, policy, &mut spans)?
-            + self.write_family::<V6>(slot, policy, &mut spans)?;
+    /// Makes `slot`'s maps hold exactly `policy`, given that they hold its
+    /// rows of the families in `kept` already; returns how many rows and
+    /// ports were written.
+    fn write_all(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        kept: Families,
+    ) -> Result<usize, DatapathError> {
+        let mut spans = if kept.v4 || kept.v6 {
+            self.spans(slot)?
+        } else {
+            vec![Span::default(); SPANS_PER_SLOT as usize]
+        };
+        let mut written = 0;
+        if !kept.v4 {
+            written += self.write_family::<V4>(slot, policy, &mut spans)?;
+        }
+        if !kept.v6 {
+            written += self.write_family::<V6>(slot, policy, &mut spans)?;
+        }
         let first_span = slot * SPANS_PER_SLOT;
         mapped::store_run(
             map_data(self, names::SPANS)?.fd().as_fd(),
@@ -754,7 +819,7 @@ impl Datapath {
     }
 
     /// Writes one family of `policy` into `slot`: its source rows, and the
-    /// entry rows of the rules in [`CompiledPolicy::entry_rules`]; their
+    /// entry rows of the rules in its [`PrefixTable::later_rules`]; their
     /// spans go into `spans` (the slot's, from its first). Holds a counter
     /// for every entry the family lists and releases the slot's others.
     /// Returns how many rows were written.
@@ -765,7 +830,7 @@ impl Datapath {
         spans: &mut [Span],
     ) -> Result<usize, DatapathError> {
         let table = F::table(policy);
-        let entry_rules = policy.entry_rules();
+        let entry_rules = table.later_rules();
         let mut given = Vec::new();
         // Per rule with entry rows: its listings and their counters, in
         // key order.

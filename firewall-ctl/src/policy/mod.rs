@@ -300,14 +300,14 @@ fn check_capacity(family: u8, count: usize) -> Result<(), PolicyError> {
 }
 
 impl CompiledPolicy {
-    /// Fails if the entry tables could not hold the listings of
-    /// [`CompiledPolicy::entry_rules`].
+    /// Fails if a family's entry tables could not hold the listings of
+    /// its [`PrefixTable::later_rules`].
     pub fn check_entry_tables(&self) -> Result<(), PolicyError> {
-        let entry_rules = self.entry_rules();
-        if entry_rules == 0 {
-            return Ok(());
-        }
         for (family, table) in [(4, &self.v4), (6, &self.v6)] {
+            let entry_rules = table.later_rules();
+            if entry_rules == 0 {
+                continue;
+            }
             let count: usize = table
                 .all_listings()
                 .map(|(_, rules)| (rules & entry_rules).count_ones() as usize)
@@ -321,15 +321,6 @@ impl CompiledPolicy {
             }
         }
         Ok(())
-    }
-
-    /// The rules the data plane may need to find an entry of with a second
-    /// lookup (the entry tables): those that some prefix lists after another
-    /// rule, so that its longest match names another rule first. Usually
-    /// none: with rules that do not overlap, the source rows alone credit
-    /// every entry.
-    pub fn entry_rules(&self) -> RuleSet {
-        self.v4.later_rules() | self.v6.later_rules()
     }
 
     /// Fails if adding `prefixes` would exceed a family's capacity.

@@ -167,7 +167,11 @@ impl PrefixTable {
         self.position(key).ok().map(|index| &self.listed[index])
     }
 
-    /// The rules some node holds after another rule (not as its first).
+    /// The rules some node holds after another rule (not as its first):
+    /// those the data plane may need to find an entry of with a second
+    /// lookup, in this family's entry tables, because the longest match
+    /// names another rule first. Usually none: with rules that do not
+    /// overlap, the source rows alone credit every entry.
     pub fn later_rules(&self) -> RuleSet {
         self.later
             .iter()

@@ -459,15 +459,22 @@ fn entry_tables_hold_only_rules_another_rule_comes_before() {
          [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"198.51.100.0/24\"]\n",
     ))
     .unwrap();
-    assert_eq!(disjoint.entry_rules(), 0);
+    assert_eq!(
+        (disjoint.v4.later_rules(), disjoint.v6.later_rules()),
+        (0, 0)
+    );
     // b's /26 lies in a's /24: a comes first there, so b needs its entries
-    // found by a second lookup; a never does.
+    // found by a second lookup; a never does, and neither needs any for
+    // IPv6.
     let nested = compile(&config(
         "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n\
-         [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"203.0.113.64/26\", \"198.51.100.0/24\"]\n",
+         [[rules]]\nname = \"b\"\nports = [\"22\"]\nsources = [\"203.0.113.64/26\", \"198.51.100.0/24\", \"2001:db8::/32\"]\n",
     ))
     .unwrap();
-    assert_eq!(nested.entry_rules(), 0b10);
+    assert_eq!(
+        (nested.v4.later_rules(), nested.v6.later_rules()),
+        (0b10, 0)
+    );
 }
 
 /// Three rules sharing one list need two entry-trie elements per prefix:
