@@ -432,12 +432,17 @@ impl EntryIndexes {
         }
     }
 
-    /// Frees the index of every entry neither slot lists.
-    pub fn free_unlisted(&mut self) {
+    /// Frees the index of every entry of the family `v4` says that
+    /// neither slot lists: after [`EntryIndexes::unlist_family`], only
+    /// that family's entries can have become free.
+    pub fn free_unlisted(&mut self, v4: bool) {
         let free = &mut self.free;
         self.by_rule.retain(|_, entries| {
-            entries.v4.free_unlisted(free);
-            entries.v6.free_unlisted(free);
+            if v4 {
+                entries.v4.free_unlisted(free);
+            } else {
+                entries.v6.free_unlisted(free);
+            }
             !entries.is_empty()
         });
     }
@@ -473,7 +478,7 @@ mod tests {
         for (rule, prefix) in listed {
             indexes.hold(rule, *prefix, slot);
         }
-        indexes.free_unlisted();
+        indexes.free_unlisted(true);
     }
 
     #[test]
@@ -651,7 +656,7 @@ mod tests {
             indexes.hold("a", prefix("192.0.2.1/32"), 1),
             Holding::Kept(2)
         );
-        indexes.free_unlisted();
+        indexes.free_unlisted(true);
         let listed: Vec<&str> = indexes.listed_in(1).map(|(rule, _, _)| rule).collect();
         assert_eq!(listed, ["a"]);
         assert_eq!(

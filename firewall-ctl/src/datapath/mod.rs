@@ -876,7 +876,7 @@ impl Datapath {
             push_source(&mut sources, start, value)?;
         }
         self.reset_entry_counters(&mut given)?;
-        self.entry_indexes.free_unlisted();
+        self.entry_indexes.free_unlisted(F::V4);
         let mut written = sources.len();
         let span = sources.finish()?;
         spans[F::span(None)] = span;

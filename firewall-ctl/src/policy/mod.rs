@@ -144,7 +144,14 @@ fn changed_ports(old: &CompiledPolicy, new: &CompiledPolicy) -> BTreeSet<PortKey
 
 /// The indexes of the rules in `rules`.
 pub fn rule_indexes(rules: RuleSet) -> impl Iterator<Item = u32> {
-    (0..RuleSet::BITS).filter(move |rule| rules & (1 << rule) != 0)
+    // A step per rule in the set, not per bit: the walk of a policy asks
+    // this of every prefix, and testing 64 bits each was half its time.
+    let mut left = rules;
+    std::iter::from_fn(move || {
+        let rule = (left != 0).then(|| left.trailing_zeros())?;
+        left &= left - 1;
+        Some(rule)
+    })
 }
 
 /// The keys whose values differ between two maps given as sorted

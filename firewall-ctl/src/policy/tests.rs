@@ -508,3 +508,13 @@ fn overlapping_rules_beyond_the_entry_tables_are_refused() {
     );
     assert!(err.to_string().contains("merge those rules"), "{err}");
 }
+
+#[test]
+fn rule_indexes_are_the_set_bits_in_order() {
+    assert_eq!(rule_indexes(0).count(), 0);
+    assert_eq!(
+        rule_indexes(1 | 1 << 5 | 1 << 63).collect::<Vec<_>>(),
+        [0, 5, 63]
+    );
+    assert_eq!(rule_indexes(RuleSet::MAX).count(), 64);
+}
