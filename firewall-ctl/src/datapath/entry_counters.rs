@@ -214,6 +214,11 @@ impl<K: Ord + Copy> EntryMap<K> {
     /// (adopted ones sorted, their slots combined), and gives back the
     /// room of the rest.
     fn merge(&mut self) {
+        if self.added.is_empty() && self.held == self.sorted.len() {
+            // Nothing added and nothing gone: what a change that kept
+            // every entry (an `allow`) leaves.
+            return;
+        }
         let mut added = std::mem::take(&mut self.added);
         added.sort_by_key(|(key, _)| *key);
         added.dedup_by(|(key, held), (kept_key, kept)| {

@@ -14,17 +14,29 @@ use crate::policy::PrefixKey;
 /// bucket, from the row in force at its first address (or the first row,
 /// if none is) to the last row starting inside it.
 pub fn v4_buckets(starts: &[u32], first: u32) -> Vec<Span> {
+    // One pass over buckets and rows together: two bisections of a 250k
+    // table per bucket had cost 10 ms at every write.
+    let (mut at_or_below_low, mut below_next) = (0, 0);
     (0..V4_BUCKETS)
         .map(|bucket| {
             let low = bucket << (32 - V4_BUCKET_BITS);
             let next = u64::from(bucket + 1) << (32 - V4_BUCKET_BITS);
-            let from = starts
-                .partition_point(|start| *start <= low)
-                .saturating_sub(1);
-            let to = starts.partition_point(|start| u64::from(*start) < next);
+            while starts
+                .get(at_or_below_low)
+                .is_some_and(|start| *start <= low)
+            {
+                at_or_below_low += 1;
+            }
+            while starts
+                .get(below_next)
+                .is_some_and(|start| u64::from(*start) < next)
+            {
+                below_next += 1;
+            }
+            let from = at_or_below_low.saturating_sub(1);
             Span {
                 first: first + from as u32,
-                len: (to - from) as u32,
+                len: (below_next - from) as u32,
             }
         })
         .collect()
@@ -314,6 +326,18 @@ mod tests {
                 search(whole, address),
                 "{address:#x}"
             );
+        }
+        // Each span is what bisecting the starts gives.
+        for (bucket, span) in (0u64..).zip(&buckets) {
+            let from = starts
+                .partition_point(|start| u64::from(*start) <= bucket << 16)
+                .saturating_sub(1);
+            let to = starts.partition_point(|start| u64::from(*start) < (bucket + 1) << 16);
+            let expected = Span {
+                first: first + from as u32,
+                len: (to - from) as u32,
+            };
+            assert_eq!(*span, expected, "bucket {bucket}");
         }
         // A /16 with no row of its own holds only the row in force.
         assert_eq!(buckets[(at("200.0.0.0") >> 16) as usize].len, 1);
