@@ -177,13 +177,14 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             info!("per-rule counters carry on from the previous daemon");
         }
     }
-    // Tracking before the policy: the policy switched in next already
-    // sees the flows of the host's connections (from their next packet).
+    // Fill the maps before attaching, while the kernel verifies the
+    // program: the first packet already sees the policy. With adopted maps
+    // this is the idle slot: one switch replaces the old daemon's policy.
+    datapath.write_idle(&policy, Delta::Keys(PolicyDiff::default()))?;
+    // Tracking before the policy goes live: it already sees the flows of
+    // the host's connections (from their next packet).
     datapath.set_tracking(&config)?;
-    // Fill the maps before attaching: the first packet already sees the
-    // policy. With adopted maps this is the idle slot: one switch replaces
-    // the old daemon's policy.
-    datapath.apply(&policy, Delta::Keys(PolicyDiff::default()))?;
+    datapath.switch(&policy)?;
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;
     }

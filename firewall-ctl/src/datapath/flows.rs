@@ -229,7 +229,7 @@ impl Datapath {
             interface: interface.to_string(),
             source,
         };
-        let program = egress_program(&mut self.ebpf)?;
+        let program = egress_program(self.programs.wait()?)?;
         if !has_tcx() {
             attach_classic(program, interface).map_err(failed)?;
             info!(
@@ -276,7 +276,7 @@ impl Datapath {
             capacity: self.max_flows,
             ..FlowTable::default()
         };
-        let map = match self.ebpf.map(names::FLOWS) {
+        let map = match self.maps.get(names::FLOWS) {
             Some(Map::LruHashMap(map)) => map,
             _ => {
                 return Err(DatapathError::MissingMap { name: names::FLOWS });

@@ -31,7 +31,7 @@ mod rows;
 mod test_maps;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -133,6 +133,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("loading the XDP program on a thread of its own failed: {0}")]
+    Verifier(#[source] std::io::Error),
     #[error("counting CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
     #[error(
@@ -280,8 +282,44 @@ impl Families {
     };
 }
 
+/// The eBPF object's programs. The kernel verifies the XDP program on a
+/// thread of its own at load, while the daemon writes the policy into the
+/// maps: the two took about as long.
+enum Programs {
+    Verifying(std::thread::JoinHandle<Result<Ebpf, DatapathError>>),
+    Loaded(Ebpf),
+    /// The verification failed; its error was returned once.
+    Failed,
+}
+
+impl Programs {
+    /// The programs, once the kernel has verified the XDP program: waits
+    /// for it if it still verifies.
+    fn wait(&mut self) -> Result<&mut Ebpf, DatapathError> {
+        if let Programs::Verifying(_) = self
+            && let Programs::Verifying(verifying) = std::mem::replace(self, Programs::Failed)
+        {
+            let loaded = verifying.join().unwrap_or_else(|_| {
+                Err(DatapathError::Verifier(std::io::Error::other(
+                    "the thread loading the XDP program stopped",
+                )))
+            })?;
+            *self = Programs::Loaded(loaded);
+        }
+        match self {
+            Programs::Loaded(ebpf) => Ok(ebpf),
+            _ => Err(DatapathError::Verifier(std::io::Error::other(
+                "the XDP program failed to load (see the first error)",
+            ))),
+        }
+    }
+}
+
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The maps, taken out of the eBPF object at load, by name: written
+    /// while the kernel verifies the programs.
+    maps: HashMap<&'static str, aya::maps::Map>,
+    programs: Programs,
     pins: PinDir,
     active: ActivePolicy,
     /// Per family, whether the idle slot holds the live policy's rows,
@@ -333,6 +371,24 @@ pub struct CounterLedger {
     pub retired: BTreeMap<String, (u64, u64)>,
 }
 
+/// Has the kernel verify and load the XDP program of `ebpf`.
+fn load_program(mut ebpf: Ebpf) -> Result<Ebpf, DatapathError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
+        .try_into()
+        .map_err(DatapathError::Program)?;
+    let verifying = Instant::now();
+    program.load().map_err(DatapathError::Program)?;
+    // How much work the kernel's verifier did: most of a small start.
+    let verified_insns = program
+        .info()
+        .ok()
+        .and_then(|info| info.verified_instruction_count());
+    info!(program = PROGRAM_NAME, verified_insns, took = ?verifying.elapsed(), "loaded the XDP program");
+    Ok(ebpf)
+}
+
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
@@ -342,7 +398,9 @@ impl Datapath {
     /// `bpf_dir`: the maps an earlier daemon of the same layout left there
     /// (live policy, counters, flows), else new ones, with a flow table of
     /// `max_flows`. Nothing is attached yet; a new set of maps passes every
-    /// packet until the first [`Datapath::switch`].
+    /// packet until the first [`Datapath::switch`]. The kernel verifies the
+    /// program meanwhile; a program it rejects fails the first
+    /// [`Datapath::switch`] or attach, before anything is made live.
     pub fn load(bpf_dir: &Path, max_flows: u32) -> Result<Self, DatapathError> {
         let pins = PinDir::open(bpf_dir)?;
         let paths: Vec<(&str, PathBuf)> = names::ALL
@@ -356,21 +414,23 @@ impl Datapath {
         }
         loader.map_max_entries(names::FLOWS, max_flows);
         let mut ebpf = loader.load(PROGRAM).map_err(DatapathError::Object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
-            .try_into()
-            .map_err(DatapathError::Program)?;
-        let verifying = Instant::now();
-        program.load().map_err(DatapathError::Program)?;
-        // How much work the kernel's verifier did: most of a small start.
-        let verified_insns = program
-            .info()
-            .ok()
-            .and_then(|info| info.verified_instruction_count());
-        info!(program = PROGRAM_NAME, verified_insns, took = ?verifying.elapsed(), "loaded the XDP program");
+        // The maps' descriptors are in the programs' instructions already.
+        let maps = names::ALL
+            .iter()
+            .map(|name| {
+                let map = ebpf
+                    .take_map(name)
+                    .ok_or(DatapathError::MissingMap { name })?;
+                Ok((*name, map))
+            })
+            .collect::<Result<_, DatapathError>>()?;
+        let verifying = std::thread::Builder::new()
+            .name("verifier".into())
+            .spawn(move || load_program(ebpf))
+            .map_err(DatapathError::Verifier)?;
         let mut datapath = Self {
-            ebpf,
+            maps,
+            programs: Programs::Verifying(verifying),
             pins,
             active: ActivePolicy::default(),
             idle_holds_live: Families::NONE,
@@ -502,11 +562,15 @@ impl Datapath {
         self.active.ready()
     }
 
+    /// The XDP program; only once [`Programs::wait`] has it loaded.
     fn program(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .and_then(|program| program.try_into().ok())
-            .expect("loaded in Datapath::load")
+        match &mut self.programs {
+            Programs::Loaded(ebpf) => ebpf
+                .program_mut(PROGRAM_NAME)
+                .and_then(|program| program.try_into().ok())
+                .expect("loaded in load_program"),
+            _ => unreachable!("the program is used only once it is loaded"),
+        }
     }
 
     /// Makes this daemon's program run on `interface`, pinned. A link an
@@ -518,6 +582,7 @@ impl Datapath {
         interface: &str,
         setting: XdpModeSetting,
     ) -> Result<Attachment, DatapathError> {
+        self.programs.wait()?;
         if let Some((mode, path)) = self.pins.link_of(interface) {
             if !setting.accepts(mode) {
                 warn!(interface, pinned = %mode, wanted = %setting, "the pinned link has another XDP mode; re-attaching (the interface is unprotected for a moment)");
@@ -593,6 +658,7 @@ impl Datapath {
     /// The kernel's id of this daemon's program: what `status` looks for
     /// on each interface.
     pub fn program_id(&mut self) -> Result<u32, DatapathError> {
+        self.programs.wait()?;
         self.program()
             .info()
             .map(|info| info.id())
@@ -710,6 +776,9 @@ impl Datapath {
 
     /// Makes the idle slot, written by [`Datapath::write_idle`], live.
     pub fn switch(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        // Nothing goes live before the kernel has accepted the program
+        // (an adopted firewall's old program reads these maps meanwhile).
+        self.programs.wait()?;
         let slot = self.idle_slot();
         let was_live = self.active.ready();
         let active = ActivePolicy::new(slot, policy.enforce);
@@ -1003,8 +1072,8 @@ impl Datapath {
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
         let map = self
-            .ebpf
-            .map_mut(name)
+            .maps
+            .get_mut(name)
             .ok_or(DatapathError::MissingMap { name })?;
         M::try_from(map).map_err(map_error(name))
     }
@@ -1014,8 +1083,8 @@ impl Datapath {
         M: TryFrom<&'a aya::maps::Map, Error = MapError>,
     {
         let map = self
-            .ebpf
-            .map(name)
+            .maps
+            .get(name)
             .ok_or(DatapathError::MissingMap { name })?;
         M::try_from(map).map_err(map_error(name))
     }
@@ -1283,7 +1352,7 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counter>) -> Counter {
 /// The kernel object behind the map `name`.
 fn map_data<'a>(datapath: &'a Datapath, name: &'static str) -> Result<&'a MapData, DatapathError> {
     use aya::maps::Map;
-    match datapath.ebpf.map(name) {
+    match datapath.maps.get(name) {
         Some(Map::Array(data) | Map::LruHashMap(data)) => Ok(data),
         _ => Err(DatapathError::MissingMap { name }),
     }
