@@ -199,8 +199,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None
     };
     // Enforcing: now the copy `reload --confirm` rolls back to.
-    store.keep_running_config(&config_text);
-    drop(config_text);
+    store.keep_running_config(config_text);
     let program_id = datapath.program_id()?;
     let maps_dir = datapath.maps_dir();
     if let Some(ledger) = datapath.take_changed_ledger() {

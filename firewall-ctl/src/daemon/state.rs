@@ -39,23 +39,31 @@ const STAGED_CONFIG_FILE: &str = "running-config.toml.next";
 /// A staged copy of a config ([`StateStore::stage_running_config`]),
 /// removed when dropped unless kept.
 pub struct StagedConfig {
-    /// `None` when it could not be written.
-    staged: Option<PathBuf>,
+    /// Writes the copy while the config is compiled and applied.
+    writing: Option<std::thread::JoinHandle<io::Result<()>>>,
+    staged: PathBuf,
     running: PathBuf,
 }
 
 impl StagedConfig {
+    /// Whether the copy was written whole; waits for the write.
+    fn written(&mut self) -> io::Result<()> {
+        match self.writing.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(written)) => written,
+            Some(Err(_)) => Err(io::Error::other("the thread writing it stopped")),
+            None => Err(io::Error::other("the copy was not written")),
+        }
+    }
+
     /// Makes the staged copy the running one, now that its config is live.
     /// Without one, the running copy is removed: it is out of date, and
     /// must never be rolled back to.
     pub fn keep(mut self) {
-        let kept = match self.staged.take() {
-            Some(staged) => std::fs::rename(&staged, &self.running).inspect_err(|_| {
-                let _ = std::fs::remove_file(&staged);
-            }),
-            None => Err(io::Error::other("the copy was not written")),
-        };
+        let kept = self
+            .written()
+            .and_then(|()| std::fs::rename(&self.staged, &self.running));
         if let Err(err) = kept {
+            let _ = std::fs::remove_file(&self.staged);
             let _ = std::fs::remove_file(&self.running);
             tracing::warn!(path = %self.running.display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
         }
@@ -64,8 +72,9 @@ impl StagedConfig {
 
 impl Drop for StagedConfig {
     fn drop(&mut self) {
-        if let Some(staged) = self.staged.take() {
-            let _ = std::fs::remove_file(staged);
+        if self.writing.is_some() {
+            let _ = self.written();
+            let _ = std::fs::remove_file(&self.staged);
         }
     }
 }
@@ -250,32 +259,40 @@ impl StateStore {
     }
 
     /// Keeps `text` as the copy of the running config.
-    pub fn keep_running_config(&self, text: &str) {
+    pub fn keep_running_config(&self, text: String) {
         self.stage_running_config(text).keep();
     }
 
     /// Writes `text`, a config about to go live, beside the running copy,
-    /// so that the text need not stay in memory while its policy is
-    /// compiled and written: [`StagedConfig::keep`] makes it the running
-    /// copy once it is live.
-    pub fn stage_running_config(&self, text: &str) -> StagedConfig {
+    /// on a thread of its own while the config is compiled and applied,
+    /// so that the text need not stay in memory after that (a large
+    /// allowlist's text is megabytes) nor its write delay the reload:
+    /// [`StagedConfig::keep`] makes it the running copy once it is live.
+    pub fn stage_running_config(&self, text: String) -> StagedConfig {
         let running = self.dir.join(RUNNING_CONFIG_FILE);
         let staged = self.dir.join(STAGED_CONFIG_FILE);
+        let path = staged.clone();
         // Written in place: it is only ever used once whole, renamed by
         // `keep`. No fsync: it is written again at every start.
-        let written = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
+        let write = move || {
+            File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| file.write_all(text.as_bytes()))
+        };
+        let writing = std::thread::Builder::new()
+            .name("config-copy".into())
+            .spawn(write)
             .inspect_err(|err| {
-                let _ = std::fs::remove_file(&staged);
                 tracing::warn!(path = %staged.display(), error = %err, "writing a copy of the new config failed; once it is live, `reload --confirm` is refused until a reload writes the copy");
-            });
+            })
+            .ok();
         StagedConfig {
-            staged: written.ok().map(|()| staged),
+            writing,
+            staged,
             running,
         }
     }
@@ -399,6 +416,23 @@ mod tests {
         list.iter()
             .map(|entry| (entry.key(), entry.clone()))
             .collect()
+    }
+
+    /// A staged copy becomes the running one when kept, and leaves no
+    /// trace when dropped (a reload that failed).
+    #[test]
+    fn a_staged_config_is_kept_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = StateStore::open(dir.path()).unwrap();
+        store.keep_running_config("first".to_string());
+        assert_eq!(store.running_config().unwrap(), "first");
+        drop(store.stage_running_config("failed".to_string()));
+        assert_eq!(store.running_config().unwrap(), "first");
+        assert!(!dir.path().join(STAGED_CONFIG_FILE).exists());
+        let large = "x".repeat(4 << 20);
+        store.stage_running_config(large.clone()).keep();
+        assert_eq!(store.running_config().unwrap(), large);
+        assert!(!dir.path().join(STAGED_CONFIG_FILE).exists());
     }
 
     #[test]

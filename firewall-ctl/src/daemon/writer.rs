@@ -911,10 +911,8 @@ impl Writer {
             .overrides
             .load(&self.config_path)
             .map_err(|err| err.to_string())?;
-        // On disk from here: a large allowlist's text is megabytes, and
-        // the policy is compiled and written next.
-        let staged = self.store.stage_running_config(&text);
-        drop(text);
+        // Written to disk meanwhile, and then dropped.
+        let staged = self.store.stage_running_config(text);
         let lists = self.feeds_for(&config.feeds);
         // The running policy is compiled from the running config, the
         // runtime entries and the feeds' lists, and only the config can
@@ -1128,7 +1126,8 @@ impl Writer {
             .and_then(|policy| self.apply_config(pending.previous.clone(), Some(policy), lists));
         match result {
             Ok(report) => {
-                self.store.keep_running_config(&pending.previous_text);
+                self.store
+                    .keep_running_config(pending.previous_text.clone());
                 if let Err(err) = self.store.clear_pending_reload() {
                     error!(error = %err, "forgetting the pending reload failed; a restart would roll back again, to the same config");
                 }
