@@ -7,10 +7,9 @@
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 
-use std::{collections::HashMap, hash::Hash, net::Ipv4Addr};
+use std::{hash::Hash, net::Ipv4Addr};
 
 use firewall_common::{limits::MAX_ENTRY_COUNTERS, maps::UNCOUNTED_ENTRY};
-use foldhash::fast::RandomState;
 
 use crate::config::IpPrefix;
 
@@ -64,10 +63,6 @@ impl Held {
 }
 
 const _: () = assert!(MAX_ENTRY_COUNTERS <= Held::INDEX_BITS, "every index fits");
-
-/// A hash map with foldhash, for the rules: seeded per process, so crafted
-/// rule names cannot aim at collisions.
-type FastMap<K, V> = HashMap<K, V, RandomState>;
 
 /// One rule's entries of one family, as sorted vectors: 12 bytes an IPv4
 /// entry and 24 an IPv6 one, where a hash map took twice that at the load
@@ -313,7 +308,12 @@ impl RuleEntries {
 /// rule, so each is keyed by its prefix alone (no name per entry).
 #[derive(Debug)]
 pub struct EntryIndexes {
-    by_rule: FastMap<String, RuleEntries>,
+    /// Per rule by name (at most 64, each once), its entries.
+    by_rule: Vec<(String, RuleEntries)>,
+    /// Where in `by_rule` the last rule looked up is: a walk of a policy
+    /// asks for the same rule prefix after prefix, and comparing one name
+    /// costs less than hashing it twice, as a hash map did.
+    last_rule: usize,
     /// Indexes given before and free again.
     free: Vec<u32>,
     /// Indexes from here up were never given.
@@ -353,24 +353,31 @@ impl EntryIndexes {
     /// `capacity` indexes, of which [`UNCOUNTED_ENTRY`] (0) is never given.
     pub fn with_capacity(capacity: u32) -> Self {
         Self {
-            by_rule: FastMap::default(),
+            by_rule: Vec::new(),
+            last_rule: 0,
             free: Vec::new(),
             unused_from: UNCOUNTED_ENTRY + 1,
             capacity,
         }
     }
 
-    /// The entries of `rule` in `by_rule`, created empty if it has none. A
-    /// function of the field, so that callers may use the other fields
+    /// The entries of `rule` in `by_rule`, created empty if it has none,
+    /// sought at `last_rule` first, which is left where they are. A
+    /// function of the fields, so that callers may use the others
     /// meanwhile.
     fn of_rule<'a>(
-        by_rule: &'a mut FastMap<String, RuleEntries>,
+        by_rule: &'a mut Vec<(String, RuleEntries)>,
+        last_rule: &mut usize,
         rule: &str,
     ) -> &'a mut RuleEntries {
-        if !by_rule.contains_key(rule) {
-            by_rule.insert(rule.to_string(), RuleEntries::default());
+        let is_rule = |(name, _): &(String, RuleEntries)| name == rule;
+        if !by_rule.get(*last_rule).is_some_and(is_rule) {
+            *last_rule = by_rule.iter().position(is_rule).unwrap_or_else(|| {
+                by_rule.push((rule.to_string(), RuleEntries::default()));
+                by_rule.len() - 1
+            });
         }
-        by_rule.get_mut(rule).expect("inserted above")
+        &mut by_rule[*last_rule].1
     }
 
     /// Notes that `slot` lists `rule`'s `prefix`, and gives the entry an
@@ -378,12 +385,13 @@ impl EntryIndexes {
     pub fn hold(&mut self, rule: &str, prefix: IpPrefix, slot: u32) -> Holding {
         let Self {
             by_rule,
+            last_rule,
             free,
             unused_from,
             capacity,
         } = self;
         let mut given = false;
-        let held = Self::of_rule(by_rule, rule).held(prefix, || {
+        let held = Self::of_rule(by_rule, last_rule, rule).held(prefix, || {
             given = true;
             let index = free.pop().or_else(|| {
                 (*unused_from < *capacity).then(|| {
@@ -404,16 +412,17 @@ impl EntryIndexes {
     /// Records that `slot` lists `rule`'s `prefix` at `index`, as read back
     /// from adopted maps; [`EntryIndexes::free_unheld`] must follow.
     pub fn adopt(&mut self, rule: &str, prefix: IpPrefix, slot: u32, index: u32) {
-        Self::of_rule(&mut self.by_rule, rule).adopt(prefix, Held::new(index, slot));
+        Self::of_rule(&mut self.by_rule, &mut self.last_rule, rule)
+            .adopt(prefix, Held::new(index, slot));
         self.unused_from = self.unused_from.max(index + 1);
     }
 
     /// After [`EntryIndexes::adopt`]: files the adopted entries, and every
     /// index below the highest adopted one that no entry holds is free.
     pub fn free_unheld(&mut self) {
-        self.by_rule.values_mut().for_each(RuleEntries::merge);
+        self.rules_mut().for_each(RuleEntries::merge);
         let mut taken = vec![false; self.unused_from as usize];
-        for held in self.by_rule.values().flat_map(RuleEntries::all) {
+        for held in self.by_rule.iter().flat_map(|(_, entries)| entries.all()) {
             taken[held.index() as usize] = true;
         }
         self.free = (UNCOUNTED_ENTRY + 1..self.unused_from)
@@ -428,7 +437,7 @@ impl EntryIndexes {
     /// the entries, where asking the policy about each one took 0.15 s of
     /// a 250k + 250k start.
     pub fn unlist_family(&mut self, slot: u32, v4: bool) {
-        for entries in self.by_rule.values_mut() {
+        for entries in self.rules_mut() {
             if v4 {
                 entries.v4.unlist(slot);
             } else {
@@ -442,7 +451,7 @@ impl EntryIndexes {
     /// that family's entries can have become free.
     pub fn free_unlisted(&mut self, v4: bool) {
         let free = &mut self.free;
-        self.by_rule.retain(|_, entries| {
+        self.by_rule.retain_mut(|(_, entries)| {
             if v4 {
                 entries.v4.free_unlisted(free);
             } else {
@@ -452,11 +461,15 @@ impl EntryIndexes {
         });
     }
 
+    fn rules_mut(&mut self) -> impl Iterator<Item = &mut RuleEntries> {
+        self.by_rule.iter_mut().map(|(_, entries)| entries)
+    }
+
     /// Drops the entries neither slot lists and gives back their room:
     /// after a new list both lists' entries were held at once, twice what
     /// either slot lists once the idle slot has caught up.
     pub fn shrink(&mut self) {
-        self.by_rule.values_mut().for_each(RuleEntries::merge);
+        self.rules_mut().for_each(RuleEntries::merge);
     }
 
     /// The entries `slot` lists: rule, prefix, index.
@@ -529,9 +542,40 @@ mod tests {
         };
         let before = listed(&indexes);
         indexes.shrink();
-        assert!(indexes.by_rule["vendor"].v4.capacity() < 1000);
+        assert!(indexes.by_rule[0].1.v4.capacity() < 1000);
         assert_eq!(listed(&indexes), before);
         assert_eq!(indexes.hold("vendor", prefixes[0], 1), Holding::Kept(1));
+    }
+
+    /// Rules looked up in any order, the last one or another, keep their
+    /// own entries.
+    #[test]
+    fn each_rule_keeps_its_entries_whatever_rule_came_before() {
+        let mut indexes = EntryIndexes::with_capacity(100);
+        let net = prefix("192.0.2.0/24");
+        let order = ["a", "b", "a", "c", "c", "b", "a"];
+        let held: Vec<Holding> = order
+            .iter()
+            .map(|rule| indexes.hold(rule, net, 0))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                Holding::Given(1),
+                Holding::Given(2),
+                Holding::Kept(1),
+                Holding::Given(3),
+                Holding::Kept(3),
+                Holding::Kept(2),
+                Holding::Kept(1),
+            ]
+        );
+        let mut listed: Vec<(&str, u32)> = indexes
+            .listed_in(0)
+            .map(|(rule, _, index)| (rule, index))
+            .collect();
+        listed.sort();
+        assert_eq!(listed, [("a", 1), ("b", 2), ("c", 3)]);
     }
 
     /// From any hint, right or wrong, a lookup answers what a bisection of
