@@ -151,6 +151,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         file_config,
         file_text,
     )?;
+    // The copy `reload --confirm` rolls back to, written meanwhile and
+    // kept once the policy is enforced.
+    let staged_config = store.stage_running_config(config_text);
     let last_good = feed_store.load(&config.feeds);
     let feed_lists = crate::feeds::store::lists(&last_good);
     let policy = policy::compile_with(&config, &runtime, &feed_lists).with_context(|| {
@@ -199,7 +202,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None
     };
     // Enforcing: now the copy `reload --confirm` rolls back to.
-    store.keep_running_config(config_text);
+    staged_config.keep();
     let program_id = datapath.program_id()?;
     let maps_dir = datapath.maps_dir();
     if let Some(ledger) = datapath.take_changed_ledger() {
