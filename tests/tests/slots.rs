@@ -60,6 +60,41 @@ fn source_v6(row: &[u8]) -> (u128, u64) {
     )
 }
 
+/// The rows of `table` (`name`, rows of `size` bytes), which both slots
+/// of the maps in `maps` must hold alike.
+fn both(maps: &Path, table: Table, name: &str, size: usize) -> Vec<Vec<u8>> {
+    let [zero, one] = [0, 1].map(|slot| rows(maps, slot, table, name, size));
+    assert_eq!(zero, one, "{name}: the slots differ");
+    zero
+}
+
+/// Both slots' IPv4 source rows, decoded ([`source_v4`]).
+fn both_sources_v4(maps: &Path) -> Vec<(u32, u64, u32)> {
+    let rows = both(
+        maps,
+        Table::Sources { v4: true },
+        names::SOURCES_V4,
+        SOURCE_V4_ROW,
+    );
+    rows.iter().map(|row| source_v4(row)).collect()
+}
+
+/// Both slots' IPv6 source rows, decoded ([`source_v6`]).
+fn both_sources_v6(maps: &Path) -> Vec<(u128, u64)> {
+    let rows = both(
+        maps,
+        Table::Sources { v4: false },
+        names::SOURCES_V6,
+        SOURCE_V6_ROW,
+    );
+    rows.iter().map(|row| source_v6(row)).collect()
+}
+
+/// The start of 2001:db8:`third`::/48.
+fn db8(third: u16) -> u128 {
+    u128::from(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, 0))
+}
+
 #[test]
 fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
     if !root_or_skip("both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits") {
@@ -97,29 +132,11 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
-    let both = |table: Table, name: &str, size: usize| {
-        let [zero, one] = [0, 1].map(|slot| rows(&maps, slot, table, name, size));
-        assert_eq!(zero, one, "{name}: the slots differ");
-        zero
-    };
-    let sources_v4 = both(
-        Table::Sources { v4: true },
-        names::SOURCES_V4,
-        SOURCE_V4_ROW,
-    );
-    let sources_v6 = both(
-        Table::Sources { v4: false },
-        names::SOURCES_V6,
-        SOURCE_V6_ROW,
-    );
     // The vendor (rule 0) and the office (rule 1): the office's /26 inside
     // the vendor's /24 cuts it in three, and credits the vendor's /24
     // first.
     assert_eq!(
-        sources_v4
-            .iter()
-            .map(|row| source_v4(row))
-            .collect::<Vec<_>>(),
+        both_sources_v4(&maps),
         [
             (v4("192.0.2.88"), 0b01, 32),
             (v4("192.0.2.89"), 0, 0),
@@ -131,10 +148,8 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
             (v4("203.0.114.0"), 0, 0),
         ]
     );
-    let db8 = |third: u16| u128::from(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, 0));
-    let starts: Vec<(u128, bool)> = sources_v6
-        .iter()
-        .map(|row| source_v6(row))
+    let starts: Vec<(u128, bool)> = both_sources_v6(&maps)
+        .into_iter()
         .map(|(start, rules)| (start, rules != 0))
         .collect();
     assert_eq!(
@@ -149,6 +164,7 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
     // The office holds a node after the vendor, so it has entry rows: its
     // listings, each up to where nothing of it resumes.
     let office = both(
+        &maps,
         Table::Entries { v4: true, rule: 1 },
         names::ENTRIES_V4,
         ENTRY_V4_ROW,
@@ -163,6 +179,7 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
         ]
     );
     let vendor = both(
+        &maps,
         Table::Entries { v4: true, rule: 0 },
         names::ENTRIES_V4,
         ENTRY_V4_ROW,
@@ -207,21 +224,8 @@ fn a_change_to_one_family_writes_only_that_familys_rows() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
-    let both = |table: Table, name: &str, size: usize| {
-        let [zero, one] = [0, 1].map(|slot| rows(&maps, slot, table, name, size));
-        assert_eq!(zero, one, "{name}: the slots differ");
-        zero
-    };
-    let sources_v4 = both(
-        Table::Sources { v4: true },
-        names::SOURCES_V4,
-        SOURCE_V4_ROW,
-    );
     assert_eq!(
-        sources_v4
-            .iter()
-            .map(|row| source_v4(row))
-            .collect::<Vec<_>>(),
+        both_sources_v4(&maps),
         [
             (v4("198.51.100.0"), 0b10, 25),
             (v4("198.51.100.128"), 0, 0),
@@ -231,17 +235,5 @@ fn a_change_to_one_family_writes_only_that_familys_rows() {
             (v4("203.0.114.0"), 0, 0),
         ]
     );
-    let sources_v6 = both(
-        Table::Sources { v4: false },
-        names::SOURCES_V6,
-        SOURCE_V6_ROW,
-    );
-    let db8 = |third: u16| u128::from(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, 0));
-    assert_eq!(
-        sources_v6
-            .iter()
-            .map(|row| source_v6(row))
-            .collect::<Vec<_>>(),
-        [(db8(2), 0b01), (db8(3), 0)]
-    );
+    assert_eq!(both_sources_v6(&maps), [(db8(2), 0b01), (db8(3), 0)]);
 }
