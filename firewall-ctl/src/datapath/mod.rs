@@ -280,6 +280,10 @@ impl Families {
         v4: false,
         v6: false,
     };
+
+    fn both(self) -> bool {
+        self.v4 && self.v6
+    }
 }
 
 /// The eBPF object's programs. The kernel verifies the XDP program on a
@@ -747,7 +751,7 @@ impl Datapath {
         changed: Delta,
     ) -> Result<usize, DatapathError> {
         let held = self.idle_holds_live;
-        if held.v4 && held.v6 && !changed.differs(policy) {
+        if held.both() && !changed.differs(policy) {
             return Ok(0);
         }
         let slot = self.idle_slot();
@@ -798,7 +802,7 @@ impl Datapath {
     /// [`Datapath::prepare_idle`] makes it hold the live policy, which
     /// releases the counters of entries only it still listed.
     pub fn idle_lags(&self) -> bool {
-        !(self.idle_holds_live.v4 && self.idle_holds_live.v6)
+        !self.idle_holds_live.both()
     }
 
     /// Writes the live `policy` into the idle slot too.
