@@ -10,6 +10,7 @@ pub mod feeds;
 pub mod flows;
 pub mod ports;
 pub mod prefix;
+mod source_lists;
 
 use std::{
     collections::HashSet,
@@ -325,6 +326,12 @@ struct RawRule {
 /// allocations and about 20 MB more at the parse's peak.
 struct RawSource(Result<IpPrefix, PrefixError>);
 
+impl RawSource {
+    fn read(text: &str) -> Self {
+        Self(text.parse())
+    }
+}
+
 impl<'de> Deserialize<'de> for RawSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -336,7 +343,7 @@ impl<'de> Deserialize<'de> for RawSource {
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawSource, E> {
-                Ok(RawSource(text.parse()))
+                Ok(RawSource::read(text))
             }
         }
         deserializer.deserialize_str(Visitor)
@@ -395,7 +402,7 @@ pub fn paths(path: &Path) -> Result<(PathBuf, PathBuf), ConfigError> {
 /// Validates config text; every problem found is returned.
 pub fn parse(text: &str, host: &dyn Host) -> Result<Config, Vec<Problem>> {
     let lines = LineIndex::new(text);
-    let raw: RawConfig = toml::from_str(text).map_err(|err| {
+    let raw = read_raw(text).map_err(|err| {
         vec![Problem {
             line: err.span().map(|span| lines.line_of(&span)),
             message: escape_controls(err.message().trim_end()),
@@ -412,6 +419,19 @@ pub fn parse(text: &str, host: &dyn Host) -> Result<Config, Vec<Problem>> {
     } else {
         Err(validator.problems)
     }
+}
+
+/// Deserializes `text`, its plain `sources` arrays read apart (see
+/// [`source_lists`]). Errors always come from toml reading `text` itself.
+fn read_raw(text: &str) -> Result<RawConfig, toml::de::Error> {
+    if let Some(taken) = source_lists::take(text) {
+        if let Ok(mut raw) = toml::from_str::<RawConfig>(&taken.blanked) {
+            if taken.restore(&mut raw.rules) {
+                return Ok(raw);
+            }
+        }
+    }
+    toml::from_str(text)
 }
 
 /// Byte offsets of line starts, so each problem finds its line in

@@ -235,7 +235,14 @@ impl FromStr for IpPrefix {
             Some((address, len)) => (address, Some(len)),
             None => (text, None),
         };
-        let address: IpAddr = address_text.parse().map_err(|_| syntax())?;
+        // Parsed as the family its text can only be: `IpAddr`'s own parse
+        // tries IPv4 first, and for IPv6 tries it again at every group.
+        let address = if address_text.contains(':') {
+            address_text.parse::<Ipv6Addr>().map(IpAddr::V6)
+        } else {
+            address_text.parse::<Ipv4Addr>().map(IpAddr::V4)
+        }
+        .map_err(|_| syntax())?;
         let max: u8 = if address.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => u16::from(max),
