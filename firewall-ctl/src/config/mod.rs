@@ -6,6 +6,7 @@
 //! (interfaces, groups, the socket path) is asked of a [`Host`], so all of
 //! it is unit-tested without one.
 
+mod address;
 pub mod feeds;
 pub mod flows;
 pub mod ports;
@@ -424,12 +425,11 @@ pub fn parse(text: &str, host: &dyn Host) -> Result<Config, Vec<Problem>> {
 /// Deserializes `text`, its plain `sources` arrays read apart (see
 /// [`source_lists`]). Errors always come from toml reading `text` itself.
 fn read_raw(text: &str) -> Result<RawConfig, toml::de::Error> {
-    if let Some(taken) = source_lists::take(text) {
-        if let Ok(mut raw) = toml::from_str::<RawConfig>(&taken.blanked) {
-            if taken.restore(&mut raw.rules) {
-                return Ok(raw);
-            }
-        }
+    if let Some(taken) = source_lists::take(text)
+        && let Ok(mut raw) = toml::from_str::<RawConfig>(&taken.blanked)
+        && taken.restore(&mut raw.rules)
+    {
+        return Ok(raw);
     }
     toml::from_str(text)
 }

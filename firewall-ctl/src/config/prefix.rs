@@ -10,6 +10,7 @@ use std::{
 #[cfg(test)]
 use firewall_common::{model, verdict::Source};
 
+use super::address;
 use crate::text::escape_controls;
 
 /// A validated network prefix: no host bits set.
@@ -231,18 +232,12 @@ impl FromStr for IpPrefix {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let syntax = || PrefixError::Syntax(escape_controls(text));
-        let (address_text, len_text) = match text.split_once('/') {
-            Some((address, len)) => (address, Some(len)),
+        // A byte search: `split_once('/')` cost as much as reading the address.
+        let (address_text, len_text) = match text.bytes().position(|byte| byte == b'/') {
+            Some(slash) => (&text[..slash], Some(&text[slash + 1..])),
             None => (text, None),
         };
-        // Parsed as the family its text can only be: `IpAddr`'s own parse
-        // tries IPv4 first, and for IPv6 tries it again at every group.
-        let address = if address_text.contains(':') {
-            address_text.parse::<Ipv6Addr>().map(IpAddr::V6)
-        } else {
-            address_text.parse::<Ipv4Addr>().map(IpAddr::V4)
-        }
-        .map_err(|_| syntax())?;
+        let address = address::parse(address_text).ok_or_else(syntax)?;
         let max: u8 = if address.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => u16::from(max),

@@ -185,9 +185,7 @@ impl<'i> Scan<'i> {
         };
         match table {
             Table::Rule(rule)
-                if bare_sources
-                    && only_key
-                    && value.kind() == TokenKind::LeftSquareBracket =>
+                if bare_sources && only_key && value.kind() == TokenKind::LeftSquareBracket =>
             {
                 self.sources(rule, value)
             }
@@ -263,7 +261,8 @@ fn plain_string(raw: &str) -> Option<&str> {
 
 /// Printable ASCII and tabs: what a comment or string may hold in any TOML.
 fn is_plain(text: &str) -> bool {
-    text.bytes().all(|byte| byte == b'\t' || (b' '..=b'~').contains(&byte))
+    text.bytes()
+        .all(|byte| byte == b'\t' || (b' '..=b'~').contains(&byte))
 }
 
 /// `text` with the given ranges' bytes turned into spaces, newlines kept.
@@ -289,4 +288,144 @@ fn blank(text: &str, ranges: impl Iterator<Item = Range<usize>>) -> String {
     }
     out.push_str(&text[at..]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::{IpPrefix, PrefixError, RawConfig},
+        *,
+    };
+
+    type Sources = Option<(
+        Range<usize>,
+        Vec<(Range<usize>, Result<IpPrefix, PrefixError>)>,
+    )>;
+
+    fn sources_of(raw: RawConfig) -> Vec<Sources> {
+        raw.rules
+            .into_iter()
+            .map(|rule| {
+                rule.sources.map(|sources| {
+                    let span = sources.span();
+                    let elements = sources
+                        .into_inner()
+                        .into_iter()
+                        .map(|element| (element.span(), element.into_inner().0))
+                        .collect();
+                    (span, elements)
+                })
+            })
+            .collect()
+    }
+
+    /// Reads `text` through [`super::super::read_raw`] and through toml
+    /// alone, and checks both give the same sources or the same error;
+    /// returns how many arrays were taken.
+    fn same_both_ways(text: &str) -> usize {
+        let taken = take(text).map_or(0, |taken| taken.lists.len());
+        match (
+            super::super::read_raw(text),
+            toml::from_str::<RawConfig>(text),
+        ) {
+            (Ok(fast), Ok(toml)) => assert_eq!(sources_of(fast), sources_of(toml), "{text}"),
+            (Err(fast), Err(toml)) => {
+                assert_eq!(
+                    (fast.message(), fast.span()),
+                    (toml.message(), toml.span()),
+                    "{text}"
+                )
+            }
+            (fast, toml) => panic!(
+                "{text}\nread apart: {:?}\ntoml alone: {:?}",
+                fast.err(),
+                toml.err()
+            ),
+        }
+        taken
+    }
+
+    const HEAD: &str = "interfaces = [\"eth0\"]\n";
+
+    #[test]
+    fn plain_arrays_are_taken_and_read_as_toml_reads_them() {
+        for (rules, arrays) in [
+            (
+                "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", '2001:db8::/32']\n",
+                1,
+            ),
+            // Over lines, with comments, a trailing comma, CRLF, tabs.
+            (
+                "[[rules]]\r\nname = \"a\"\r\nports = [\"443\"]\r\nsources = [ # vendors\r\n\t\"203.0.113.0/24\", # one\r\n  \"198.51.100.7\",\r\n]\r\n",
+                1,
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = []\n\n[[rules]]\nname = \"b\"\nports = [\"22\"]\nsources=[\"192.0.2.1\"] # office\n",
+                2,
+            ),
+            // Bad prefixes are read, and reported, as before.
+            (
+                "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.5/24\", \"nonsense\", \"\"]\n",
+                1,
+            ),
+            // Sources before the name, other tables between rules.
+            (
+                "[[rules]]\nsources = [\"192.0.2.0/24\"]\nname = \"a\"\nports = [\"443\"]\n[[feeds]]\nname = \"f\"\nurl = \"https://example.com/x]\"\nformat = \"lines\"\n[[rules]]\nname = \"b\"\nports = [\"443\"]\nsources = [\"192.0.2.9\"]\n",
+                2,
+            ),
+        ] {
+            assert_eq!(same_both_ways(&format!("{HEAD}{rules}")), arrays, "{rules}");
+        }
+    }
+
+    #[test]
+    fn other_forms_are_left_to_toml() {
+        for rules in [
+            // An escape, a nested array, a non-string, a missing comma.
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0\\u002f24\"]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [[\"203.0.113.0/24\"]]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", 7]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\" \"192.0.2.1\"]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [,\"203.0.113.0/24\"]\n",
+            // A comment toml refuses, a string with a control character.
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\" # \u{7}\n]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\u{1}\"]\n",
+            // Rules written inline, a quoted key or header, a dotted key.
+            "rules = [{name = \"a\", ports = [\"443\"], sources = [\"203.0.113.0/24\"]}]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\n\"sources\" = [\"203.0.113.0/24\"]\n",
+            "[[\"rules\"]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\"]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources.x = [\"203.0.113.0/24\"]\n",
+            // No value on the line, an unclosed array.
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources =\n[\"203.0.113.0/24\"]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\",\n",
+        ] {
+            assert_eq!(same_both_ways(&format!("{HEAD}{rules}")), 0, "{rules}");
+        }
+    }
+
+    #[test]
+    fn errors_around_taken_arrays_are_toml_errors_on_the_original() {
+        for rules in [
+            // Twice the same key; a key toml does not know; garbage after.
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\nsources = [\"192.0.2.2\"]\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\nsorces = 1\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"] x\n",
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\nsources = [\"192.0.2.1\"]\n[rules]\n",
+            // A `sources` in a sub-table of a rule is another table's.
+            "[[rules]]\nname = \"a\"\nports = [\"443\"]\n[rules.extra]\nsources = [\"192.0.2.1\"]\n",
+        ] {
+            same_both_ways(&format!("{HEAD}{rules}"));
+        }
+    }
+
+    #[test]
+    fn blanking_keeps_offsets_and_lines() {
+        let text = "a = [\"x\", # é? no: ascii only\n \"y\"]\nb = 1\n";
+        let blanked = blank(text, [5..35].into_iter());
+        assert_eq!(blanked.len(), text.len());
+        assert_eq!(
+            blanked,
+            format!("a = [{}\n{}]\nb = 1\n", " ".repeat(25), " ".repeat(4))
+        );
+    }
 }
