@@ -154,15 +154,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // The copy `reload --confirm` rolls back to, written meanwhile and
     // kept once the policy is enforced.
     let staged_config = store.stage_running_config(config_text);
-    let last_good = feed_store.load(&config.feeds);
-    let feed_lists = crate::feeds::store::lists(&last_good);
-    let policy = policy::compile_with(&config, &runtime, &feed_lists).with_context(|| {
-        format!(
-            "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
-            config_path.display(),
-            store.path().display()
-        )
-    })?;
+    // Bound before the maps are touched: a second daemon on the same
+    // socket stops here.
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
     let metrics_listener = match config.metrics.map(|metrics| metrics.listen) {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| {
@@ -171,7 +164,31 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None => None,
     };
 
-    let mut datapath = Datapath::load(&config.bpf_dir, config.flows.max_flows)?;
+    // The maps are created (or adopted) and the kernel starts verifying
+    // the program on a thread of their own while the policy is compiled.
+    let loading = {
+        let (bpf_dir, max_flows) = (config.bpf_dir.clone(), config.flows.max_flows);
+        std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || Datapath::load(&bpf_dir, max_flows))
+            .context("starting the thread that loads the datapath")?
+    };
+    let last_good = feed_store.load(&config.feeds);
+    let feed_lists = crate::feeds::store::lists(&last_good);
+    let policy = policy::compile_with(&config, &runtime, &feed_lists);
+    // Joined before any error returns: the load must not be cut off
+    // half-way through replacing a pinned map.
+    let loaded = loading
+        .join()
+        .map_err(|_| anyhow::anyhow!("loading the datapath panicked"))?;
+    let policy = policy.with_context(|| {
+        format!(
+            "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
+            config_path.display(),
+            store.path().display()
+        )
+    })?;
+    let mut datapath = loaded?;
     if datapath.adopted() {
         info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
         if let Some(ledger) = store.ledger()
