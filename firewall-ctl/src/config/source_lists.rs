@@ -299,7 +299,7 @@ mod tests {
 
     type Sources = Option<(
         Range<usize>,
-        Vec<(Range<usize>, Result<IpPrefix, PrefixError>)>,
+        Vec<(Range<usize>, Result<IpPrefix, Box<PrefixError>>)>,
     )>;
 
     fn sources_of(raw: RawConfig) -> Vec<Sources> {
