@@ -1158,8 +1158,10 @@ trait Family {
     const ENTRIES: &'static str;
     type SourceRow: aya::Pod;
     type EntryRow: aya::Pod;
+    /// How this family's policy table keeps network bits.
+    type Bits: crate::policy::Bits;
     /// This family's table of `policy`.
-    fn table(policy: &CompiledPolicy) -> &PrefixTable;
+    fn table(policy: &CompiledPolicy) -> &PrefixTable<Self::Bits>;
     fn prefix(key: PrefixKey) -> IpPrefix;
     /// A source row: from `start`, `value`'s rules and the entry their
     /// first credits, or none.
@@ -1190,8 +1192,9 @@ impl Family for V4 {
     const ENTRIES: &'static str = names::ENTRIES_V4;
     type SourceRow = SourceRowV4;
     type EntryRow = EntryRowV4;
+    type Bits = u32;
 
-    fn table(policy: &CompiledPolicy) -> &PrefixTable {
+    fn table(policy: &CompiledPolicy) -> &PrefixTable<u32> {
         &policy.v4
     }
 
@@ -1234,8 +1237,9 @@ impl Family for V6 {
     const ENTRIES: &'static str = names::ENTRIES_V6;
     type SourceRow = SourceRowV6;
     type EntryRow = EntryRowV6;
+    type Bits = [u64; 2];
 
-    fn table(policy: &CompiledPolicy) -> &PrefixTable {
+    fn table(policy: &CompiledPolicy) -> &PrefixTable<[u64; 2]> {
         &policy.v6
     }
 

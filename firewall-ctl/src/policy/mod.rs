@@ -17,7 +17,7 @@ use firewall_common::{
     verdict::{Policy, Source},
 };
 
-pub use self::table::{PrefixKey, PrefixTable};
+pub use self::table::{Bits, PrefixKey, PrefixTable, V4Table, V6Table};
 use crate::{
     config::{Config, IpPrefix},
     entries::RuntimeEntries,
@@ -29,8 +29,8 @@ use crate::{
 pub struct CompiledPolicy {
     /// Rule names in config order: bit `i` of a [`RuleSet`] is `rule_names[i]`.
     pub rule_names: Vec<String>,
-    pub v4: PrefixTable,
-    pub v6: PrefixTable,
+    pub v4: V4Table,
+    pub v6: V6Table,
     pub ports: BTreeMap<PortKey, RuleSet>,
     pub enforce: bool,
 }
@@ -102,7 +102,10 @@ impl PolicyDiff {
 
 /// Where two tables of one family differ, collected: the trie keys, and
 /// the listings of the entry tables.
-fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BTreeSet<Listing>) {
+fn family_diff<B: Bits>(
+    old: &PrefixTable<B>,
+    new: &PrefixTable<B>,
+) -> (BTreeSet<PrefixKey>, BTreeSet<Listing>) {
     // In key order: the sets are built in bulk, not one insertion per key.
     (
         changed_nodes(old, new).collect(),
@@ -112,18 +115,18 @@ fn family_diff(old: &PrefixTable, new: &PrefixTable) -> (BTreeSet<PrefixKey>, BT
 
 /// The trie keys whose values differ between two tables of one family
 /// (held by one only, or with other values), in key order: one merge pass.
-fn changed_nodes<'a>(
-    old: &'a PrefixTable,
-    new: &'a PrefixTable,
+fn changed_nodes<'a, B: Bits>(
+    old: &'a PrefixTable<B>,
+    new: &'a PrefixTable<B>,
 ) -> impl Iterator<Item = PrefixKey> + 'a {
     differing(old.nodes(), new.nodes()).map(|(key, _, _)| key)
 }
 
 /// The listings in one of two tables of one family and not the other, in
 /// key order: one merge pass.
-fn changed_listings<'a>(
-    old: &'a PrefixTable,
-    new: &'a PrefixTable,
+fn changed_listings<'a, B: Bits>(
+    old: &'a PrefixTable<B>,
+    new: &'a PrefixTable<B>,
 ) -> impl Iterator<Item = Listing> + 'a {
     differing(old.all_listings(), new.all_listings()).flat_map(|(key, old, new)| {
         let flipped = old.unwrap_or(0) ^ new.unwrap_or(0);
@@ -271,8 +274,8 @@ pub fn compile_with(
     debug_assert!(ports.len() <= MAX_PORT_ENTRIES as usize);
     let policy = CompiledPolicy {
         rule_names: config.rules.iter().map(|rule| rule.name.clone()).collect(),
-        v4: PrefixTable::new(32, v4),
-        v6: PrefixTable::new(128, v6),
+        v4: PrefixTable::new(v4),
+        v6: PrefixTable::new(v6),
         ports,
         enforce: config.enforce,
     };
@@ -310,15 +313,7 @@ impl CompiledPolicy {
     /// Fails if a family's entry tables could not hold the listings of
     /// its [`PrefixTable::later_rules`].
     pub fn check_entry_tables(&self) -> Result<(), PolicyError> {
-        for (family, table) in [(4, &self.v4), (6, &self.v6)] {
-            let entry_rules = table.later_rules();
-            if entry_rules == 0 {
-                continue;
-            }
-            let count: usize = table
-                .all_listings()
-                .map(|(_, rules)| (rules & entry_rules).count_ones() as usize)
-                .sum();
+        for (family, count) in [(4, entry_rows(&self.v4)), (6, entry_rows(&self.v6))] {
             if count > MAX_PREFIXES_PER_FAMILY as usize {
                 return Err(PolicyError::TooManyOverlaps {
                     family,
@@ -332,16 +327,8 @@ impl CompiledPolicy {
 
     /// Fails if adding `prefixes` would exceed a family's capacity.
     pub fn check_room_for(&self, prefixes: &[IpPrefix]) -> Result<(), PolicyError> {
-        for (family, table) in [(4, &self.v4), (6, &self.v6)] {
-            let new: BTreeSet<PrefixKey> = prefixes
-                .iter()
-                .filter(|prefix| prefix.is_v4() == (family == 4))
-                .map(key_of)
-                .filter(|key| table.is_new(key))
-                .collect();
-            check_capacity(family, table.len() + new.len())?;
-        }
-        Ok(())
+        check_capacity(4, len_with(&self.v4, prefixes))?;
+        check_capacity(6, len_with(&self.v6, prefixes))
     }
 
     /// [`CompiledPolicy::set_listed`] for each of `changes` (rule index,
@@ -360,16 +347,11 @@ impl CompiledPolicy {
             let family: Vec<(PrefixKey, RuleSet, bool)> = family
                 .map(|&(rule, prefix, listed)| (key_of(&prefix), 1 << rule, listed))
                 .collect();
-            let (table, changed, listings) = if v4 {
-                (&mut self.v4, &mut diff.v4, &mut diff.v4_listings)
+            if v4 {
+                rebuild(&mut self.v4, &family, &mut diff.v4, &mut diff.v4_listings);
             } else {
-                (&mut self.v6, &mut diff.v6, &mut diff.v6_listings)
-            };
-            let rebuilt = table.with_changes(&family);
-            let (nodes, listed) = family_diff(table, &rebuilt);
-            changed.extend(nodes);
-            listings.extend(listed);
-            *table = rebuilt;
+                rebuild(&mut self.v6, &family, &mut diff.v6, &mut diff.v6_listings);
+            }
         }
     }
 
@@ -383,18 +365,67 @@ impl CompiledPolicy {
         listed: bool,
         diff: &mut PolicyDiff,
     ) {
-        let (table, changed, listings) = if prefix.is_v4() {
-            (&mut self.v4, &mut diff.v4, &mut diff.v4_listings)
+        let change = (key_of(&prefix), rule, listed);
+        if prefix.is_v4() {
+            set_listed_in(&mut self.v4, change, &mut diff.v4, &mut diff.v4_listings);
         } else {
-            (&mut self.v6, &mut diff.v6, &mut diff.v6_listings)
-        };
-        let key = key_of(&prefix);
-        let bit = 1 << rule;
-        if (table.listings(&key) & bit != 0) != listed {
-            listings.insert((key, rule as u32));
+            set_listed_in(&mut self.v6, change, &mut diff.v6, &mut diff.v6_listings);
         }
-        table.set_listed(key, bit, listed, changed);
     }
+}
+
+/// The rows a family's entry tables need: a listing each by a rule of its
+/// [`PrefixTable::later_rules`].
+fn entry_rows<B: Bits>(table: &PrefixTable<B>) -> usize {
+    let entry_rules = table.later_rules();
+    if entry_rules == 0 {
+        return 0;
+    }
+    table
+        .all_listings()
+        .map(|(_, rules)| (rules & entry_rules).count_ones() as usize)
+        .sum()
+}
+
+/// How many prefixes `table` would hold with those of `prefixes` in its family.
+fn len_with<B: Bits>(table: &PrefixTable<B>, prefixes: &[IpPrefix]) -> usize {
+    let new: BTreeSet<PrefixKey> = prefixes
+        .iter()
+        .filter(|prefix| prefix.is_v4() == (B::WIDTH == 32))
+        .map(key_of)
+        .filter(|key| table.is_new(key))
+        .collect();
+    table.len() + new.len()
+}
+
+/// Applies `changes` to one family's table by rebuilding it, and adds what
+/// changed to that family's diff.
+fn rebuild<B: Bits>(
+    table: &mut PrefixTable<B>,
+    changes: &[(PrefixKey, RuleSet, bool)],
+    changed: &mut BTreeSet<PrefixKey>,
+    listings: &mut BTreeSet<Listing>,
+) {
+    let rebuilt = table.with_changes(changes);
+    let (nodes, listed) = family_diff(table, &rebuilt);
+    changed.extend(nodes);
+    listings.extend(listed);
+    *table = rebuilt;
+}
+
+/// [`CompiledPolicy::set_listed`] in one family's table: `(key, rule,
+/// listed)`.
+fn set_listed_in<B: Bits>(
+    table: &mut PrefixTable<B>,
+    (key, rule, listed): (PrefixKey, usize, bool),
+    changed: &mut BTreeSet<PrefixKey>,
+    listings: &mut BTreeSet<Listing>,
+) {
+    let bit = 1 << rule;
+    if (table.listings(&key) & bit != 0) != listed {
+        listings.insert((key, rule as u32));
+    }
+    table.set_listed(key, bit, listed, changed);
 }
 
 /// The compiled tables answer lookups exactly as the kernel's maps do, so

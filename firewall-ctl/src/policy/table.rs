@@ -8,9 +8,10 @@
 //! recomputes exactly that subtree and reports the keys that changed, so a
 //! one-prefix `allow` on a 250k-prefix policy touches a handful of entries.
 //!
-//! The table is one sorted vector, 40 bytes per prefix: a 250k + 250k
-//! policy takes 20 MB, where two B-trees (listings and trie contents) took
-//! about 170 MB, and a reload holds two policies at once.
+//! The table is one sorted vector, 22 bytes per IPv4 prefix and 34 per
+//! IPv6 one: a 250k + 250k policy takes 14 MB, where two B-trees (listings
+//! and trie contents) took about 170 MB, and a reload holds two policies at
+//! once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,15 +35,51 @@ pub struct Node {
     pub first_len: u8,
 }
 
-/// One listed prefix, 34 bytes: its key and node split into fields, so
-/// that no `u128` aligns it to 16 bytes, and packed, so that the two
-/// lengths are not padded to 8 (40 bytes; unaligned loads cost nothing
+/// How a table keeps its prefixes' network bits, which fixes its family.
+pub trait Bits: Copy + Eq + std::fmt::Debug {
+    /// Address width: 32 or 128.
+    const WIDTH: u8;
+    fn store(bits: u128) -> Self;
+    fn load(self) -> u128;
+}
+
+/// IPv4: 4 bytes, where 16 made an IPv4 entry 34 bytes instead of 22.
+impl Bits for u32 {
+    const WIDTH: u8 = 32;
+
+    fn store(bits: u128) -> Self {
+        bits as u32
+    }
+
+    fn load(self) -> u128 {
+        self.into()
+    }
+}
+
+/// IPv6: high and low halves, so that no `u128` aligns an entry to 16 bytes.
+impl Bits for [u64; 2] {
+    const WIDTH: u8 = 128;
+
+    fn store(bits: u128) -> Self {
+        [(bits >> 64) as u64, bits as u64]
+    }
+
+    fn load(self) -> u128 {
+        (u128::from(self[0]) << 64) | u128::from(self[1])
+    }
+}
+
+pub type V4Table = PrefixTable<u32>;
+pub type V6Table = PrefixTable<[u64; 2]>;
+
+/// One listed prefix: its key and node split into fields, and packed, so
+/// that the two lengths are not padded to 8 (unaligned loads cost nothing
 /// here, and no field is ever borrowed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, packed)]
-struct Listed {
-    /// Network bits, high and low halves.
-    bits: [u64; 2],
+struct Listed<B: Bits> {
+    /// Network bits.
+    bits: B,
     /// Rules that list exactly this prefix; never empty.
     own: RuleSet,
     /// [`Node::rules`] of what the trie holds for it.
@@ -52,12 +89,13 @@ struct Listed {
     first_len: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Listed>() == 34);
+const _: () = assert!(std::mem::size_of::<Listed<u32>>() == 22);
+const _: () = assert!(std::mem::size_of::<Listed<[u64; 2]>>() == 34);
 
-impl Listed {
+impl<B: Bits> Listed<B> {
     fn new(key: PrefixKey, own: RuleSet, node: Node) -> Self {
         Self {
-            bits: [(key.0 >> 64) as u64, key.0 as u64],
+            bits: B::store(key.0),
             own,
             rules: node.rules,
             len: key.1,
@@ -66,10 +104,7 @@ impl Listed {
     }
 
     fn key(&self) -> PrefixKey {
-        (
-            (u128::from(self.bits[0]) << 64) | u128::from(self.bits[1]),
-            self.len,
-        )
+        (self.bits.load(), self.len)
     }
 
     fn node(&self) -> Node {
@@ -81,11 +116,9 @@ impl Listed {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrefixTable {
-    /// 32 or 128.
-    width: u8,
+pub struct PrefixTable<B: Bits> {
     /// Every listed prefix, sorted by key: a trie entry each.
-    listed: Vec<Listed>,
+    listed: Vec<Listed<B>>,
     /// Per rule (bit), the nodes holding it after another rule: kept with
     /// every change so [`PrefixTable::later_rules`] costs no walk.
     later: [u32; RuleSet::BITS as usize],
@@ -133,29 +166,25 @@ fn node_of(key: PrefixKey, own: RuleSet, parent: Option<Node>) -> Node {
     Node { rules, first_len }
 }
 
-impl PrefixTable {
+impl<B: Bits> PrefixTable<B> {
     /// Builds the table from the rules listing each prefix, given in key
     /// order, each prefix once.
-    pub fn new(width: u8, own: impl IntoIterator<Item = (PrefixKey, RuleSet)>) -> Self {
+    pub fn new(own: impl IntoIterator<Item = (PrefixKey, RuleSet)>) -> Self {
         // Sorted by (bits, length), a prefix's ancestors come before it and
         // before anything outside it: one pass with a stack of the current
         // ancestor chain visits each prefix once.
         let own = own.into_iter();
-        let mut listed: Vec<Listed> = Vec::with_capacity(own.size_hint().0);
+        let mut listed: Vec<Listed<B>> = Vec::with_capacity(own.size_hint().0);
         let mut later = [0; RuleSet::BITS as usize];
         let mut ancestors: Vec<(PrefixKey, Node)> = Vec::new();
         for (key, rules) in own {
             debug_assert!(listed.last().is_none_or(|last| last.key() < key));
-            let node = node_of(key, rules, pop_to_parent(&mut ancestors, key, width));
+            let node = node_of(key, rules, pop_to_parent(&mut ancestors, key, B::WIDTH));
             ancestors.push((key, node));
             listed.push(Listed::new(key, rules, node));
             count_later(&mut later, node, 1);
         }
-        Self {
-            width,
-            listed,
-            later,
-        }
+        Self { listed, later }
     }
 
     /// Where `key` is in `listed`, or where it would go.
@@ -163,7 +192,7 @@ impl PrefixTable {
         self.listed.binary_search_by(|listed| listed.key().cmp(key))
     }
 
-    fn find(&self, key: &PrefixKey) -> Option<&Listed> {
+    fn find(&self, key: &PrefixKey) -> Option<&Listed<B>> {
         self.position(key).ok().map(|index| &self.listed[index])
     }
 
@@ -210,7 +239,7 @@ impl PrefixTable {
     /// The prefix of the entry `node` (at `key`) credits for its first rule.
     pub fn first_entry(&self, key: PrefixKey, node: Node) -> PrefixKey {
         (
-            network_bits(key.0, node.first_len, self.width),
+            network_bits(key.0, node.first_len, B::WIDTH),
             node.first_len,
         )
     }
@@ -245,15 +274,15 @@ impl PrefixTable {
 
     /// The longest prefix containing `address`, and its node.
     pub fn longest_node(&self, address: u128) -> Option<(PrefixKey, Node)> {
-        self.enclosing_node(address, self.width + 1)
+        self.enclosing_node(address, B::WIDTH + 1)
     }
 
     /// The longest prefix rule `rule` lists that contains `address`, as the
     /// data plane's entry rows answer.
     #[cfg(test)]
     pub fn longest_listing(&self, address: u128, rule: u32) -> Option<PrefixKey> {
-        (0..=self.width).rev().find_map(|len| {
-            let key = (network_bits(address, len, self.width), len);
+        (0..=B::WIDTH).rev().find_map(|len| {
+            let key = (network_bits(address, len, B::WIDTH), len);
             (self.listings(&key) & (1 << rule) != 0).then_some(key)
         })
     }
@@ -301,17 +330,13 @@ impl PrefixTable {
             }
         };
         let base = self.enclosing_node(key.0, key.1).map(|(_, node)| node);
-        let last = network_bits(u128::MAX, self.width, self.width);
-        let broadcast = key.0 | (last & !network_bits(last, key.1, self.width));
-        let Self {
-            width,
-            listed,
-            later,
-        } = self;
-        let end = listed.partition_point(|listed| listed.key() <= (broadcast, *width));
+        let last = network_bits(u128::MAX, B::WIDTH, B::WIDTH);
+        let broadcast = key.0 | (last & !network_bits(last, key.1, B::WIDTH));
+        let Self { listed, later } = self;
+        let end = listed.partition_point(|listed| listed.key() <= (broadcast, B::WIDTH));
         let mut ancestors: Vec<(PrefixKey, Node)> = Vec::new();
         for inner in &mut listed[start..end] {
-            let parent = pop_to_parent(&mut ancestors, inner.key(), *width).or(base);
+            let parent = pop_to_parent(&mut ancestors, inner.key(), B::WIDTH).or(base);
             let node = node_of(inner.key(), inner.own, parent);
             ancestors.push((inner.key(), node));
             if inner.node() != node {
@@ -368,14 +393,14 @@ impl PrefixTable {
                 }
             }
         });
-        Self::new(self.width, merged.collect::<Vec<_>>())
+        Self::new(merged.collect::<Vec<_>>())
     }
 
     /// The longest listed prefix containing `address` and shorter than
     /// `shorter_than`, and its node.
     fn enclosing_node(&self, address: u128, shorter_than: u8) -> Option<(PrefixKey, Node)> {
         (0..shorter_than).rev().find_map(|len| {
-            let key = (network_bits(address, len, self.width), len);
+            let key = (network_bits(address, len, B::WIDTH), len);
             self.node(&key).map(|node| (key, node))
         })
     }
@@ -391,9 +416,8 @@ mod tests {
         (prefix.bits().0, prefix.len())
     }
 
-    fn table(own: &[(&str, RuleSet)]) -> PrefixTable {
+    fn table(own: &[(&str, RuleSet)]) -> V4Table {
         PrefixTable::new(
-            32,
             own.iter()
                 .map(|(text, rules)| (v4(text), *rules))
                 .collect::<BTreeMap<_, _>>(),
@@ -505,7 +529,7 @@ mod tests {
             seed
         };
         let mut own: BTreeMap<PrefixKey, RuleSet> = BTreeMap::new();
-        let mut table = PrefixTable::new(32, []);
+        let mut table = V4Table::new([]);
         for _ in 0..3000 {
             // Prefixes inside 10.0.0.0/16, so they nest often.
             let len = 16 + (random() % 17) as u8;
@@ -525,7 +549,7 @@ mod tests {
             } else {
                 own.insert(key, rules);
             }
-            let rebuilt = PrefixTable::new(32, own.clone());
+            let rebuilt = V4Table::new(own.clone());
             assert_eq!(table, rebuilt);
             let really_changed: BTreeSet<PrefixKey> = before
                 .nodes()

@@ -70,13 +70,6 @@ struct Attributed<'a> {
 }
 
 impl Attributed<'_> {
-    fn table_and_bits(&self, source: &Source) -> (&PrefixTable, u128, bool) {
-        match source {
-            Source::V4(octets) => (&self.compiled.v4, u32::from_be_bytes(*octets) as u128, true),
-            Source::V6(octets) => (&self.compiled.v6, u128::from_be_bytes(*octets), false),
-        }
-    }
-
     fn reference_entry(&self, rule: u32, key: Option<PrefixKey>, v4: bool) -> u32 {
         let position = key.and_then(|key| {
             self.config.rules[rule as usize]
@@ -86,19 +79,29 @@ impl Attributed<'_> {
         });
         position.map_or(0, |position| model::reference_entry(rule, position))
     }
-}
 
-impl Policy for Attributed<'_> {
-    fn source_entry(&self, source: &Source) -> SourceValue {
-        let (table, bits, v4) = self.table_and_bits(source);
+    fn source_entry_in<B: Bits>(&self, table: &PrefixTable<B>, bits: u128) -> SourceValue {
         let Some((key, node)) = table.longest_node(bits) else {
             return SourceValue::default();
         };
         let first = table.first_entry(key, node);
         SourceValue {
             rules: node.rules,
-            entry: self.reference_entry(node.rules.trailing_zeros(), Some(first), v4),
+            entry: self.reference_entry(node.rules.trailing_zeros(), Some(first), B::WIDTH == 32),
             pad: 0,
+        }
+    }
+
+    fn rule_entry_in<B: Bits>(&self, table: &PrefixTable<B>, bits: u128, rule: u32) -> u32 {
+        self.reference_entry(rule, table.longest_listing(bits, rule), B::WIDTH == 32)
+    }
+}
+
+impl Policy for Attributed<'_> {
+    fn source_entry(&self, source: &Source) -> SourceValue {
+        match source {
+            Source::V4(octets) => self.source_entry_in(&self.compiled.v4, bits_v4(octets)),
+            Source::V6(octets) => self.source_entry_in(&self.compiled.v6, bits_v6(octets)),
         }
     }
 
@@ -107,9 +110,19 @@ impl Policy for Attributed<'_> {
     }
 
     fn rule_entry(&self, rule: u32, source: &Source) -> u32 {
-        let (table, bits, v4) = self.table_and_bits(source);
-        self.reference_entry(rule, table.longest_listing(bits, rule), v4)
+        match source {
+            Source::V4(octets) => self.rule_entry_in(&self.compiled.v4, bits_v4(octets), rule),
+            Source::V6(octets) => self.rule_entry_in(&self.compiled.v6, bits_v6(octets), rule),
+        }
     }
+}
+
+fn bits_v4(octets: &[u8; 4]) -> u128 {
+    u32::from_be_bytes(*octets).into()
+}
+
+fn bits_v6(octets: &[u8; 16]) -> u128 {
+    u128::from_be_bytes(*octets)
 }
 
 fn v4(text: &str) -> Source {
