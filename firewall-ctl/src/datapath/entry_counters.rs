@@ -7,7 +7,7 @@
 //! again only once neither slot lists its entry, and its counter is reset
 //! then.
 
-use std::{hash::Hash, net::Ipv4Addr};
+use std::{hash::Hash, net::Ipv4Addr, ops::Range};
 
 use firewall_common::{limits::MAX_ENTRY_COUNTERS, maps::UNCOUNTED_ENTRY};
 
@@ -184,7 +184,7 @@ impl<K: Ord + Copy> EntryMap<K> {
 
     /// Makes the entries neither slot lists gone, adding their indexes to
     /// `free`.
-    fn free_unlisted(&mut self, free: &mut Vec<u32>) {
+    fn free_unlisted(&mut self, free: &mut FreeIndexes) {
         for (_, held) in self.sorted.iter_mut().chain(&mut self.added) {
             if *held != Held::GONE && !held.listed() {
                 if held.index() != UNCOUNTED_ENTRY {
@@ -304,6 +304,41 @@ impl RuleEntries {
     }
 }
 
+/// Indexes free to be given again, as runs: entries are given indexes and
+/// freed in key order, so the half a million a new list frees are a few
+/// runs, where a vector of them kept 2 MB.
+#[derive(Debug, Default)]
+struct FreeIndexes(Vec<Range<u32>>);
+
+impl FreeIndexes {
+    fn push(&mut self, index: u32) {
+        match self.0.last_mut() {
+            Some(run) if run.end == index => run.end += 1,
+            Some(run) if run.start == index + 1 => run.start = index,
+            _ => self.0.push(index..index + 1),
+        }
+    }
+
+    /// The lowest index of the run freed last.
+    fn pop(&mut self) -> Option<u32> {
+        let run = self.0.last_mut()?;
+        let index = run.start;
+        run.start += 1;
+        if run.is_empty() {
+            self.0.pop();
+        }
+        Some(index)
+    }
+}
+
+impl FromIterator<u32> for FreeIndexes {
+    fn from_iter<I: IntoIterator<Item = u32>>(indexes: I) -> Self {
+        let mut free = Self::default();
+        indexes.into_iter().for_each(|index| free.push(index));
+        free
+    }
+}
+
 /// The index of each entry listed in either slot. Entries are grouped by
 /// rule, so each is keyed by its prefix alone (no name per entry).
 #[derive(Debug)]
@@ -315,7 +350,7 @@ pub struct EntryIndexes {
     /// costs less than hashing it twice, as a hash map did.
     last_rule: usize,
     /// Indexes given before and free again.
-    free: Vec<u32>,
+    free: FreeIndexes,
     /// Indexes from here up were never given.
     unused_from: u32,
     capacity: u32,
@@ -355,7 +390,7 @@ impl EntryIndexes {
         Self {
             by_rule: Vec::new(),
             last_rule: 0,
-            free: Vec::new(),
+            free: FreeIndexes::default(),
             unused_from: UNCOUNTED_ENTRY + 1,
             capacity,
         }
@@ -427,7 +462,6 @@ impl EntryIndexes {
         }
         self.free = (UNCOUNTED_ENTRY + 1..self.unused_from)
             .filter(|index| !taken[*index as usize])
-            .rev()
             .collect();
     }
 
@@ -623,10 +657,9 @@ mod tests {
         for key in [15, 30] {
             entries.get_mut(&key).unwrap().list(0, true);
         }
-        let mut free = Vec::new();
+        let mut free = FreeIndexes::default();
         entries.free_unlisted(&mut free);
-        free.sort_unstable();
-        assert_eq!(free, [1, 2]);
+        assert_eq!(free.0, [1..3]);
         assert_eq!(give(&mut entries, 20), 5);
         entries.merge();
         let all: Vec<(u32, u32)> = entries
@@ -647,14 +680,26 @@ mod tests {
             .collect();
         assert_eq!(held, [(3, 8, true, false), (9, 7, true, true)]);
         assert!(!adopted.is_empty());
-        let mut free = Vec::new();
+        let mut free = FreeIndexes::default();
         adopted.unlist(0);
         adopted.free_unlisted(&mut free);
-        assert_eq!(free, [8]);
+        assert_eq!(free.0, [8..9]);
         adopted.unlist(1);
         adopted.free_unlisted(&mut free);
-        assert_eq!(free, [8, 7]);
+        assert_eq!(free.0, [7..9]);
         assert!(adopted.is_empty());
+    }
+
+    #[test]
+    fn free_indexes_freed_in_either_order_are_one_run() {
+        let mut free: FreeIndexes = (10..500_010).collect();
+        assert_eq!(free.0, [10..500_010]);
+        (3..6).rev().for_each(|index| free.push(index));
+        free.push(8);
+        assert_eq!(free.0, [10..500_010, 3..6, 8..9]);
+        let given: Vec<u32> = std::iter::from_fn(|| free.pop()).take(5).collect();
+        assert_eq!(given, [8, 3, 4, 5, 10]);
+        assert_eq!(free.0, [11..500_010]);
     }
 
     #[test]
