@@ -427,6 +427,47 @@ fn tracked_flows_survive_a_daemon_restart_and_a_new_max_flows() {
 }
 
 #[test]
+fn a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs() {
+    if !root_or_skip("a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut daemon = Daemon::start(&lab.edge, &config("driver"));
+    daemon.ctl_ok(&["allow", "192.0.2.9", "--rule", "office-ssh"]);
+    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+
+    // A new table size, and a config the runtime entry no longer fits:
+    // the start fails after the config is read, and must not have swapped
+    // in a new flow table that the running programs do not record into.
+    let without_office = config("driver")
+        .split("[[rules]]\nname = \"office-ssh\"")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &daemon.config,
+        format!("{without_office}\n[flows]\nmax_flows = 128\n"),
+    )
+    .unwrap();
+    let (code, log) = daemon.run_expecting_failure();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("no longer fit the config"), "{log}");
+    assert!(!log.contains("resizing the flow table"), "{log}");
+
+    // A connection the firewall left running records meanwhile.
+    let (stream, server) = edge_exchange(&lab, 40610);
+    std::fs::write(&daemon.config, with_flows("max_flows = 128")).unwrap();
+    daemon.spawn_and_wait();
+    assert_eq!(count(&daemon.status()["flows"]["capacity"]), 128);
+    assert!(
+        late_segment_passes(&lab, &daemon, 40610),
+        "the flow recorded after the failed start was carried"
+    );
+    drop(stream);
+    assert_eq!(server.join().unwrap(), b"hello");
+}
+
+#[test]
 fn a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet() {
     if !root_or_skip("a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet")
     {

@@ -164,31 +164,38 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None => None,
     };
 
-    // The maps are created (or adopted) and the kernel starts verifying
-    // the program on a thread of their own while the policy is compiled.
-    let loading = {
-        let (bpf_dir, max_flows) = (config.bpf_dir.clone(), config.flows.max_flows);
-        std::thread::Builder::new()
-            .name("load".into())
-            .spawn(move || Datapath::load(&bpf_dir, max_flows))
-            .context("starting the thread that loads the datapath")?
-    };
     let last_good = feed_store.load(&config.feeds);
     let feed_lists = crate::feeds::store::lists(&last_good);
-    let policy = policy::compile_with(&config, &runtime, &feed_lists);
-    // Joined before any error returns: the load must not be cut off
-    // half-way through replacing a pinned map.
-    let loaded = loading
-        .join()
-        .map_err(|_| anyhow::anyhow!("loading the datapath panicked"))?;
-    let policy = policy.with_context(|| {
-        format!(
-            "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
-            config_path.display(),
-            store.path().display()
-        )
-    })?;
-    let mut datapath = loaded?;
+    let compile = || {
+        policy::compile_with(&config, &runtime, &feed_lists).with_context(|| {
+            format!(
+                "config `{}` with the runtime entries of `{}` (edit that file while the daemon is stopped to drop entries)",
+                config_path.display(),
+                store.path().display()
+            )
+        })
+    };
+    let (bpf_dir, max_flows) = (config.bpf_dir.clone(), config.flows.max_flows);
+    let (policy, mut datapath) = if Datapath::resizes_flow_table(&bpf_dir, max_flows) {
+        // Not for a start that then fails: the new table would miss the
+        // flows the running programs record meanwhile.
+        let policy = compile()?;
+        (policy, Datapath::load(&bpf_dir, max_flows)?)
+    } else {
+        // The maps are created (or adopted) and the kernel starts
+        // verifying the program on a thread of their own while the
+        // policy is compiled.
+        let loading = std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || Datapath::load(&bpf_dir, max_flows))
+            .context("starting the thread that loads the datapath")?;
+        let policy = compile();
+        // Joined before any error returns: a load is not cut off half-way.
+        let loaded = loading
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the datapath panicked"))?;
+        (policy?, loaded?)
+    };
     if datapath.adopted() {
         info!(bpf_dir = %config.bpf_dir.display(), "adopting the pinned firewall: it keeps enforcing its policy until this one is switched in");
         if let Some(ledger) = store.ledger()

@@ -324,10 +324,18 @@ impl FreeIndexes {
         let run = self.0.last_mut()?;
         let index = run.start;
         run.start += 1;
-        if run.is_empty() {
+        if run.start == run.end {
             self.0.pop();
         }
         Some(index)
+    }
+}
+
+#[cfg(test)]
+impl FreeIndexes {
+    /// The runs as (first, past the last).
+    fn runs(&self) -> Vec<(u32, u32)> {
+        self.0.iter().map(|run| (run.start, run.end)).collect()
     }
 }
 
@@ -659,7 +667,7 @@ mod tests {
         }
         let mut free = FreeIndexes::default();
         entries.free_unlisted(&mut free);
-        assert_eq!(free.0, [1..3]);
+        assert_eq!(free.runs(), [(1, 3)]);
         assert_eq!(give(&mut entries, 20), 5);
         entries.merge();
         let all: Vec<(u32, u32)> = entries
@@ -683,23 +691,23 @@ mod tests {
         let mut free = FreeIndexes::default();
         adopted.unlist(0);
         adopted.free_unlisted(&mut free);
-        assert_eq!(free.0, [8..9]);
+        assert_eq!(free.runs(), [(8, 9)]);
         adopted.unlist(1);
         adopted.free_unlisted(&mut free);
-        assert_eq!(free.0, [7..9]);
+        assert_eq!(free.runs(), [(7, 9)]);
         assert!(adopted.is_empty());
     }
 
     #[test]
     fn free_indexes_freed_in_either_order_are_one_run() {
         let mut free: FreeIndexes = (10..500_010).collect();
-        assert_eq!(free.0, [10..500_010]);
+        assert_eq!(free.runs(), [(10, 500_010)]);
         (3..6).rev().for_each(|index| free.push(index));
         free.push(8);
-        assert_eq!(free.0, [10..500_010, 3..6, 8..9]);
+        assert_eq!(free.runs(), [(10, 500_010), (3, 6), (8, 9)]);
         let given: Vec<u32> = std::iter::from_fn(|| free.pop()).take(5).collect();
         assert_eq!(given, [8, 3, 4, 5, 10]);
-        assert_eq!(free.0, [11..500_010]);
+        assert_eq!(free.runs(), [(11, 500_010)]);
     }
 
     #[test]

@@ -159,8 +159,7 @@ fn carry_flows(
 /// program keeps it until it is replaced) and returned, to be carried over
 /// into the new table by [`carry_flows`].
 pub(super) fn resized_table(pin: &Path, max_flows: u32) -> Option<MapData> {
-    let old = MapData::from_pin(pin).ok()?;
-    let size = old.info().ok()?.max_entries();
+    let (old, size) = pinned_table(pin)?;
     if size == max_flows {
         return None;
     }
@@ -169,6 +168,18 @@ pub(super) fn resized_table(pin: &Path, max_flows: u32) -> Option<MapData> {
         .inspect_err(|err| warn!(error = %err, "unpinning the old flow table failed"))
         .ok()?;
     Some(old)
+}
+
+/// Whether the flow table pinned at `pin` has another size than `max_flows`.
+pub(super) fn resizes(pin: &Path, max_flows: u32) -> bool {
+    pinned_table(pin).is_some_and(|(_, size)| size != max_flows)
+}
+
+/// The flow table pinned at `pin`, and its size.
+fn pinned_table(pin: &Path) -> Option<(MapData, u32)> {
+    let table = MapData::from_pin(pin).ok()?;
+    let size = table.info().ok()?.max_entries();
+    Some((table, size))
 }
 
 impl Datapath {

@@ -458,6 +458,15 @@ impl Datapath {
         Ok(datapath)
     }
 
+    /// Whether [`Datapath::load`] with `max_flows` would replace the flow
+    /// table pinned under `bpf_dir` with one of another size: a step that
+    /// leaves the old program's flows behind, so that a start that fails
+    /// later would lose the flows since.
+    pub fn resizes_flow_table(bpf_dir: &Path, max_flows: u32) -> bool {
+        PinDir::existing(bpf_dir)
+            .is_some_and(|pins| flows::resizes(&pins.maps_dir().join(names::FLOWS), max_flows))
+    }
+
     /// Takes over the counter ledger an earlier daemon saved, if it belongs
     /// to these maps, and with it the entries' counters; returns whether it
     /// did.
