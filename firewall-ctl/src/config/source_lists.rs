@@ -39,9 +39,8 @@ pub(super) struct TakenSources {
 struct SourceList {
     /// Which `[[rules]]` table, counted from 0 in file order.
     rule: usize,
-    /// Offset of the array's `[`: where toml must find the blanked array.
-    start: usize,
-    /// Between the brackets: what is blanked.
+    /// Between the brackets: what is blanked. The `[` before it is where
+    /// toml must find the blanked array.
     inside: Range<usize>,
     sources: Vec<Spanned<RawSource>>,
 }
@@ -74,7 +73,7 @@ impl TakenSources {
                 .get(list.rule)
                 .and_then(|rule| rule.sources.as_ref())
                 .is_some_and(|sources| {
-                    sources.span().start == list.start && sources.get_ref().is_empty()
+                    sources.span().start + 1 == list.inside.start && sources.get_ref().is_empty()
                 })
         });
         if found_all {
@@ -231,11 +230,9 @@ impl<'i> Scan<'i> {
                     expect_element = false;
                 }
                 TokenKind::RightSquareBracket => {
-                    let start = open.span().start();
                     self.lists.push(SourceList {
                         rule,
-                        start,
-                        inside: start + 1..token.span().start(),
+                        inside: open.span().end()..token.span().start(),
                         sources,
                     });
                     return;

@@ -1162,7 +1162,7 @@ impl Datapath {
 trait Family {
     const V4: bool;
     /// Bits in an address.
-    const WIDTH: u8;
+    const WIDTH: u8 = <Self::Bits as crate::policy::Bits>::WIDTH;
     const SOURCES: &'static str;
     const ENTRIES: &'static str;
     type SourceRow: aya::Pod;
@@ -1196,7 +1196,6 @@ struct V6;
 
 impl Family for V4 {
     const V4: bool = true;
-    const WIDTH: u8 = 32;
     const SOURCES: &'static str = names::SOURCES_V4;
     const ENTRIES: &'static str = names::ENTRIES_V4;
     type SourceRow = SourceRowV4;
@@ -1241,7 +1240,6 @@ impl Family for V4 {
 
 impl Family for V6 {
     const V4: bool = false;
-    const WIDTH: u8 = 128;
     const SOURCES: &'static str = names::SOURCES_V6;
     const ENTRIES: &'static str = names::ENTRIES_V6;
     type SourceRow = SourceRowV6;
