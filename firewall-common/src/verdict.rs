@@ -159,15 +159,23 @@ pub trait Flows<K = FlowKey> {
 
 /// Decides one arriving packet with flow tracking: the allowlist first
 /// (allowed traffic costs no flow lookup), then, for what it would drop,
-/// whether the packet answers a flow the host started.
+/// whether the packet answers a flow the host started. `track` is what the
+/// packet means for flow tracking, asked only where that can change the
+/// verdict.
 #[inline(always)]
 pub fn decide_tracked<K, P: Policy + Flows<K> + ?Sized>(
     packet: Packet,
-    track: Track<K>,
+    track: impl FnOnce() -> Track<K>,
     policy: &P,
 ) -> Verdict {
     let verdict = decide(packet, policy);
-    match (verdict.reason, track) {
+    if !matches!(
+        verdict.reason,
+        Reason::NotAllowlisted | Reason::PortClosed | Reason::IcmpError | Reason::Neighbor
+    ) {
+        return verdict;
+    }
+    match (verdict.reason, track()) {
         (
             Reason::NotAllowlisted | Reason::PortClosed,
             Track::Flow {
@@ -332,25 +340,38 @@ mod tests {
         let on = fixture(true);
         let (packet, track) = reply(443, false);
         assert_eq!(
-            decide_tracked(packet, track, &on).reason,
+            decide_tracked(packet, || track, &on).reason,
             Reason::ReturnTraffic
         );
         // Wrong port pair, or a SYN from outside: no match.
         let (packet, track) = reply(444, false);
         assert_eq!(
-            decide_tracked(packet, track, &on).reason,
+            decide_tracked(packet, || track, &on).reason,
             Reason::PortClosed
         );
         let (packet, track) = reply(443, true);
         assert_eq!(
-            decide_tracked(packet, track, &on).reason,
+            decide_tracked(packet, || track, &on).reason,
             Reason::PortClosed
         );
         // Tracking off: as without it.
         let (packet, track) = reply(443, false);
         assert_eq!(
-            decide_tracked(packet, track, &fixture(false)).reason,
+            decide_tracked(packet, || track, &fixture(false)).reason,
             Reason::PortClosed
+        );
+    }
+
+    #[test]
+    fn what_the_allowlist_passes_never_asks_for_its_flow() {
+        let allowed = Packet::Transport {
+            source: Source::V4([203, 0, 113, 5]),
+            port: PortKey::new(protocol::TCP, 443),
+        };
+        let unasked = || -> Track { panic!("the flow of an allowed packet was asked for") };
+        assert_eq!(
+            decide_tracked(allowed, unasked, &fixture(true)).reason,
+            Reason::Allowed
         );
     }
 
@@ -361,24 +382,24 @@ mod tests {
             quoted: Some(on.live),
         };
         assert_eq!(
-            decide_tracked(Packet::IcmpError, related, &on).reason,
+            decide_tracked(Packet::IcmpError, || related, &on).reason,
             Reason::IcmpError
         );
         let unrelated = Track::Related { quoted: None };
         assert_eq!(
-            decide_tracked(Packet::IcmpError, unrelated, &on).reason,
+            decide_tracked(Packet::IcmpError, || unrelated, &on).reason,
             Reason::IcmpUnrelated
         );
         assert_eq!(
-            decide_tracked(Packet::IcmpError, unrelated, &fixture(false)).reason,
+            decide_tracked(Packet::IcmpError, || unrelated, &fixture(false)).reason,
             Reason::IcmpError
         );
         assert_eq!(
-            decide_tracked(Packet::Neighbor, Track::<FlowKey>::InvalidNeighbor, &on).reason,
+            decide_tracked(Packet::Neighbor, || Track::<FlowKey>::InvalidNeighbor, &on).reason,
             Reason::NeighborInvalid
         );
         assert_eq!(
-            decide_tracked(Packet::Neighbor, Track::<FlowKey>::None, &on).reason,
+            decide_tracked(Packet::Neighbor, || Track::<FlowKey>::None, &on).reason,
             Reason::Neighbor
         );
     }

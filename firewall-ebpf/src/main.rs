@@ -27,12 +27,16 @@ use aya_ebpf::{
 };
 use firewall_common::{
     flow::{Direction, Track},
-    maps::rule_stats_index,
+    maps::{ActivePolicy, rule_stats_index},
     reasons::Reason,
     verdict::{Verdict, decide_tracked},
 };
 
-use crate::{cursor::Cursor, maps::SlotPolicy, parse::ParsedPacket};
+use crate::{
+    cursor::Cursor,
+    maps::SlotPolicy,
+    parse::{ParsedPacket, PlainTransport},
+};
 
 #[xdp]
 pub fn firewall(ctx: XdpContext) -> u32 {
@@ -41,11 +45,33 @@ pub fn firewall(ctx: XdpContext) -> u32 {
         // Loaded but not yet filled by user space: touch nothing.
         return XDP_PASS;
     }
+    decide_plain_frame(&ctx, active).unwrap_or_else(|| decide_any_frame(&ctx, active))
+}
+
+/// A plain TCP or UDP packet ([`PlainTransport`]), most of what arrives;
+/// `None` for any other frame. Its flow is read only for a packet the
+/// allowlist would drop.
+#[inline(never)]
+fn decide_plain_frame(ctx: &XdpContext, active: ActivePolicy) -> Option<u32> {
+    let plain = PlainTransport::read(Cursor::new(ctx.data(), ctx.data_end()))?;
+    let policy = SlotPolicy::new(active.slot(), ctx);
+    let packet = plain.packet();
+    let verdict = decide_tracked(packet, || plain.track(Direction::Ingress), &policy);
+    Some(finish(ctx, active, &verdict, &packet.into()))
+}
+
+/// Every other frame: the full parse.
+///
+/// Both are BPF functions of their own, so that LLVM keeps the two parses
+/// apart: inlined, it merged their common Ethernet read and plain packets
+/// paid for the joined paths again.
+#[inline(never)]
+fn decide_any_frame(ctx: &XdpContext, active: ActivePolicy) -> u32 {
     let (packet, tracked) =
         parse::packet(Cursor::new(ctx.data(), ctx.data_end()), Direction::Ingress);
-    let policy = SlotPolicy::new(active.slot(), &ctx);
-    let verdict = decide_tracked(packet.packet(), tracked.track(), &policy);
-    finish(&ctx, active.slot(), &verdict, active.enforce(), &packet)
+    let policy = SlotPolicy::new(active.slot(), ctx);
+    let verdict = decide_tracked(packet.packet(), || tracked.track(), &policy);
+    finish(ctx, active, &verdict, &packet)
 }
 
 /// Headers the egress parser may read, pulled into the linear part of the
@@ -70,13 +96,7 @@ pub fn track_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn finish(
-    ctx: &XdpContext,
-    slot: u32,
-    verdict: &Verdict,
-    enforce: bool,
-    packet: &ParsedPacket,
-) -> u32 {
+fn finish(ctx: &XdpContext, active: ActivePolicy, verdict: &Verdict, packet: &ParsedPacket) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::REASON_STATS, verdict.reason as u32, bytes);
     if verdict.reason.is_drop() {
@@ -84,12 +104,12 @@ fn finish(
         maps::sample_drop(packet, verdict.reason, || unsafe {
             (*ctx.ctx).ingress_ifindex
         });
-        return if enforce { XDP_DROP } else { XDP_PASS };
+        return if active.enforce() { XDP_DROP } else { XDP_PASS };
     }
     if verdict.reason == Reason::Allowed {
         maps::count(
             &maps::RULE_STATS,
-            rule_stats_index(slot, verdict.rule),
+            rule_stats_index(active.slot(), verdict.rule),
             bytes,
         );
         maps::count_entry(verdict.entry, bytes);

@@ -283,7 +283,7 @@ impl Reference {
         ];
         let policy = ReferencePolicy(&rules);
         let (packet, track) = frame::parse_tracked(frame, Direction::Ingress);
-        decide_tracked(packet, track, &WithFlows(&policy, &self.flows))
+        decide_tracked(packet, || track, &WithFlows(&policy, &self.flows))
     }
 }
 

@@ -30,22 +30,41 @@ const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HEADER_LEN);
 pub const SOURCE_AT: usize = core::mem::offset_of!(Ipv4Hdr, source);
 pub const DESTINATION_AT: usize = core::mem::offset_of!(Ipv4Hdr, destination);
 
+impl Ipv4Hdr {
+    /// The length of the header's options, if the header is well formed:
+    /// version 4, at least 20 bytes long, and inside the total length.
+    #[inline(always)]
+    pub fn options_len(&self) -> Option<usize> {
+        let header_len = ((self.version_ihl & 0x0f) as usize) * 4;
+        if self.version_ihl >> 4 != 4
+            || header_len < IPV4_HEADER_LEN
+            || (u16::from_be_bytes(self.total_len) as usize) < header_len
+        {
+            return None;
+        }
+        Some(header_len - IPV4_HEADER_LEN)
+    }
+
+    /// Whether this is a fragment other than the first, which has no
+    /// transport header.
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.flags_fragment_offset) & IPV4_FRAGMENT_OFFSET_MASK != 0
+    }
+}
+
 #[inline(always)]
 pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
     let header_at = cursor.offset;
     let ip = cursor.read::<Ipv4Hdr>()?;
-    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ip.version_ihl >> 4 != 4
-        || header_len < IPV4_HEADER_LEN
-        || (u16::from_be_bytes(ip.total_len) as usize) < header_len
-    {
+    let Some(options_len) = ip.options_len() else {
         return untracked(Packet::Malformed);
-    }
+    };
     let source = Source::V4(ip.source);
-    if u16::from_be_bytes(ip.flags_fragment_offset) & IPV4_FRAGMENT_OFFSET_MASK != 0 {
+    if ip.later_fragment() {
         return untracked(Packet::LaterFragment { source });
     }
-    cursor.skip(header_len - IPV4_HEADER_LEN);
+    cursor.skip(options_len);
     let ip_info = Ip {
         header_at,
         source,

@@ -42,6 +42,13 @@ struct FragmentHdr {
     id: [u8; 4],
 }
 
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn well_formed(&self) -> bool {
+        self.version_class_flow[0] >> 4 == 6
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
 
 /// Offsets of the addresses in the header.
@@ -53,7 +60,7 @@ const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADE
 pub fn parse(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
     let header_at = cursor.offset;
     let ip = cursor.read::<Ipv6Hdr>()?;
-    if ip.version_class_flow[0] >> 4 != 6 {
+    if !ip.well_formed() {
         return untracked(Packet::Malformed);
     }
     let source = Source::V6(ip.source);

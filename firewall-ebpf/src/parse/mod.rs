@@ -9,6 +9,8 @@ mod ipv4;
 mod ipv6;
 mod transport;
 
+use transport::TransportHeader;
+
 use firewall_common::{
     flow::{Direction, Ends, FlowKey, Track},
     limits::MAX_VLAN_DEPTH,
@@ -314,6 +316,65 @@ pub fn untracked(packet: Packet) -> Option<Parsed> {
 pub fn packet(mut cursor: Cursor, direction: Direction) -> Parsed {
     parse_ethernet(&mut cursor, direction)
         .unwrap_or((ParsedPacket::of(ParsedPacket::MALFORMED), Tracked::NOTHING))
+}
+
+/// An untagged TCP or UDP packet over IPv4, or over IPv6 without
+/// extension headers: most of what arrives.
+pub struct PlainTransport {
+    ip: Ip,
+    header: TransportHeader,
+}
+
+impl PlainTransport {
+    /// The frame under `cursor` if it is one, read as [`packet`] would read
+    /// it; `None` for any other frame (VLAN tags, fragments, extension
+    /// headers, ICMP, anything malformed), which [`packet`] parses.
+    ///
+    /// The data plane decides these frames on this direct reading: the
+    /// full parse joins its many paths into one value, which the decision
+    /// then keeps on the stack and reloads.
+    #[inline(always)]
+    pub fn read(mut cursor: Cursor) -> Option<Self> {
+        let eth = cursor.read::<EthHdr>()?;
+        let header_at = cursor.offset;
+        let (source, protocol, hop_limit) = match u16::from_be_bytes(eth.ether_type) {
+            ETH_P_IP => {
+                let ip = cursor.read::<ipv4::Ipv4Hdr>()?;
+                if ip.later_fragment() {
+                    return None;
+                }
+                cursor.skip(ip.options_len()?);
+                (Source::V4(ip.source), ip.protocol, ip.ttl)
+            }
+            ETH_P_IPV6 => {
+                let ip = cursor.read::<ipv6::Ipv6Hdr>()?;
+                if !ip.well_formed() {
+                    return None;
+                }
+                (Source::V6(ip.source), ip.next_header, ip.hop_limit)
+            }
+            _ => return None,
+        };
+        Some(Self {
+            ip: Ip {
+                header_at,
+                source,
+                hop_limit,
+            },
+            header: TransportHeader::read(&cursor, protocol)?,
+        })
+    }
+
+    #[inline(always)]
+    pub fn packet(&self) -> Packet {
+        self.header.packet(self.ip.source)
+    }
+
+    /// What it means for flow tracking, crossing the interface `direction`.
+    #[inline(always)]
+    pub fn track(&self, direction: Direction) -> Track<FlowRef> {
+        self.header.track(&self.ip, direction)
+    }
 }
 
 /// `None` means a header was cut short: the caller reports `Malformed`.

@@ -5,10 +5,7 @@ use firewall_common::{
     flow::{Direction, Track, neighbor_is_valid},
     maps::{PortKey, protocol},
     verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
-    wire::{
-        ICMP_HEADER_LEN, IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LEN, QUOTED_PORTS_LEN,
-        TCP_HEADER_LEN, UDP_HEADER_LEN,
-    },
+    wire::{ICMP_HEADER_LEN, IPV4_HEADER_LEN, QUOTED_PORTS_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN},
 };
 
 use super::{FlowRef, Ip, Parsed, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
@@ -45,6 +42,19 @@ struct IcmpHdr {
     rest: [u8; 4],
 }
 
+impl TcpHdr {
+    /// Whether the data offset covers at least the fixed header.
+    #[inline(always)]
+    fn well_formed(&self) -> bool {
+        self.data_offset_flags[0] >> 4 >= 5
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u8 {
+        self.data_offset_flags[1]
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<TcpHdr>() == TCP_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<IcmpHdr>() == ICMP_HEADER_LEN);
@@ -58,6 +68,91 @@ struct Ports {
 
 const _: () = assert!(core::mem::size_of::<Ports>() == QUOTED_PORTS_LEN);
 
+/// The flow of a packet carrying `protocol` between `source_port` and
+/// `destination_port`, its IP header described by `ip`.
+#[inline(always)]
+fn flow(
+    ip: &Ip,
+    protocol: u8,
+    source_port: u16,
+    destination_port: u16,
+    direction: Direction,
+) -> FlowRef {
+    FlowRef {
+        header_at: ip.header_at as u16,
+        v6: matches!(ip.source, Source::V6(_)),
+        protocol,
+        source_port,
+        destination_port,
+        direction,
+    }
+}
+
+/// What the policy and flow tracking read of a TCP or UDP header.
+#[derive(Clone, Copy)]
+pub struct TransportHeader {
+    protocol: u8,
+    source_port: u16,
+    destination_port: u16,
+    /// The TCP flags; none for UDP.
+    tcp_flags: u8,
+}
+
+impl TransportHeader {
+    /// The well-formed TCP or UDP header at the cursor of a packet carrying
+    /// `ip_protocol`; `None` for another protocol, a header cut short, or a
+    /// TCP data offset inside the header.
+    #[inline(always)]
+    pub fn read(cursor: &Cursor, ip_protocol: u8) -> Option<Self> {
+        let (source, destination, tcp_flags) = match ip_protocol {
+            protocol::TCP => {
+                let tcp = cursor.peek::<TcpHdr>()?;
+                if !tcp.well_formed() {
+                    return None;
+                }
+                (tcp.source_port, tcp.destination_port, tcp.flags())
+            }
+            protocol::UDP => {
+                let udp = cursor.peek::<UdpHdr>()?;
+                (udp.source_port, udp.destination_port, 0)
+            }
+            _ => return None,
+        };
+        Some(Self {
+            protocol: ip_protocol,
+            source_port: u16::from_be_bytes(source),
+            destination_port: u16::from_be_bytes(destination),
+            tcp_flags,
+        })
+    }
+
+    /// The packet, from the source of `ip`.
+    #[inline(always)]
+    pub fn packet(&self, source: Source) -> Packet {
+        Packet::Transport {
+            source,
+            port: PortKey::new(self.protocol, self.destination_port),
+        }
+    }
+
+    /// Its flow, in the IP packet `ip`, crossing the interface `direction`.
+    #[inline(always)]
+    pub fn track(&self, ip: &Ip, direction: Direction) -> Track<FlowRef> {
+        let flow = flow(
+            ip,
+            self.protocol,
+            self.source_port,
+            self.destination_port,
+            direction,
+        );
+        if self.protocol == protocol::TCP {
+            Track::tcp(flow, self.tcp_flags)
+        } else {
+            Track::flow(flow)
+        }
+    }
+}
+
 #[inline(always)]
 pub fn parse(
     cursor: &mut Cursor,
@@ -66,53 +161,25 @@ pub fn parse(
     direction: Direction,
 ) -> Option<Parsed> {
     let v6 = matches!(ip.source, Source::V6(_));
-    let flow = |source_port, destination_port| FlowRef {
-        header_at: ip.header_at as u16,
-        v6,
-        protocol: ip_protocol,
-        source_port,
-        destination_port,
-        direction,
+    let echo_flow = |source_port, destination_port| {
+        flow(ip, ip_protocol, source_port, destination_port, direction)
     };
     let parsed = match ip_protocol {
-        protocol::TCP => {
-            let tcp = cursor.peek::<TcpHdr>()?;
-            if tcp.data_offset_flags[0] >> 4 < 5 {
+        protocol::TCP | protocol::UDP => {
+            let Some(header) = TransportHeader::read(cursor, ip_protocol) else {
                 return untracked(Packet::Malformed);
-            }
-            let flags = tcp.data_offset_flags[1];
-            let destination = u16::from_be_bytes(tcp.destination_port);
+            };
             (
-                Packet::Transport {
-                    source: ip.source,
-                    port: PortKey::new(protocol::TCP, destination),
-                }
-                .into(),
-                Track::tcp(
-                    flow(u16::from_be_bytes(tcp.source_port), destination),
-                    flags,
-                )
-                .into(),
-            )
-        }
-        protocol::UDP => {
-            let udp = cursor.peek::<UdpHdr>()?;
-            let destination = u16::from_be_bytes(udp.destination_port);
-            (
-                Packet::Transport {
-                    source: ip.source,
-                    port: PortKey::new(protocol::UDP, destination),
-                }
-                .into(),
-                Track::flow(flow(u16::from_be_bytes(udp.source_port), destination)).into(),
+                header.packet(ip.source).into(),
+                header.track(ip, direction).into(),
             )
         }
         protocol::ICMP | protocol::ICMPV6 if (ip_protocol == protocol::ICMPV6) == v6 => {
             let icmp = cursor.peek::<IcmpHdr>()?;
             let identifier = u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]);
             let track = match (icmp_kind(v6, icmp.icmp_type), direction) {
-                (IcmpKind::EchoRequest, Direction::Egress) => Track::flow(flow(identifier, 0)),
-                (IcmpKind::EchoReply, Direction::Ingress) => Track::flow(flow(0, identifier)),
+                (IcmpKind::EchoRequest, Direction::Egress) => Track::flow(echo_flow(identifier, 0)),
+                (IcmpKind::EchoReply, Direction::Ingress) => Track::flow(echo_flow(0, identifier)),
                 (IcmpKind::Error, _) => {
                     cursor.skip(ICMP_HEADER_LEN);
                     Track::Related {
@@ -146,17 +213,14 @@ fn quoted(cursor: &mut Cursor, v6: bool) -> Option<FlowRef> {
     let header_at = cursor.offset as u16;
     let protocol = if v6 {
         let header = cursor.read::<Ipv6Hdr>()?;
-        if header.version_class_flow[0] >> 4 != 6 {
+        if !header.well_formed() {
             return None;
         }
         header.next_header
     } else {
         let header = cursor.read::<Ipv4Hdr>()?;
         let header_len = ((header.version_ihl & 0x0f) as usize) * 4;
-        if header.version_ihl >> 4 != 4
-            || header_len < IPV4_HEADER_LEN
-            || u16::from_be_bytes(header.flags_fragment_offset) & IPV4_FRAGMENT_OFFSET_MASK != 0
-        {
+        if header.version_ihl >> 4 != 4 || header_len < IPV4_HEADER_LEN || header.later_fragment() {
             return None;
         }
         cursor.skip(header_len - IPV4_HEADER_LEN);
