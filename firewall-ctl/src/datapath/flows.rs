@@ -58,9 +58,8 @@ fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
 }
 
-/// The egress program, loaded into the kernel on first use (a daemon that
-/// tracks nothing loads none).
-fn egress_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+/// The egress program, loaded into the kernel unless it is already.
+pub(super) fn egress_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
     let program: &mut SchedClassifier = ebpf
         .program_mut(EGRESS_PROGRAM)
         .ok_or(DatapathError::MissingProgram {

@@ -375,7 +375,7 @@ pub struct CounterLedger {
     pub retired: BTreeMap<String, (u64, u64)>,
 }
 
-/// Has the kernel verify and load the XDP program of `ebpf`.
+/// Has the kernel verify and load the programs of `ebpf`.
 fn load_program(mut ebpf: Ebpf) -> Result<Ebpf, DatapathError> {
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
@@ -390,6 +390,11 @@ fn load_program(mut ebpf: Ebpf) -> Result<Ebpf, DatapathError> {
         .ok()
         .and_then(|info| info.verified_instruction_count());
     info!(program = PROGRAM_NAME, verified_insns, took = ?verifying.elapsed(), "loaded the XDP program");
+    // The egress program too, so that attaching it at start does not wait
+    // for the verifier. A failure is left for `track_egress`, which loads
+    // it again and reports the error where it matters: a daemon that
+    // tracks no flows does not need it.
+    let _ = flows::egress_program(&mut ebpf);
     Ok(ebpf)
 }
 
