@@ -1165,9 +1165,9 @@ impl Datapath {
 
 /// One address family's tables and row encodings.
 trait Family {
-    const V4: bool;
     /// Bits in an address.
     const WIDTH: u8 = <Self::Bits as crate::policy::Bits>::WIDTH;
+    const V4: bool = Self::WIDTH == 32;
     const SOURCES: &'static str;
     const ENTRIES: &'static str;
     type SourceRow: aya::Pod;
@@ -1200,7 +1200,6 @@ struct V4;
 struct V6;
 
 impl Family for V4 {
-    const V4: bool = true;
     const SOURCES: &'static str = names::SOURCES_V4;
     const ENTRIES: &'static str = names::ENTRIES_V4;
     type SourceRow = SourceRowV4;
@@ -1244,7 +1243,6 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
-    const V4: bool = false;
     const SOURCES: &'static str = names::SOURCES_V6;
     const ENTRIES: &'static str = names::ENTRIES_V6;
     type SourceRow = SourceRowV6;
