@@ -64,7 +64,10 @@ fn decide_plain_frame(ctx: &XdpContext, active: ActivePolicy) -> Option<u32> {
 ///
 /// Both are BPF functions of their own, so that LLVM keeps the two parses
 /// apart: inlined, it merged their common Ethernet read and plain packets
-/// paid for the joined paths again.
+/// paid for the joined paths again. Inlined into the entry, the plain path
+/// took the stack of the entry and this function past the 512 bytes a
+/// program may use, or had LLVM store the unset bytes of an IPv4 `Source`,
+/// which the verifier refuses (see `parse::Tracked`).
 #[inline(never)]
 fn decide_any_frame(ctx: &XdpContext, active: ActivePolicy) -> u32 {
     let (packet, tracked) =
