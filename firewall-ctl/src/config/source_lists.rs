@@ -68,7 +68,6 @@ pub(super) fn take(text: &str) -> Option<TakenSources> {
             parsing: Parsing {
                 batch: Vec::new(),
                 to_parser,
-                queued: 0,
                 sent: 0,
                 arrays: Vec::new(),
             },
@@ -121,9 +120,7 @@ fn parse_batches(
 struct Parsing {
     batch: Vec<Range<usize>>,
     to_parser: Sender<Vec<Range<usize>>>,
-    /// Strings of the array being scanned.
-    queued: usize,
-    /// Batches sent for the array being scanned.
+    /// Batches sent for the array being scanned: full ones until it ends.
     sent: usize,
     /// Per array scanned, in order: the list it became (`None`: not taken)
     /// and how many batches it sent.
@@ -133,11 +130,15 @@ struct Parsing {
 impl Parsing {
     /// Queues the string token at `span`.
     fn push(&mut self, span: Range<usize>) {
-        self.queued += 1;
         self.batch.push(span);
         if self.batch.len() == BATCH {
             self.send();
         }
+    }
+
+    /// Strings of the array being scanned.
+    fn queued(&self) -> usize {
+        self.sent * BATCH + self.batch.len()
     }
 
     fn send(&mut self) {
@@ -157,7 +158,6 @@ impl Parsing {
         }
         self.arrays.push((list, self.sent));
         self.sent = 0;
-        self.queued = 0;
     }
 }
 
@@ -315,7 +315,7 @@ impl<'i> Scan<'i> {
             self.lists.push(SourceList {
                 rule,
                 inside,
-                sources: Vec::with_capacity(self.parsing.queued),
+                sources: Vec::with_capacity(self.parsing.queued()),
             });
             self.lists.len() - 1
         });
