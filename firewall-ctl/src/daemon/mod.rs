@@ -175,19 +175,23 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             )
         })
     };
-    let (bpf_dir, max_flows) = (config.bpf_dir.clone(), config.flows.max_flows);
+    let (bpf_dir, max_flows, track_flows) = (
+        config.bpf_dir.clone(),
+        config.flows.max_flows,
+        config.track_outbound,
+    );
     let (policy, mut datapath) = if Datapath::resizes_flow_table(&bpf_dir, max_flows) {
         // Not for a start that then fails: the new table would miss the
         // flows the running programs record meanwhile.
         let policy = compile()?;
-        (policy, Datapath::load(&bpf_dir, max_flows)?)
+        (policy, Datapath::load(&bpf_dir, max_flows, track_flows)?)
     } else {
         // The maps are created (or adopted) and the kernel starts
         // verifying the program on a thread of their own while the
         // policy is compiled.
         let loading = std::thread::Builder::new()
             .name("load".into())
-            .spawn(move || Datapath::load(&bpf_dir, max_flows))
+            .spawn(move || Datapath::load(&bpf_dir, max_flows, track_flows))
             .context("starting the thread that loads the datapath")?;
         let policy = compile();
         // Joined before any error returns: a load is not cut off half-way.

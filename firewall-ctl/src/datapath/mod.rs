@@ -375,8 +375,9 @@ pub struct CounterLedger {
     pub retired: BTreeMap<String, (u64, u64)>,
 }
 
-/// Has the kernel verify and load the programs of `ebpf`.
-fn load_program(mut ebpf: Ebpf) -> Result<Ebpf, DatapathError> {
+/// Has the kernel verify and load the XDP program of `ebpf`, and with
+/// `track_flows` the egress program.
+fn load_program(mut ebpf: Ebpf, track_flows: bool) -> Result<Ebpf, DatapathError> {
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or(DatapathError::MissingProgram { name: PROGRAM_NAME })?
@@ -390,11 +391,12 @@ fn load_program(mut ebpf: Ebpf) -> Result<Ebpf, DatapathError> {
         .ok()
         .and_then(|info| info.verified_instruction_count());
     info!(program = PROGRAM_NAME, verified_insns, took = ?verifying.elapsed(), "loaded the XDP program");
-    // The egress program too, so that attaching it at start does not wait
-    // for the verifier. A failure is left for `track_egress`, which loads
-    // it again and reports the error where it matters: a daemon that
-    // tracks no flows does not need it.
-    let _ = flows::egress_program(&mut ebpf);
+    // The egress program here too, so that attaching it at start does not
+    // wait for the verifier. A failure is left for `track_egress`, which
+    // loads it again and reports the error in its context.
+    if track_flows {
+        let _ = flows::egress_program(&mut ebpf);
+    }
     Ok(ebpf)
 }
 
@@ -408,9 +410,10 @@ impl Datapath {
     /// (live policy, counters, flows), else new ones, with a flow table of
     /// `max_flows`. Nothing is attached yet; a new set of maps passes every
     /// packet until the first [`Datapath::switch`]. The kernel verifies the
-    /// program meanwhile; a program it rejects fails the first
-    /// [`Datapath::switch`] or attach, before anything is made live.
-    pub fn load(bpf_dir: &Path, max_flows: u32) -> Result<Self, DatapathError> {
+    /// program meanwhile (and the egress program, with `track_flows`); a
+    /// program it rejects fails the first [`Datapath::switch`] or attach,
+    /// before anything is made live.
+    pub fn load(bpf_dir: &Path, max_flows: u32, track_flows: bool) -> Result<Self, DatapathError> {
         let pins = PinDir::open(bpf_dir)?;
         let paths: Vec<(&str, PathBuf)> = names::ALL
             .iter()
@@ -435,7 +438,7 @@ impl Datapath {
             .collect::<Result<_, DatapathError>>()?;
         let verifying = std::thread::Builder::new()
             .name("verifier".into())
-            .spawn(move || load_program(ebpf))
+            .spawn(move || load_program(ebpf, track_flows))
             .map_err(DatapathError::Verifier)?;
         let mut datapath = Self {
             maps,
