@@ -31,15 +31,20 @@ pub const SOURCE_AT: usize = core::mem::offset_of!(Ipv4Hdr, source);
 pub const DESTINATION_AT: usize = core::mem::offset_of!(Ipv4Hdr, destination);
 
 impl Ipv4Hdr {
+    /// The header's length, options included, if it is version 4 and at
+    /// least 20 bytes long.
+    #[inline(always)]
+    pub fn header_len(&self) -> Option<usize> {
+        let header_len = ((self.version_ihl & 0x0f) as usize) * 4;
+        (self.version_ihl >> 4 == 4 && header_len >= IPV4_HEADER_LEN).then_some(header_len)
+    }
+
     /// The length of the header's options, if the header is well formed:
-    /// version 4, at least 20 bytes long, and inside the total length.
+    /// [`Ipv4Hdr::header_len`], and inside the total length.
     #[inline(always)]
     pub fn options_len(&self) -> Option<usize> {
-        let header_len = ((self.version_ihl & 0x0f) as usize) * 4;
-        if self.version_ihl >> 4 != 4
-            || header_len < IPV4_HEADER_LEN
-            || (u16::from_be_bytes(self.total_len) as usize) < header_len
-        {
+        let header_len = self.header_len()?;
+        if (u16::from_be_bytes(self.total_len) as usize) < header_len {
             return None;
         }
         Some(header_len - IPV4_HEADER_LEN)

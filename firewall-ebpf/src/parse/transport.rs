@@ -219,8 +219,10 @@ fn quoted(cursor: &mut Cursor, v6: bool) -> Option<FlowRef> {
         header.next_header
     } else {
         let header = cursor.read::<Ipv4Hdr>()?;
-        let header_len = ((header.version_ihl & 0x0f) as usize) * 4;
-        if header.version_ihl >> 4 != 4 || header_len < IPV4_HEADER_LEN || header.later_fragment() {
+        // As the reference parser reads a quoted header: its total length
+        // is not checked.
+        let header_len = header.header_len()?;
+        if header.later_fragment() {
             return None;
         }
         cursor.skip(header_len - IPV4_HEADER_LEN);
