@@ -1,6 +1,9 @@
 //! The only code that turns packet offsets into pointers.
 
-use core::mem::size_of;
+use core::{
+    arch::asm,
+    mem::{MaybeUninit, size_of},
+};
 
 /// Deepest header offset the parser reads at. Checking it before every
 /// access keeps the offset's range known to the verifier, and no header
@@ -48,8 +51,8 @@ impl Cursor {
         }
         // SAFETY: `start..start + size_of::<T>()` lies inside the frame (checked
         // just above), and every header type is built from byte arrays, so any
-        // address is aligned for it.
-        Some(unsafe { *(start as *const T) })
+        // bytes are a valid one.
+        Some(unsafe { load(start) })
     }
 
     /// Moves past `len` bytes the parser does not need (IPv4 options,
@@ -57,5 +60,56 @@ impl Cursor {
     #[inline(always)]
     pub fn skip(&mut self, len: usize) {
         self.offset += len;
+    }
+}
+
+/// Copies the `T` at `start` out of the frame a word at a time.
+///
+/// Header types have alignment 1, and LLVM's BPF backend reads anything
+/// less aligned than its size a byte at a time: four loads and six shifts
+/// and ors for an IPv4 address. The instruction set has no such limit on
+/// packet memory, so the words are loaded with instructions written out
+/// here. The verifier takes any word load where the architecture reads
+/// unaligned words cheaply (x86-64, arm64); elsewhere it checks alignment
+/// as if the IP header were 4-byte aligned, which holds for every 4-byte
+/// word at an even offset of a header from the IP header on. Marked pure,
+/// the loads of bytes nothing reads are left out.
+///
+/// # Safety
+/// `start..start + size_of::<T>()` must lie inside the frame, checked by
+/// the caller in a way the verifier sees; any bytes must be a valid `T`.
+#[inline(always)]
+unsafe fn load<T: Copy>(start: usize) -> T {
+    const { assert!(size_of::<T>() % 2 == 0 && size_of::<T>() <= 40) };
+    let mut value = MaybeUninit::<T>::uninit();
+    let bytes = value.as_mut_ptr().cast::<u8>();
+    /// One load instruction of a `$width` at `start + $at`, stored at
+    /// `bytes + $at`.
+    macro_rules! copy {
+        ($width:ident, $at:literal) => {{
+            let loaded: $width;
+            asm!(
+                concat!("{loaded} = *(", stringify!($width), " *)({start} + ", $at, ")"),
+                loaded = lateout(reg) loaded,
+                start = in(reg) start,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+            bytes.add($at).cast::<$width>().write_unaligned(loaded);
+        }};
+    }
+    macro_rules! copy_all {
+        ($($at:literal)+) => {$(
+            if $at + 4 <= size_of::<T>() {
+                copy!(u32, $at);
+            } else if $at + 2 <= size_of::<T>() {
+                copy!(u16, $at);
+            }
+        )+};
+    }
+    // SAFETY: each load lies inside the frame (the caller's contract) and
+    // each store inside `value`; together they write all of it.
+    unsafe {
+        copy_all!(0 4 8 12 16 20 24 28 32 36);
+        value.assume_init()
     }
 }

@@ -87,26 +87,32 @@ impl FlowRef {
             cursor.skip(self.header_at as usize + at);
             cursor
         };
-        let (source, destination) = if self.v6 {
-            (
-                Source::V6(address(ipv6::SOURCE_AT).peek()?),
-                Source::V6(address(ipv6::DESTINATION_AT).peek()?),
-            )
-        } else {
-            (
-                Source::V4(address(ipv4::SOURCE_AT).peek()?),
-                Source::V4(address(ipv4::DESTINATION_AT).peek()?),
+        let key = crate::maps::scratch_key()?;
+        // Set on each branch, not from `Source`s joined after it: an IPv4
+        // `Source` has 12 undefined bytes, which LLVM may take from any
+        // register, a pointer included, and the verifier refuses
+        // arithmetic on pointers even where the result goes unused.
+        let mut set = |source: Source, destination: Source| {
+            key.set(
+                self.direction,
+                self.protocol,
+                &source,
+                &destination,
+                self.source_port,
+                self.destination_port,
             )
         };
-        let key = crate::maps::scratch_key()?;
-        key.set(
-            self.direction,
-            self.protocol,
-            &source,
-            &destination,
-            self.source_port,
-            self.destination_port,
-        );
+        if self.v6 {
+            set(
+                Source::V6(address(ipv6::SOURCE_AT).peek()?),
+                Source::V6(address(ipv6::DESTINATION_AT).peek()?),
+            );
+        } else {
+            set(
+                Source::V4(address(ipv4::SOURCE_AT).peek()?),
+                Source::V4(address(ipv4::DESTINATION_AT).peek()?),
+            );
+        }
         Some(key)
     }
 }
@@ -318,6 +324,18 @@ pub fn packet(mut cursor: Cursor, direction: Direction) -> Parsed {
         .unwrap_or((ParsedPacket::of(ParsedPacket::MALFORMED), Tracked::NOTHING))
 }
 
+/// Whether the frame under `cursor` is untagged IPv6 (`Some(true)`) or
+/// untagged IPv4 (`Some(false)`); `None` for any other Ethernet type, VLAN
+/// tags included. [`PlainTransport::read`] takes it as a constant.
+#[inline(always)]
+pub fn untagged_ipv6(cursor: &Cursor) -> Option<bool> {
+    match u16::from_be_bytes(cursor.peek::<EthHdr>()?.ether_type) {
+        ETH_P_IP => Some(false),
+        ETH_P_IPV6 => Some(true),
+        _ => None,
+    }
+}
+
 /// An untagged TCP or UDP packet over IPv4, or over IPv6 without
 /// extension headers: most of what arrives.
 pub struct PlainTransport {
@@ -327,33 +345,39 @@ pub struct PlainTransport {
 
 impl PlainTransport {
     /// The frame under `cursor` if it is one, read as [`packet`] would read
-    /// it; `None` for any other frame (VLAN tags, fragments, extension
-    /// headers, ICMP, anything malformed), which [`packet`] parses.
+    /// it; `None` for any other frame (fragments, extension headers, ICMP,
+    /// anything malformed), which [`packet`] parses. `IPV6` says which IP
+    /// version to read, as [`untagged_ipv6`] found it; a frame of the
+    /// other is `None`.
     ///
     /// The data plane decides these frames on this direct reading: the
     /// full parse joins its many paths into one value, which the decision
-    /// then keeps on the stack and reloads.
+    /// then keeps on the stack and reloads. Each IP version is read and
+    /// decided on its own for the same reason: joined, an IPv4 `Source`
+    /// leaves 12 bytes undefined against the IPv6 path's, which LLVM may
+    /// keep in a register never written, and the verifier refuses to read
+    /// it ("!read_ok").
     #[inline(always)]
-    pub fn read(mut cursor: Cursor) -> Option<Self> {
+    pub fn read<const IPV6: bool>(mut cursor: Cursor) -> Option<Self> {
         let eth = cursor.read::<EthHdr>()?;
+        let ether_type = if IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
+        if u16::from_be_bytes(eth.ether_type) != ether_type {
+            return None;
+        }
         let header_at = cursor.offset;
-        let (source, protocol, hop_limit) = match u16::from_be_bytes(eth.ether_type) {
-            ETH_P_IP => {
-                let ip = cursor.read::<ipv4::Ipv4Hdr>()?;
-                if ip.later_fragment() {
-                    return None;
-                }
-                cursor.skip(ip.options_len()?);
-                (Source::V4(ip.source), ip.protocol, ip.ttl)
+        let (source, protocol, hop_limit) = if IPV6 {
+            let ip = cursor.read::<ipv6::Ipv6Hdr>()?;
+            if !ip.well_formed() {
+                return None;
             }
-            ETH_P_IPV6 => {
-                let ip = cursor.read::<ipv6::Ipv6Hdr>()?;
-                if !ip.well_formed() {
-                    return None;
-                }
-                (Source::V6(ip.source), ip.next_header, ip.hop_limit)
+            (Source::V6(ip.source), ip.next_header, ip.hop_limit)
+        } else {
+            let ip = cursor.read::<ipv4::Ipv4Hdr>()?;
+            if ip.later_fragment() {
+                return None;
             }
-            _ => return None,
+            cursor.skip(ip.options_len()?);
+            (Source::V4(ip.source), ip.protocol, ip.ttl)
         };
         Some(Self {
             ip: Ip {
