@@ -70,10 +70,13 @@ impl Cursor {
 /// and ors for an IPv4 address. The instruction set has no such limit on
 /// packet memory, so the words are loaded with instructions written out
 /// here. The verifier takes any word load where the architecture reads
-/// unaligned words cheaply (x86-64, arm64); elsewhere it checks alignment
-/// as if the IP header were 4-byte aligned, which holds for every 4-byte
-/// word at an even offset of a header from the IP header on. Marked pure,
-/// the loads of bytes nothing reads are left out.
+/// unaligned words cheaply (x86-64, arm64). Elsewhere it checks alignment
+/// as if the frame started 2 bytes past a 4-byte boundary (`NET_IP_ALIGN`),
+/// so that the IP header is 4-byte aligned. Every word read here is
+/// aligned in that model: each header from the IP header on starts at 14
+/// plus a multiple of 4, and only the Ethernet type, a half word at 12, is
+/// read ahead of it. Marked pure, the loads of bytes nothing reads are
+/// left out.
 ///
 /// # Safety
 /// `start..start + size_of::<T>()` must lie inside the frame, checked by

@@ -16,18 +16,13 @@ use firewall_common::{
     limits::MAX_VLAN_DEPTH,
     maps::PortKey,
     verdict::{Packet, Source},
-    wire::{ARP_BODY_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
+    wire::{ARP_BODY_LEN, ETH_HEADER_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
 };
 
 use crate::cursor::Cursor;
 
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct EthHdr {
-    destination: [u8; 6],
-    source: [u8; 6],
-    ether_type: [u8; 2],
-}
+/// The destination and source MAC addresses, ahead of the Ethernet type.
+const ETH_ADDRESSES_LEN: usize = ETH_HEADER_LEN - 2;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -324,18 +319,6 @@ pub fn packet(mut cursor: Cursor, direction: Direction) -> Parsed {
         .unwrap_or((ParsedPacket::of(ParsedPacket::MALFORMED), Tracked::NOTHING))
 }
 
-/// Whether the frame under `cursor` is untagged IPv6 (`Some(true)`) or
-/// untagged IPv4 (`Some(false)`); `None` for any other Ethernet type, VLAN
-/// tags included. [`PlainTransport::read`] takes it as a constant.
-#[inline(always)]
-pub fn untagged_ipv6(cursor: &Cursor) -> Option<bool> {
-    match u16::from_be_bytes(cursor.peek::<EthHdr>()?.ether_type) {
-        ETH_P_IP => Some(false),
-        ETH_P_IPV6 => Some(true),
-        _ => None,
-    }
-}
-
 /// An untagged TCP or UDP packet over IPv4, or over IPv6 without
 /// extension headers: most of what arrives.
 pub struct PlainTransport {
@@ -344,11 +327,11 @@ pub struct PlainTransport {
 }
 
 impl PlainTransport {
-    /// The frame under `cursor` if it is one, read as [`packet`] would read
-    /// it; `None` for any other frame (fragments, extension headers, ICMP,
-    /// anything malformed), which [`packet`] parses. `IPV6` says which IP
-    /// version to read, as [`untagged_ipv6`] found it; a frame of the
-    /// other is `None`.
+    /// The packet at `cursor`, the IP header of an untagged frame whose
+    /// Ethernet type ([`read_ether_type`]) said IPv6 if `IPV6`, IPv4 if not;
+    /// read as [`packet`] would read it. `None` for any other packet
+    /// (fragments, extension headers, ICMP, anything malformed), which
+    /// [`packet`] parses.
     ///
     /// The data plane decides these frames on this direct reading: the
     /// full parse joins its many paths into one value, which the decision
@@ -359,11 +342,6 @@ impl PlainTransport {
     /// it ("!read_ok").
     #[inline(always)]
     pub fn read<const IPV6: bool>(mut cursor: Cursor) -> Option<Self> {
-        let eth = cursor.read::<EthHdr>()?;
-        let ether_type = if IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
-        if u16::from_be_bytes(eth.ether_type) != ether_type {
-            return None;
-        }
         let header_at = cursor.offset;
         let (source, protocol, hop_limit) = if IPV6 {
             let ip = cursor.read::<ipv6::Ipv6Hdr>()?;
@@ -401,11 +379,19 @@ impl PlainTransport {
     }
 }
 
+/// The type of the Ethernet header under `cursor`, moving past the header.
+/// Its addresses are not read: 4-byte loads of them would not be aligned
+/// where the verifier checks alignment (see `cursor::load`).
+#[inline(always)]
+pub fn read_ether_type(cursor: &mut Cursor) -> Option<u16> {
+    cursor.skip(ETH_ADDRESSES_LEN);
+    cursor.read::<[u8; 2]>().map(u16::from_be_bytes)
+}
+
 /// `None` means a header was cut short: the caller reports `Malformed`.
 #[inline(always)]
 fn parse_ethernet(cursor: &mut Cursor, direction: Direction) -> Option<Parsed> {
-    let eth = cursor.read::<EthHdr>()?;
-    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut ether_type = read_ether_type(cursor)?;
     for _ in 0..MAX_VLAN_DEPTH {
         if !is_vlan(ether_type) {
             break;
