@@ -73,10 +73,11 @@ impl Cursor {
 /// unaligned words cheaply (x86-64, arm64). Elsewhere it checks alignment
 /// as if the frame started 2 bytes past a 4-byte boundary (`NET_IP_ALIGN`),
 /// so that the IP header is 4-byte aligned. Every word read here is
-/// aligned in that model: each header from the IP header on starts at 14
-/// plus a multiple of 4, and only the Ethernet type, a half word at 12, is
-/// read ahead of it. Marked pure, the loads of bytes nothing reads are
-/// left out.
+/// aligned in that model: VLAN tags and each header from the IP header on
+/// start at 14 plus a multiple of 4, and the Ethernet type, a half word at
+/// 12, is the only field read ahead of them. (No such architecture is
+/// tested here.) Marked pure, the loads of bytes nothing reads are left
+/// out.
 ///
 /// # Safety
 /// `start..start + size_of::<T>()` must lie inside the frame, checked by

@@ -80,9 +80,9 @@ fn decide_plain_frame<const IPV6: bool>(
 ///
 /// A BPF function of its own, called from one place, so that LLVM keeps
 /// the two parses apart (inlined, it merged their common Ethernet read and
-/// plain packets paid for the joined paths again), and the verifier checks
-/// it once. Its stack and the entry's share the 512 bytes a program may
-/// use (184 + 264 now).
+/// plain packets paid for the joined paths again), and the verifier
+/// reaches it from one call site, not one per IP version. Its stack and
+/// the entry's share the 512 bytes a program may use.
 #[inline(never)]
 fn decide_any_frame(ctx: &XdpContext, active: ActivePolicy) -> u32 {
     let (packet, tracked) =
