@@ -36,7 +36,7 @@ use self::{
 use crate::{
     api::{self, Command, Response, StatusReport},
     config::{self, Config},
-    datapath::{Datapath, Delta},
+    datapath::{Datapath, Delta, ProgramLoader},
     entries::{self, Requester, RuntimeEntries},
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
@@ -132,6 +132,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
+    let loader = ProgramLoader::prepare();
     let (file_config, file_text) = overrides.load(&config_path)?;
     system::check_privileges(&config_path)?;
     system::raise_file_limit();
@@ -184,14 +185,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         // Not for a start that then fails: the new table would miss the
         // flows the running programs record meanwhile.
         let policy = compile()?;
-        (policy, Datapath::load(&bpf_dir, max_flows, track_flows)?)
+        (
+            policy,
+            Datapath::load(loader, &bpf_dir, max_flows, track_flows)?,
+        )
     } else {
         // The maps are created (or adopted) and the kernel starts
         // verifying the program on a thread of their own while the
         // policy is compiled.
         let loading = std::thread::Builder::new()
             .name("load".into())
-            .spawn(move || Datapath::load(&bpf_dir, max_flows, track_flows))
+            .spawn(move || Datapath::load(loader, &bpf_dir, max_flows, track_flows))
             .context("starting the thread that loads the datapath")?;
         let policy = compile();
         // Joined before any error returns: a load is not cut off half-way.

@@ -404,25 +404,51 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+/// aya's program loader, made on a thread of its own: making one reads and
+/// parses the kernel's BTF (`/sys/kernel/btf/vmlinux`, about 10 ms here),
+/// which a start does while it reads its config instead of before it
+/// creates the maps.
+pub struct ProgramLoader(Option<std::thread::JoinHandle<EbpfLoader<'static>>>);
+
+impl ProgramLoader {
+    /// Starts making the loader.
+    pub fn prepare() -> Self {
+        Self(
+            std::thread::Builder::new()
+                .name("btf".into())
+                .spawn(EbpfLoader::new)
+                .ok(),
+        )
+    }
+
+    /// The loader; made here if its thread could not start or panicked.
+    fn take(self) -> EbpfLoader<'static> {
+        self.0
+            .and_then(|making| making.join().ok())
+            .unwrap_or_default()
+    }
+}
+
 impl Datapath {
-    /// Loads the program into the kernel with the maps pinned under
-    /// `bpf_dir`: the maps an earlier daemon of the same layout left there
+    /// Loads the program into the kernel, with `loader`, with the maps
+    /// pinned under `bpf_dir`: the maps an earlier daemon of the same layout left there
     /// (live policy, counters, flows), else new ones, with a flow table of
     /// `max_flows`. Nothing is attached yet; a new set of maps passes every
     /// packet until the first [`Datapath::switch`]. The kernel verifies the
     /// program meanwhile (and the egress program, with `track_flows`); a
     /// program it rejects fails the first [`Datapath::switch`] or attach,
     /// before anything is made live.
-    pub fn load(bpf_dir: &Path, max_flows: u32, track_flows: bool) -> Result<Self, DatapathError> {
+    pub fn load(
+        loader: ProgramLoader,
+        bpf_dir: &Path,
+        max_flows: u32,
+        track_flows: bool,
+    ) -> Result<Self, DatapathError> {
         let pins = PinDir::open(bpf_dir)?;
-        let paths: Vec<(&str, PathBuf)> = names::ALL
-            .iter()
-            .map(|name| (*name, pins.maps_dir().join(name)))
-            .collect();
         let resized = flows::resized_table(&pins.maps_dir().join(names::FLOWS), max_flows);
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+        let mut loader = loader.take();
+        for name in names::ALL {
+            loader.map_pin_path(name, pins.maps_dir().join(name));
         }
         loader.map_max_entries(names::FLOWS, max_flows);
         let mut ebpf = loader.load(PROGRAM).map_err(DatapathError::Object)?;
