@@ -6,8 +6,8 @@
 //! that was about 0.1 s and 70 MB at the peak of every start and reload. Here
 //! those arrays are found with the lexer toml itself uses, their strings are
 //! parsed as prefixes, and the arrays are blanked in a copy of the text that
-//! toml then reads for everything else. Blanking keeps every
-//! byte offset, so spans, lines and errors stay where they were.
+//! toml then reads for everything else. Blanking keeps every byte offset, so
+//! spans, lines and errors stay where they were.
 //!
 //! Only the plainest form is taken: the value of a bare `sources` key in a
 //! `[[rules]]` table, an array of one-line printable ASCII strings without

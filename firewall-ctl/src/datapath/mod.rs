@@ -433,11 +433,11 @@ impl Datapath {
     /// Loads the program into the kernel with `loader`, the maps pinned
     /// under `bpf_dir`: the maps an earlier daemon of the same layout left
     /// there (live policy, counters, flows), else new ones, with a flow
-    /// table of `max_flows`. Nothing is attached yet; a new set of maps passes every
-    /// packet until the first [`Datapath::switch`]. The kernel verifies the
-    /// program meanwhile (and the egress program, with `track_flows`); a
-    /// program it rejects fails the first [`Datapath::switch`] or attach,
-    /// before anything is made live.
+    /// table of `max_flows`. Nothing is attached yet; a new set of maps
+    /// passes every packet until the first [`Datapath::switch`]. The kernel
+    /// verifies the program meanwhile (and the egress program, with
+    /// `track_flows`); a program it rejects fails the first
+    /// [`Datapath::switch`] or attach, before anything is made live.
     pub fn load(
         loader: ProgramLoader,
         bpf_dir: &Path,
