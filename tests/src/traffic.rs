@@ -92,13 +92,16 @@ pub fn udp_delivered(ns: &Netns, source: IpAddr, receiver: &UdpSocket) -> bool {
 }
 
 /// An AF_PACKET socket bound to `interface` of the calling thread's namespace.
-struct PacketSocket {
+pub struct PacketSocket {
     fd: i32,
     address: libc::sockaddr_ll,
 }
 
+/// Frames per `sendmmsg` of [`PacketSocket::send_batch`].
+const SEND_BATCH: usize = 256;
+
 impl PacketSocket {
-    fn open(interface: &str) -> PacketSocket {
+    pub fn open(interface: &str) -> PacketSocket {
         // SAFETY: plain socket syscalls; the name is NUL-terminated.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
@@ -129,6 +132,70 @@ impl PacketSocket {
                 Err(err) => panic!("sendto: {err}"),
             }
         }
+    }
+
+    /// Sends frames straight to the device, past its queueing discipline,
+    /// as a traffic generator does.
+    pub fn bypass_qdisc(&self) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: an int option of our own socket, its size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends up to [`SEND_BATCH`] frames of `frames`, cyclically from
+    /// `*next`, in one `sendmmsg`, and moves `*next` past those sent; how
+    /// many that was. A full device queue (`ENOBUFS`) sends none.
+    pub fn send_batch(&self, frames: &[Vec<u8>], next: &mut usize) -> std::io::Result<usize> {
+        let mut vectors: Vec<libc::iovec> = (0..SEND_BATCH)
+            .map(|offset| {
+                let frame = &frames[(*next + offset) % frames.len()];
+                libc::iovec {
+                    iov_base: frame.as_ptr().cast_mut().cast(),
+                    iov_len: frame.len(),
+                }
+            })
+            .collect();
+        let mut messages: Vec<libc::mmsghdr> = vectors
+            .iter_mut()
+            .map(|vector| {
+                // SAFETY: all-zero is a valid msghdr (no name, no control).
+                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                header.msg_name = (&self.address as *const libc::sockaddr_ll)
+                    .cast_mut()
+                    .cast();
+                header.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                header.msg_iov = vector;
+                header.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: header,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: the messages point at live frames, vectors and address.
+        let sent = unsafe { libc::sendmmsg(self.fd, messages.as_mut_ptr(), SEND_BATCH as u32, 0) };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOBUFS) => Ok(0),
+                _ => Err(err),
+            };
+        }
+        let sent = sent as usize;
+        *next = (*next + sent) % frames.len();
+        Ok(sent)
     }
 
     fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {

@@ -156,6 +156,8 @@ pub struct ControlCost {
 /// What `--json` writes.
 #[derive(serde::Serialize, Default)]
 struct Results {
+    /// What sent the rates' frames: `xdp-live` or `af-packet`.
+    generator: &'static str,
     rates: Vec<Rate>,
     test_run_ns: Vec<TestRunCost>,
     drop_all_ns: u32,
@@ -191,6 +193,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .extend(per_packet_costs(&daemon, count, repetitions)?);
         let (rates, netfilter) = RateBench::new(&lab, &sources(count, 0), &sources(count, 1))?;
         results.control.extend(netfilter);
+        results.generator = rates.generator;
         results.rates.extend(rates.measure(repetitions)?);
         if !args.quick && (count == 10 || count == LARGE) {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);
@@ -220,7 +223,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
              difference between the isolated and the back-to-back rows."
         );
     }
-    print_rates(&results.rates, sizes);
+    print_rates(&results.rates, sizes, results.generator);
     print_control(&results.control, sizes);
     println!(
         "\nns per packet (kernel BPF_PROG_TEST_RUN on the attached program with its live maps, mean of {TEST_RUNS} runs, median of {repetitions}), against a minimal XDP LPM allowlist with the same prefixes; drop-all: {} ns",
@@ -268,10 +271,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The rates table: per size and traffic, each system's Mpps and
-/// firewall-ctl's ratio to the others.
-fn print_rates(rates: &[Rate], sizes: &[u32]) {
+/// firewall-ctl's ratio to the others, and what sent the frames.
+fn print_rates(rates: &[Rate], sizes: &[u32], generator: &str) {
+    let generator = match generator {
+        "xdp-live" => "an XDP program in live-frames mode",
+        _ => {
+            "AF_PACKET sendmmsg (the kernel refused XDP live frames), which bounds the faster systems"
+        }
+    };
     println!(
-        "\nPackets per second (Mpps), 54-byte SYNs over veth, generator and receiver on one core, median of the repetitions"
+        "\nPackets per second (Mpps), 54-byte SYNs over veth, generator and receiver on one core, median of the repetitions; sent by {generator}"
     );
     println!(
         "{:>9} {:<8} {:>12} {:>6} {:>6} {:>11} {:>8} {:>6} {:>6} {:>6}",

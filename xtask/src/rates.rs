@@ -7,13 +7,18 @@
 //! live-frames mode in the lab's peer namespace: each copy of a 54-byte
 //! SYN gets the next source of the traffic's list and leaves through a
 //! veth whose other end is one system's receiver, in a namespace of its
-//! own. Generator and receiver share one CPU (the thread is pinned, and
-//! the veth's NAPI runs where the frames were sent), so a rate is what one
-//! core does for both: with two, the veth ring overflows and page-pool
-//! lock contention decides the result. Delivered frames are counted by the
-//! receiving veth, so frames lost on the way are not counted as handled.
+//! own. Where the kernel refuses live frames (before Linux 5.18, or by
+//! policy), an AF_PACKET socket sends the same frames instead, a batch per
+//! `sendmmsg`, past the qdisc: slower, so it bounds the faster systems'
+//! rates, and the output says which generator ran. Generator and receiver
+//! share one CPU (the thread is pinned, and the veth's NAPI runs where the
+//! frames were sent), so a rate is what one core does for both: with two,
+//! the veth ring overflows and page-pool lock contention decides the
+//! result. Delivered frames are counted by the receiving veth, so frames
+//! lost on the way are not counted as handled.
 
 use std::{
+    io::ErrorKind,
     net::{IpAddr, Ipv4Addr},
     path::Path,
     process::Command,
@@ -26,6 +31,7 @@ use firewall_tests::{
     bpf,
     frames::tcp_v4,
     lab::{Lab, NETNS_PREFIX, Netns, veth},
+    traffic::PacketSocket,
 };
 
 use crate::{
@@ -60,6 +66,8 @@ struct Receiver {
     system: &'static str,
     namespace: String,
     interface: &'static str,
+    /// The generator's end of the receiver's veth, in the lab's peer.
+    generator_if: String,
     generator_ifindex: u32,
     /// The XDP program attached to the receiving veth, if the bench
     /// attached it (the daemon attaches its own).
@@ -74,7 +82,74 @@ pub struct RateBench<'lab> {
     /// IPv4 prefixes of the policy every system holds.
     prefixes: u32,
     receivers: Vec<Receiver>,
-    generators: Vec<(&'static str, Program, Vec<u8>)>,
+    generators: Vec<(&'static str, Generator)>,
+    /// Which generator sends: `xdp-live` or `af-packet`.
+    pub generator: &'static str,
+}
+
+/// What sends one traffic kind's frames.
+enum Generator {
+    /// The XDP generator in live-frames mode, giving each copy of `frame`
+    /// the next source: one core sends tens of millions a second.
+    Live { program: Program, frame: Vec<u8> },
+    /// A frame per source, sent through an AF_PACKET socket.
+    Socket { frames: Vec<Vec<u8>> },
+}
+
+impl Generator {
+    /// Sends for [`RUN_TIME`] out of `receiver`'s veth, from the calling
+    /// thread's namespace; the frames sent and the time it took.
+    fn send(&self, receiver: &Receiver) -> anyhow::Result<(u64, Duration)> {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        match self {
+            Generator::Live { program, frame } => {
+                let fd = program.fd()?;
+                while started.elapsed() < RUN_TIME {
+                    bpf::test_run_live(fd, frame, receiver.generator_ifindex, CHUNK)?;
+                    sent += u64::from(CHUNK);
+                }
+            }
+            Generator::Socket { frames } => {
+                let socket = PacketSocket::open(&receiver.generator_if);
+                socket.bypass_qdisc()?;
+                let mut next = 0;
+                while started.elapsed() < RUN_TIME {
+                    sent += socket.send_batch(frames, &mut next)? as u64;
+                }
+            }
+        }
+        Ok((sent, started.elapsed()))
+    }
+}
+
+/// Whether the kernel runs XDP programs in live-frames mode: one frame is
+/// sent from the lab's peer out of `ifindex` to find out. Refused (EINVAL
+/// from a kernel before 5.18, which knows no such flag; EPERM where a
+/// policy forbids it), the bench says so and sends through AF_PACKET
+/// sockets instead.
+fn live_frames(lab: &Lab, ifindex: u32) -> anyhow::Result<bool> {
+    let program = reference::generator(&[STRANGER_V4])?;
+    let fd = program.fd()?;
+    let frame = tcp_v4(STRANGER_V4, 40000);
+    match lab
+        .peer
+        .within(|| bpf::test_run_live(fd, &frame, ifindex, 1))
+    {
+        Ok(()) => Ok(true),
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::InvalidInput | ErrorKind::Unsupported
+            ) =>
+        {
+            eprintln!(
+                "note: the kernel refused XDP live frames ({err}): the rates are sent through AF_PACKET sockets, which bound the faster systems' rates"
+            );
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// A receiver's namespace, wired to the lab's peer by a veth: the edge's
@@ -356,6 +431,7 @@ impl<'lab> RateBench<'lab> {
             system: "firewall-ctl",
             namespace: lab.edge.name.clone(),
             interface: EDGE_IF,
+            generator_if: PEER_IF.to_owned(),
             generator_ifindex: ifindex(&lab.peer, PEER_IF)?,
             _program: None,
             _netns: None,
@@ -385,16 +461,28 @@ impl<'lab> RateBench<'lab> {
                 namespace: ns.name.clone(),
                 interface: RECEIVER_IF,
                 generator_ifindex: ifindex(&lab.peer, &generator_if)?,
+                generator_if,
                 _program: Some(program),
                 _netns: Some(ns),
             });
         }
+        let live = live_frames(lab, receivers[0].generator_ifindex)?;
         let generators = TRAFFIC
             .iter()
             .map(|&traffic| {
                 let port = if traffic == "closed" { 40000 } else { 443 };
-                let program = reference::generator(&traffic_sources(traffic, count))?;
-                anyhow::Ok((traffic, program, tcp_v4(STRANGER_V4, port)))
+                let sources = traffic_sources(traffic, count);
+                let generator = if live {
+                    Generator::Live {
+                        program: reference::generator(&sources)?,
+                        frame: tcp_v4(STRANGER_V4, port),
+                    }
+                } else {
+                    Generator::Socket {
+                        frames: sources.iter().map(|&source| tcp_v4(source, port)).collect(),
+                    }
+                };
+                anyhow::Ok((traffic, generator))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok((
@@ -403,6 +491,7 @@ impl<'lab> RateBench<'lab> {
                 prefixes: count,
                 receivers,
                 generators,
+                generator: if live { "xdp-live" } else { "af-packet" },
             },
             costs,
         ))
@@ -413,9 +502,9 @@ impl<'lab> RateBench<'lab> {
     pub fn measure(&self, repetitions: usize) -> anyhow::Result<Vec<Rate>> {
         let mut samples: Vec<(Rate, Vec<f64>)> = Vec::new();
         for _ in 0..repetitions {
-            for (traffic, generator, frame) in &self.generators {
+            for (traffic, generator) in &self.generators {
                 for receiver in &self.receivers {
-                    let mpps = self.rate(receiver, generator, frame)?;
+                    let mpps = self.rate(receiver, generator)?;
                     match samples.iter_mut().find(|(rate, _)| {
                         rate.system == receiver.system && rate.traffic == *traffic
                     }) {
@@ -446,21 +535,13 @@ impl<'lab> RateBench<'lab> {
     }
 
     /// Millions of frames per second `receiver` took in while `generator`
-    /// sent `frame` for [`RUN_TIME`] on one CPU.
-    fn rate(&self, receiver: &Receiver, generator: &Program, frame: &[u8]) -> anyhow::Result<f64> {
+    /// sent for [`RUN_TIME`] on one CPU.
+    fn rate(&self, receiver: &Receiver, generator: &Generator) -> anyhow::Result<f64> {
         let before = received(receiver)?;
-        let fd = generator.fd()?;
-        let (sent, elapsed) = self.lab.peer.within(|| {
-            on_one_cpu(|| {
-                let started = Instant::now();
-                let mut sent = 0u64;
-                while started.elapsed() < RUN_TIME {
-                    bpf::test_run_live(fd, frame, receiver.generator_ifindex, CHUNK)?;
-                    sent += u64::from(CHUNK);
-                }
-                anyhow::Ok((sent, started.elapsed()))
-            })
-        })??;
+        let (sent, elapsed) = self
+            .lab
+            .peer
+            .within(|| on_one_cpu(|| generator.send(receiver)))??;
         let delivered = received(receiver)? - before;
         if delivered * 100 < sent * 95 {
             eprintln!(
