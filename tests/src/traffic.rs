@@ -170,7 +170,8 @@ impl PacketSocket {
         let mut messages: Vec<libc::mmsghdr> = vectors
             .iter_mut()
             .map(|vector| {
-                // SAFETY: all-zero is a valid msghdr (no name, no control).
+                // SAFETY: all-zero is a valid msghdr; its name and vector are
+                // set next, and it has no control data.
                 let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
                 header.msg_name = (&self.address as *const libc::sockaddr_ll)
                     .cast_mut()
