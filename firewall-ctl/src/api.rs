@@ -26,7 +26,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI waits for an answer by default ([`Command::default_wait`]).
+const WAIT: Duration = Duration::from_secs(60);
+const LONG_WAIT: Duration = Duration::from_secs(600);
+/// How long sending a request may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -41,9 +45,12 @@ pub enum Command {
         source: String,
         port: String,
     },
-    /// `since` as the CLI took it (a duration back from now, or a UTC time).
+    /// `since` as the CLI took it (a duration back from now, or a UTC
+    /// time); `request`: only the records of the request with this id.
     AuditLog {
         since: Option<String>,
+        #[serde(default)]
+        request: Option<String>,
     },
     Allow(AllowRequest),
     Remove(RemoveRequest),
@@ -83,6 +90,25 @@ impl Command {
             Command::Entries { .. } => "stats --entries",
             Command::Blocked => "blocked",
             Command::BlockedFollow => "blocked --follow",
+        }
+    }
+
+    /// Whether the answer is built or streamed from a large state (every
+    /// entry, the whole audit trail): served a few at a time, beside the
+    /// policy writer.
+    pub fn is_heavy(&self) -> bool {
+        matches!(
+            self,
+            Command::List { .. } | Command::Entries { .. } | Command::AuditLog { .. }
+        )
+    }
+
+    /// How long the CLI waits for the answer by default: a reload or a
+    /// fetch of every feed may take minutes at the largest sizes.
+    pub fn default_wait(&self) -> Duration {
+        match self {
+            Command::Reload(_) | Command::FeedsRefresh { .. } => LONG_WAIT,
+            _ => WAIT,
         }
     }
 
@@ -166,6 +192,15 @@ impl SshSession {
 pub struct Request {
     pub version: u32,
     pub command: Command,
+    /// The client's id for the request, recorded with what it did
+    /// (`audit log --request ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When the policy writer must have started the request by (Unix time
+    /// in milliseconds), or refuse it: a change never happens after its
+    /// client stopped waiting for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -460,16 +495,88 @@ pub fn mode_name(enforce: bool) -> String {
     if enforce { "enforce" } else { "monitor" }.to_string()
 }
 
-/// Sends one request to the daemon at `socket` and returns its answer.
-pub fn call(socket: &Path, command: Command) -> anyhow::Result<Response> {
-    let mut answers = send(socket, command, Some(CLIENT_TIMEOUT))?;
-    match next_response(&mut answers, socket)? {
-        Some(response) => Ok(response),
-        None => bail!(
+/// A change whose outcome the CLI does not know: the daemon did not answer
+/// within the wait. It is either applied or refused, and audited under its
+/// request id either way.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pending: the daemon did not answer `{command}` within {}; it refuses a change it could not start by {deadline}, and applies one it started: `firewall-ctl audit log --request {id}` shows which",
+    humantime::format_duration(*wait)
+)]
+pub struct Pending {
+    pub command: &'static str,
+    pub id: String,
+    pub wait: Duration,
+    pub deadline: Timestamp,
+}
+
+/// A new request id: unique on this host for a long while (process id,
+/// time, and a random hash seed).
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer,
+/// waiting up to `wait` (the command's default without one). The daemon
+/// must start the request within half of the wait or refuse it; a change
+/// not answered within the whole wait is [`Pending`].
+pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::Result<Response> {
+    let wait = wait.unwrap_or_else(|| command.default_wait());
+    let name = command.name();
+    let is_change = command.is_change();
+    let id = new_request_id();
+    let deadline = std::time::SystemTime::now() + wait / 2;
+    let request = Request {
+        version: PROTOCOL_VERSION,
+        command,
+        id: Some(id.clone()),
+        deadline_ms: Some(
+            deadline
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        ),
+    };
+    let mut answers = send(socket, &request, Some(wait))?;
+    match next_response(&mut answers, socket) {
+        Ok(Some(response)) => Ok(response),
+        Ok(None) => bail!(
             "the daemon at `{}` closed the connection without answering",
             socket.display()
         ),
+        Err(err) if timed_out(&err) && is_change => Err(Pending {
+            command: name,
+            id,
+            wait,
+            deadline: Timestamp(deadline),
+        }
+        .into()),
+        Err(err) if timed_out(&err) => bail!(
+            "the daemon at `{}` did not answer `{name}` within {}; try again, or wait longer with `--timeout`",
+            socket.display(),
+            humantime::format_duration(wait)
+        ),
+        Err(err) => Err(err),
     }
+}
+
+/// Whether reading an answer failed for want of one in time.
+fn timed_out(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>().is_some_and(|err| {
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    })
 }
 
 /// Sends a streaming request (`blocked --follow`) and hands each answer
@@ -479,18 +586,24 @@ pub fn follow(
     command: Command,
     mut each: impl FnMut(Response) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut answers = send(socket, command, None)?;
+    let request = Request {
+        version: PROTOCOL_VERSION,
+        command,
+        id: None,
+        deadline_ms: None,
+    };
+    let mut answers = send(socket, &request, None)?;
     while let Some(response) = next_response(&mut answers, socket)? {
         each(response)?;
     }
     Ok(())
 }
 
-/// Connects, sends `command`, and returns the stream to read answers from;
-/// `read_timeout` bounds the wait for each answer (`None`: forever).
+/// Connects, sends `request`, and returns the stream to read answers
+/// from; `read_timeout` bounds the wait for each answer (`None`: forever).
 fn send(
     socket: &Path,
-    command: Command,
+    request: &Request,
     read_timeout: Option<Duration>,
 ) -> anyhow::Result<BufReader<UnixStream>> {
     let mut stream = UnixStream::connect(socket).map_err(|err| {
@@ -507,11 +620,8 @@ fn send(
         }
     })?;
     stream.set_read_timeout(read_timeout)?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut line = serde_json::to_vec(&Request {
-        version: PROTOCOL_VERSION,
-        command,
-    })?;
+    stream.set_write_timeout(Some(SEND_TIMEOUT))?;
+    let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream
         .write_all(&line)
@@ -526,9 +636,12 @@ fn next_response(
     socket: &Path,
 ) -> anyhow::Result<Option<Response>> {
     let mut answer = String::new();
-    answers
-        .read_line(&mut answer)
-        .with_context(|| format!("reading the daemon's answer from `{}`", socket.display()))?;
+    if let Err(err) = answers.read_line(&mut answer) {
+        return Err(anyhow::Error::from(err).context(format!(
+            "reading the daemon's answer from `{}`",
+            socket.display()
+        )));
+    }
     if answer.is_empty() {
         return Ok(None);
     }

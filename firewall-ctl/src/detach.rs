@@ -44,7 +44,7 @@ fn running(pid: u32) -> bool {
 /// Stops the daemon listening on `socket` if it runs the firewall in
 /// `bpf_dir`; returns its pid.
 fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<Option<u32>> {
-    let Ok(Response::Status(status)) = api::call(socket, Command::Status) else {
+    let Ok(Response::Status(status)) = api::call(socket, Command::Status, None) else {
         return Ok(None);
     };
     if status.bpf_dir != bpf_dir {

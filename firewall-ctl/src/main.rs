@@ -42,6 +42,9 @@ struct Cli {
     /// Print machine-readable JSON instead of tables (stable field names).
     #[arg(long, global = true)]
     json: bool,
+    /// How long to wait for the daemon's answer (`30s`, `5m`) [default: 60s; 10m for `reload` and `feeds refresh`]. The daemon must start a change within half of it or refuse it; a change not answered in time exits with code 3, pending (`audit log --request ID` tells its outcome).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     command: CliCommand,
 }
@@ -203,6 +206,9 @@ enum AuditCommand {
         /// Only records since a duration ago (`1h`, `7d`) or a UTC time.
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+        /// Only the records of the request with this id (a pending change names it).
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
     },
 }
 
@@ -213,14 +219,31 @@ enum ReportFormat {
     Csv,
 }
 
+/// The exit code of a change whose outcome is not known yet.
+const EXIT_PENDING: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if err.downcast_ref::<api::Pending>().is_some() {
+                ExitCode::from(EXIT_PENDING)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// `--timeout`: a duration of at least a second.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(wait) if wait >= std::time::Duration::from_secs(1) => Ok(wait),
+        _ => Err(format!(
+            "`{text}` is not a duration of at least 1s; write e.g. `30s` or `5m`"
+        )),
     }
 }
 
@@ -229,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let call = |command| api::call(&socket, command);
+    let call = |command| api::call(&socket, command, cli.timeout);
     let json = cli.json;
     match cli.command {
         CliCommand::Daemon {
@@ -450,8 +473,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => unexpected(other),
         },
         CliCommand::Audit {
-            command: AuditCommand::Log { since },
-        } => match call(Command::AuditLog { since })? {
+            command: AuditCommand::Log { since, request },
+        } => match call(Command::AuditLog { since, request })? {
             Response::AuditLog(report) => print(json, &report, output::audit_log),
             other => unexpected(other),
         },

@@ -13,7 +13,7 @@ use crate::{
     datapath::flows::FlowTable,
     entries::Timestamp,
     policy::explain::{EntryRef, ExplainReport},
-    text::escape_controls,
+    text::{escape_controls, truncated},
 };
 
 /// Left-aligns the first column and right-aligns the rest (numbers).
@@ -26,11 +26,20 @@ pub fn text_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     aligned_table(headers, rows, true)
 }
 
+/// Widest cell shown, in bytes of escaped text: text a client or a feed
+/// chose is cut there, with a marker (`--json` has it whole).
+const MAX_CELL_BYTES: usize = 300;
+
 fn aligned_table(headers: &[&str], rows: &[Vec<String>], all_left: bool) -> String {
-    // Cells hold operator input (comments, names): never let it drive the terminal.
+    // Cells hold operator input (comments, names): never let it drive the
+    // terminal, nor make a row wider than a screen can scroll.
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|cell| escape_controls(cell)).collect())
+        .map(|row| {
+            row.iter()
+                .map(|cell| truncated(&escape_controls(cell), MAX_CELL_BYTES).into_owned())
+                .collect()
+        })
         .collect();
     let mut widths: Vec<usize> = headers
         .iter()
@@ -46,12 +55,18 @@ fn aligned_table(headers: &[&str], rows: &[Vec<String>], all_left: bool) -> Stri
     for row in std::iter::once(&header_row).chain(&rows) {
         let mut line = String::new();
         for (index, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if index == 0 {
-                let _ = write!(line, "{cell:<width$}");
-            } else if all_left {
-                let _ = write!(line, "  {cell:<width$}");
+            // Padded by hand: `format!`'s width is a u16, and a wider
+            // cell made it panic.
+            let padding = " ".repeat(width - cell.chars().count());
+            if index > 0 {
+                line.push_str("  ");
+            }
+            if index == 0 || all_left {
+                line.push_str(cell);
+                line.push_str(&padding);
             } else {
-                let _ = write!(line, "  {cell:>width$}");
+                line.push_str(&padding);
+                line.push_str(cell);
             }
         }
         out.push_str(line.trim_end());
@@ -317,11 +332,7 @@ pub fn audit_log(report: &AuditLogReport) -> String {
                 json_name(record.outcome),
                 or_dash(record.user.as_ref()),
                 or_dash(record.rule.as_ref()),
-                if record.prefixes.is_empty() {
-                    "-".to_string()
-                } else {
-                    record.prefixes.join(",")
-                },
+                prefixes_cell(record),
                 or_dash(record.detail.as_ref()),
             ]
         })
@@ -340,6 +351,22 @@ pub fn audit_log(report: &AuditLogReport) -> String {
         );
     }
     out
+}
+
+/// The first few prefixes of a record, and how many more it has (all of
+/// them with `--json`).
+fn prefixes_cell(record: &crate::daemon::audit::AuditRecord) -> String {
+    const SHOWN: usize = 5;
+    if record.prefixes.is_empty() {
+        return "-".to_string();
+    }
+    let total = record.prefix_count.unwrap_or(record.prefixes.len());
+    let mut cell = record.prefixes[..record.prefixes.len().min(SHOWN)].join(",");
+    let shown = record.prefixes.len().min(SHOWN);
+    if total > shown {
+        let _ = write!(cell, " (+{} more)", total - shown);
+    }
+    cell
 }
 
 pub fn confirm(report: &crate::api::ConfirmReport) -> String {
@@ -652,5 +679,20 @@ mod tests {
             table(&["RULE", "PACKETS"], &rows),
             "RULE        PACKETS\njira-align       12\nssh            3456\n"
         );
+    }
+
+    /// Any width: `format!` takes at most 65,535, and panicked past it.
+    #[test]
+    fn cells_of_any_width_are_cut_with_a_marker() {
+        let rows = vec![
+            vec!["\u{1}".repeat(70_000), "1".to_string()],
+            vec!["x".repeat(100_000), "2".to_string()],
+        ];
+        let out = text_table(&["A", "B"], &rows);
+        for line in out.lines() {
+            assert!(line.len() <= MAX_CELL_BYTES + 8, "{}", line.len());
+        }
+        assert!(out.contains(" more bytes)"), "{out}");
+        assert!(!out.contains('\u{1}'));
     }
 }

@@ -237,6 +237,24 @@ pub fn tune_allocator() {
     }
 }
 
+/// Niceness of threads that serve heavy reads: the policy writer (at the
+/// daemon's own) wins the CPU from them.
+const HEAVY_READ_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority (Linux keeps a niceness per
+/// thread); a failure only leaves it as it was.
+pub fn lower_thread_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            thread as libc::id_t,
+            HEAVY_READ_NICENESS,
+        );
+    }
+}
+
 /// Gives the memory freed after a large policy change back to the kernel:
 /// glibc keeps freed heap pages for reuse, and the daemon's resident size
 /// would otherwise stay at the peak of its largest reload.

@@ -48,6 +48,29 @@ pub fn run_in(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Output {
         .expect("running firewall-ctl in a namespace")
 }
 
+/// One request line of the control protocol for `command` (its JSON).
+pub fn request_line(command: Value) -> Vec<u8> {
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({"version": 2, "command": command})).unwrap();
+    line.push(b'\n');
+    line
+}
+
+/// Sends `line` on `stream` and returns the answer line (empty if the
+/// daemon closed the connection without one).
+pub fn exchange(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> String {
+    use std::io::{BufRead as _, Write as _};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(line).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .unwrap();
+    answer
+}
+
 /// Waits `interval`, then calls `probe`, until it returns `Some` or
 /// `timeout` has passed (`None`). Waiting first means two probes are always
 /// at least `interval` apart.
@@ -212,6 +235,17 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own; its exit
+    /// code, or `None` if it still runs.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("the daemon was started");
+        let status = poll(timeout, Duration::from_millis(20), || {
+            child.try_wait().unwrap()
+        })?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// Runs `firewall-ctl detach` on this daemon's firewall (stopping the
     /// daemon if it runs) with extra `args`; returns its stdout.
     pub fn detach(&mut self, args: &[&str]) -> String {
@@ -236,6 +270,33 @@ impl Daemon {
         self.signal(signal);
         let status = self.child.take().unwrap().wait().unwrap();
         status.code().unwrap_or(-1)
+    }
+
+    /// The daemon's process id (`ip netns exec` execs the daemon).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
+    }
+
+    /// A line of the daemon's `/proc/PID/status` in kB (`VmHWM`, `VmRSS`).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in the daemon's status"))
+    }
+
+    /// Resets the daemon's peak resident set size (`VmHWM`) to its current one.
+    pub fn reset_peak_memory(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
+    }
+
+    /// File descriptors the daemon has open.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
     }
 
     /// The directory holding the daemon's files.

@@ -51,12 +51,87 @@ impl Drop for Group {
     }
 }
 
+/// What a process runs as: uid, gid and supplementary groups.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// Makes the calling thread, one made for it, run with these
+    /// credentials for the rest of its life. Raw system calls change the
+    /// credentials of that thread alone (the libc wrappers would change
+    /// every thread's), so the rest of the test stays root; a socket it
+    /// connects carries these credentials (SO_PEERCRED, SO_PEERGROUPS)
+    /// wherever it is used after.
+    pub fn adopt(&self) {
+        // SAFETY: plain system calls on values we own, affecting only the
+        // calling thread.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid),
+                0
+            );
+        }
+    }
+
+    /// Runs `f` on a thread of its own that adopts these credentials first.
+    pub fn on_thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let credentials = self.clone();
+        std::thread::spawn(move || {
+            credentials.adopt();
+            f()
+        })
+        .join()
+        .expect("a thread running as a test user panicked")
+    }
+}
+
 /// A user without a home or a login shell, deleted on drop.
 pub struct User {
     pub name: String,
 }
 
+/// `id <flag> <name>`: numeric ids of a user.
+fn ids(flag: &str, name: &str) -> Vec<u32> {
+    let output = Command::new("id").args([flag, name]).output().unwrap();
+    assert!(output.status.success(), "id {flag} {name}");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
 impl User {
+    pub fn uid(&self) -> u32 {
+        ids("-u", &self.name)[0]
+    }
+
+    /// The user's uid, primary gid and groups.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            uid: self.uid(),
+            gid: ids("-g", &self.name)[0],
+            groups: ids("-G", &self.name),
+        }
+    }
+
+    /// Runs `f` on a thread of its own with this user's credentials (see
+    /// [`Credentials::adopt`]).
+    pub fn on_thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.credentials().on_thread(f)
+    }
+
     /// Creates a user who is a member of `groups`.
     pub fn create(groups: &[&Group]) -> User {
         let name = unique("u");

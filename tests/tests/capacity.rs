@@ -2,18 +2,80 @@
 //! prefixes per address family, loaded into the kernel and classifying.
 
 use std::{
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    os::unix::net::{UnixDatagram, UnixStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use firewall_tests::{
     addr::*,
-    daemon::{Daemon, poll},
+    daemon::{Daemon, poll, request_line},
     frames::{tcp_v4, tcp_v6},
     lab::Lab,
     root_or_skip,
     traffic::send_frames,
+    users::{Group, User},
 };
+use serde_json::json;
+
+/// How often the daemon must ping the watchdog (`WatchdogSec`).
+const WATCHDOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A service manager's notification socket: the times of each `WATCHDOG=1`.
+struct Watchdog {
+    pings: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Watchdog {
+    /// Has `daemon` (not started yet) notify a socket of ours, with a
+    /// watchdog of `interval`.
+    fn listen(daemon: &mut Daemon, interval: Duration) -> Watchdog {
+        let path = daemon.dir().join("notify.sock");
+        let manager = UnixDatagram::bind(&path).unwrap();
+        daemon.env = vec![
+            (
+                "NOTIFY_SOCKET".to_string(),
+                path.to_str().unwrap().to_string(),
+            ),
+            (
+                "WATCHDOG_USEC".to_string(),
+                interval.as_micros().to_string(),
+            ),
+        ];
+        let pings = Arc::new(Mutex::new(Vec::new()));
+        let heard = pings.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while let Ok(len) = manager.recv(&mut buffer) {
+                if &buffer[..len] == b"WATCHDOG=1\n" {
+                    heard.lock().unwrap().push(Instant::now());
+                }
+            }
+        });
+        Watchdog { pings }
+    }
+
+    /// Fails unless the watchdog was pinged at least once per interval
+    /// from `since` until now.
+    fn assert_answered_since(&self, since: Instant) {
+        let pings = self.pings.lock().unwrap().clone();
+        let mut last = since;
+        for ping in pings
+            .iter()
+            .filter(|ping| **ping > since)
+            .chain([&Instant::now()])
+        {
+            assert!(
+                *ping - last < WATCHDOG_INTERVAL,
+                "the watchdog went {:?} without a ping",
+                *ping - last
+            );
+            last = *ping;
+        }
+    }
+}
 
 /// Every prefix of lengths /28 to /32 inside 198.18.0.0/15 (RFC 2544's
 /// benchmarking block; these addresses only appear in the config, never in
@@ -66,7 +128,12 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     let v4 = nested_v4_prefixes();
     let v6 = v6_prefixes(0);
     assert_eq!((v4.len(), v6.len()), (253_952, 250_000));
-    let mut config = String::from("interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\n");
+    let readers = Group::create();
+    let reader = User::create(&[&readers]);
+    let mut config = format!(
+        "interfaces = [\"edge0\"]\nxdp_mode = \"driver\"\nread_group = \"{}\"\n",
+        readers.name
+    );
     config.push_str(&format!(
         "[[rules]]\nname = \"feed\"\nports = [\"tcp/8443\"]\nsources = [{}, {}]\n",
         quoted(&v4),
@@ -79,7 +146,10 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
     config.push_str("[[rules]]\nname = \"last\"\nports = [\"tcp/443\"]\nsources = [\"203.0.113.0/24\", \"2001:db8:1::/48\"]\n");
 
     let lab = Lab::new();
-    let mut daemon = Daemon::start(&lab.edge, &config);
+    let mut daemon = Daemon::prepare(&lab.edge, &config);
+    // A service manager's watchdog (systemd kills a daemon that misses it).
+    let watchdog = Watchdog::listen(&mut daemon, WATCHDOG_INTERVAL);
+    daemon.spawn_and_wait();
     let status = daemon.status();
     assert_eq!(status["rules"], 64);
     assert_eq!(status["prefixes_v4"], 253_952 + 62 + 1);
@@ -104,6 +174,61 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
         after.drops("not_allowlisted") - before.drops("not_allowlisted"),
         2
     );
+
+    // A reader runs 30 heavy reads at once (each a report of half a
+    // million entries): they are served beside the policy writer, a few at
+    // a time, the rest told to try again, while an administrator's changes
+    // go through and the watchdog keeps being answered.
+    let socket = daemon.socket.clone();
+    let reader = reader.credentials();
+    let heavy: Vec<_> = (0..30)
+        .map(|index| {
+            let (reader, socket) = (reader.clone(), socket.clone());
+            std::thread::spawn(move || {
+                reader.on_thread(move || {
+                    let command = match index % 3 {
+                        0 => json!({"entries": {"rule": null}}),
+                        1 => json!({"list": {"rule": null}}),
+                        _ => json!({"audit_log": {"since": null}}),
+                    };
+                    let mut stream = UnixStream::connect(&socket).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(600)))
+                        .unwrap();
+                    stream.write_all(&request_line(command)).unwrap();
+                    let mut answer = Vec::new();
+                    stream.read_to_end(&mut answer).unwrap();
+                    let head =
+                        String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+                    (head, answer.len())
+                })
+            })
+        })
+        .collect();
+    let loaded_since = Instant::now();
+    for round in 0..5 {
+        let prefix = format!("192.0.2.{}", 200 + round);
+        assert_eq!(
+            daemon.ctl_ok(&["allow", &prefix, "--rule", "last"]),
+            format!("added {prefix}/32 to rule `last`\n")
+        );
+        daemon.ctl_ok(&["remove", &prefix]);
+    }
+    let answers: Vec<(String, usize)> = heavy
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    let busy = answers
+        .iter()
+        .filter(|(head, _)| head.contains("busy"))
+        .count();
+    let whole = answers
+        .iter()
+        .filter(|(head, len)| !head.contains("error") && *len > 1 << 20)
+        .count();
+    assert_eq!(busy + whole, 30, "{answers:?}");
+    assert!(busy > 0 && whole > 0, "{answers:?}");
+    watchdog.assert_answered_since(loaded_since);
 
     // `allow` at full size writes only what changed.
     let added = daemon.ctl_ok(&["allow", "192.0.2.99", "--rule", "last"]);

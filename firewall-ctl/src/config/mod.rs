@@ -156,6 +156,21 @@ impl Config {
             .find(|(_, rule)| rule.name == name)
     }
 
+    /// The index of the rule named `name`; the error lists the rules there are.
+    pub fn rule_index(&self, name: &str) -> Result<usize, String> {
+        self.rule(name).map(|(index, _)| index).ok_or_else(|| {
+            format!(
+                "the config has no rule `{}`; its rules are: {}",
+                crate::text::escape_controls(name),
+                self.rules
+                    .iter()
+                    .map(|rule| rule.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
     /// The rule `firewall-ctl allow` adds to without `--rule`: the one
     /// marked `default = true`, else the only rule.
     pub fn default_rule(&self) -> Result<&Rule, String> {

@@ -1,24 +1,39 @@
-//! The audit trail: `state_dir/audit.log`, one JSON object per line for
-//! every change and every refused attempt, appended and fsynced with the
-//! change it records.
+//! The audit trail, one JSON object per line, each appended and fsynced
+//! with what it records:
 //!
-//! Growth is bounded by rotation: once the file would pass
-//! [`ROTATE_BYTES`], it becomes `audit.log.1` (older ones move up to
-//! `audit.log.4`, the oldest is dropped), so the trail takes at most
-//! 5 x 16 MiB.
+//! - `state_dir/audit.log`: every change, every change refused for bad
+//!   input or a failure, and the daemon's own events (start, expiry,
+//!   rollback, feed updates). Rotated at [`ROTATE_BYTES`] into
+//!   `audit.log.1` ... `audit.log.4`: at most 5 x 16 MiB.
+//! - `state_dir/audit-denied.log`: requests refused for lack of permission,
+//!   rotated apart ([`DENIED_ROTATE_BYTES`], one older file), so that no
+//!   number of them can rotate a change out of the trail.
+//!
+//! A caller without permission chooses what it sends, so its denials are
+//! recorded in a bounded form (the request kind, the caller, how many
+//! prefixes, their digest and the first few), a few a minute at most
+//! ([`DenialLimiter`]); the rest are counted into a summary record. Every
+//! text field of every record is capped ([`AuditRecord::bounded`]).
+//!
+//! `audit log` streams the records of both files, merged by time, from
+//! descriptors opened at once (a rotation meanwhile changes nothing read).
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     entries::{Requester, RuntimeEntry, Timestamp},
-    fsutil,
+    fsutil::{ReadError, StateDir},
+    text::{escape_controls, truncated},
 };
 
 pub const AUDIT_FILE: &str = "audit.log";
@@ -26,9 +41,26 @@ pub const AUDIT_FILE: &str = "audit.log";
 pub const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 /// Rotated files kept: `audit.log.1` (newest) to `audit.log.4`.
 pub const KEEP_ROTATED: usize = 4;
+/// Where permission denials go.
+pub const DENIED_FILE: &str = "audit-denied.log";
+/// Size at which the denials' file is rotated; one older file is kept.
+pub const DENIED_ROTATE_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest line `audit log` reads; longer ones (written by an older
+/// release, or torn) are counted as unreadable.
+const MAX_LINE_BYTES: u64 = 1024 * 1024;
+
+/// Caps of the text fields of a record (bytes, after control characters
+/// are escaped; JSON may escape a quote or a backslash in them again).
+const MAX_NAME_BYTES: usize = 128;
+const MAX_PREFIX_BYTES: usize = 64;
+const MAX_COMMENT_BYTES: usize = 1024;
+const MAX_DETAIL_BYTES: usize = 4096;
+const MAX_REQUEST_ID_BYTES: usize = 64;
+/// Prefixes a denial record lists; the rest are counted and digested.
+const DENIED_PREFIXES: usize = 3;
 
 /// What a record is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Start,
@@ -44,6 +76,30 @@ pub enum Action {
     Read,
     /// A feed's fetched list applied, or refused (the last good one stays).
     FeedUpdate,
+    /// `feeds refresh`, refused for lack of permission.
+    FeedsRefresh,
+    /// How many more requests of one caller were denied and not recorded
+    /// one by one (`suppressed`).
+    DeniedRequests,
+}
+
+impl Action {
+    /// The name in the log and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Allow => "allow",
+            Action::Remove => "remove",
+            Action::Expire => "expire",
+            Action::Reload => "reload",
+            Action::Confirm => "confirm",
+            Action::Rollback => "rollback",
+            Action::Read => "read",
+            Action::FeedUpdate => "feed_update",
+            Action::FeedsRefresh => "feeds_refresh",
+            Action::DeniedRequests => "denied_requests",
+        }
+    }
 }
 
 /// How it ended.
@@ -66,7 +122,8 @@ pub struct AuditRecord {
     pub time: Timestamp,
     pub action: Action,
     pub rule: Option<String>,
-    /// The prefixes as given (a rejected attempt may hold invalid text).
+    /// The prefixes as given (a rejected attempt may hold invalid text);
+    /// of a denied request, the first few.
     pub prefixes: Vec<String>,
     pub comment: Option<String>,
     pub expires_at: Option<Timestamp>,
@@ -78,6 +135,23 @@ pub struct AuditRecord {
     /// The feed of a `feed_update`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed: Option<String>,
+    /// Of a denied request: how many prefixes it named, and the SHA-256 of
+    /// them joined by newlines, when `prefixes` holds only the first few.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_sha256: Option<String>,
+    /// The id the CLI gave the request (`audit log --request ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Of a `denied_requests` record: how many requests it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+}
+
+/// `text` with control characters escaped, cut to `max` bytes.
+fn capped(text: &str, max: usize) -> String {
+    truncated(&escape_controls(text), max).into_owned()
 }
 
 impl AuditRecord {
@@ -93,6 +167,10 @@ impl AuditRecord {
             outcome,
             detail: None,
             feed: None,
+            prefix_count: None,
+            prefixes_sha256: None,
+            request_id: None,
+            suppressed: None,
         }
     }
 
@@ -107,100 +185,487 @@ impl AuditRecord {
             ..Self::new(Action::Expire, None, Outcome::Applied)
         }
     }
-}
 
-pub struct AuditLog {
-    dir: PathBuf,
-    file: File,
-    size: u64,
-    /// [`ROTATE_BYTES`]; smaller in tests.
-    rotate_bytes: u64,
-}
-
-fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-}
-
-fn rotated(dir: &Path, generation: usize) -> PathBuf {
-    dir.join(format!("{AUDIT_FILE}.{generation}"))
-}
-
-impl AuditLog {
-    pub fn open(dir: &Path) -> io::Result<Self> {
-        Self::open_rotating_at(dir, ROTATE_BYTES)
+    /// The bounded record of a request refused for lack of permission: the
+    /// caller chose its payload, so only its kind, rule, the number of
+    /// prefixes, their digest and the first few are kept.
+    pub fn denied(
+        action: Action,
+        user: Requester,
+        message: &str,
+        rule: Option<&str>,
+        prefixes: &[String],
+    ) -> Self {
+        let mut record = Self::new(action, Some(user), Outcome::Denied);
+        record.detail = Some(message.to_string());
+        record.rule = rule.map(ToString::to_string);
+        if !prefixes.is_empty() {
+            record.prefixes = prefixes.iter().take(DENIED_PREFIXES).cloned().collect();
+            record.prefix_count = Some(prefixes.len());
+            record.prefixes_sha256 = Some(format!("{:x}", Sha256::digest(prefixes.join("\n"))));
+        }
+        record
     }
 
-    fn open_rotating_at(dir: &Path, rotate_bytes: u64) -> io::Result<Self> {
-        let file = open(&dir.join(AUDIT_FILE))?;
-        let size = file.metadata()?.len();
+    /// This record with every text field capped (control characters
+    /// escaped, cut with a marker): what is written.
+    pub fn bounded(&self) -> Self {
+        let capped_opt = |text: &Option<String>, max| text.as_deref().map(|text| capped(text, max));
+        Self {
+            rule: capped_opt(&self.rule, MAX_NAME_BYTES),
+            prefixes: self
+                .prefixes
+                .iter()
+                .map(|prefix| capped(prefix, MAX_PREFIX_BYTES))
+                .collect(),
+            comment: capped_opt(&self.comment, MAX_COMMENT_BYTES),
+            user: self.user.clone().map(|user| Requester {
+                user: user.user.map(|name| capped(&name, MAX_NAME_BYTES)),
+                ..user
+            }),
+            detail: capped_opt(&self.detail, MAX_DETAIL_BYTES),
+            feed: capped_opt(&self.feed, MAX_NAME_BYTES),
+            request_id: capped_opt(&self.request_id, MAX_REQUEST_ID_BYTES),
+            ..self.clone()
+        }
+    }
+}
+
+/// Why the audit log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the audit log `{path}`: {source}; move it aside (`mv {path} {path}.broken`), the daemon starts a new one",
+    path = path.display()
+)]
+pub struct AuditError {
+    path: PathBuf,
+    #[source]
+    source: ReadError,
+}
+
+/// One append-only file and its rotated generations.
+struct Trail {
+    name: &'static str,
+    file: File,
+    size: u64,
+    rotate_bytes: u64,
+    keep_rotated: usize,
+}
+
+fn rotated(name: &str, generation: usize) -> String {
+    format!("{name}.{generation}")
+}
+
+impl Trail {
+    fn open(
+        dir: &StateDir,
+        name: &'static str,
+        rotate_bytes: u64,
+        keep_rotated: usize,
+    ) -> Result<Self, AuditError> {
+        let file = dir.open_append(name, 0o600).map_err(|source| AuditError {
+            path: dir.join(name),
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|err| AuditError {
+                path: dir.join(name),
+                source: err.into(),
+            })?
+            .len();
         Ok(Self {
-            dir: dir.to_path_buf(),
+            name,
             file,
             size,
             rotate_bytes,
+            keep_rotated,
         })
     }
 
-    /// Appends `record` and fsyncs it.
-    pub fn append(&mut self, record: &AuditRecord) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
+    /// Appends `line` (a whole record and its newline) and fsyncs it.
+    fn append(&mut self, dir: &StateDir, line: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 > self.rotate_bytes {
-            self.rotate()?;
+            self.rotate(dir)?;
         }
         // One write of a whole line to an O_APPEND file: readers see whole
         // lines, or at worst a torn last one after a crash, which they skip.
-        self.file.write_all(&line)?;
+        self.file.write_all(line)?;
         self.file.sync_data()?;
         self.size += line.len() as u64;
         Ok(())
     }
 
-    fn rotate(&mut self) -> io::Result<()> {
-        for generation in (1..KEEP_ROTATED).rev() {
-            let from = rotated(&self.dir, generation);
-            if from.exists() {
-                std::fs::rename(&from, rotated(&self.dir, generation + 1))?;
+    fn rotate(&mut self, dir: &StateDir) -> io::Result<()> {
+        for generation in (1..self.keep_rotated).rev() {
+            match dir.rename(
+                &rotated(self.name, generation),
+                &rotated(self.name, generation + 1),
+            ) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                _ => {}
             }
         }
-        std::fs::rename(self.dir.join(AUDIT_FILE), rotated(&self.dir, 1))?;
-        self.file = open(&self.dir.join(AUDIT_FILE))?;
-        fsutil::sync_dir(&self.dir)?;
+        dir.rename(self.name, &rotated(self.name, 1))?;
+        self.file = dir.open_append(self.name, 0o600).map_err(|err| match err {
+            ReadError::Io(err) => err,
+            other => io::Error::other(other.to_string()),
+        })?;
+        dir.sync()?;
         self.size = 0;
+        Ok(())
+    }
+
+    /// The names of this trail's files, oldest first.
+    fn files(name: &str, keep_rotated: usize) -> impl Iterator<Item = String> {
+        (1..=keep_rotated)
+            .rev()
+            .map(move |generation| rotated(name, generation))
+            .chain(std::iter::once(name.to_string()))
+    }
+}
+
+pub struct AuditLog {
+    dir: Arc<StateDir>,
+    changes: Trail,
+    denials: Trail,
+    limiter: DenialLimiter,
+}
+
+fn line_of(record: &AuditRecord) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&record.bounded()).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+impl AuditLog {
+    pub fn open(dir: Arc<StateDir>) -> Result<Self, AuditError> {
+        Self::open_rotating_at(dir, ROTATE_BYTES)
+    }
+
+    fn open_rotating_at(dir: Arc<StateDir>, rotate_bytes: u64) -> Result<Self, AuditError> {
+        Ok(Self {
+            changes: Trail::open(&dir, AUDIT_FILE, rotate_bytes, KEEP_ROTATED)?,
+            denials: Trail::open(&dir, DENIED_FILE, DENIED_ROTATE_BYTES, 1)?,
+            limiter: DenialLimiter::default(),
+            dir,
+        })
+    }
+
+    /// Appends `record` (bounded) to the trail of changes and fsyncs it.
+    pub fn append(&mut self, record: &AuditRecord) -> io::Result<()> {
+        self.changes.append(&self.dir, &line_of(record)?)
+    }
+
+    /// Records a request denied for lack of permission, in the denials'
+    /// file, unless its caller has had its share of records this minute:
+    /// then it is only counted, for a summary record.
+    pub fn deny(&mut self, record: &AuditRecord) -> io::Result<()> {
+        if self.limiter.admit(record, SystemTime::now()) {
+            self.denials.append(&self.dir, &line_of(record)?)?;
+        }
+        Ok(())
+    }
+
+    /// When a summary of suppressed denials is due next.
+    pub fn next_summary_at(&self) -> Option<SystemTime> {
+        self.limiter.next_due()
+    }
+
+    /// Writes the summaries of suppressed denials that are due.
+    pub fn write_due_summaries(&mut self) -> io::Result<()> {
+        for record in self.limiter.due_summaries(SystemTime::now()) {
+            self.denials.append(&self.dir, &line_of(&record)?)?;
+        }
         Ok(())
     }
 }
 
-/// Records in `dir` at or after `since`, oldest first, and the number of
-/// lines that could not be read (a torn line after a crash).
-pub fn read(dir: &Path, since: Option<Timestamp>) -> io::Result<(Vec<AuditRecord>, usize)> {
-    let mut records = Vec::new();
-    let mut unreadable = 0;
-    let files = (1..=KEEP_ROTATED)
-        .rev()
-        .map(|generation| rotated(dir, generation))
-        .chain(std::iter::once(dir.join(AUDIT_FILE)));
-    for path in files {
-        let text = match fsutil::read_regular_file(&path, 2 * ROTATE_BYTES) {
-            Ok(text) => text,
-            Err(fsutil::ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(io::Error::other(format!("`{}`: {err}", path.display()))),
+/// A token bucket: `burst` tokens, one more every `refill`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u32,
+    refilled_at: SystemTime,
+}
+
+impl Bucket {
+    fn full(burst: u32, now: SystemTime) -> Self {
+        Self {
+            tokens: burst,
+            refilled_at: now,
+        }
+    }
+
+    fn refill(&mut self, burst: u32, refill: Duration, now: SystemTime) {
+        let elapsed = now.duration_since(self.refilled_at).unwrap_or_default();
+        let earned = (elapsed.as_millis() / refill.as_millis()) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(burst);
+            self.refilled_at += refill * earned;
+        }
+        if self.tokens == burst {
+            self.refilled_at = now;
+        }
+    }
+}
+
+/// Denial records one caller may write at once, and how soon it gets
+/// another: at most 5 + 5 in a first minute, 5 a minute after.
+const CALLER_BURST: u32 = 5;
+const CALLER_REFILL: Duration = Duration::from_secs(12);
+/// The same over every caller together: 20 a minute.
+const ALL_BURST: u32 = 20;
+const ALL_REFILL: Duration = Duration::from_secs(3);
+/// How often a caller's suppressed denials are summarized, at most.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What one caller was denied and not recorded one by one.
+#[derive(Debug)]
+struct Suppressed {
+    user: Requester,
+    count: u64,
+    by_action: BTreeMap<Action, u64>,
+    first: Timestamp,
+    last: Timestamp,
+}
+
+#[derive(Debug)]
+struct Caller {
+    bucket: Bucket,
+    suppressed: Option<Suppressed>,
+    /// No summary before this (one per [`SUMMARY_INTERVAL`] at most).
+    summary_at: SystemTime,
+}
+
+/// Rate limits for denial records, per caller (uid) and overall.
+#[derive(Debug, Default)]
+pub struct DenialLimiter {
+    callers: HashMap<u32, Caller>,
+    all: Option<Bucket>,
+}
+
+impl DenialLimiter {
+    /// Whether `record` (a denial) is written; if not, it is counted.
+    fn admit(&mut self, record: &AuditRecord, now: SystemTime) -> bool {
+        let Some(user) = record.user.clone() else {
+            return true;
         };
-        for line in text.lines().filter(|line| !line.is_empty()) {
-            match serde_json::from_str::<AuditRecord>(line) {
-                Ok(record) if since.is_none_or(|since| record.time >= since) => {
-                    records.push(record)
+        let all = self.all.get_or_insert(Bucket::full(ALL_BURST, now));
+        all.refill(ALL_BURST, ALL_REFILL, now);
+        let caller = self.callers.entry(user.uid).or_insert_with(|| Caller {
+            bucket: Bucket::full(CALLER_BURST, now),
+            suppressed: None,
+            summary_at: now,
+        });
+        caller.bucket.refill(CALLER_BURST, CALLER_REFILL, now);
+        if caller.bucket.tokens > 0 && all.tokens > 0 {
+            caller.bucket.tokens -= 1;
+            all.tokens -= 1;
+            return true;
+        }
+        let suppressed = caller.suppressed.get_or_insert_with(|| Suppressed {
+            user,
+            count: 0,
+            by_action: BTreeMap::new(),
+            first: record.time,
+            last: record.time,
+        });
+        suppressed.count += 1;
+        *suppressed.by_action.entry(record.action).or_default() += 1;
+        suppressed.last = record.time;
+        if caller.summary_at <= now {
+            caller.summary_at = now + SUMMARY_INTERVAL;
+        }
+        false
+    }
+
+    fn next_due(&self) -> Option<SystemTime> {
+        self.callers
+            .values()
+            .filter(|caller| caller.suppressed.is_some())
+            .map(|caller| caller.summary_at)
+            .min()
+    }
+
+    /// The summary records due at `now`; forgets callers with nothing left
+    /// to tell whose share is whole again.
+    fn due_summaries(&mut self, now: SystemTime) -> Vec<AuditRecord> {
+        let mut due = Vec::new();
+        for caller in self.callers.values_mut() {
+            if caller.summary_at > now {
+                continue;
+            }
+            if let Some(suppressed) = caller.suppressed.take() {
+                due.push(summary(suppressed));
+                caller.summary_at = now + SUMMARY_INTERVAL;
+            }
+        }
+        self.callers.retain(|_, caller| {
+            caller.bucket.refill(CALLER_BURST, CALLER_REFILL, now);
+            caller.suppressed.is_some() || caller.bucket.tokens < CALLER_BURST
+        });
+        due
+    }
+}
+
+fn summary(suppressed: Suppressed) -> AuditRecord {
+    let kinds: Vec<String> = suppressed
+        .by_action
+        .iter()
+        .map(|(action, count)| format!("{} x{count}", action.name()))
+        .collect();
+    let mut record = AuditRecord::new(
+        Action::DeniedRequests,
+        Some(suppressed.user),
+        Outcome::Denied,
+    );
+    record.suppressed = Some(suppressed.count);
+    record.detail = Some(format!(
+        "{} more requests of this caller were denied from {} to {} and not recorded one by one (at most {CALLER_BURST} a minute are): {}",
+        suppressed.count,
+        suppressed.first,
+        suppressed.last,
+        kinds.join(", ")
+    ));
+    record
+}
+
+/// Which records `audit log` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub since: Option<Timestamp>,
+    pub request_id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, record: &AuditRecord) -> bool {
+        self.since.is_none_or(|since| record.time >= since)
+            && self
+                .request_id
+                .as_ref()
+                .is_none_or(|id| record.request_id.as_ref() == Some(id))
+    }
+}
+
+/// The records of one trail, oldest first, read from files opened at once,
+/// each only up to the length it had then.
+struct TrailReader {
+    files: std::vec::IntoIter<io::Take<BufReader<File>>>,
+    current: Option<io::Take<BufReader<File>>>,
+    line: Vec<u8>,
+    unreadable: usize,
+}
+
+impl TrailReader {
+    fn open(dir: &StateDir, name: &str, keep_rotated: usize) -> io::Result<Self> {
+        let mut files = Vec::new();
+        for name in Trail::files(name, keep_rotated) {
+            match dir.open_read(&name) {
+                Ok(file) => {
+                    let length = file.metadata()?.len();
+                    files.push(BufReader::new(file).take(length));
                 }
-                Ok(_) => {}
-                Err(_) => unreadable += 1,
+                Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(io::Error::other(format!(
+                        "`{}`: {err}",
+                        dir.join(&name).display()
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            files: files.into_iter(),
+            current: None,
+            line: Vec::new(),
+            unreadable: 0,
+        })
+    }
+
+    /// The next record; lines that cannot be read are counted and skipped.
+    fn next_record(&mut self) -> io::Result<Option<AuditRecord>> {
+        loop {
+            if self.current.is_none() {
+                match self.files.next() {
+                    Some(file) => self.current = Some(file),
+                    None => return Ok(None),
+                }
+            }
+            let file = self.current.as_mut().expect("set above");
+            self.line.clear();
+            let read = file
+                .by_ref()
+                .take(MAX_LINE_BYTES)
+                .read_until(b'\n', &mut self.line)?;
+            if read == 0 {
+                self.current = None;
+                continue;
+            }
+            if self.line.last() != Some(&b'\n') && read as u64 == MAX_LINE_BYTES {
+                // Too long to be ours: skip to its end.
+                let mut rest = Vec::new();
+                loop {
+                    rest.clear();
+                    let more = file
+                        .by_ref()
+                        .take(MAX_LINE_BYTES)
+                        .read_until(b'\n', &mut rest)?;
+                    if more == 0 || rest.last() == Some(&b'\n') {
+                        break;
+                    }
+                }
+                self.unreadable += 1;
+                continue;
+            }
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<AuditRecord>(&self.line) {
+                Ok(record) => return Ok(Some(record)),
+                Err(_) => self.unreadable += 1,
             }
         }
     }
-    Ok((records, unreadable))
+}
+
+/// Writes `{"audit_log":{"records":[...],"unreadable_lines":N}}` and a
+/// newline (the control protocol's `Response::AuditLog`) to `out`, a record
+/// at a time: the records of both trails that match `filter`, merged by
+/// time, oldest first. Memory stays at a line or two whatever the size.
+pub fn write_report(dir: &StateDir, filter: &Filter, out: &mut dyn io::Write) -> io::Result<()> {
+    let mut changes = TrailReader::open(dir, AUDIT_FILE, KEEP_ROTATED)?;
+    let mut denials = TrailReader::open(dir, DENIED_FILE, 1)?;
+    let mut next_change = changes.next_record()?;
+    let mut next_denial = denials.next_record()?;
+    out.write_all(b"{\"audit_log\":{\"records\":[")?;
+    let mut first = true;
+    loop {
+        let take_change = match (&next_change, &next_denial) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(change), Some(denial)) => change.time <= denial.time,
+        };
+        let record = if take_change {
+            std::mem::replace(&mut next_change, changes.next_record()?)
+        } else {
+            std::mem::replace(&mut next_denial, denials.next_record()?)
+        }
+        .expect("chosen because it is there");
+        if !filter.matches(&record) {
+            continue;
+        }
+        if !first {
+            out.write_all(b",")?;
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, &record)?;
+    }
+    write!(
+        out,
+        "],\"unreadable_lines\":{}}}}}\n",
+        changes.unreadable + denials.unreadable
+    )
 }
 
 #[cfg(test)]
@@ -208,28 +673,49 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::api::{AuditLogReport, Response};
+
+    fn requester(uid: u32) -> Requester {
+        Requester {
+            uid,
+            user: Some("alice".to_string()),
+            pid: Some(7),
+        }
+    }
 
     fn record(detail: &str) -> AuditRecord {
         AuditRecord {
             rule: Some("vendor".to_string()),
             prefixes: vec!["203.0.113.0/24".to_string()],
             detail: Some(detail.to_string()),
-            ..AuditRecord::new(
-                Action::Allow,
-                Some(Requester {
-                    uid: 1000,
-                    user: Some("alice".to_string()),
-                    pid: Some(7),
-                }),
-                Outcome::Applied,
-            )
+            ..AuditRecord::new(Action::Allow, Some(requester(1000)), Outcome::Applied)
         }
+    }
+
+    fn state_dir() -> (tempfile::TempDir, Arc<StateDir>) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(StateDir::open(dir.path()).unwrap());
+        (dir, state)
+    }
+
+    fn read(dir: &StateDir, filter: &Filter) -> AuditLogReport {
+        let mut out = Vec::new();
+        write_report(dir, filter, &mut out).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        match serde_json::from_slice(&out).unwrap() {
+            Response::AuditLog(report) => report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn all(dir: &StateDir) -> Vec<AuditRecord> {
+        read(dir, &Filter::default()).records
     }
 
     #[test]
     fn records_are_json_lines_with_stable_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open(dir.path()).unwrap();
+        let (dir, state) = state_dir();
+        let mut log = AuditLog::open(state).unwrap();
         log.append(&record("added")).unwrap();
         let text = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
         let value: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -257,35 +743,78 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+        for action in [
+            Action::FeedUpdate,
+            Action::FeedsRefresh,
+            Action::DeniedRequests,
+        ] {
+            assert_eq!(
+                serde_json::to_value(action).unwrap(),
+                serde_json::Value::from(action.name())
+            );
+        }
     }
 
     #[test]
-    fn reading_filters_by_time_and_skips_a_torn_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open(dir.path()).unwrap();
+    fn reading_filters_by_time_and_request_and_skips_a_torn_last_line() {
+        let (dir, state) = state_dir();
+        let mut log = AuditLog::open(state.clone()).unwrap();
         let mut old = record("old");
         old.time = Timestamp(SystemTime::now() - Duration::from_secs(7200));
         log.append(&old).unwrap();
-        log.append(&record("new")).unwrap();
+        let mut new = record("new");
+        new.request_id = Some("r-1".to_string());
+        log.append(&new).unwrap();
         drop(log);
-        let mut file = OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(AUDIT_FILE))
             .unwrap();
         file.write_all(b"{\"time\": \"2026-").unwrap();
-        let (all, unreadable) = read(dir.path(), None).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(unreadable, 1);
+        let report = read(&state, &Filter::default());
+        assert_eq!(report.records.len(), 2);
+        assert_eq!(report.unreadable_lines, 1);
         let since = Timestamp(SystemTime::now() - Duration::from_secs(3600));
-        let (recent, _) = read(dir.path(), Some(since)).unwrap();
-        assert_eq!(recent.len(), 1);
-        assert_eq!(recent[0].detail.as_deref(), Some("new"));
+        let recent = read(
+            &state,
+            &Filter {
+                since: Some(since),
+                ..Filter::default()
+            },
+        );
+        assert_eq!(recent.records.len(), 1);
+        assert_eq!(recent.records[0].detail.as_deref(), Some("new"));
+        let by_id = read(
+            &state,
+            &Filter {
+                request_id: Some("r-1".to_string()),
+                ..Filter::default()
+            },
+        );
+        assert_eq!(by_id.records.len(), 1);
+        assert_eq!(by_id.records[0].detail, new.detail);
+    }
+
+    /// A line longer than any record is skipped, counted, and the next one
+    /// read.
+    #[test]
+    fn an_overlong_line_is_counted_not_read() {
+        let (dir, state) = state_dir();
+        let mut text = "x".repeat(3 * MAX_LINE_BYTES as usize);
+        text.push('\n');
+        text.push_str(&serde_json::to_string(&record("after")).unwrap());
+        text.push('\n');
+        std::fs::write(dir.path().join(AUDIT_FILE), text).unwrap();
+        let report = read(&state, &Filter::default());
+        assert_eq!(report.unreadable_lines, 1);
+        assert_eq!(report.records.len(), 1);
+        assert_eq!(report.records[0].detail.as_deref(), Some("after"));
     }
 
     #[test]
     fn the_log_rotates_and_keeps_a_bounded_number_of_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open_rotating_at(dir.path(), 16 * 1024).unwrap();
+        let (dir, state) = state_dir();
+        let mut log = AuditLog::open_rotating_at(state.clone(), 16 * 1024).unwrap();
         let big = "x".repeat(4 * 1024);
         for _ in 0..30 {
             log.append(&record(&big)).unwrap();
@@ -293,6 +822,7 @@ mod tests {
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with(AUDIT_FILE))
             .collect();
         names.sort();
         assert_eq!(
@@ -309,7 +839,139 @@ mod tests {
             assert!(std::fs::metadata(dir.path().join(name)).unwrap().len() <= 16 * 1024);
         }
         // Three records of 4 KiB fit a file: 30 written, 5 files kept.
-        let (records, _) = read(dir.path(), None).unwrap();
-        assert_eq!(records.len(), 15);
+        assert_eq!(all(&state).len(), 15);
+    }
+
+    /// The worst a caller without permission can make a denial record is a
+    /// few hundred bytes, whatever it sends.
+    #[test]
+    fn a_denial_is_recorded_in_a_bounded_form() {
+        let prefixes: Vec<String> = (0..3900).map(|_| "\\\u{1}\"".repeat(20_000)).collect();
+        let mut user = requester(1000);
+        user.user = Some("a".repeat(32));
+        let mut record = AuditRecord::denied(
+            Action::Allow,
+            user,
+            "permission denied: `allow` changes the allowlist and needs root or membership in group `fw-operators-of-this-host`; group `fw-readers-of-this-host` may only read",
+            Some(&"\\\u{7}".repeat(100_000)),
+            &prefixes,
+        );
+        record.request_id = Some("r".repeat(64));
+        let line = line_of(&record).unwrap();
+        assert!(line.len() <= MAX_DENIAL_RECORD_BYTES, "{}", line.len());
+        let written: AuditRecord = serde_json::from_slice(&line).unwrap();
+        assert_eq!(written.prefixes.len(), DENIED_PREFIXES);
+        assert_eq!(written.prefix_count, Some(3900));
+        assert_eq!(written.prefixes_sha256.unwrap().len(), 64);
+        let summary = line_of(&summary(Suppressed {
+            user: requester(1000),
+            count: u64::MAX,
+            by_action: [
+                Action::Allow,
+                Action::Remove,
+                Action::Reload,
+                Action::Confirm,
+                Action::FeedsRefresh,
+            ]
+            .into_iter()
+            .map(|action| (action, u64::MAX))
+            .collect(),
+            first: Timestamp::now(),
+            last: Timestamp::now(),
+        }))
+        .unwrap();
+        assert!(
+            summary.len() <= MAX_SUMMARY_RECORD_BYTES,
+            "{}",
+            summary.len()
+        );
+    }
+
+    /// The largest denial and summary records ([`a_denial_is_recorded_in_a_bounded_form`]
+    /// checks them): with the limiter's rates, the most a caller's denials
+    /// add a minute (the README states it).
+    const MAX_DENIAL_RECORD_BYTES: usize = 1024;
+    const MAX_SUMMARY_RECORD_BYTES: usize = 640;
+
+    #[test]
+    fn denials_past_a_callers_share_are_summarized_and_never_touch_the_changes() {
+        let (dir, state) = state_dir();
+        let mut log = AuditLog::open(state.clone()).unwrap();
+        log.append(&record("the admin's change")).unwrap();
+        let changes_before = std::fs::read(dir.path().join(AUDIT_FILE)).unwrap();
+        let prefixes = vec!["192.0.2.1".to_string(); 3900];
+        for _ in 0..2000 {
+            let denied = AuditRecord::denied(
+                Action::Allow,
+                requester(1001),
+                "permission denied",
+                None,
+                &prefixes,
+            );
+            log.deny(&denied).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(AUDIT_FILE)).unwrap(),
+            changes_before
+        );
+        let due = log.next_summary_at().unwrap();
+        assert!(due > SystemTime::now());
+        log.limiter
+            .callers
+            .values_mut()
+            .for_each(|caller| caller.summary_at = SystemTime::now());
+        log.write_due_summaries().unwrap();
+        assert_eq!(log.next_summary_at(), None);
+        let records = all(&state);
+        assert_eq!(records[0].detail.as_deref(), Some("the admin's change"));
+        let denied: Vec<_> = records
+            .iter()
+            .filter(|record| record.action == Action::Allow && record.outcome == Outcome::Denied)
+            .collect();
+        assert_eq!(denied.len(), CALLER_BURST as usize);
+        let summaries: Vec<_> = records
+            .iter()
+            .filter(|record| record.action == Action::DeniedRequests)
+            .collect();
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(
+            summaries[0].suppressed,
+            Some(2000 - u64::from(CALLER_BURST))
+        );
+        assert!(
+            summaries[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("allow x1995"),
+            "{:?}",
+            summaries[0].detail
+        );
+    }
+
+    #[test]
+    fn callers_share_a_minute_and_all_callers_share_another() {
+        let mut limiter = DenialLimiter::default();
+        let start = SystemTime::now();
+        let deny = |limiter: &mut DenialLimiter, uid, at| {
+            let record = AuditRecord::denied(Action::Reload, requester(uid), "no", None, &[]);
+            limiter.admit(&record, at)
+        };
+        // A caller: five at once, then one every 12 s.
+        let admitted = (0..100).filter(|_| deny(&mut limiter, 1, start)).count();
+        assert_eq!(admitted, 5);
+        assert!(!deny(&mut limiter, 1, start + Duration::from_secs(11)));
+        assert!(deny(&mut limiter, 1, start + Duration::from_secs(12)));
+        // In a minute after the burst: five more.
+        let minute: usize = (13..=72)
+            .filter(|second| deny(&mut limiter, 1, start + Duration::from_secs(*second)))
+            .count();
+        assert_eq!(minute, 5);
+        // Every caller together: 20 at once.
+        let mut limiter = DenialLimiter::default();
+        let admitted = (0..100u32)
+            .filter(|uid| deny(&mut limiter, 100 + uid, start))
+            .count();
+        assert_eq!(admitted as u32, ALL_BURST);
     }
 }

@@ -31,6 +31,8 @@ use crate::{
 
 /// Prefixes an audit record lists per update, at most.
 const AUDITED_PREFIXES: usize = 1000;
+/// Longest error kept of a failed update (in `feeds`, logs and records).
+const MAX_ERROR_BYTES: usize = 512;
 /// How often feeds' ages are checked against their `max_age`.
 const STALENESS_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -92,6 +94,11 @@ impl Writer {
                 meta.next_attempt = Some(job.next_if_ok.0);
             }
             Err(error) => {
+                // The feed chose much of what an error says: it is shown,
+                // logged and audited at a bounded length.
+                let error =
+                    crate::text::truncated(&crate::text::escape_controls(&error), MAX_ERROR_BYTES)
+                        .into_owned();
                 warn!(
                     feed = feed.name,
                     error, "the feed update failed; its last good list stays in force"
@@ -158,7 +165,7 @@ impl Writer {
             info!(feed = feed.name, listed, used = %used, "host bits cleared in a feed entry");
         }
         let list = normalized.list;
-        let mut lists = self.feeds.clone();
+        let mut lists = FeedLists::clone(&self.feeds);
         let previous = lists.insert(feed.name.clone(), list.clone());
         let compiled = policy::compile_with(&self.config, &self.runtime, &lists)
             .map_err(|err| err.to_string())?;
@@ -169,7 +176,7 @@ impl Writer {
         let took = started.elapsed();
         let (added, removed) = changes(previous.as_ref(), &list);
         self.policy = Arc::new(compiled);
-        self.feeds = lists;
+        self.feeds = Arc::new(lists);
         let (v4, v6) = list.families();
         info!(
             feed = feed.name,
@@ -344,7 +351,7 @@ impl Writer {
     /// scheduler.
     pub(super) fn adopt_feeds(&mut self, new: &[Feed], lists: FeedLists) {
         self.feed_meta.retain(|name, _| lists.contains_key(name));
-        self.feeds = lists;
+        self.feeds = Arc::new(lists);
         self.feed_configs.send_replace(new.to_vec());
     }
 }

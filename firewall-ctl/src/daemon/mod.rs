@@ -8,8 +8,10 @@
 pub mod audit;
 mod blocked;
 mod feeds;
+mod limits;
 mod links;
 mod metrics;
+mod reads;
 mod server;
 pub mod state;
 mod writer;
@@ -73,14 +75,19 @@ pub struct PolicyStatus {
 /// Work for the writer.
 pub enum Job {
     /// A command from the socket, or a reload from SIGHUP (no requester,
-    /// no reply).
+    /// no reply). One not started by `deadline` is refused.
     Command {
         command: Command,
         requester: Option<Requester>,
         reply: Option<oneshot::Sender<Response>>,
+        /// The client's id for it, for the audit log.
+        request_id: Option<String>,
+        deadline: SystemTime,
     },
-    /// A refusal the server decided on, to append to the audit log.
-    Audit(AuditRecord),
+    /// A request the server denied for lack of permission, to audit.
+    Denied(AuditRecord),
+    /// The state heavy reads are built from, away from the writer.
+    Snapshot(oneshot::Sender<Result<reads::ReadView, String>>),
     /// Interfaces the kernel does not run our program on: attach it.
     Reattach(Vec<String>),
     /// Answers when the writer is free: the service manager's watchdog.
@@ -88,7 +95,7 @@ pub enum Job {
     /// What a feed fetch brought, to apply.
     Feed(crate::feeds::schedule::FetchJob),
     /// A snapshot for a metrics scrape.
-    Metrics(oneshot::Sender<anyhow::Result<metrics::Snapshot>>),
+    Metrics(oneshot::Sender<metrics::WriterSnapshot>),
 }
 
 /// Where the daemon keeps its files and listens, when the command line
@@ -138,12 +145,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     system::raise_file_limit();
     let state_dir = file_config.state_dir.clone();
     let (store, mut runtime) = StateStore::open(&state_dir)?;
-    let mut audit = AuditLog::open(&state_dir)
-        .with_context(|| format!("opening the audit log in `{}`", state_dir.display()))?;
+    let state_files = Arc::clone(store.dir());
+    let mut audit = AuditLog::open(Arc::clone(&state_files))?;
     drop_expired(&mut runtime, &store, &mut audit)?;
     // Each feed's last good copy is enforced from the start, before (and
     // whatever becomes of) the first fetch.
-    let feed_store = crate::feeds::store::FeedStore::new(&state_dir);
+    let feed_store = crate::feeds::store::FeedStore::open(store.dir()).with_context(|| {
+        format!(
+            "cannot use the feeds' directory `{}`",
+            store.dir().join("feeds").display()
+        )
+    })?;
     let (config, config_text, pending) = resume_pending_reload(
         &config_path,
         &overrides,
@@ -273,9 +285,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         program_id,
         overrides,
         socket: config.socket.clone(),
-        config,
-        runtime,
-        feeds: feed_lists,
+        config: Arc::new(config),
+        runtime: Arc::new(runtime),
+        feeds: Arc::new(feed_lists),
         feed_meta: last_good
             .iter()
             .map(|(name, last)| {
@@ -307,6 +319,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         next_staleness_check: SystemTime::now() + std::time::Duration::from_secs(60),
         catch_up_at: None,
         warned_stale: Default::default(),
+        request_id: None,
     };
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());
@@ -351,6 +364,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         refresh_feeds,
         blocked,
         followers: Arc::new(tokio::sync::Semaphore::new(server::MAX_FOLLOWERS)),
+        state_dir: state_files,
+        connections: limits::Limiter::new(limits::CONNECTIONS),
+        heavy_reads: limits::Limiter::new(limits::HEAVY_READS),
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));
@@ -367,7 +383,14 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         tokio::select! {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading config");
-                let _ = jobs.send(Job::Command { command: Command::Reload(Default::default()), requester: None, reply: None });
+                let _ = jobs.send(Job::Command {
+                    command: Command::Reload(Default::default()),
+                    requester: None,
+                    reply: None,
+                    request_id: None,
+                    // However long the writer is busy, a reload signalled is done.
+                    deadline: SystemTime::now() + std::time::Duration::from_secs(24 * 3600),
+                });
             }
             _ = interrupt.recv() => break Ok(()),
             _ = terminate.recv() => break Ok(()),

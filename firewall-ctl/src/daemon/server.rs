@@ -9,11 +9,10 @@
 //! and audited.
 
 use std::{
-    io::Write as _,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -22,29 +21,28 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::{Semaphore, oneshot, watch},
 };
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::{
     Job, PolicyStatus,
-    audit::{self, Action, AuditRecord, Outcome},
+    audit::{self, Action, AuditRecord},
+    limits::{self, Limiter, Refusal, Throttle},
+    reads,
 };
 use crate::{
-    api::{self, AuditLogReport, Command, Request, Response, StatusReport},
+    api::{self, Command, Request, Response, StatusReport},
     entries::{Requester, Timestamp},
+    fsutil::StateDir,
     system,
     text::escape_controls,
 };
 
-/// Concurrent control connections; past this, new ones are told so and
-/// closed at once. Far below the daemon's file limit, far above what
-/// operators and scripts need.
-pub const MAX_CONNECTIONS: usize = 128;
 /// `blocked --follow` streams at once: each holds a connection for as long
 /// as it runs, and readers must not be able to take them all.
 pub const MAX_FOLLOWERS: usize = 8;
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a client may take to read its answer.
+/// How long a client may take to read each chunk of its answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers past this size give their memory back to the kernel once sent.
 const LARGE_RESPONSE_BYTES: usize = 16 << 20;
@@ -76,15 +74,13 @@ pub struct Peer {
 
 /// Whether `peer` may run `command`; the error says why not.
 pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), String> {
-    let member = |group: &Option<crate::config::Group>| {
-        group
-            .as_ref()
-            .is_some_and(|group| peer.groups.contains(&group.gid))
-    };
-    if peer.uid == 0 || member(&access.control_group) {
+    if privileged(peer, access) {
         return Ok(());
     }
-    let may_read = member(&access.read_group);
+    let may_read = access
+        .read_group
+        .as_ref()
+        .is_some_and(|group| peer.groups.contains(&group.gid));
     if may_read && !command.is_change() {
         return Ok(());
     }
@@ -218,24 +214,61 @@ pub struct Shared {
     pub blocked: Arc<super::blocked::BlockedView>,
     /// Permits of `blocked --follow` streams ([`MAX_FOLLOWERS`]).
     pub followers: Arc<Semaphore>,
+    /// Where the audit trail is, for `audit log`.
+    pub state_dir: Arc<StateDir>,
+    /// Control connections held, by user ([`limits::CONNECTIONS`]).
+    pub connections: Limiter,
+    /// Heavy reads running, by user ([`limits::HEAVY_READS`]).
+    pub heavy_reads: Limiter,
     pub started: Instant,
+}
+
+/// Whether `peer` may change the policy: root, or a `control_group` member.
+fn privileged(peer: &Peer, access: &Access) -> bool {
+    peer.uid == 0
+        || access
+            .control_group
+            .as_ref()
+            .is_some_and(|group| peer.groups.contains(&group.gid))
 }
 
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refusals = Throttle::default();
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        handle(stream, &shared).await;
-                        drop(permit);
-                    });
+            Ok((stream, _)) => {
+                let peer = match peer_of(&stream) {
+                    Ok(peer) => peer,
+                    Err(err) => {
+                        warn!(error = %err, "reading a control client's credentials failed; closing");
+                        continue;
+                    }
+                };
+                let privileged = privileged(&peer, &shared.status.borrow().access);
+                match shared.connections.admit(peer.uid, privileged) {
+                    Ok(slot) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            handle(stream, peer, privileged, &shared).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(refusal) => {
+                        let message = connection_refusal(refusal, peer.uid);
+                        if let Some(held_back) = refusals.due(peer.uid) {
+                            warn!(
+                                uid = peer.uid,
+                                pid = peer.pid,
+                                also_refused_since_last_logged = held_back,
+                                reason = message,
+                                "control connection refused"
+                            );
+                        }
+                        refuse(&stream, message);
+                    }
                 }
-                Err(_) => refuse_busy(&stream),
-            },
+            }
             Err(err) => {
                 warn!(error = %err, "accepting a control connection failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -244,13 +277,28 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-/// Tells a client over the limit so, without waiting for it, and closes.
-fn refuse_busy(stream: &UnixStream) {
-    debug!("control connection refused: {MAX_CONNECTIONS} already open");
-    let mut line = serde_json::to_vec(&Response::Error(format!(
-        "the daemon has {MAX_CONNECTIONS} control connections open; try again in a moment"
-    )))
-    .expect("responses serialize");
+/// Why a connection of `uid` was refused, for the client.
+fn connection_refusal(refusal: Refusal, uid: u32) -> String {
+    let limits = limits::CONNECTIONS;
+    match refusal {
+        Refusal::Full => format!(
+            "the daemon has {} control connections open; try again in a moment",
+            limits.total
+        ),
+        Refusal::User => format!(
+            "{} control connections open from uid {uid} already, the most one user may hold; close some, or try again in a moment",
+            limits.per_user
+        ),
+        Refusal::Unprivileged => format!(
+            "users outside root and `control_group` hold {} control connections already, all they may (the rest are kept for those who may change the policy); try again in a moment",
+            limits.unprivileged
+        ),
+    }
+}
+
+/// Tells a client it is refused, without waiting for it, and closes.
+fn refuse(stream: &UnixStream, message: String) {
+    let mut line = serde_json::to_vec(&Response::Error(message)).expect("responses serialize");
     line.push(b'\n');
     let _ = stream.try_write(&line);
 }
@@ -267,9 +315,17 @@ fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     })
 }
 
+/// Longest request id a client may give.
+const MAX_REQUEST_ID_BYTES: usize = 64;
+/// How long a request may wait for the policy writer when its client
+/// gives no deadline (`firewall-ctl` always gives one).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// The furthest deadline a client may give.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// Parses one request line: version first, so an old or new client learns
 /// that before anything else.
-pub fn parse_request(line: &str) -> Result<Command, String> {
+pub fn parse_request(line: &str) -> Result<Request, String> {
     if line.trim().is_empty() {
         return Err("empty request".to_string());
     }
@@ -285,53 +341,93 @@ pub fn parse_request(line: &str) -> Result<Command, String> {
         }
         None => return Err("malformed request: no `version`".to_string()),
     }
-    serde_json::from_value::<Request>(value)
-        .map(|request| request.command)
-        .map_err(|err| format!("malformed or unknown request: {err}"))
+    let request = serde_json::from_value::<Request>(value)
+        .map_err(|err| format!("malformed or unknown request: {err}"))?;
+    if let Some(id) = &request.id
+        && (id.is_empty()
+            || id.len() > MAX_REQUEST_ID_BYTES
+            || !id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte)))
+    {
+        return Err(format!(
+            "malformed request: `id` must be 1 to {MAX_REQUEST_ID_BYTES} letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    Ok(request)
 }
 
-async fn handle(stream: UnixStream, shared: &Shared) {
-    let peer = match peer_of(&stream) {
-        Ok(peer) => peer,
-        Err(err) => {
-            warn!(error = %err, "reading a control client's credentials failed; closing");
-            return;
-        }
-    };
+/// When the policy writer must have started `request` by, or refuse it.
+fn deadline_of(request: &Request, now: SystemTime) -> SystemTime {
+    let latest = now + MAX_DEADLINE;
+    request
+        .deadline_ms
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        .unwrap_or(now + DEFAULT_DEADLINE)
+        .min(latest)
+}
+
+async fn handle(stream: UnixStream, peer: Peer, privileged: bool, shared: &Shared) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader.take(api::MAX_REQUEST_BYTES));
     let mut line = String::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-    let response = match read {
+    let answer = match read {
         Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= api::MAX_REQUEST_BYTES => {
-            Response::Error(format!(
+            Answer::Now(Response::Error(format!(
                 "request larger than {} bytes",
                 api::MAX_REQUEST_BYTES
-            ))
+            )))
         }
         Ok(Ok(_)) => match parse_request(&line) {
-            Ok(Command::BlockedFollow)
-                if authorize(
-                    &Command::BlockedFollow,
-                    &peer,
-                    &shared.status.borrow().access,
-                )
-                .is_ok() =>
+            Ok(Request {
+                command: Command::BlockedFollow,
+                ..
+            }) if authorize(
+                &Command::BlockedFollow,
+                &peer,
+                &shared.status.borrow().access,
+            )
+            .is_ok() =>
             {
                 match shared.followers.clone().try_acquire_owned() {
                     Ok(_permit) => return follow_blocked(reader, writer, shared).await,
-                    Err(_) => Response::Error(format!(
+                    Err(_) => Answer::Now(Response::Error(format!(
                         "{MAX_FOLLOWERS} `blocked --follow` streams are running already; stop one, or use `firewall-ctl blocked`"
-                    )),
+                    ))),
                 }
             }
-            Ok(command) => answer(command, peer, shared).await,
-            Err(message) => Response::Error(escape_controls(&message)),
+            Ok(request) => answer(request, peer, privileged, shared).await,
+            Err(message) => Answer::Now(Response::Error(escape_controls(&message))),
         },
-        Ok(Err(err)) => Response::Error(format!("reading the request failed: {err}")),
-        Err(_) => Response::Error(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
+        Ok(Err(err)) => Answer::Now(Response::Error(format!(
+            "reading the request failed: {err}"
+        ))),
+        Err(_) => Answer::Now(Response::Error(format!(
+            "no request within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
     };
-    let sent = send(&mut writer, response, RESPONSE_TIMEOUT).await;
+    let sent = match answer {
+        Answer::Now(response) => {
+            send(
+                &mut writer,
+                Background::Pool,
+                RESPONSE_TIMEOUT,
+                move |out| reads::write_response(&response, out),
+            )
+            .await
+        }
+        Answer::Heavy(produce) => {
+            send(
+                &mut writer,
+                Background::LowPriority,
+                RESPONSE_TIMEOUT,
+                produce,
+            )
+            .await
+        }
+    };
     // A report of every entry of a large policy (a hundred MB and more
     // while it was built) would otherwise stay resident. Off the runtime's
     // one thread: trimming a large heap takes a while.
@@ -340,42 +436,81 @@ async fn handle(stream: UnixStream, shared: &Shared) {
     }
 }
 
-/// Bytes of JSON serialized at a time by [`send`].
+/// Writes an answer into what it is given; runs off the runtime's thread.
+type Producer = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
+
+/// What a request is answered with.
+enum Answer {
+    /// A response ready to send.
+    Now(Response),
+    /// An answer to build and write on a thread of its own, at a low
+    /// priority: a heavy read, holding its slot until it is written.
+    Heavy(Producer),
+}
+
+/// Where [`send`] runs what writes the answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Background {
+    /// tokio's blocking pool: serializing a response at hand.
+    Pool,
+    /// A thread of its own at a lower CPU priority than the policy writer.
+    LowPriority,
+}
+
+/// Bytes of JSON written at a time by [`send`].
 const RESPONSE_CHUNK_BYTES: usize = 1 << 20;
 
-/// Sends `response` and a newline, serialized on a blocking thread a chunk
-/// at a time while the chunks before are written: a report of every entry
-/// of a 250k + 250k policy is about 190 MB of JSON, which was built whole
-/// first. Gives up after `timeout`; returns the bytes sent.
+/// Sends what `produce` writes (a response line), a chunk at a time while
+/// it writes the next, from a thread of `background`: a report of every
+/// entry of a 250k + 250k policy is about 190 MB of JSON, which was built
+/// whole first. Gives up once the client has not taken a chunk within
+/// `chunk_timeout`; returns the bytes sent.
 async fn send(
     writer: &mut (impl tokio::io::AsyncWrite + Unpin),
-    response: Response,
-    timeout: Duration,
+    background: Background,
+    chunk_timeout: Duration,
+    produce: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'static,
 ) -> usize {
     let (chunks, mut received) = tokio::sync::mpsc::channel(2);
-    let serializer = tokio::task::spawn_blocking(move || {
+    let run = move || {
         let mut out = ChunkWriter {
             chunks,
             buffer: Vec::new(),
         };
         // An error is a closed channel: the writing side gave up.
-        let _ = serde_json::to_writer(&mut out, &response)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-    });
-    let mut sent = 0;
-    let write = async {
-        while let Some(chunk) = received.recv().await {
-            writer.write_all(&chunk).await?;
-            sent += chunk.len();
-        }
-        std::io::Result::Ok(())
+        let _ = produce(&mut out).and_then(|()| std::io::Write::flush(&mut out));
     };
-    let _ = tokio::time::timeout(timeout, write).await;
-    // Stops the serializer at its next chunk if the client gave up.
+    let (finished, done) = oneshot::channel::<()>();
+    let finish = move || {
+        run();
+        let _ = finished.send(());
+    };
+    match background {
+        Background::Pool => drop(tokio::task::spawn_blocking(finish)),
+        Background::LowPriority => {
+            let spawned = std::thread::Builder::new()
+                .name("heavy-read".into())
+                .spawn(move || {
+                    system::lower_thread_priority();
+                    finish();
+                });
+            if let Err(err) = spawned {
+                warn!(error = %err, "starting a thread for a heavy read failed");
+            }
+        }
+    }
+    let mut sent = 0;
+    // However long a chunk takes to make, the client has `chunk_timeout`
+    // to take each one.
+    while let Some(chunk) = received.recv().await {
+        match tokio::time::timeout(chunk_timeout, writer.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    // Stops the writing thread at its next chunk if the client gave up.
     drop(received);
-    let _ = serializer.await;
+    let _ = done.await;
     sent
 }
 
@@ -405,7 +540,25 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
+/// The action a denied `command` is audited as.
+fn denied_action(command: &Command) -> Action {
+    match command {
+        Command::Allow(_) => Action::Allow,
+        Command::Remove(_) => Action::Remove,
+        Command::Reload(_) => Action::Reload,
+        Command::Confirm => Action::Confirm,
+        Command::FeedsRefresh { .. } => Action::FeedsRefresh,
+        _ => Action::Read,
+    }
+}
+
+async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared) -> Answer {
+    let Request {
+        command,
+        id: request_id,
+        ..
+    } = &request;
+    let deadline = deadline_of(&request, SystemTime::now());
     let uid = peer.uid;
     let user = tokio::task::spawn_blocking(move || system::user_name(uid))
         .await
@@ -417,29 +570,39 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
         pid: peer.pid,
     };
     let status = shared.status.borrow().clone();
-    if let Err(message) = authorize(&command, &peer, &status.access) {
+    if let Err(message) = authorize(command, &peer, &status.access) {
         warn!(command = command.name(), requester = %requester, "control request refused: permission denied");
-        let action = match &command {
-            Command::Allow(_) => Action::Allow,
-            Command::Remove(_) => Action::Remove,
-            Command::Reload(_) => Action::Reload,
-            Command::Confirm => Action::Confirm,
-            _ => Action::Read,
+        let (rule, prefixes) = match command {
+            Command::Allow(api::AllowRequest { rule, prefixes, .. })
+            | Command::Remove(api::RemoveRequest { rule, prefixes, .. }) => {
+                (rule.as_deref(), prefixes.as_slice())
+            }
+            _ => (None, &[][..]),
         };
-        let mut record = AuditRecord::new(action, Some(requester), Outcome::Denied);
-        record.detail = Some(message.clone());
-        if let Command::Allow(api::AllowRequest { rule, prefixes, .. })
-        | Command::Remove(api::RemoveRequest { rule, prefixes, .. }) = &command
-        {
-            record.rule = rule.clone();
-            record.prefixes = prefixes.clone();
-        }
-        let _ = shared.jobs.send(Job::Audit(record));
-        return Response::Error(message);
+        let mut record =
+            AuditRecord::denied(denied_action(command), requester, &message, rule, prefixes);
+        record.request_id = request_id.clone();
+        let _ = shared.jobs.send(Job::Denied(record));
+        return Answer::Now(Response::Error(message));
     }
-    match command {
+    let request_id = request_id.clone();
+    let command = request.command;
+    if command.is_heavy() {
+        return match shared.heavy_reads.admit(peer.uid, privileged) {
+            Ok(slot) => heavy_read(command, slot, shared).await,
+            Err(_) => Answer::Now(Response::Error(format!(
+                "busy: {} heavy reads (`list`, `stats --entries`, `audit report`, `audit log`) are running, as many as the daemon serves at once{}; try again in a moment",
+                shared.heavy_reads.limits().total,
+                if privileged {
+                    ""
+                } else {
+                    " (or as many as one user or `read_group` may)"
+                }
+            ))),
+        };
+    }
+    Answer::Now(match command {
         Command::Status => Response::Status(status_report(&status, shared).await),
-        Command::AuditLog { since } => audit_log(&status.report.state_dir, since).await,
         Command::FeedsRefresh { feed } => refresh_feeds(shared, feed).await,
         Command::Blocked => Response::Blocked(shared.blocked.report(status.sample_rate)),
         command => {
@@ -448,15 +611,64 @@ async fn answer(command: Command, peer: Peer, shared: &Shared) -> Response {
                 command,
                 requester: Some(requester),
                 reply: Some(reply),
+                request_id,
+                deadline,
             };
             if shared.jobs.send(job).is_err() {
-                return Response::Error("the daemon is shutting down".to_string());
+                return Answer::Now(shutting_down());
             }
-            answer
-                .await
-                .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_string()))
+            answer.await.unwrap_or_else(|_| shutting_down())
         }
+    })
+}
+
+fn shutting_down() -> Response {
+    Response::Error("the daemon is shutting down".to_string())
+}
+
+/// Answers a heavy read holding `slot`: the audit trail streamed from its
+/// files; the entries' reports from a snapshot of the writer's state.
+async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> Answer {
+    if let Command::AuditLog { since, request } = command {
+        let since = match since.as_deref().map(parse_since).transpose() {
+            Ok(since) => since,
+            Err(message) => return Answer::Now(Response::Error(message)),
+        };
+        let filter = audit::Filter {
+            since,
+            request_id: request,
+        };
+        let dir = Arc::clone(&shared.state_dir);
+        return Answer::Heavy(Box::new(move |out| {
+            let _slot = slot;
+            audit::write_report(&dir, &filter, out).or_else(|err| {
+                reads::write_response(
+                    &Response::Error(format!("reading the audit log failed: {err}")),
+                    out,
+                )
+            })
+        }));
     }
+    let (reply, view) = oneshot::channel();
+    if shared.jobs.send(Job::Snapshot(reply)).is_err() {
+        return Answer::Now(shutting_down());
+    }
+    let view = match view.await {
+        Ok(Ok(view)) => view,
+        Ok(Err(message)) => return Answer::Now(Response::Error(message)),
+        Err(_) => return Answer::Now(shutting_down()),
+    };
+    Answer::Heavy(Box::new(move |out| {
+        let _slot = slot;
+        match command {
+            Command::List { rule } => view.write_list(rule.as_deref(), out),
+            Command::Entries { rule } => reads::write_response(&view.entries(rule.as_deref()), out),
+            other => reads::write_response(
+                &Response::Error(format!("`{}` is not a heavy read", other.name())),
+                out,
+            ),
+        }
+    }))
 }
 
 /// Streams each newly sampled blocked source to `writer`, one response
@@ -559,22 +771,6 @@ pub fn parse_since(text: &str) -> Result<Timestamp, String> {
         })
 }
 
-async fn audit_log(state_dir: &Path, since: Option<String>) -> Response {
-    let since = match since.as_deref().map(parse_since).transpose() {
-        Ok(since) => since,
-        Err(message) => return Response::Error(message),
-    };
-    let dir = state_dir.to_path_buf();
-    match tokio::task::spawn_blocking(move || audit::read(&dir, since)).await {
-        Ok(Ok((records, unreadable_lines))) => Response::AuditLog(AuditLogReport {
-            records,
-            unreadable_lines,
-        }),
-        Ok(Err(err)) => Response::Error(format!("reading the audit log failed: {err}")),
-        Err(err) => Response::Error(format!("reading the audit log failed: {err}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,7 +794,13 @@ mod tests {
         });
         let mut expected = serde_json::to_vec(&large_response()).unwrap();
         expected.push(b'\n');
-        let sent = send(&mut server, large_response(), Duration::from_secs(10)).await;
+        let sent = send(
+            &mut server,
+            Background::Pool,
+            Duration::from_secs(10),
+            |out| reads::write_response(&large_response(), out),
+        )
+        .await;
         drop(server);
         assert_eq!(sent, expected.len());
         assert!(reader.await.unwrap() == expected);
@@ -610,7 +812,13 @@ mod tests {
     async fn a_client_that_stops_reading_is_given_up_on() {
         let (mut server, _client) = tokio::io::duplex(64 * 1024);
         let started = Instant::now();
-        let sent = send(&mut server, large_response(), Duration::from_millis(200)).await;
+        let sent = send(
+            &mut server,
+            Background::LowPriority,
+            Duration::from_millis(200),
+            |out| reads::write_response(&large_response(), out),
+        )
+        .await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(sent < RESPONSE_CHUNK_BYTES, "{sent}");
     }
@@ -689,16 +897,40 @@ mod tests {
 
     #[test]
     fn requests_are_checked_for_version_and_shape() {
+        let command = |line| parse_request(line).map(|request| request.command);
         assert_eq!(
-            parse_request(r#"{"version":2,"command":"status"}"#),
+            command(r#"{"version":2,"command":"status"}"#),
             Ok(Command::Status)
         );
         assert_eq!(
-            parse_request(r#"{"version":2,"command":{"list":{"rule":"vendor"}}}"#),
+            command(r#"{"version":2,"command":{"list":{"rule":"vendor"}}}"#),
             Ok(Command::List {
                 rule: Some("vendor".to_string())
             })
         );
+        // An id and a deadline, optional; the id is checked.
+        let request =
+            parse_request(r#"{"version":2,"command":"confirm","id":"a1-b.2_c","deadline_ms":5}"#)
+                .unwrap();
+        assert_eq!(request.id.as_deref(), Some("a1-b.2_c"));
+        assert_eq!(
+            deadline_of(&request, SystemTime::now()),
+            UNIX_EPOCH + Duration::from_millis(5)
+        );
+        for id in ["", "a b", "\u{1b}[2J", &"x".repeat(65)] {
+            let line = serde_json::json!({"version": 2, "command": "status", "id": id}).to_string();
+            let err = parse_request(&line).unwrap_err();
+            assert!(err.contains("`id` must be"), "{err}");
+        }
+        let now = SystemTime::now();
+        let no_deadline = parse_request(r#"{"version":2,"command":"confirm"}"#).unwrap();
+        assert_eq!(deadline_of(&no_deadline, now), now + DEFAULT_DEADLINE);
+        let far = parse_request(&format!(
+            r#"{{"version":2,"command":"confirm","deadline_ms":{}}}"#,
+            u64::MAX
+        ))
+        .unwrap();
+        assert_eq!(deadline_of(&far, now), now + MAX_DEADLINE);
         let old = parse_request(r#"{"version":1,"command":"status"}"#).unwrap_err();
         assert!(old.contains("protocol version 1 is not supported"), "{old}");
         let unknown = parse_request(r#"{"version":2,"command":"format_disk"}"#).unwrap_err();

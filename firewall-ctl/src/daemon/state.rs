@@ -5,10 +5,10 @@
 //! and how to recover; the file is left exactly as it was.
 
 use std::{
-    fs::{DirBuilder, File},
+    fs::File,
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use nix::fcntl::{Flock, FlockArg};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::CounterLedger,
     entries::{RuntimeEntries, RuntimeEntry},
-    fsutil::{self, MAX_FILE_BYTES, ReadError},
+    fsutil::{DirError, MAX_FILE_BYTES, ReadError, StateDir},
 };
 
 /// The state file, inside `state_dir`.
@@ -41,8 +41,7 @@ const STAGED_CONFIG_FILE: &str = "running-config.toml.next";
 pub struct StagedConfig {
     /// Writes the copy while the config is compiled and applied.
     writing: Option<std::thread::JoinHandle<io::Result<()>>>,
-    staged: PathBuf,
-    running: PathBuf,
+    dir: Arc<StateDir>,
 }
 
 impl StagedConfig {
@@ -61,11 +60,11 @@ impl StagedConfig {
     pub fn keep(mut self) {
         let kept = self
             .written()
-            .and_then(|()| std::fs::rename(&self.staged, &self.running));
+            .and_then(|()| self.dir.rename(STAGED_CONFIG_FILE, RUNNING_CONFIG_FILE));
         if let Err(err) = kept {
-            let _ = std::fs::remove_file(&self.staged);
-            let _ = std::fs::remove_file(&self.running);
-            tracing::warn!(path = %self.running.display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
+            let _ = self.dir.remove(STAGED_CONFIG_FILE);
+            let _ = self.dir.remove(RUNNING_CONFIG_FILE);
+            tracing::warn!(path = %self.dir.join(RUNNING_CONFIG_FILE).display(), error = %err, "keeping a copy of the running config failed; `reload --confirm` is refused until a reload writes it");
         }
     }
 }
@@ -74,7 +73,7 @@ impl Drop for StagedConfig {
     fn drop(&mut self) {
         if self.writing.is_some() {
             let _ = self.written();
-            let _ = std::fs::remove_file(&self.staged);
+            let _ = self.dir.remove(STAGED_CONFIG_FILE);
         }
     }
 }
@@ -107,14 +106,20 @@ struct StateFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error(
-        "cannot use state_dir `{}`: {source}; create it, or point `state_dir` in the config at a writable directory",
-        dir.display()
-    )]
+    #[error("cannot use state_dir `{}`: {source}", dir.display())]
     Dir {
         dir: PathBuf,
         #[source]
-        source: io::Error,
+        source: DirError,
+    },
+    #[error(
+        "cannot use the lock file `{path}`: {source}; remove it while no daemon runs (the daemon creates its own)",
+        path = path.display()
+    )]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
     },
     #[error(
         "another firewall-ctl daemon is using state_dir `{}`; stop it first, or give this daemon its own `state_dir`",
@@ -150,57 +155,55 @@ pub enum StateError {
 
 /// The state directory of a running daemon, locked against a second one.
 pub struct StateStore {
-    path: PathBuf,
-    dir: PathBuf,
+    dir: Arc<StateDir>,
     _lock: Flock<File>,
 }
 
 impl StateStore {
     /// Opens (creating if needed) `dir`, locks it, and loads its entries.
     pub fn open(dir: &Path) -> Result<(Self, RuntimeEntries), StateError> {
-        let dir_error = |source| StateError::Dir {
+        let dir = StateDir::open(dir).map_err(|source| StateError::Dir {
             dir: dir.to_path_buf(),
             source,
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_error)?;
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(dir_error)?;
+        })?;
+        let lock_file = dir
+            .open_lock(LOCK_FILE)
+            .map_err(|source| StateError::Lock {
+                path: dir.join(LOCK_FILE),
+                source,
+            })?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
             StateError::Locked {
-                dir: dir.to_path_buf(),
+                dir: dir.path().to_path_buf(),
             }
         })?;
-        let path = dir.join(STATE_FILE);
-        let entries = load(&path)?;
+        let entries = load(&dir, STATE_FILE)?;
         let store = Self {
-            path,
-            dir: dir.to_path_buf(),
+            dir: Arc::new(dir),
             _lock: lock,
         };
         Ok((store, entries))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The state file's path, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// The directory, for the other files the daemon keeps there.
+    pub fn dir(&self) -> &Arc<StateDir> {
+        &self.dir
     }
 
     /// Replaces the file with `entries`; durable when this returns `Ok`.
     pub fn save(&self, entries: &RuntimeEntries) -> Result<(), StateError> {
         let text = render(entries);
-        fsutil::write_atomically(&self.path, text.as_bytes(), 0o600).map_err(|source| {
-            StateError::Write {
-                path: self.path.clone(),
+        self.dir
+            .write_atomically(STATE_FILE, text.as_bytes(), 0o600)
+            .map_err(|source| StateError::Write {
+                path: self.path(),
                 source,
-            }
-        })
+            })
     }
 }
 
@@ -208,7 +211,14 @@ impl StateStore {
     /// The counter ledger an earlier daemon saved, if any can be read.
     pub fn ledger(&self) -> Option<CounterLedger> {
         let path = self.dir.join(LEDGER_FILE);
-        let text = fsutil::read_regular_file(&path, MAX_FILE_BYTES).ok()?;
+        let text = match self.dir.read(LEDGER_FILE, MAX_FILE_BYTES) {
+            Ok(text) => text,
+            Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %err, "ignoring a counter ledger that cannot be read; per-rule counters start from zero, and it is replaced");
+                return None;
+            }
+        };
         serde_json::from_str(&text)
             .inspect_err(|err| {
                 tracing::warn!(file = %path.display(), error = %err, "ignoring an unreadable counter ledger; per-rule counters start from zero")
@@ -218,10 +228,9 @@ impl StateStore {
 
     /// Saves the counter ledger; losing it only resets per-rule counters.
     pub fn save_ledger(&self, ledger: &CounterLedger) {
-        let path = self.dir.join(LEDGER_FILE);
         let text = serde_json::to_vec(ledger).expect("a ledger serializes");
-        if let Err(err) = fsutil::write_atomically(&path, &text, 0o600) {
-            tracing::warn!(file = %path.display(), error = %err, "saving the counter ledger failed; per-rule counters will restart from zero after a restart");
+        if let Err(err) = self.dir.write_atomically(LEDGER_FILE, &text, 0o600) {
+            tracing::warn!(file = %self.dir.join(LEDGER_FILE).display(), error = %err, "saving the counter ledger failed; per-rule counters will restart from zero after a restart");
         }
     }
 }
@@ -232,7 +241,7 @@ impl StateStore {
     /// policy comes back.
     pub fn pending_reload(&self) -> Result<Option<PendingReload>, StateError> {
         let path = self.dir.join(PENDING_FILE);
-        let text = match fsutil::read_regular_file(&path, MAX_FILE_BYTES) {
+        let text = match self.dir.read(PENDING_FILE, MAX_FILE_BYTES) {
             Ok(text) => text,
             Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Read { path, source }),
@@ -252,10 +261,13 @@ impl StateStore {
 
     /// Records a pending reload, durably, before it goes live.
     pub fn save_pending_reload(&self, pending: &PendingReload) -> Result<(), StateError> {
-        let path = self.dir.join(PENDING_FILE);
         let text = toml::to_string(pending).expect("a pending reload serializes");
-        fsutil::write_atomically(&path, text.as_bytes(), 0o600)
-            .map_err(|source| StateError::Write { path, source })
+        self.dir
+            .write_atomically(PENDING_FILE, text.as_bytes(), 0o600)
+            .map_err(|source| StateError::Write {
+                path: self.dir.join(PENDING_FILE),
+                source,
+            })
     }
 
     /// Keeps `text` as the copy of the running config.
@@ -269,38 +281,30 @@ impl StateStore {
     /// allowlist's text is megabytes) nor its write delay the reload:
     /// [`StagedConfig::keep`] makes it the running copy once it is live.
     pub fn stage_running_config(&self, text: String) -> StagedConfig {
-        let running = self.dir.join(RUNNING_CONFIG_FILE);
-        let staged = self.dir.join(STAGED_CONFIG_FILE);
-        let path = staged.clone();
+        let dir = Arc::clone(&self.dir);
         // Written in place: it is only ever used once whole, renamed by
         // `keep`. No fsync: it is written again at every start.
         let write = move || {
-            File::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
+            dir.create_new(STAGED_CONFIG_FILE, 0o600)
                 .and_then(|mut file| file.write_all(text.as_bytes()))
         };
         let writing = std::thread::Builder::new()
             .name("config-copy".into())
             .spawn(write)
             .inspect_err(|err| {
-                tracing::warn!(path = %staged.display(), error = %err, "writing a copy of the new config failed; once it is live, `reload --confirm` is refused until a reload writes the copy");
+                tracing::warn!(path = %self.dir.join(STAGED_CONFIG_FILE).display(), error = %err, "writing a copy of the new config failed; once it is live, `reload --confirm` is refused until a reload writes the copy");
             })
             .ok();
         StagedConfig {
             writing,
-            staged,
-            running,
+            dir: Arc::clone(&self.dir),
         }
     }
 
     /// The copy of the running config.
     pub fn running_config(&self) -> Result<String, String> {
         let path = self.dir.join(RUNNING_CONFIG_FILE);
-        fsutil::read_regular_file(&path, MAX_FILE_BYTES).map_err(|err| {
+        self.dir.read(RUNNING_CONFIG_FILE, MAX_FILE_BYTES).map_err(|err| {
             format!(
                 "the copy of the running config `{}`, which `--confirm` rolls back to, cannot be read: {err}; reload without `--confirm`, which writes the copy again",
                 path.display()
@@ -310,16 +314,13 @@ impl StateStore {
 
     /// Forgets the pending reload (confirmed or rolled back).
     pub fn clear_pending_reload(&self) -> Result<(), StateError> {
-        let path = self.dir.join(PENDING_FILE);
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                Err(StateError::Write { path, source: err })
-            }
-            _ => fsutil::sync_dir(&self.dir).map_err(|source| StateError::Write {
-                path: self.dir.clone(),
+        self.dir
+            .remove(PENDING_FILE)
+            .and_then(|_| self.dir.sync())
+            .map_err(|source| StateError::Write {
+                path: self.dir.join(PENDING_FILE),
                 source,
-            }),
-        }
+            })
     }
 }
 
@@ -332,27 +333,20 @@ fn render(entries: &RuntimeEntries) -> String {
     format!("{HEADER}{body}")
 }
 
-/// Loads the entries in `path`; a missing file means none.
-pub fn load(path: &Path) -> Result<RuntimeEntries, StateError> {
-    let text = match fsutil::read_regular_file(path, MAX_FILE_BYTES) {
+/// Loads the entries in the file `name` of `dir`; a missing file means none.
+fn load(dir: &StateDir, name: &str) -> Result<RuntimeEntries, StateError> {
+    let path = dir.join(name);
+    let text = match dir.read(name, MAX_FILE_BYTES) {
         Ok(text) => text,
         Err(ReadError::Io(err)) if err.kind() == io::ErrorKind::NotFound => {
             return Ok(RuntimeEntries::new());
         }
-        Err(source) => {
-            return Err(StateError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+        Err(source) => return Err(StateError::Read { path, source }),
     };
     parse(&text).map_err(|err| match err {
-        ParseError::Version(version) => StateError::Version {
-            path: path.to_path_buf(),
-            version,
-        },
+        ParseError::Version(version) => StateError::Version { path, version },
         ParseError::Corrupt(message) => StateError::Corrupt {
-            path: path.to_path_buf(),
+            path,
             message: crate::text::escape_controls(&message),
         },
     })
@@ -450,7 +444,7 @@ mod tests {
             text.contains("expires_at = \"2027-01-15T09:00:00Z\""),
             "{text}"
         );
-        assert_eq!(load(store.path()).unwrap(), saved);
+        assert_eq!(load(store.dir(), STATE_FILE).unwrap(), saved);
     }
 
     #[test]

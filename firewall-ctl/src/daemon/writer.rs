@@ -29,8 +29,8 @@ use super::{
 use crate::{
     api::{
         self, AllowRequest, ChangeReport, Command, ConfirmReport, EntryChange, EntryChangeKind,
-        ListReport, ReloadReport, ReloadRequest, RemoveRequest, Response, RuleStats, SshSession,
-        StatsReport, StatusReport,
+        ReloadReport, ReloadRequest, RemoveRequest, Response, RuleStats, SshSession, StatsReport,
+        StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
     datapath::{Attachment, Datapath, Delta, flows::FlowTable},
@@ -55,10 +55,13 @@ pub struct Writer {
     pub config_path: PathBuf,
     pub overrides: super::Overrides,
     pub socket: PathBuf,
-    pub config: Config,
-    pub runtime: RuntimeEntries,
+    /// The config, the runtime entries and the feeds' lists are shared
+    /// with heavy reads ([`Job::Snapshot`]) and copied on write while one
+    /// holds them.
+    pub config: Arc<Config>,
+    pub runtime: Arc<RuntimeEntries>,
     /// Each feed's last good list in force.
-    pub feeds: FeedLists,
+    pub feeds: Arc<FeedLists>,
     /// What else the writer knows of each feed.
     pub feed_meta: BTreeMap<String, super::feeds::FeedMeta>,
     pub feed_store: crate::feeds::store::FeedStore,
@@ -96,6 +99,8 @@ pub struct Writer {
     pub catch_up_at: Option<SystemTime>,
     /// Feeds found stale (and warned about) at the last check.
     pub warned_stale: BTreeSet<String>,
+    /// The id of the request being handled, for its audit records.
+    pub request_id: Option<String>,
 }
 
 /// A reload that rolls back unless confirmed.
@@ -212,6 +217,7 @@ impl Writer {
                 self.config.track_outbound.then_some(self.next_flow_sweep),
                 (!self.config.feeds.is_empty()).then_some(self.next_staleness_check),
                 self.catch_up_at,
+                self.audit.next_summary_at(),
             ]
             .into_iter()
             .flatten()
@@ -245,6 +251,9 @@ impl Writer {
             }
             if self.next_staleness_check <= SystemTime::now() {
                 self.warn_about_stale_feeds();
+            }
+            if let Err(err) = self.audit.write_due_summaries() {
+                error!(error = %err, "appending to the audit log failed");
             }
         }
     }
@@ -293,8 +302,13 @@ impl Writer {
 
     fn handle(&mut self, job: Job) {
         match job {
-            Job::Audit(record) => {
-                self.record(&record);
+            Job::Denied(record) => {
+                if let Err(err) = self.audit.deny(&record) {
+                    error!(error = %err, "appending to the audit log failed");
+                }
+            }
+            Job::Snapshot(reply) => {
+                let _ = reply.send(self.read_view());
             }
             Job::Reattach(interfaces) => self.reattach(interfaces),
             Job::Feed(job) => self.feed_fetched(job),
@@ -308,8 +322,16 @@ impl Writer {
                 command,
                 requester,
                 reply,
+                request_id,
+                deadline,
             } => {
-                let response = self.answer(command, requester);
+                self.request_id = request_id;
+                let response = if SystemTime::now() > deadline {
+                    self.too_late(&command, requester, deadline)
+                } else {
+                    self.answer(command, requester)
+                };
+                self.request_id = None;
                 if let Some(reply) = reply {
                     let _ = reply.send(response);
                 }
@@ -317,30 +339,59 @@ impl Writer {
         }
     }
 
+    /// Refuses a request the writer could only take after its deadline:
+    /// its client may have stopped waiting, and must never see a change
+    /// it was told failed happen later. A change refused so is audited.
+    fn too_late(
+        &mut self,
+        command: &Command,
+        requester: Option<Requester>,
+        deadline: SystemTime,
+    ) -> Response {
+        let message = format!(
+            "nothing was changed: the daemon was busy until after this request's deadline ({}), so it was not started; try again",
+            Timestamp(deadline)
+        );
+        let action = match command {
+            Command::Allow(_) => Some(Action::Allow),
+            Command::Remove(_) => Some(Action::Remove),
+            Command::Reload(_) => Some(Action::Reload),
+            Command::Confirm => Some(Action::Confirm),
+            _ => None,
+        };
+        if let Some(action) = action {
+            warn!(command = command.name(), user = %describe(requester.as_ref()), "a change waited past its deadline; refused");
+            let mut record = AuditRecord::new(action, requester, Outcome::Rejected);
+            if let Command::Allow(AllowRequest { rule, prefixes, .. })
+            | Command::Remove(RemoveRequest { rule, prefixes, .. }) = command
+            {
+                record.rule = rule.clone();
+                record.prefixes = prefixes.clone();
+            }
+            record.detail = Some(message.clone());
+            self.record(&record);
+        }
+        Response::Error(message)
+    }
+
+    /// The state heavy reads are built from: shared pointers, no copy.
+    fn read_view(&self) -> Result<super::reads::ReadView, String> {
+        Ok(super::reads::ReadView {
+            config: Arc::clone(&self.config),
+            runtime: Arc::clone(&self.runtime),
+            feeds: Arc::clone(&self.feeds),
+            usage: self
+                .datapath
+                .usage_reader()
+                .map_err(|err| format!("reading the entry counters failed: {err}"))?,
+        })
+    }
+
     fn answer(&mut self, command: Command, requester: Option<Requester>) -> Response {
         match command {
             Command::Stats => match self.stats() {
                 Ok(report) => Response::Stats(report),
                 Err(err) => Response::Error(format!("{err:#}")),
-            },
-            Command::Entries { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
-                Some(Err(message)) => Response::Error(message),
-                _ => match self.entries_report(rule.as_deref()) {
-                    Ok(report) => Response::Entries(report),
-                    Err(err) => Response::Error(format!("{err:#}")),
-                },
-            },
-            Command::List { rule } => match rule.as_deref().map(|name| self.rule_index(name)) {
-                Some(Err(message)) => Response::Error(message),
-                _ => Response::List(ListReport {
-                    entries: explain::list(
-                        &self.config,
-                        &self.runtime,
-                        &self.feeds,
-                        rule.as_deref(),
-                    )
-                    .collect(),
-                }),
             },
             Command::Explain { source, port } => match explain::parse_query(&source, &port) {
                 Ok((source, port)) => Response::Explain(explain::explain(
@@ -358,8 +409,11 @@ impl Writer {
             Command::Reload(request) => self.reload(request, requester),
             Command::Confirm => self.confirm(requester),
             Command::Feeds => Response::Feeds(self.feeds_report()),
-            // Answered by the server from the published status.
+            // Answered by the server, from the published status or from a
+            // snapshot (heavy reads).
             Command::Status
+            | Command::List { .. }
+            | Command::Entries { .. }
             | Command::AuditLog { .. }
             | Command::FeedsRefresh { .. }
             | Command::Blocked
@@ -371,6 +425,17 @@ impl Writer {
 
     /// Appends to the audit log; a failure is logged, never fatal.
     pub(super) fn record(&mut self, record: &AuditRecord) -> Option<String> {
+        let with_id;
+        let record = match &self.request_id {
+            Some(id) if record.request_id.is_none() => {
+                with_id = AuditRecord {
+                    request_id: Some(id.clone()),
+                    ..record.clone()
+                };
+                &with_id
+            }
+            _ => record,
+        };
         match self.audit.append(record) {
             Ok(()) => None,
             Err(err) => {
@@ -382,21 +447,7 @@ impl Writer {
     }
 
     fn rule_index(&self, name: &str) -> Result<usize, String> {
-        self.config
-            .rule(name)
-            .map(|(index, _)| index)
-            .ok_or_else(|| {
-                format!(
-                    "the config has no rule `{}`; its rules are: {}",
-                    escape_controls(name),
-                    self.config
-                        .rules
-                        .iter()
-                        .map(|rule| rule.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
+        self.config.rule_index(name)
     }
 
     /// Answers a change and audits it, applied or refused.
@@ -714,8 +765,8 @@ impl Writer {
         for edit in edits {
             let in_config = self.listed_elsewhere(edit.rule, &edit.key.1);
             let previous = match edit.entry {
-                Some(entry) => self.runtime.insert(edit.key.clone(), entry),
-                None => self.runtime.remove(&edit.key),
+                Some(entry) => Arc::make_mut(&mut self.runtime).insert(edit.key.clone(), entry),
+                None => Arc::make_mut(&mut self.runtime).remove(&edit.key),
             };
             let listed_before = in_config || previous.is_some();
             let listed_after = in_config || self.runtime.contains_key(&edit.key);
@@ -918,7 +969,7 @@ impl Writer {
         // runtime entries and the feeds' lists, and only the config can
         // differ here: an unchanged one changes no policy, so nothing is
         // compiled, diffed or written.
-        let policy = if config == self.config {
+        let policy = if config == *self.config {
             // Debug builds (the end-to-end tests) check the premise: the
             // running policy, kept up to date edit by edit, is what a full
             // compile gives.
@@ -952,7 +1003,7 @@ impl Writer {
                 .map_err(|err| err.to_string())?;
             self.pending = Some(Pending {
                 rollback_at,
-                previous: self.config.clone(),
+                previous: Config::clone(&self.config),
                 previous_text,
             });
         }
@@ -1054,13 +1105,13 @@ impl Writer {
         }
         self.applied_at = SystemTime::now();
         self.adopt_feeds(&config.feeds, lists);
-        self.config = Config {
+        self.config = Arc::new(Config {
             // Where the daemon listens and keeps its files is fixed while it runs.
             socket: self.config.socket.clone(),
             state_dir: self.config.state_dir.clone(),
             bpf_dir: self.config.bpf_dir.clone(),
             ..config
-        };
+        });
         if let Some(policy) = policy {
             self.policy = Arc::new(policy);
         }
@@ -1188,7 +1239,7 @@ impl Writer {
 
     /// What a metrics scrape reports: `stats`, feeds, entries by rule and
     /// origin, reloads.
-    fn metrics_snapshot(&mut self) -> anyhow::Result<super::metrics::Snapshot> {
+    fn metrics_snapshot(&mut self) -> super::metrics::WriterSnapshot {
         let stats = self.stats()?;
         let mut entries = BTreeMap::new();
         for rule in &self.config.rules {
@@ -1207,26 +1258,19 @@ impl Writer {
                 .or_default() += 1;
         }
         let per_entry = self.config.metrics.is_some_and(|metrics| metrics.per_entry);
-        Ok(super::metrics::Snapshot {
+        let snapshot = super::metrics::Snapshot {
             stats,
             feeds: self.feeds_report(),
             entries,
-            entry_usage: per_entry.then(|| self.entries_report(None)).transpose()?,
+            entry_usage: None,
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
-        })
-    }
-
-    /// What each entry (of `rule`, or all) admitted.
-    fn entries_report(&self, rule: Option<&str>) -> anyhow::Result<api::EntriesReport> {
-        let usage = self.datapath.entry_usage()?;
-        let listed = explain::list(&self.config, &self.runtime, &self.feeds, rule);
-        Ok(crate::usage::entries_report(
-            listed,
-            usage,
-            Timestamp::now(),
-            |ns| Timestamp(crate::system::wall_clock_of(ns)),
-        ))
+        };
+        let view = per_entry
+            .then(|| self.read_view())
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        Ok((snapshot, view))
     }
 
     fn stats(&mut self) -> anyhow::Result<StatsReport> {

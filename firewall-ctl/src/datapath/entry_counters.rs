@@ -74,7 +74,7 @@ const _: () = assert!(MAX_ENTRY_COUNTERS <= Held::INDEX_BITS, "every index fits"
 /// each, where a bisection of a 250k list took eighteen cache misses and
 /// most of an `allow`. A released entry stays, [`Held::GONE`], until the
 /// next merge.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct EntryMap<K> {
     /// Sorted by key, each key once.
     sorted: Vec<(K, Held)>,
@@ -252,7 +252,7 @@ impl<K: Ord + Copy> EntryMap<K> {
 /// One rule's entries, per family, keyed by address and length. Not the
 /// byte-array keys of `PrefixList`: those compare through memcmp, and the
 /// million bisections of a new-list reload took 0.1 s longer on them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct RuleEntries {
     v4: EntryMap<(u32, u8)>,
     v6: EntryMap<([u8; 16], u8)>,
@@ -307,7 +307,7 @@ impl RuleEntries {
 /// Indexes free to be given again, as runs: entries are given indexes and
 /// freed in key order, so the half a million a new list frees are a few
 /// runs, where a vector of them kept 2 MB.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct FreeIndexes(Vec<Range<u32>>);
 
 impl FreeIndexes {
@@ -349,7 +349,7 @@ impl FromIterator<u32> for FreeIndexes {
 
 /// The index of each entry listed in either slot. Entries are grouped by
 /// rule, so each is keyed by its prefix alone (no name per entry).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct EntryIndexes {
     /// Per rule by name (at most 64, each once), its entries.
     by_rule: Vec<(String, RuleEntries)>,

@@ -343,10 +343,60 @@ pub struct Datapath {
     flow_config: firewall_common::flow::FlowConfig,
     /// Size of the flow table.
     max_flows: u32,
-    /// The `ENTRY_STATS` index of each entry either slot lists.
-    entry_indexes: EntryIndexes,
+    /// The `ENTRY_STATS` index of each entry either slot lists; shared
+    /// with the readers of [`Datapath::usage_reader`] (copied on write
+    /// while one holds it).
+    entry_indexes: Arc<EntryIndexes>,
     /// Whether the warning that `ENTRY_STATS` is full was logged.
     uncounted_warned: bool,
+}
+
+/// Reads what each entry of a policy admitted, away from the writer
+/// ([`Datapath::usage_reader`]). An index freed after the reader was made
+/// is given again only by a later change, once neither slot lists its
+/// entry (a third of a second after it was removed, at the least): a
+/// report that takes longer may credit that new entry's counts to the old
+/// one.
+pub struct EntryUsageReader {
+    indexes: Arc<EntryIndexes>,
+    /// The slot live when the reader was made; `None` before any was.
+    live_slot: Option<u32>,
+    entry_stats: std::os::fd::OwnedFd,
+}
+
+impl EntryUsageReader {
+    /// A reader of a datapath with no live policy yet.
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        Self {
+            indexes: Arc::default(),
+            live_slot: None,
+            entry_stats: std::fs::File::open("/dev/null").unwrap().into(),
+        }
+    }
+
+    pub fn read(&self) -> Result<Vec<EntryUsage>, DatapathError> {
+        let Some(slot) = self.live_slot else {
+            return Ok(Vec::new());
+        };
+        let mut listed: Vec<(&str, IpPrefix, u32)> = self.indexes.listed_in(slot).collect();
+        listed.sort_unstable_by_key(|(_, _, index)| *index);
+        let indexes: Vec<u32> = listed.iter().map(|(_, _, index)| *index).collect();
+        let counters: Vec<EntryCounter> =
+            mapped::load_sorted(self.entry_stats.as_fd(), &indexes)
+                .map_err(batch::syscall_error(names::ENTRY_STATS, "mmap"))?;
+        Ok(listed
+            .into_iter()
+            .zip(counters)
+            .map(|((rule, prefix, index), counter)| EntryUsage {
+                entry: EntryId {
+                    rule: rule.to_string(),
+                    prefix,
+                },
+                counter: (index != UNCOUNTED_ENTRY).then_some(counter),
+            })
+            .collect())
+    }
 }
 
 /// What one entry admitted, as read back.
@@ -477,7 +527,7 @@ impl Datapath {
             retiring_since: None,
             flow_config: Default::default(),
             max_flows,
-            entry_indexes: EntryIndexes::default(),
+            entry_indexes: Arc::default(),
             uncounted_warned: false,
         };
         if let Some(old) = resized {
@@ -512,12 +562,12 @@ impl Datapath {
                 .adopt_entry_indexes::<V4>()
                 .and_then(|()| self.adopt_entry_indexes::<V6>());
             match adopted {
-                Ok(()) => self.entry_indexes.free_unheld(),
+                Ok(()) => Arc::make_mut(&mut self.entry_indexes).free_unheld(),
                 Err(err) => {
                     // The firewall keeps enforcing either way; only the
                     // entries' counts start over.
                     warn!(error = %err, "reading back the per-entry counters failed; they start from zero");
-                    self.entry_indexes = EntryIndexes::default();
+                    self.entry_indexes = Arc::default();
                 }
             }
         }
@@ -563,8 +613,12 @@ impl Datapath {
                     && index != UNCOUNTED_ENTRY
                     && index < MAX_ENTRY_COUNTERS
                 {
-                    self.entry_indexes
-                        .adopt(name, F::prefix(key), slot as u32, index);
+                    Arc::make_mut(&mut self.entry_indexes).adopt(
+                        name,
+                        F::prefix(key),
+                        slot as u32,
+                        index,
+                    );
                 }
             }
         }
@@ -853,7 +907,7 @@ impl Datapath {
         self.write_idle(policy, Delta::Keys(PolicyDiff::default()))?;
         // Both slots list the same entries now: the fewest there will be
         // until the next change.
-        self.entry_indexes.shrink();
+        Arc::make_mut(&mut self.entry_indexes).shrink();
         Ok(())
     }
 
@@ -951,7 +1005,7 @@ impl Datapath {
         // Per rule with entry rows: its listings and their counters, in
         // key order.
         let mut listings: Vec<Vec<(PrefixKey, EntryRef)>> = vec![Vec::new(); MAX_RULES];
-        self.entry_indexes.unlist_family(slot, F::V4);
+        Arc::make_mut(&mut self.entry_indexes).unlist_family(slot, F::V4);
         let mut sources = RowWriter::new(owned_fd(self, F::SOURCES)?, F::SOURCES, slot);
         // IPv4 row starts, for the buckets.
         let mut starts: Vec<u32> = Vec::new();
@@ -992,7 +1046,7 @@ impl Datapath {
             push_source(&mut sources, start, value)?;
         }
         self.reset_entry_counters(&mut given)?;
-        self.entry_indexes.free_unlisted(F::V4);
+        Arc::make_mut(&mut self.entry_indexes).free_unlisted(F::V4);
         let mut written = sources.len();
         let span = sources.finish()?;
         spans[F::span(None)] = span;
@@ -1063,7 +1117,7 @@ impl Datapath {
     /// The counter index of `rule`'s `prefix` in `slot`; newly given ones
     /// are added to `given`.
     fn hold_entry(&mut self, rule: &str, prefix: IpPrefix, slot: u32, given: &mut Vec<u32>) -> u32 {
-        let holding = self.entry_indexes.hold(rule, prefix, slot);
+        let holding = Arc::make_mut(&mut self.entry_indexes).hold(rule, prefix, slot);
         match holding {
             Holding::Given(index) => given.push(index),
             Holding::Full if !self.uncounted_warned => {
@@ -1089,29 +1143,21 @@ impl Datapath {
             .map_err(batch::syscall_error(names::ENTRY_STATS, "mmap"))
     }
 
-    /// What each entry of the live policy admitted.
-    pub fn entry_usage(&self) -> Result<Vec<EntryUsage>, DatapathError> {
-        if !self.active.ready() {
-            return Ok(Vec::new());
-        }
-        let mut listed: Vec<(&str, IpPrefix, u32)> =
-            self.entry_indexes.listed_in(self.active.slot()).collect();
-        listed.sort_unstable_by_key(|(_, _, index)| *index);
-        let indexes: Vec<u32> = listed.iter().map(|(_, _, index)| *index).collect();
-        let map = map_data(self, names::ENTRY_STATS)?.fd().as_fd();
-        let counters: Vec<EntryCounter> = mapped::load_sorted(map, &indexes)
-            .map_err(batch::syscall_error(names::ENTRY_STATS, "mmap"))?;
-        Ok(listed
-            .into_iter()
-            .zip(counters)
-            .map(|((rule, prefix, index), counter)| EntryUsage {
-                entry: EntryId {
-                    rule: rule.to_string(),
-                    prefix,
-                },
-                counter: (index != UNCOUNTED_ENTRY).then_some(counter),
-            })
-            .collect())
+    /// A reader of what each entry of the live policy admitted, as of now,
+    /// for another thread: it holds the entries' indexes (the writer copies
+    /// them before its next change while the reader lives) and the counter
+    /// map.
+    pub fn usage_reader(&self) -> Result<EntryUsageReader, DatapathError> {
+        let entry_stats = map_data(self, names::ENTRY_STATS)?
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(batch::syscall_error(names::ENTRY_STATS, "dup"))?;
+        Ok(EntryUsageReader {
+            indexes: Arc::clone(&self.entry_indexes),
+            live_slot: self.active.ready().then(|| self.active.slot()),
+            entry_stats,
+        })
     }
 
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>

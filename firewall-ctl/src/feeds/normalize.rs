@@ -46,6 +46,13 @@ pub struct Normalized {
     pub masked: Vec<(String, IpNet)>,
 }
 
+/// An entry as an error quotes it: the feed chose it, so it is cut short
+/// (a valid prefix has at most 43 characters) and its control characters
+/// escaped.
+fn quoted(text: &str) -> String {
+    crate::text::truncated(&crate::text::escape_controls(text), 96).into_owned()
+}
+
 /// Parses and normalises `entries` (as a format read them).
 pub fn normalize(entries: &[String]) -> Result<Normalized, EntryError> {
     let mut prefixes = Vec::with_capacity(entries.len());
@@ -57,7 +64,7 @@ pub fn normalize(entries: &[String]) -> Result<Normalized, EntryError> {
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
             .map_err(|_| EntryError::Invalid {
                 position,
-                text: text.clone(),
+                text: quoted(text),
             })?;
         let (broad, mapped) = match prefix {
             IpNet::V4(v4) => (v4.prefix_len() < MIN_V4_LEN, false),
@@ -69,7 +76,7 @@ pub fn normalize(entries: &[String]) -> Result<Normalized, EntryError> {
         if broad {
             return Err(EntryError::Broad {
                 position,
-                text: text.clone(),
+                text: quoted(text),
             });
         }
         if mapped {

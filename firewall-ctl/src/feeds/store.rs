@@ -2,10 +2,7 @@
 //! (written like the state file: temporary file, fsync, rename), so a
 //! daemon that starts without network enforces what it last had.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +10,7 @@ use super::{FeedLists, normalize::FeedList};
 use crate::{
     config::Feed,
     entries::Timestamp,
-    fsutil::{self, MAX_FILE_BYTES},
+    fsutil::{self, DirError, MAX_FILE_BYTES, StateDir},
 };
 
 /// Version of the file format.
@@ -63,18 +60,19 @@ impl LastGood {
 
 /// The feeds' files in one `state_dir`.
 pub struct FeedStore {
-    dir: PathBuf,
+    dir: StateDir,
 }
 
 impl FeedStore {
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            dir: state_dir.join(DIR),
-        }
+    /// Opens (creating if needed) the feeds' directory in `state_dir`.
+    pub fn open(state_dir: &StateDir) -> Result<Self, DirError> {
+        Ok(Self {
+            dir: state_dir.subdir(DIR)?,
+        })
     }
 
-    fn path(&self, feed: &str) -> PathBuf {
-        self.dir.join(format!("{feed}.json"))
+    fn file(feed: &str) -> String {
+        format!("{feed}.json")
     }
 
     /// The last good copies of `feeds` that exist and are readable; a copy
@@ -83,8 +81,8 @@ impl FeedStore {
     pub fn load(&self, feeds: &[Feed]) -> BTreeMap<String, LastGood> {
         let mut loaded = BTreeMap::new();
         for feed in feeds {
-            let path = self.path(&feed.name);
-            let text = match fsutil::read_regular_file(&path, MAX_FILE_BYTES) {
+            let path = self.dir.join(&Self::file(&feed.name));
+            let text = match self.dir.read(&Self::file(&feed.name), MAX_FILE_BYTES) {
                 Ok(text) => text,
                 Err(fsutil::ReadError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
                     continue;
@@ -122,9 +120,8 @@ impl FeedStore {
 
     /// Makes `last` the durable last good copy of `feed`.
     pub fn save(&self, feed: &str, last: &LastGood) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
         let json = serde_json::to_vec_pretty(last).map_err(std::io::Error::other)?;
-        fsutil::write_atomically(&self.path(feed), &json, 0o600)
+        self.dir.write_atomically(&Self::file(feed), &json, 0o600)
     }
 }
 
@@ -152,7 +149,7 @@ mod tests {
     #[test]
     fn a_last_good_copy_is_used_only_for_the_list_it_was_read_from() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FeedStore::new(dir.path());
+        let store = FeedStore::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         let old = feeds("https://old.example/list");
         let list = crate::feeds::normalize::normalize(&["203.0.113.0/24".to_string()])
             .unwrap()
