@@ -59,7 +59,7 @@ fn build_release(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
 /// One rule listing `count` IPv4 /32s from 198.18.0.0 (every other
 /// address) and `count` IPv6 /64s in 2001:db8::/32 (benchmarking and
 /// documentation ranges; nothing is sent to them outside the lab).
-fn config(count: u32) -> String {
+pub fn config(count: u32) -> String {
     config_from(count, 0)
 }
 
@@ -97,7 +97,7 @@ fn sources(count: u32, shift: u32) -> Vec<(IpAddr, u8)> {
 }
 
 /// Milliseconds one CLI call takes.
-fn time_ms(daemon: &Daemon, args: &[&str]) -> anyhow::Result<f64> {
+pub fn time_ms(daemon: &Daemon, args: &[&str]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let output = daemon.ctl(args);
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
@@ -125,6 +125,11 @@ pub struct BenchArgs {
     /// The 250k size only, 3 repetitions: a few minutes.
     #[arg(long)]
     quick: bool,
+    /// Only what local users can do to the daemon at 250k + 250k: `allow`
+    /// and memory under 30 heavy reads, a minute of denials, idle metrics
+    /// clients (two minutes).
+    #[arg(long, conflicts_with = "quick")]
+    local_users: bool,
     /// Also write the results as JSON to PATH (stable field names).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -162,6 +167,8 @@ struct Results {
     test_run_ns: Vec<TestRunCost>,
     drop_all_ns: u32,
     control: Vec<ControlCost>,
+    /// What a local user can do to the daemon at the large size.
+    pressure: Option<crate::pressure::Pressure>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -171,6 +178,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let binary = build_release(setup::run()?)?;
     // SAFETY: no other thread exists yet; the lab's helpers read it.
     unsafe { std::env::set_var("FIREWALL_CTL_BIN", &binary) };
+    if args.local_users {
+        let pressure = crate::pressure::measure(LARGE)?;
+        crate::pressure::print(&pressure);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&pressure)? + "\n")?;
+        }
+        return Ok(());
+    }
     let sizes: &[u32] = if args.quick {
         &[LARGE]
     } else {
@@ -199,6 +214,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             round_trips.extend(allow_remove_times(&daemon, &policy)?);
         }
     }
+    results.pressure = Some(crate::pressure::measure(LARGE)?);
     results.drop_all_ns = median_cost(
         reference::drop_all()?.fd()?,
         &tcp_v4(STRANGER_V4, 443),
@@ -222,6 +238,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
              (membarrier) before it reuses the retired policy slot; that is the\n\
              difference between the isolated and the back-to-back rows."
         );
+    }
+    if let Some(pressure) = &results.pressure {
+        crate::pressure::print(pressure);
     }
     print_rates(&results.rates, sizes, results.generator);
     print_control(&results.control, sizes);
@@ -406,7 +425,7 @@ fn start_seconds(log: &str, spawned: std::time::SystemTime) -> anyhow::Result<f6
 }
 
 /// The daemon's resident and peak resident memory, in MB.
-fn memory_mb(pid: u64) -> anyhow::Result<(f64, f64)> {
+pub fn memory_mb(pid: u64) -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kilobytes = |key: &str| -> anyhow::Result<f64> {
         let line = status

@@ -4,6 +4,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod pressure;
 mod rates;
 mod reference;
 mod setup;
@@ -32,8 +33,14 @@ enum Task {
     },
     /// Run the firewall in a throwaway lab of network namespaces and show what it does (root).
     Demo,
-    /// Measure the data plane per packet against a minimal XDP LPM allowlist, and the control plane (start, reloads, allow, memory), at 10 to 250k prefixes per family (root).
+    /// Measure the data plane per packet against a minimal XDP LPM allowlist, the control plane (start, reloads, allow, memory) at 10 to 250k prefixes per family, and what local users can do to the daemon (root).
     Bench(bench::BenchArgs),
+    /// Holds COUNT idle metrics clients to ADDRESS until stdin closes (`bench` runs it).
+    #[command(hide = true)]
+    HoldConnections {
+        address: std::net::SocketAddr,
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::HoldConnections { address, count } => pressure::hold_connections(address, count),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

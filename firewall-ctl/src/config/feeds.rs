@@ -65,6 +65,9 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3 * 24 * 3600);
 const DEFAULT_MAX_SHRINK_PERCENT: u8 = 50;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest `timeout`: `feeds refresh` waits for the fetch, and the CLI
+/// waits 10 minutes for `feeds refresh`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `[[feeds]]` as written.
 #[derive(Deserialize)]
@@ -188,9 +191,27 @@ impl super::Validator<'_> {
         } else {
             DEFAULT_REFRESH
         };
-        let refresh = self.duration(&name, "refresh", raw.refresh, default_refresh, MIN_REFRESH);
-        let max_age = self.duration(&name, "max_age", raw.max_age, DEFAULT_MAX_AGE, MIN_REFRESH);
-        let timeout = self.duration(&name, "timeout", raw.timeout, DEFAULT_TIMEOUT, MIN_TIMEOUT);
+        let refresh = self.duration(
+            &name,
+            "refresh",
+            raw.refresh,
+            default_refresh,
+            MIN_REFRESH..=Duration::MAX,
+        );
+        let max_age = self.duration(
+            &name,
+            "max_age",
+            raw.max_age,
+            DEFAULT_MAX_AGE,
+            MIN_REFRESH..=Duration::MAX,
+        );
+        let timeout = self.duration(
+            &name,
+            "timeout",
+            raw.timeout,
+            DEFAULT_TIMEOUT,
+            MIN_TIMEOUT..=MAX_TIMEOUT,
+        );
         let min_entries = match raw.min_entries {
             None => 1,
             Some(value) => match usize::try_from(*value.get_ref()) {
@@ -339,20 +360,28 @@ impl super::Validator<'_> {
         key: &str,
         text: Option<Spanned<String>>,
         default: Duration,
-        minimum: Duration,
+        range: std::ops::RangeInclusive<Duration>,
     ) -> Duration {
         let Some(text) = text else {
             return default;
         };
         match humantime::parse_duration(text.get_ref()) {
-            Ok(duration) if duration >= minimum => duration,
+            Ok(duration) if range.contains(&duration) => duration,
             _ => {
+                let bounds = if *range.end() == Duration::MAX {
+                    format!("of at least {}", humantime::format_duration(*range.start()))
+                } else {
+                    format!(
+                        "between {} and {}",
+                        humantime::format_duration(*range.start()),
+                        humantime::format_duration(*range.end())
+                    )
+                };
                 self.problem(
                     &text,
                     format!(
-                        "feed `{feed}`: `{key} = \"{}\"` is not a duration of at least {}; write e.g. \"{}\"",
+                        "feed `{feed}`: `{key} = \"{}\"` is not a duration {bounds}; write e.g. \"{}\"",
                         text.get_ref(),
-                        humantime::format_duration(minimum),
                         humantime::format_duration(default)
                     ),
                 );

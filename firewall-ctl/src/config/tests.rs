@@ -604,6 +604,18 @@ fn feed_mistakes_are_named_with_their_fix() {
         ),
         "feed `f`: `refresh = \"10s\"` is not a duration of at least 1m; write e.g. \"6h\""
     );
+    // `feeds refresh` waits for a fetch, and the CLI for `feeds refresh`.
+    assert_eq!(
+        problem(
+            "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\ntimeout = \"10m\"",
+            "\"f\""
+        ),
+        "feed `f`: `timeout = \"10m\"` is not a duration between 1s and 5m; write e.g. \"1m\""
+    );
+    assert!(
+        crate::api::Command::FeedsRefresh { feed: None }.default_wait()
+            >= 2 * crate::config::feeds::MAX_TIMEOUT
+    );
     assert_eq!(
         problem(
             "name = \"f\"\nurl = \"https://x.example/\"\nformat = \"plain\"\nmax_shrink = \"150%\"",
