@@ -8,7 +8,7 @@ use std::{
     io::{self, Read as _, Write as _},
     os::{
         fd::{AsFd, BorrowedFd, OwnedFd},
-        unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -41,24 +41,6 @@ pub enum ReadError {
     NotUtf8,
 }
 
-fn kind_of(file_type: &std::fs::FileType) -> &'static str {
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Reads the regular file at `path` as text, at most `limit` bytes.
 ///
 /// Opened non-blocking, so a FIFO cannot hang the caller in `open()`, and
@@ -72,7 +54,7 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, ReadError> {
     let metadata = file.metadata()?;
     if !metadata.file_type().is_file() {
         return Err(ReadError::NotRegular {
-            kind: kind_of(&metadata.file_type()),
+            kind: kind_of_mode(metadata.mode()),
         });
     }
     read_bounded(file, limit)
@@ -392,11 +374,7 @@ fn read_bounded(file: File, limit: u64) -> Result<String, ReadError> {
 /// `None` when nothing is there, `Some(kind)` otherwise.
 pub fn kind_at(path: &Path) -> Option<&'static str> {
     let metadata = std::fs::symlink_metadata(path).ok()?;
-    Some(if metadata.file_type().is_file() {
-        "a regular file"
-    } else {
-        kind_of(&metadata.file_type())
-    })
+    Some(kind_of_mode(metadata.mode()))
 }
 
 #[cfg(test)]

@@ -5,58 +5,41 @@
 
 use std::time::Duration;
 
-use foldhash::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{EntriesReport, EntryStats},
-    config::IpPrefix,
     datapath::EntryUsage,
     entries::{Origin, Timestamp},
     policy::explain::ListedEntry,
 };
 
-/// One row per entry (rule + prefix) in `listed`'s order, with every origin
-/// listing it and its counters from `usage`. `wall_clock` turns the
-/// kernel's `CLOCK_MONOTONIC` nanoseconds into times.
-pub fn entries_report(
-    listed: impl IntoIterator<Item = ListedEntry>,
+/// One row per entry (rule + prefix), in the order of `listings` (each an
+/// entry's listings by every origin, as `explain::listings` gives them),
+/// with its counters from `usage`. `wall_clock` turns the kernel's
+/// `CLOCK_MONOTONIC` nanoseconds into times. Rows come one at a time: a
+/// report of half a million entries is written as it is made.
+pub fn entry_rows(
+    listings: impl IntoIterator<Item = Vec<ListedEntry>>,
     mut usage: Vec<EntryUsage>,
-    generated_at: Timestamp,
     wall_clock: impl Fn(u64) -> Timestamp,
-) -> EntriesReport {
+) -> impl Iterator<Item = EntryStats> {
     // Sorted and searched, not hashed: at half a million entries a map
     // of them took 50-80 MB more.
     usage.sort_unstable_by(|one, other| one.entry.cmp(&other.entry));
-    let counter_of = |rule: &str, prefix: IpPrefix| {
-        usage
+    listings.into_iter().filter_map(move |listed| {
+        let first = listed.first()?;
+        let counter = usage
             .binary_search_by(|usage| {
-                (usage.entry.rule.as_str(), usage.entry.prefix).cmp(&(rule, prefix))
+                (usage.entry.rule.as_str(), usage.entry.prefix).cmp(&(&first.rule, first.prefix))
             })
             .ok()
-            .and_then(|at| usage[at].counter)
-    };
-    let mut rows: Vec<EntryStats> = Vec::new();
-    // `listed` comes rule by rule: an entry listed by several origins is
-    // found among its own rule's rows.
-    let mut rule_rows: HashMap<IpPrefix, usize> = HashMap::default();
-    for mut entry in listed {
-        if rows.last().is_some_and(|last| last.rule != entry.rule) {
-            rule_rows.clear();
-        }
-        if let Some(&row) = rule_rows.get(&entry.prefix) {
-            merge_origin(&mut rows[row], entry);
-            continue;
-        }
-        let counter = counter_of(&entry.rule, entry.prefix);
+            .and_then(|at| usage[at].counter);
         let seen = |ns: u64| (ns != 0).then(|| wall_clock(ns));
         let mut row = EntryStats {
-            rule: std::mem::take(&mut entry.rule),
-            prefix: entry.prefix,
-            // Most entries have one origin; an empty vector would take
-            // room for four at the first push.
-            origins: Vec::with_capacity(1),
+            rule: first.rule.clone(),
+            prefix: first.prefix,
+            origins: Vec::with_capacity(listed.len()),
             comment: None,
             added_by: None,
             added_at: None,
@@ -68,14 +51,23 @@ pub fn entries_report(
             last_seen: counter.and_then(|counter| seen(counter.last_seen)),
             counting_since: counter.and_then(|counter| seen(counter.listed_at)),
         };
-        merge_origin(&mut row, entry);
-        rule_rows.insert(row.prefix, rows.len());
-        rows.push(row);
-    }
+        for entry in listed {
+            merge_origin(&mut row, entry);
+        }
+        Some(row)
+    })
+}
+
+/// The report of `rows`, made at `generated_at`.
+pub fn entries_report(
+    rows: impl Iterator<Item = EntryStats>,
+    generated_at: Timestamp,
+) -> EntriesReport {
+    let entries: Vec<EntryStats> = rows.collect();
     EntriesReport {
         generated_at,
-        counting_since: rows.iter().filter_map(|row| row.counting_since).min(),
-        entries: rows,
+        counting_since: entries.iter().filter_map(|row| row.counting_since).min(),
+        entries,
     }
 }
 
@@ -275,21 +267,32 @@ mod tests {
     }
 
     /// Monotonic seconds map to Unix seconds 1000 later.
-    fn report() -> EntriesReport {
+    fn report_of(listings: Vec<Vec<ListedEntry>>, usage: Vec<EntryUsage>) -> EntriesReport {
         entries_report(
+            entry_rows(listings, usage, |ns| at(1000 + ns / SECOND)),
+            at(2000),
+        )
+    }
+
+    fn report() -> EntriesReport {
+        report_of(
             vec![
-                listed("vendor", "203.0.113.0/24", Origin::Config),
-                listed("vendor", "198.51.100.0/24", Origin::Feed("aws".into())),
-                listed("vendor", "203.0.113.0/24", Origin::Feed("aws".into())),
-                listed("office", "192.0.2.0/24", Origin::Cli),
+                vec![
+                    listed("vendor", "203.0.113.0/24", Origin::Config),
+                    listed("vendor", "203.0.113.0/24", Origin::Feed("aws".into())),
+                ],
+                vec![listed(
+                    "vendor",
+                    "198.51.100.0/24",
+                    Origin::Feed("aws".into()),
+                )],
+                vec![listed("office", "192.0.2.0/24", Origin::Cli)],
             ],
             vec![
                 used("vendor", "203.0.113.0/24", 10, 50),
                 used("vendor", "198.51.100.0/24", 0, 0),
                 used("office", "192.0.2.0/24", 3, 900),
             ],
-            at(2000),
-            |ns| at(1000 + ns / SECOND),
         )
     }
 
@@ -309,18 +312,18 @@ mod tests {
 
     #[test]
     fn the_same_prefix_in_two_rules_is_two_rows() {
-        let report = entries_report(
+        let report = report_of(
             vec![
-                listed("vendor", "203.0.113.0/24", Origin::Config),
-                listed("office", "203.0.113.0/24", Origin::Config),
-                listed("office", "203.0.113.0/24", Origin::Cli),
+                vec![listed("vendor", "203.0.113.0/24", Origin::Config)],
+                vec![
+                    listed("office", "203.0.113.0/24", Origin::Config),
+                    listed("office", "203.0.113.0/24", Origin::Cli),
+                ],
             ],
             vec![
                 used("vendor", "203.0.113.0/24", 10, 50),
                 used("office", "203.0.113.0/24", 3, 900),
             ],
-            at(2000),
-            |ns| at(1000 + ns / SECOND),
         );
         let rows: Vec<(&str, String, u64)> = report
             .entries

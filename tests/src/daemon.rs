@@ -56,6 +56,16 @@ pub fn request_line(command: Value) -> Vec<u8> {
     line
 }
 
+/// The `index`th of the heavy reads a reader can ask for, in turn:
+/// `stats --entries`, `list` and `audit log` (its commands' JSON).
+pub fn heavy_read(index: usize) -> Value {
+    match index % 3 {
+        0 => serde_json::json!({"entries": {"rule": null}}),
+        1 => serde_json::json!({"list": {"rule": null}}),
+        _ => serde_json::json!({"audit_log": {"since": null}}),
+    }
+}
+
 /// Sends `line` on `stream` and returns the answer line (empty if the
 /// daemon closed the connection without one).
 pub fn exchange(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> String {

@@ -11,14 +11,13 @@ use std::{
 
 use firewall_tests::{
     addr::*,
-    daemon::{Daemon, poll, request_line},
+    daemon::{Daemon, heavy_read, poll, request_line},
     frames::{tcp_v4, tcp_v6},
     lab::Lab,
     root_or_skip,
     traffic::send_frames,
     users::{Group, User},
 };
-use serde_json::json;
 
 /// How often the daemon must ping the watchdog (`WatchdogSec`).
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -186,16 +185,11 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
             let (reader, socket) = (reader.clone(), socket.clone());
             std::thread::spawn(move || {
                 reader.on_thread(move || {
-                    let command = match index % 3 {
-                        0 => json!({"entries": {"rule": null}}),
-                        1 => json!({"list": {"rule": null}}),
-                        _ => json!({"audit_log": {"since": null}}),
-                    };
                     let mut stream = UnixStream::connect(&socket).unwrap();
                     stream
                         .set_read_timeout(Some(Duration::from_secs(600)))
                         .unwrap();
-                    stream.write_all(&request_line(command)).unwrap();
+                    stream.write_all(&request_line(heavy_read(index))).unwrap();
                     let mut answer = Vec::new();
                     stream.read_to_end(&mut answer).unwrap();
                     let head =

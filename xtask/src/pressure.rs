@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use firewall_tests::{
-    daemon::{Daemon, request_line},
+    daemon::{Daemon, heavy_read, request_line},
     lab::Lab,
     users::{Group, User},
 };
@@ -94,12 +94,7 @@ pub fn measure(count: u32) -> anyhow::Result<Pressure> {
             let (stop, answered, busy) = (stop.clone(), answered.clone(), busy.clone());
             std::thread::spawn(move || {
                 credentials.on_thread(move || {
-                    let command = match index % 3 {
-                        0 => json!({"entries": {"rule": null}}),
-                        1 => json!({"list": {"rule": null}}),
-                        _ => json!({"audit_log": {"since": null}}),
-                    };
-                    let line = request_line(command);
+                    let line = request_line(heavy_read(index));
                     let mut answer = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let Ok(mut stream) = UnixStream::connect(&socket) else {

@@ -42,29 +42,57 @@ impl ReadView {
         out.write_all(b"]}}\n")
     }
 
-    /// What each entry (of `rule`, or all) admitted.
-    pub fn entries(&self, rule: Option<&str>) -> Response {
+    /// The rows of what each entry (of `rule`, or all) admitted.
+    fn entry_rows<'a>(
+        &'a self,
+        rule: Option<&'a str>,
+    ) -> Result<impl Iterator<Item = api::EntryStats> + 'a, String> {
         if let Some(Err(message)) = rule.map(|name| self.config.rule_index(name)) {
-            return Response::Error(message);
+            return Err(message);
         }
-        match self.usage.read() {
-            Ok(usage) => Response::Entries(crate::usage::entries_report(
-                explain::list(&self.config, &self.runtime, &self.feeds, rule),
-                usage,
-                Timestamp::now(),
-                |ns| Timestamp(crate::system::wall_clock_of(ns)),
-            )),
-            Err(err) => Response::Error(format!("reading the entry counters failed: {err}")),
+        let usage = self
+            .usage
+            .read()
+            .map_err(|err| format!("reading the entry counters failed: {err}"))?;
+        Ok(crate::usage::entry_rows(
+            explain::listings(&self.config, &self.runtime, &self.feeds, rule),
+            usage,
+            |ns| Timestamp(crate::system::wall_clock_of(ns)),
+        ))
+    }
+
+    /// Writes `stats --entries`' answer (what each entry of `rule`, or
+    /// all, admitted), a row at a time, and a newline: the period the
+    /// counters cover comes last, once every row is known.
+    pub fn write_entries(&self, rule: Option<&str>, out: &mut dyn io::Write) -> io::Result<()> {
+        let generated_at = Timestamp::now();
+        let rows = match self.entry_rows(rule) {
+            Ok(rows) => rows,
+            Err(message) => return write_response(&Response::Error(message), out),
+        };
+        out.write_all(b"{\"entries\":{\"generated_at\":")?;
+        serde_json::to_writer(&mut *out, &generated_at)?;
+        out.write_all(b",\"entries\":[")?;
+        let mut counting_since: Option<Timestamp> = None;
+        for (index, row) in rows.enumerate() {
+            if index > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, &row)?;
+            counting_since = match (counting_since, row.counting_since) {
+                (Some(earliest), Some(this)) => Some(earliest.min(this)),
+                (earliest, this) => earliest.or(this),
+            };
         }
+        out.write_all(b"],\"counting_since\":")?;
+        serde_json::to_writer(&mut *out, &counting_since)?;
+        out.write_all(b"}}\n")
     }
 
     /// What each entry admitted, for a metrics scrape.
     pub fn entries_report(&self) -> anyhow::Result<api::EntriesReport> {
-        match self.entries(None) {
-            Response::Entries(report) => Ok(report),
-            Response::Error(message) => Err(anyhow::anyhow!(message)),
-            _ => unreachable!("entries answers with entries or an error"),
-        }
+        let rows = self.entry_rows(None).map_err(anyhow::Error::msg)?;
+        Ok(crate::usage::entries_report(rows, Timestamp::now()))
     }
 }
 
@@ -79,19 +107,68 @@ mod tests {
     use super::*;
     use crate::{config::tests::parse, datapath::EntryUsageReader};
 
+    /// Two rules; `vendor` lists 203.0.113.0/24 in the config, by its
+    /// feed and as a runtime entry, and its feed adds 192.0.2.0/24.
+    fn view() -> ReadView {
+        let config = parse(
+            "interfaces = [\"eth0\"]\n[[feeds]]\nname = \"aws\"\nurl = \"https://x.example/\"\nformat = \"plain\"\n[[rules]]\nname = \"vendor\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", \"2001:db8::/48\"]\nfeeds = [\"aws\"]\n[[rules]]\nname = \"office\"\nports = [\"22\"]\nsources = [\"198.51.100.7\"]\n",
+        )
+        .unwrap();
+        let feed = crate::feeds::normalize::normalize(&[
+            "192.0.2.0/24".to_string(),
+            "203.0.113.0/24".to_string(),
+        ])
+        .unwrap()
+        .list;
+        let cli = crate::entries::tests::entry("vendor", "203.0.113.0/24");
+        ReadView {
+            config: Arc::new(config),
+            runtime: Arc::new([(cli.key(), cli)].into_iter().collect()),
+            feeds: Arc::new([("aws".to_string(), feed)].into_iter().collect()),
+            usage: EntryUsageReader::empty(),
+        }
+    }
+
+    /// What is streamed is exactly the report `stats --entries --json`
+    /// parses: one row per entry, every origin merged into the first.
+    #[test]
+    fn streamed_entries_are_the_entries_report() {
+        let view = view();
+        let mut out = Vec::new();
+        view.write_entries(None, &mut out).unwrap();
+        let Response::Entries(streamed) = serde_json::from_slice(&out).unwrap() else {
+            panic!("not entries: {}", String::from_utf8_lossy(&out));
+        };
+        let collected = view.entries_report().unwrap();
+        assert_eq!(streamed.entries, collected.entries);
+        assert_eq!(streamed.counting_since, collected.counting_since);
+        let rows: Vec<(String, String)> = streamed
+            .entries
+            .iter()
+            .map(|row| (row.prefix.to_string(), crate::usage::origins(&row.origins)))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "203.0.113.0/24".to_string(),
+                    "config+feed:aws+cli".to_string()
+                ),
+                ("2001:db8::/48".to_string(), "config".to_string()),
+                ("192.0.2.0/24".to_string(), "feed:aws".to_string()),
+                ("198.51.100.7/32".to_string(), "config".to_string()),
+            ]
+        );
+        assert!(
+            streamed.entries[0].added_by.is_some(),
+            "the runtime entry's author"
+        );
+    }
+
     /// What is streamed is exactly the report `list --json` parses.
     #[test]
     fn a_streamed_list_is_the_list_report() {
-        let config = parse(
-            "interfaces = [\"eth0\"]\n[[rules]]\nname = \"vendor\"\nports = [\"443\"]\nsources = [\"203.0.113.0/24\", \"2001:db8::/48\"]\n[[rules]]\nname = \"office\"\nports = [\"22\"]\nsources = [\"198.51.100.7\"]\n",
-        )
-        .unwrap();
-        let view = ReadView {
-            config: Arc::new(config),
-            runtime: Arc::default(),
-            feeds: Arc::default(),
-            usage: EntryUsageReader::empty(),
-        };
+        let view = view();
         let mut out = Vec::new();
         view.write_list(None, &mut out).unwrap();
         let Response::List(report) = serde_json::from_slice(&out).unwrap() else {
@@ -100,7 +177,7 @@ mod tests {
         let expected: Vec<_> =
             explain::list(&view.config, &view.runtime, &view.feeds, None).collect();
         assert_eq!(report.entries, expected);
-        assert_eq!(report.entries.len(), 3);
+        assert_eq!(report.entries.len(), 6);
         let mut out = Vec::new();
         view.write_list(Some("nope"), &mut out).unwrap();
         let Response::Error(message) = serde_json::from_slice(&out).unwrap() else {

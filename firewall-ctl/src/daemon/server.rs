@@ -662,7 +662,7 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
         let _slot = slot;
         match command {
             Command::List { rule } => view.write_list(rule.as_deref(), out),
-            Command::Entries { rule } => reads::write_response(&view.entries(rule.as_deref()), out),
+            Command::Entries { rule } => view.write_entries(rule.as_deref(), out),
             other => reads::write_response(
                 &Response::Error(format!("`{}` is not a heavy read", other.name())),
                 out,

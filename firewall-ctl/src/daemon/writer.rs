@@ -348,10 +348,6 @@ impl Writer {
         requester: Option<Requester>,
         deadline: SystemTime,
     ) -> Response {
-        let message = format!(
-            "nothing was changed: the daemon was busy until after this request's deadline ({}), so it was not started; try again",
-            Timestamp(deadline)
-        );
         let action = match command {
             Command::Allow(_) => Some(Action::Allow),
             Command::Remove(_) => Some(Action::Remove),
@@ -359,6 +355,15 @@ impl Writer {
             Command::Confirm => Some(Action::Confirm),
             _ => None,
         };
+        let message = format!(
+            "{}the daemon was busy until after this request's deadline ({}), so it was not started; try again",
+            if action.is_some() {
+                "nothing was changed: "
+            } else {
+                ""
+            },
+            Timestamp(deadline)
+        );
         if let Some(action) = action {
             warn!(command = command.name(), user = %describe(requester.as_ref()), "a change waited past its deadline; refused");
             let mut record = AuditRecord::new(action, requester, Outcome::Rejected);

@@ -45,15 +45,6 @@ pub fn list<'a>(
     feeds: &'a FeedLists,
     rule: Option<&'a str>,
 ) -> impl Iterator<Item = ListedEntry> + 'a {
-    let plain = |rule: &str, prefix: IpPrefix, origin: Origin| ListedEntry {
-        rule: rule.to_string(),
-        prefix,
-        origin,
-        comment: None,
-        added_by: None,
-        added_at: None,
-        expires_at: None,
-    };
     config
         .rules
         .iter()
@@ -73,17 +64,70 @@ pub fn list<'a>(
             let from_cli = runtime
                 .values()
                 .filter(move |entry| entry.rule == rule.name)
-                .map(|entry| ListedEntry {
-                    rule: entry.rule.clone(),
-                    prefix: entry.prefix,
-                    origin: Origin::Cli,
-                    comment: entry.comment.clone(),
-                    added_by: Some(entry.added_by.clone()),
-                    added_at: Some(entry.added_at),
-                    expires_at: entry.expires_at,
-                });
+                .map(from_cli);
             from_config.chain(from_feeds).chain(from_cli)
         })
+}
+
+/// Every entry (rule and prefix) once, with all its listings in the order
+/// of [`list`], where its first listing is: a row of `stats --entries`. Each
+/// entry's other listings are looked up (each origin's list is sorted), so
+/// nothing of the rows before is held.
+pub fn listings<'a>(
+    config: &'a Config,
+    runtime: &'a RuntimeEntries,
+    feeds: &'a FeedLists,
+    rule: Option<&'a str>,
+) -> impl Iterator<Item = Vec<ListedEntry>> + 'a {
+    list(config, runtime, feeds, rule).filter_map(move |entry| {
+        let (_, rule) = config.rule(&entry.rule)?;
+        let mut all = Vec::with_capacity(1);
+        if rule.sources.contains(&entry.prefix) {
+            all.push(plain(&rule.name, entry.prefix, Origin::Config));
+        }
+        for feed in &rule.feeds {
+            if feeds
+                .get(feed)
+                .is_some_and(|list| list.lists(&entry.prefix))
+            {
+                all.push(plain(&rule.name, entry.prefix, Origin::Feed(feed.clone())));
+            }
+        }
+        // Listed first elsewhere: that listing's row has this one.
+        let first_listed = all.first().is_none_or(|first| first.origin == entry.origin);
+        if entry.origin == Origin::Cli {
+            all.push(entry);
+        } else if let Some(cli) = runtime.get(&(rule.name.clone(), entry.prefix)) {
+            all.push(from_cli(cli));
+        }
+        first_listed.then_some(all)
+    })
+}
+
+/// A config or feed listing of `prefix` in `rule`.
+fn plain(rule: &str, prefix: IpPrefix, origin: Origin) -> ListedEntry {
+    ListedEntry {
+        rule: rule.to_string(),
+        prefix,
+        origin,
+        comment: None,
+        added_by: None,
+        added_at: None,
+        expires_at: None,
+    }
+}
+
+/// The listing of a runtime entry.
+fn from_cli(entry: &crate::entries::RuntimeEntry) -> ListedEntry {
+    ListedEntry {
+        rule: entry.rule.clone(),
+        prefix: entry.prefix,
+        origin: Origin::Cli,
+        comment: entry.comment.clone(),
+        added_by: Some(entry.added_by.clone()),
+        added_at: Some(entry.added_at),
+        expires_at: entry.expires_at,
+    }
 }
 
 /// An entry as `explain` names it.
