@@ -46,7 +46,7 @@ const LARGE: u32 = 250_000;
 const SAMPLES: usize = 15;
 /// More than the daemon's grace before it reuses a retired slot, so an
 /// isolated change is measured as one (see `datapath::RETIRE_GRACE`).
-const ISOLATED_PAUSE: Duration = Duration::from_millis(1100);
+pub const ISOLATED_PAUSE: Duration = Duration::from_millis(1100);
 
 fn build_release(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
     run_command(&mut cargo(

@@ -24,7 +24,7 @@ use firewall_tests::{
 };
 use serde_json::json;
 
-use crate::bench::{memory_mb, time_ms};
+use crate::bench::{ISOLATED_PAUSE, memory_mb, time_ms};
 
 /// Heavy reads the reader keeps running at once.
 const HEAVY_READERS: usize = 30;
@@ -41,9 +41,13 @@ const METRICS: &str = "127.0.0.1:9469";
 pub struct Pressure {
     pub prefixes: u32,
     pub heavy_readers: usize,
-    /// `allow` wall times, as the CLI sees them, under the heavy reads.
+    /// `allow` wall times, as the CLI sees them, under the heavy reads,
+    /// and on the same daemon before them (each isolated: see
+    /// `bench::ISOLATED_PAUSE`).
     pub allow_ms_median: f64,
     pub allow_ms_max: f64,
+    pub allow_ms_median_unloaded: f64,
+    pub allow_ms_max_unloaded: f64,
     /// The daemon's resident memory before the heavy reads and its peak
     /// during them.
     pub rss_mb_before: f64,
@@ -81,6 +85,7 @@ pub fn measure(count: u32) -> anyhow::Result<Pressure> {
     let mut daemon = Daemon::prepare(&lab.edge, &config(count, &readers));
     daemon.spawn_and_wait();
     let pid = u64::from(daemon.pid());
+    let (unloaded, _) = allow_times(&daemon, ALLOWS / 2)?;
     let (rss_mb_before, _) = memory_mb(pid)?;
     daemon.reset_peak_memory();
 
@@ -119,21 +124,12 @@ pub fn measure(count: u32) -> anyhow::Result<Pressure> {
         .collect();
     // The load settles: every reader has asked at least once.
     std::thread::sleep(Duration::from_secs(3));
-    let mut allows = Vec::new();
-    let mut pings = Vec::new();
-    for round in 0..ALLOWS {
-        let address = format!("192.0.2.{}", 100 + round);
-        allows.push(time_ms(&daemon, &["allow", &address, "--rule", "vendor"])?);
-        pings.push(time_ms(&daemon, &["stats"])?);
-        time_ms(&daemon, &["remove", &address])?;
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let (allows, pings) = allow_times(&daemon, ALLOWS)?;
     let (_, peak_rss_mb) = memory_mb(pid)?;
     stop.store(true, Ordering::Relaxed);
     for thread in readers_running {
         let _ = thread.join();
     }
-    allows.sort_by(f64::total_cmp);
 
     let (denied_requests_per_minute, denied_log, change_log) = deny_for_a_minute(&daemon, &reader)?;
     let (metrics_clients, metrics_descriptors) = idle_metrics_clients(&lab, &daemon)?;
@@ -142,6 +138,8 @@ pub fn measure(count: u32) -> anyhow::Result<Pressure> {
         heavy_readers: HEAVY_READERS,
         allow_ms_median: allows[allows.len() / 2],
         allow_ms_max: allows[allows.len() - 1],
+        allow_ms_median_unloaded: unloaded[unloaded.len() / 2],
+        allow_ms_max_unloaded: unloaded[unloaded.len() - 1],
         rss_mb_before,
         peak_rss_mb,
         heavy_reads_answered: answered.load(Ordering::Relaxed),
@@ -153,6 +151,22 @@ pub fn measure(count: u32) -> anyhow::Result<Pressure> {
         metrics_clients,
         metrics_descriptors,
     })
+}
+
+/// `samples` isolated `allow`s (each removed again), sorted, and the time
+/// of a `stats` (a policy writer round trip, as the watchdog's) after each.
+fn allow_times(daemon: &Daemon, samples: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut allows, mut pings) = (Vec::new(), Vec::new());
+    for sample in 0..samples {
+        let address = format!("192.0.2.{}", 100 + sample);
+        std::thread::sleep(ISOLATED_PAUSE);
+        allows.push(time_ms(daemon, &["allow", &address, "--rule", "vendor"])?);
+        pings.push(time_ms(daemon, &["stats"])?);
+        std::thread::sleep(ISOLATED_PAUSE);
+        time_ms(daemon, &["remove", &address])?;
+    }
+    allows.sort_by(f64::total_cmp);
+    Ok((allows, pings))
 }
 
 /// Bytes in `daemon`'s state files whose names start with `prefix`.
@@ -269,8 +283,13 @@ pub fn print(pressure: &Pressure) {
         pressure.prefixes, pressure.heavy_readers, pressure.metrics_clients
     );
     println!(
-        "allow under the heavy reads: median {:.1} ms, max {:.1} ms ({} samples); a writer round trip (stats) at most {:.1} ms",
-        pressure.allow_ms_median, pressure.allow_ms_max, ALLOWS, pressure.writer_ping_max_ms
+        "isolated allow under the heavy reads: median {:.1} ms, max {:.1} ms ({} samples; before them: {:.1} / {:.1} ms); a writer round trip (stats) at most {:.1} ms",
+        pressure.allow_ms_median,
+        pressure.allow_ms_max,
+        ALLOWS,
+        pressure.allow_ms_median_unloaded,
+        pressure.allow_ms_max_unloaded,
+        pressure.writer_ping_max_ms
     );
     println!(
         "daemon RSS: {:.0} MB before, peak {:.0} MB during; heavy reads answered {}, refused as busy {}",

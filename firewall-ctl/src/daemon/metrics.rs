@@ -124,7 +124,7 @@ async fn scrape(jobs: &mpsc::Sender<Job>) -> axum::response::Response {
 /// writer when asked for.
 async fn with_entry_usage(answer: WriterSnapshot) -> anyhow::Result<Snapshot> {
     let (mut snapshot, view) = answer?;
-    if let Some(view) = view {
+    if let Some(mut view) = view {
         let usage = tokio::task::spawn_blocking(move || view.entries_report()).await??;
         snapshot.entry_usage = Some(usage);
     }

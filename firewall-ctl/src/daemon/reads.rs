@@ -21,7 +21,9 @@ pub struct ReadView {
     pub config: Arc<Config>,
     pub runtime: Arc<RuntimeEntries>,
     pub feeds: Arc<FeedLists>,
-    pub usage: EntryUsageReader,
+    /// The entries' counters, read once and let go: the writer copies the
+    /// entries' indexes (megabytes) at its next change while it is held.
+    pub usage: Option<EntryUsageReader>,
 }
 
 impl ReadView {
@@ -44,7 +46,7 @@ impl ReadView {
 
     /// The rows of what each entry (of `rule`, or all) admitted.
     fn entry_rows<'a>(
-        &'a self,
+        &'a mut self,
         rule: Option<&'a str>,
     ) -> Result<impl Iterator<Item = api::EntryStats> + 'a, String> {
         if let Some(Err(message)) = rule.map(|name| self.config.rule_index(name)) {
@@ -52,8 +54,11 @@ impl ReadView {
         }
         let usage = self
             .usage
-            .read()
-            .map_err(|err| format!("reading the entry counters failed: {err}"))?;
+            .take()
+            .map(EntryUsageReader::read)
+            .transpose()
+            .map_err(|err| format!("reading the entry counters failed: {err}"))?
+            .unwrap_or_default();
         Ok(crate::usage::entry_rows(
             explain::listings(&self.config, &self.runtime, &self.feeds, rule),
             usage,
@@ -64,7 +69,7 @@ impl ReadView {
     /// Writes `stats --entries`' answer (what each entry of `rule`, or
     /// all, admitted), a row at a time, and a newline: the period the
     /// counters cover comes last, once every row is known.
-    pub fn write_entries(&self, rule: Option<&str>, out: &mut dyn io::Write) -> io::Result<()> {
+    pub fn write_entries(&mut self, rule: Option<&str>, out: &mut dyn io::Write) -> io::Result<()> {
         let generated_at = Timestamp::now();
         let rows = match self.entry_rows(rule) {
             Ok(rows) => rows,
@@ -90,7 +95,7 @@ impl ReadView {
     }
 
     /// What each entry admitted, for a metrics scrape.
-    pub fn entries_report(&self) -> anyhow::Result<api::EntriesReport> {
+    pub fn entries_report(&mut self) -> anyhow::Result<api::EntriesReport> {
         let rows = self.entry_rows(None).map_err(anyhow::Error::msg)?;
         Ok(crate::usage::entries_report(rows, Timestamp::now()))
     }
@@ -125,7 +130,7 @@ mod tests {
             config: Arc::new(config),
             runtime: Arc::new([(cli.key(), cli)].into_iter().collect()),
             feeds: Arc::new([("aws".to_string(), feed)].into_iter().collect()),
-            usage: EntryUsageReader::empty(),
+            usage: Some(EntryUsageReader::empty()),
         }
     }
 
@@ -133,13 +138,12 @@ mod tests {
     /// parses: one row per entry, every origin merged into the first.
     #[test]
     fn streamed_entries_are_the_entries_report() {
-        let view = view();
         let mut out = Vec::new();
-        view.write_entries(None, &mut out).unwrap();
+        view().write_entries(None, &mut out).unwrap();
         let Response::Entries(streamed) = serde_json::from_slice(&out).unwrap() else {
             panic!("not entries: {}", String::from_utf8_lossy(&out));
         };
-        let collected = view.entries_report().unwrap();
+        let collected = view().entries_report().unwrap();
         assert_eq!(streamed.entries, collected.entries);
         assert_eq!(streamed.counting_since, collected.counting_since);
         let rows: Vec<(String, String)> = streamed

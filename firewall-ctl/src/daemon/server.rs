@@ -653,11 +653,16 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
     if shared.jobs.send(Job::Snapshot(reply)).is_err() {
         return Answer::Now(shutting_down());
     }
-    let view = match view.await {
+    let mut view = match view.await {
         Ok(Ok(view)) => view,
         Ok(Err(message)) => return Answer::Now(Response::Error(message)),
         Err(_) => return Answer::Now(shutting_down()),
     };
+    if !matches!(command, Command::Entries { .. }) {
+        // A list has no counters: holding them would only make the writer
+        // copy them at its next change.
+        view.usage = None;
+    }
     Answer::Heavy(Box::new(move |out| {
         let _slot = slot;
         match command {

@@ -385,10 +385,11 @@ impl Writer {
             config: Arc::clone(&self.config),
             runtime: Arc::clone(&self.runtime),
             feeds: Arc::clone(&self.feeds),
-            usage: self
-                .datapath
-                .usage_reader()
-                .map_err(|err| format!("reading the entry counters failed: {err}"))?,
+            usage: Some(
+                self.datapath
+                    .usage_reader()
+                    .map_err(|err| format!("reading the entry counters failed: {err}"))?,
+            ),
         })
     }
 

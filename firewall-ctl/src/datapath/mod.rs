@@ -375,7 +375,9 @@ impl EntryUsageReader {
         }
     }
 
-    pub fn read(&self) -> Result<Vec<EntryUsage>, DatapathError> {
+    /// Reads the counters; the reader is spent, and its hold on the
+    /// indexes let go.
+    pub fn read(self) -> Result<Vec<EntryUsage>, DatapathError> {
         let Some(slot) = self.live_slot else {
             return Ok(Vec::new());
         };
