@@ -49,6 +49,27 @@ pub enum Refusal {
     Unprivileged,
 }
 
+impl Refusal {
+    /// Says why `uid` was refused one more of `what` (`control connections
+    /// open`), under `limits`.
+    pub fn message(self, what: &str, limits: Limits, uid: u32) -> String {
+        match self {
+            Refusal::Full => format!(
+                "the daemon has {} {what}, all it serves at once; try again in a moment",
+                limits.total
+            ),
+            Refusal::User => format!(
+                "{} {what} from uid {uid} already, the most one user may have; close some, or try again in a moment",
+                limits.per_user
+            ),
+            Refusal::Unprivileged => format!(
+                "users outside root and `control_group` have {} {what} already, all they may (the rest are kept for those who may change the policy); try again in a moment",
+                limits.unprivileged
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Held {
     total: usize,

@@ -26,7 +26,7 @@ use tracing::warn;
 use super::{
     Job, PolicyStatus,
     audit::{self, Action, AuditRecord},
-    limits::{self, Limiter, Refusal, Throttle},
+    limits::{self, Limiter, Throttle},
     reads,
 };
 use crate::{
@@ -255,7 +255,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
                         });
                     }
                     Err(refusal) => {
-                        let message = connection_refusal(refusal, peer.uid);
+                        let message = refusal.message(
+                            "control connections open",
+                            limits::CONNECTIONS,
+                            peer.uid,
+                        );
                         if let Some(held_back) = refusals.due(peer.uid) {
                             warn!(
                                 uid = peer.uid,
@@ -274,25 +278,6 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// Why a connection of `uid` was refused, for the client.
-fn connection_refusal(refusal: Refusal, uid: u32) -> String {
-    let limits = limits::CONNECTIONS;
-    match refusal {
-        Refusal::Full => format!(
-            "the daemon has {} control connections open; try again in a moment",
-            limits.total
-        ),
-        Refusal::User => format!(
-            "{} control connections open from uid {uid} already, the most one user may hold; close some, or try again in a moment",
-            limits.per_user
-        ),
-        Refusal::Unprivileged => format!(
-            "users outside root and `control_group` hold {} control connections already, all they may (the rest are kept for those who may change the policy); try again in a moment",
-            limits.unprivileged
-        ),
     }
 }
 
@@ -590,14 +575,13 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
     if command.is_heavy() {
         return match shared.heavy_reads.admit(peer.uid, privileged) {
             Ok(slot) => heavy_read(command, slot, shared).await,
-            Err(_) => Answer::Now(Response::Error(format!(
-                "busy: {} heavy reads (`list`, `stats --entries`, `audit report`, `audit log`) are running, as many as the daemon serves at once{}; try again in a moment",
-                shared.heavy_reads.limits().total,
-                if privileged {
-                    ""
-                } else {
-                    " (or as many as one user or `read_group` may)"
-                }
+            Err(refusal) => Answer::Now(Response::Error(format!(
+                "busy: {}",
+                refusal.message(
+                    "heavy reads (`list`, `stats --entries`, `audit report`, `audit log`) running",
+                    shared.heavy_reads.limits(),
+                    peer.uid
+                )
             ))),
         };
     }
