@@ -49,7 +49,9 @@ pub enum Command {
     /// time); `request`: only the records of the request with this id.
     AuditLog {
         since: Option<String>,
-        #[serde(default)]
+        /// Not sent when absent: a daemon of the release before, which does
+        /// not know it, still answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
     },
     Allow(AllowRequest),
@@ -110,6 +112,13 @@ impl Command {
             Command::Reload(_) | Command::FeedsRefresh { .. } => LONG_WAIT,
             _ => WAIT,
         }
+    }
+
+    /// Whether the policy writer makes the change, and so refuses it when
+    /// it could not start it by the request's deadline (a `feeds refresh`
+    /// goes to the fetcher, which applies what it brings whenever it comes).
+    pub fn is_deadlined_change(&self) -> bool {
+        self.is_change() && !matches!(self, Command::FeedsRefresh { .. })
     }
 
     /// Whether the command changes policy state (and so needs root or
@@ -532,7 +541,7 @@ fn new_request_id() -> String {
 pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::Result<Response> {
     let wait = wait.unwrap_or_else(|| command.default_wait());
     let name = command.name();
-    let is_change = command.is_change();
+    let deadlined = command.is_deadlined_change();
     let id = new_request_id();
     let deadline = std::time::SystemTime::now() + wait / 2;
     let request = Request {
@@ -553,7 +562,7 @@ pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::
             "the daemon at `{}` closed the connection without answering",
             socket.display()
         ),
-        Err(err) if timed_out(&err) && is_change => Err(Pending {
+        Err(err) if timed_out(&err) && deadlined => Err(Pending {
             command: name,
             id,
             wait,
@@ -561,9 +570,14 @@ pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::
         }
         .into()),
         Err(err) if timed_out(&err) => bail!(
-            "the daemon at `{}` did not answer `{name}` within {}; try again, or wait longer with `--timeout`",
+            "the daemon at `{}` did not answer `{name}` within {}; {}",
             socket.display(),
-            humantime::format_duration(wait)
+            humantime::format_duration(wait),
+            if matches!(name, "feeds refresh") {
+                "the fetch goes on, and `firewall-ctl feeds` shows how it ended"
+            } else {
+                "try again, or wait longer with `--timeout`"
+            }
         ),
         Err(err) => Err(err),
     }

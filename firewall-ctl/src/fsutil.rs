@@ -42,11 +42,16 @@ pub enum ReadError {
 }
 
 /// Reads the regular file at `path` as text, at most `limit` bytes.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, ReadError> {
+    String::from_utf8(read_regular_bytes(path, limit)?).map_err(|_| ReadError::NotUtf8)
+}
+
+/// Reads the regular file at `path`, at most `limit` bytes.
 ///
 /// Opened non-blocking, so a FIFO cannot hang the caller in `open()`, and
 /// checked to be a regular file before a byte is read, so a device such as
 /// `/dev/zero` is refused instead of read forever.
-pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, ReadError> {
+pub fn read_regular_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -234,7 +239,8 @@ impl StateDir {
 
     /// Reads the regular file `name` as text, at most `limit` bytes.
     pub fn read(&self, name: &str, limit: u64) -> Result<String, ReadError> {
-        read_bounded(self.open_existing(name, OFlag::O_RDONLY)?, limit)
+        let bytes = read_bounded(self.open_existing(name, OFlag::O_RDONLY)?, limit)?;
+        String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
     }
 
     /// Opens the regular file `name` for reading.
@@ -354,9 +360,9 @@ fn clear_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads `file`, already checked to be a regular file, as text of at most
-/// `limit` bytes.
-fn read_bounded(file: File, limit: u64) -> Result<String, ReadError> {
+/// Reads `file`, already checked to be a regular file: at most `limit`
+/// bytes.
+fn read_bounded(file: File, limit: u64) -> Result<Vec<u8>, ReadError> {
     let length = file.metadata()?.len();
     if length > limit {
         return Err(ReadError::TooLarge { limit });
@@ -367,7 +373,7 @@ fn read_bounded(file: File, limit: u64) -> Result<String, ReadError> {
     if bytes.len() as u64 > limit {
         return Err(ReadError::TooLarge { limit });
     }
-    String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
+    Ok(bytes)
 }
 
 /// Describes what is at `path` if it is not a regular file or missing:

@@ -23,7 +23,7 @@ use std::{
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -284,9 +284,14 @@ impl Trail {
     }
 
     /// Appends `line` (a whole record and its newline) and fsyncs it.
-    fn append(&mut self, dir: &StateDir, line: &[u8]) -> io::Result<()> {
+    fn append(&mut self, files: &AuditFiles, line: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 > self.rotate_bytes {
-            self.rotate(dir)?;
+            // Not while a reader opens the files: it would miss one.
+            let _rotating = files
+                .rotation
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.rotate(&files.dir)?;
         }
         // One write of a whole line to an O_APPEND file: readers see whole
         // lines, or at worst a torn last one after a crash, which they skip.
@@ -325,8 +330,16 @@ impl Trail {
     }
 }
 
-pub struct AuditLog {
+/// Where the trail is, for reading it while it is written: the directory,
+/// and a lock that a rotation takes against readers opening the files.
+#[derive(Clone, Debug)]
+pub struct AuditFiles {
     dir: Arc<StateDir>,
+    rotation: Arc<RwLock<()>>,
+}
+
+pub struct AuditLog {
+    files: AuditFiles,
     changes: Trail,
     denials: Trail,
     limiter: DenialLimiter,
@@ -348,13 +361,21 @@ impl AuditLog {
             changes: Trail::open(&dir, AUDIT_FILE, rotate_bytes, KEEP_ROTATED)?,
             denials: Trail::open(&dir, DENIED_FILE, DENIED_ROTATE_BYTES, 1)?,
             limiter: DenialLimiter::default(),
-            dir,
+            files: AuditFiles {
+                dir,
+                rotation: Arc::default(),
+            },
         })
+    }
+
+    /// The files, for readers.
+    pub fn files(&self) -> AuditFiles {
+        self.files.clone()
     }
 
     /// Appends `record` (bounded) to the trail of changes and fsyncs it.
     pub fn append(&mut self, record: &AuditRecord) -> io::Result<()> {
-        self.changes.append(&self.dir, &line_of(record)?)
+        self.changes.append(&self.files, &line_of(record)?)
     }
 
     /// Records a request denied for lack of permission, in the denials'
@@ -362,7 +383,7 @@ impl AuditLog {
     /// then it is only counted, for a summary record.
     pub fn deny(&mut self, record: &AuditRecord) -> io::Result<()> {
         if self.limiter.admit(record, SystemTime::now()) {
-            self.denials.append(&self.dir, &line_of(record)?)?;
+            self.denials.append(&self.files, &line_of(record)?)?;
         }
         Ok(())
     }
@@ -375,7 +396,7 @@ impl AuditLog {
     /// Writes the summaries of suppressed denials that are due.
     pub fn write_due_summaries(&mut self) -> io::Result<()> {
         for record in self.limiter.due_summaries(SystemTime::now()) {
-            self.denials.append(&self.dir, &line_of(&record)?)?;
+            self.denials.append(&self.files, &line_of(&record)?)?;
         }
         Ok(())
     }
@@ -628,44 +649,63 @@ impl TrailReader {
     }
 }
 
-/// Writes `{"audit_log":{"records":[...],"unreadable_lines":N}}` and a
-/// newline (the control protocol's `Response::AuditLog`) to `out`, a record
-/// at a time: the records of both trails that match `filter`, merged by
-/// time, oldest first. Memory stays at a line or two whatever the size.
-pub fn write_report(dir: &StateDir, filter: &Filter, out: &mut dyn io::Write) -> io::Result<()> {
-    let mut changes = TrailReader::open(dir, AUDIT_FILE, KEEP_ROTATED)?;
-    let mut denials = TrailReader::open(dir, DENIED_FILE, 1)?;
-    let mut next_change = changes.next_record()?;
-    let mut next_denial = denials.next_record()?;
-    out.write_all(b"{\"audit_log\":{\"records\":[")?;
-    let mut first = true;
-    loop {
-        let take_change = match (&next_change, &next_denial) {
-            (None, None) => break,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(change), Some(denial)) => change.time <= denial.time,
-        };
-        let record = if take_change {
-            std::mem::replace(&mut next_change, changes.next_record()?)
-        } else {
-            std::mem::replace(&mut next_denial, denials.next_record()?)
-        }
-        .expect("chosen because it is there");
-        if !filter.matches(&record) {
-            continue;
-        }
-        if !first {
-            out.write_all(b",")?;
-        }
-        first = false;
-        serde_json::to_writer(&mut *out, &record)?;
+impl AuditFiles {
+    /// Opens every file of both trails, at once (no rotation meanwhile),
+    /// for one [`Report`].
+    pub fn open(&self) -> io::Result<Report> {
+        let _opening = self.rotation.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(Report {
+            changes: TrailReader::open(&self.dir, AUDIT_FILE, KEEP_ROTATED)?,
+            denials: TrailReader::open(&self.dir, DENIED_FILE, 1)?,
+        })
     }
-    write!(
-        out,
-        "],\"unreadable_lines\":{}}}}}\n",
-        changes.unreadable + denials.unreadable
-    )
+}
+
+/// Both trails' files, opened, for `audit log`.
+pub struct Report {
+    changes: TrailReader,
+    denials: TrailReader,
+}
+
+impl Report {
+    /// Writes `{"audit_log":{"records":[...],"unreadable_lines":N}}` and a
+    /// newline (the control protocol's `Response::AuditLog`) to `out`, a
+    /// record at a time: the records of both trails that match `filter`,
+    /// merged by time, oldest first. Memory stays at a line or two whatever
+    /// the size. An error past the start leaves the answer cut short.
+    pub fn write(mut self, filter: &Filter, out: &mut dyn io::Write) -> io::Result<()> {
+        let mut next_change = self.changes.next_record()?;
+        let mut next_denial = self.denials.next_record()?;
+        out.write_all(b"{\"audit_log\":{\"records\":[")?;
+        let mut first = true;
+        loop {
+            let take_change = match (&next_change, &next_denial) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(change), Some(denial)) => change.time <= denial.time,
+            };
+            let record = if take_change {
+                std::mem::replace(&mut next_change, self.changes.next_record()?)
+            } else {
+                std::mem::replace(&mut next_denial, self.denials.next_record()?)
+            }
+            .expect("chosen because it is there");
+            if !filter.matches(&record) {
+                continue;
+            }
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &record)?;
+        }
+        write!(
+            out,
+            "],\"unreadable_lines\":{}}}}}\n",
+            self.changes.unreadable + self.denials.unreadable
+        )
+    }
 }
 
 #[cfg(test)]
@@ -698,9 +738,13 @@ mod tests {
         (dir, state)
     }
 
-    fn read(dir: &StateDir, filter: &Filter) -> AuditLogReport {
+    fn read(dir: &Arc<StateDir>, filter: &Filter) -> AuditLogReport {
+        let files = AuditFiles {
+            dir: Arc::clone(dir),
+            rotation: Arc::default(),
+        };
         let mut out = Vec::new();
-        write_report(dir, filter, &mut out).unwrap();
+        files.open().unwrap().write(filter, &mut out).unwrap();
         assert_eq!(out.last(), Some(&b'\n'));
         match serde_json::from_slice(&out).unwrap() {
             Response::AuditLog(report) => report,
@@ -708,7 +752,7 @@ mod tests {
         }
     }
 
-    fn all(dir: &StateDir) -> Vec<AuditRecord> {
+    fn all(dir: &Arc<StateDir>) -> Vec<AuditRecord> {
         read(dir, &Filter::default()).records
     }
 
@@ -872,6 +916,7 @@ mod tests {
                 Action::Reload,
                 Action::Confirm,
                 Action::FeedsRefresh,
+                Action::Read,
             ]
             .into_iter()
             .map(|action| (action, u64::MAX))

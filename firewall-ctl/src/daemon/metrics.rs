@@ -52,11 +52,14 @@ pub struct Snapshot {
 
 /// Serves `/metrics` on `listener` until the daemon stops.
 pub async fn serve(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job>) {
+    // One per-entry report is built at a time, whatever the clients do
+    // (one that went away leaves its build running to the end).
+    let entry_reports = Arc::new(Semaphore::new(1));
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let jobs = jobs.clone();
-            async move { scrape(&jobs).await }
+            let (jobs, entry_reports) = (jobs.clone(), Arc::clone(&entry_reports));
+            async move { scrape(&jobs, entry_reports).await }
         }),
     );
     let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -95,7 +98,10 @@ pub async fn serve(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job>) {
 /// `per_entry = true` the state to build the per-entry counters from.
 pub type WriterSnapshot = anyhow::Result<(Snapshot, Option<ReadView>)>;
 
-async fn scrape(jobs: &mpsc::Sender<Job>) -> axum::response::Response {
+async fn scrape(
+    jobs: &mpsc::Sender<Job>,
+    entry_reports: Arc<Semaphore>,
+) -> axum::response::Response {
     let (reply, answer) = oneshot::channel();
     if jobs.send(Job::Metrics(reply)).is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping\n").into_response();
@@ -107,8 +113,13 @@ async fn scrape(jobs: &mpsc::Sender<Job>) -> axum::response::Response {
         )
             .into_response();
     };
-    match with_entry_usage(answer).await {
-        Ok(snapshot) => (
+    match with_entry_usage(answer, entry_reports).await {
+        Ok(None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a per-entry report is being built for another scrape; try again\n",
+        )
+            .into_response(),
+        Ok(Some(snapshot)) => (
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -121,14 +132,24 @@ async fn scrape(jobs: &mpsc::Sender<Job>) -> axum::response::Response {
 }
 
 /// The writer's snapshot, with the per-entry counters built beside the
-/// writer when asked for.
-async fn with_entry_usage(answer: WriterSnapshot) -> anyhow::Result<Snapshot> {
+/// writer when asked for, one build at a time (`None`: another runs).
+async fn with_entry_usage(
+    answer: WriterSnapshot,
+    entry_reports: Arc<Semaphore>,
+) -> anyhow::Result<Option<Snapshot>> {
     let (mut snapshot, view) = answer?;
     if let Some(mut view) = view {
-        let usage = tokio::task::spawn_blocking(move || view.entries_report()).await??;
+        let Ok(building) = entry_reports.try_acquire_owned() else {
+            return Ok(None);
+        };
+        let usage = tokio::task::spawn_blocking(move || {
+            let _building = building;
+            view.entries_report()
+        })
+        .await??;
         snapshot.entry_usage = Some(usage);
     }
-    Ok(snapshot)
+    Ok(Some(snapshot))
 }
 
 /// A label value, escaped as the text format wants.

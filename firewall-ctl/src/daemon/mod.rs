@@ -75,14 +75,14 @@ pub struct PolicyStatus {
 /// Work for the writer.
 pub enum Job {
     /// A command from the socket, or a reload from SIGHUP (no requester,
-    /// no reply). One not started by `deadline` is refused.
+    /// no reply, no deadline). One not started by its `deadline` is refused.
     Command {
         command: Command,
         requester: Option<Requester>,
         reply: Option<oneshot::Sender<Response>>,
         /// The client's id for it, for the audit log.
         request_id: Option<String>,
-        deadline: SystemTime,
+        deadline: Option<SystemTime>,
     },
     /// A request the server denied for lack of permission, to audit.
     Denied(AuditRecord),
@@ -145,8 +145,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     system::raise_file_limit();
     let state_dir = file_config.state_dir.clone();
     let (store, mut runtime) = StateStore::open(&state_dir)?;
-    let state_files = Arc::clone(store.dir());
-    let mut audit = AuditLog::open(Arc::clone(&state_files))?;
+    let mut audit = AuditLog::open(Arc::clone(store.dir()))?;
+    let audit_files = audit.files();
     drop_expired(&mut runtime, &store, &mut audit)?;
     // Each feed's last good copy is enforced from the start, before (and
     // whatever becomes of) the first fetch.
@@ -364,7 +364,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         refresh_feeds,
         blocked,
         followers: Arc::new(tokio::sync::Semaphore::new(server::MAX_FOLLOWERS)),
-        state_dir: state_files,
+        audit_files,
         connections: limits::Limiter::new(limits::CONNECTIONS),
         heavy_reads: limits::Limiter::new(limits::HEAVY_READS),
         started: Instant::now(),
@@ -389,7 +389,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                     reply: None,
                     request_id: None,
                     // However long the writer is busy, a reload signalled is done.
-                    deadline: SystemTime::now() + std::time::Duration::from_secs(24 * 3600),
+                    deadline: None,
                 });
             }
             _ = interrupt.recv() => break Ok(()),

@@ -32,7 +32,6 @@ use super::{
 use crate::{
     api::{self, Command, Request, Response, StatusReport},
     entries::{Requester, Timestamp},
-    fsutil::StateDir,
     system,
     text::escape_controls,
 };
@@ -214,8 +213,8 @@ pub struct Shared {
     pub blocked: Arc<super::blocked::BlockedView>,
     /// Permits of `blocked --follow` streams ([`MAX_FOLLOWERS`]).
     pub followers: Arc<Semaphore>,
-    /// Where the audit trail is, for `audit log`.
-    pub state_dir: Arc<StateDir>,
+    /// The audit trail's files, for `audit log`.
+    pub audit_files: audit::AuditFiles,
     /// Control connections held, by user ([`limits::CONNECTIONS`]).
     pub connections: Limiter,
     /// Heavy reads running, by user ([`limits::HEAVY_READS`]).
@@ -596,7 +595,7 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
                 requester: Some(requester),
                 reply: Some(reply),
                 request_id,
-                deadline,
+                deadline: Some(deadline),
             };
             if shared.jobs.send(job).is_err() {
                 return Answer::Now(shutting_down());
@@ -622,15 +621,16 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
             since,
             request_id: request,
         };
-        let dir = Arc::clone(&shared.state_dir);
+        let files = shared.audit_files.clone();
         return Answer::Heavy(Box::new(move |out| {
             let _slot = slot;
-            audit::write_report(&dir, &filter, out).or_else(|err| {
-                reads::write_response(
+            match files.open() {
+                Ok(report) => report.write(&filter, out),
+                Err(err) => reads::write_response(
                     &Response::Error(format!("reading the audit log failed: {err}")),
                     out,
-                )
-            })
+                ),
+            }
         }));
     }
     let (reply, view) = oneshot::channel();

@@ -326,7 +326,8 @@ impl Writer {
                 deadline,
             } => {
                 self.request_id = request_id;
-                let response = if SystemTime::now() > deadline {
+                let response = if let Some(deadline) = deadline.filter(|at| *at < SystemTime::now())
+                {
                     self.too_late(&command, requester, deadline)
                 } else {
                     self.answer(command, requester)

@@ -77,16 +77,25 @@ pub async fn fetch(
 }
 
 /// A feed kept in a local file.
+/// Read like the config: a FIFO or a device is refused at once, and no more
+/// than [`MAX_BODY_BYTES`] is read.
 async fn read_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|err| FetchError::File {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::fsutil::read_regular_bytes(&owned, MAX_BODY_BYTES as u64)
+    })
+    .await
+    .map_err(|err| FetchError::File {
+        path: path.display().to_string(),
+        error: err.to_string(),
+    })?;
+    let bytes = read.map_err(|err| match err {
+        crate::fsutil::ReadError::TooLarge { .. } => FetchError::TooLarge,
+        err => FetchError::File {
             path: path.display().to_string(),
             error: err.to_string(),
-        })?;
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(FetchError::TooLarge);
-    }
+        },
+    })?;
     Ok(Fetched::Body {
         bytes,
         etag: None,
@@ -199,4 +208,34 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feed file that is a FIFO or a device is refused at once, not read
+    /// forever (or until memory runs out).
+    #[tokio::test]
+    async fn a_feed_file_is_a_regular_file_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+            let err = read_file(path).await.unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        let big = dir.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_BODY_BYTES as u64 + 1)
+            .unwrap();
+        assert!(matches!(read_file(&big).await, Err(FetchError::TooLarge)));
+        let list = dir.path().join("list");
+        std::fs::write(&list, "192.0.2.0/24\n").unwrap();
+        let Ok(Fetched::Body { bytes, .. }) = read_file(&list).await else {
+            panic!("a regular file is read");
+        };
+        assert_eq!(bytes, b"192.0.2.0/24\n");
+    }
 }
