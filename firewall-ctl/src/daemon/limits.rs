@@ -38,6 +38,16 @@ pub const HEAVY_READS: Limits = Limits {
     unprivileged: 2,
 };
 
+/// Reads of users outside root and `control_group` that the policy writer
+/// answers (`stats`, `explain`, `feeds`), queued or running at once: each
+/// is quick, but a reader with all its connections asking again and again
+/// would queue an administrator's change behind them.
+pub const WRITER_READS: Limits = Limits {
+    total: 4,
+    per_user: 2,
+    unprivileged: 4,
+};
+
 /// Why a holder was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

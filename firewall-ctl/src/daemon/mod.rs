@@ -367,6 +367,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         audit_files,
         connections: limits::Limiter::new(limits::CONNECTIONS),
         heavy_reads: limits::Limiter::new(limits::HEAVY_READS),
+        writer_reads: limits::Limiter::new(limits::WRITER_READS),
         started: Instant::now(),
     });
     let server = tokio::spawn(server::serve(listener, shared));

@@ -219,6 +219,9 @@ pub struct Shared {
     pub connections: Limiter,
     /// Heavy reads running, by user ([`limits::HEAVY_READS`]).
     pub heavy_reads: Limiter,
+    /// Reads queued for or running on the policy writer, by user
+    /// ([`limits::WRITER_READS`]).
+    pub writer_reads: Limiter,
     pub started: Instant,
 }
 
@@ -589,6 +592,25 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
         Command::FeedsRefresh { feed } => refresh_feeds(shared, feed).await,
         Command::Blocked => Response::Blocked(shared.blocked.report(status.sample_rate)),
         command => {
+            // Only readers are limited here: root and `control_group` may
+            // change the policy anyway.
+            let _queued = if privileged {
+                None
+            } else {
+                match shared.writer_reads.admit(peer.uid, privileged) {
+                    Ok(slot) => Some(slot),
+                    Err(refusal) => {
+                        return Answer::Now(Response::Error(format!(
+                            "busy: {}",
+                            refusal.message(
+                                "reads (`stats`, `explain`, `feeds`) waiting for the policy writer",
+                                shared.writer_reads.limits(),
+                                peer.uid
+                            )
+                        )));
+                    }
+                }
+            };
             let (reply, answer) = oneshot::channel();
             let job = Job::Command {
                 command,
