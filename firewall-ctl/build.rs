@@ -15,6 +15,11 @@ fn main() -> anyhow::Result<()> {
         Some(name) => aya_build::Toolchain::Custom(name),
     };
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../firewall-ebpf");
+    // aya-build hands every line the nested cargo prints on to cargo as a
+    // warning: without this, each build replays some 35 `Compiling ...`
+    // lines. Its errors and the compiler's warnings still come through.
+    // SAFETY: the build script has no other thread yet.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "firewall-ebpf",

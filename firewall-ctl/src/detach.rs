@@ -24,6 +24,9 @@ pub struct DetachReport {
     pub bpf_dir: PathBuf,
     /// The daemon stopped first, if one ran.
     pub stopped_daemon_pid: Option<u32>,
+    /// The systemd service it ran as, stopped through systemd (which would
+    /// otherwise start it again).
+    pub stopped_unit: Option<String>,
     /// Interfaces the program was detached from.
     pub detached: Vec<String>,
     /// Whether the maps and the directory were removed too (not with
@@ -41,11 +44,37 @@ fn running(pid: u32) -> bool {
     })
 }
 
+/// The systemd service whose main process is `pid`, if systemd runs this
+/// host: not a service that merely contains it (a shell, a CI job).
+fn systemd_unit_of(pid: u32) -> Option<String> {
+    if !Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let unit = unit_in_cgroups(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
+    let shown = std::process::Command::new("systemctl")
+        .args(["show", "--property=MainPID", "--value", &unit])
+        .output()
+        .ok()?;
+    let main_pid: u32 = String::from_utf8_lossy(&shown.stdout).trim().parse().ok()?;
+    (main_pid == pid).then_some(unit)
+}
+
+/// The service in a `/proc/PID/cgroup` listing (`0::/system.slice/NAME.service`,
+/// or a cgroup v1 line with the same path).
+fn unit_in_cgroups(listing: &str) -> Option<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .find_map(|path| path.rsplit('/').find(|part| part.ends_with(".service")))
+        .map(ToString::to_string)
+}
+
 /// Stops the daemon listening on `socket` if it runs the firewall in
-/// `bpf_dir`; returns its pid.
-fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<Option<u32>> {
+/// `bpf_dir`: through systemd if it runs it (a signal would only have it
+/// restarted), else with SIGTERM. Returns its pid and unit.
+fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<(Option<u32>, Option<String>)> {
     let Ok(Response::Status(status)) = api::call(socket, Command::Status, None) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if status.bpf_dir != bpf_dir {
         eprintln!(
@@ -55,11 +84,23 @@ fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<Option<u32>> {
             status.bpf_dir.display(),
             bpf_dir.display()
         );
-        return Ok(None);
+        return Ok((None, None));
     }
     let pid = nix::unistd::Pid::from_raw(status.pid as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-        .with_context(|| format!("stopping the daemon (pid {pid})"))?;
+    let unit = systemd_unit_of(status.pid);
+    match &unit {
+        Some(unit) => {
+            let stopped = std::process::Command::new("systemctl")
+                .args(["stop", unit])
+                .status()
+                .with_context(|| format!("running `systemctl stop {unit}`"))?;
+            if !stopped.success() {
+                bail!("`systemctl stop {unit}` failed ({stopped}); nothing was detached");
+            }
+        }
+        None => nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .with_context(|| format!("stopping the daemon (pid {pid})"))?,
+    }
     let started = Instant::now();
     while running(status.pid) {
         if started.elapsed() > STOP_TIMEOUT {
@@ -70,7 +111,7 @@ fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<Option<u32>> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Some(status.pid))
+    Ok((Some(status.pid), unit))
 }
 
 /// Removes the firewall pinned in `bpf_dir`, or only its link on `interface`.
@@ -95,7 +136,7 @@ pub fn run(socket: &Path, bpf_dir: &Path, interface: Option<&str>) -> anyhow::Re
                 .join(", ")
         );
     }
-    let stopped_daemon_pid = stop_daemon(socket, bpf_dir)?;
+    let (stopped_daemon_pid, stopped_unit) = stop_daemon(socket, bpf_dir)?;
     let mut detached = Vec::new();
     for (name, _, _) in links
         .iter()
@@ -114,7 +155,30 @@ pub fn run(socket: &Path, bpf_dir: &Path, interface: Option<&str>) -> anyhow::Re
     Ok(DetachReport {
         bpf_dir: bpf_dir.to_path_buf(),
         stopped_daemon_pid,
+        stopped_unit,
         detached,
         removed_maps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_read_from_the_cgroup_listing() {
+        assert_eq!(
+            unit_in_cgroups("0::/system.slice/firewall-ctl.service\n").as_deref(),
+            Some("firewall-ctl.service")
+        );
+        assert_eq!(
+            unit_in_cgroups("12:pids:/\n1:name=systemd:/system.slice/fw.service/sub\n0::/\n")
+                .as_deref(),
+            Some("fw.service")
+        );
+        assert_eq!(
+            unit_in_cgroups("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+    }
 }

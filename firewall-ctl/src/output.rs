@@ -378,8 +378,17 @@ pub fn confirm(report: &crate::api::ConfirmReport) -> String {
 
 pub fn detach(report: &crate::detach::DetachReport) -> String {
     let mut out = String::new();
-    if let Some(pid) = report.stopped_daemon_pid {
-        let _ = writeln!(out, "stopped the daemon (pid {pid})");
+    match (report.stopped_daemon_pid, &report.stopped_unit) {
+        (Some(pid), Some(unit)) => {
+            let _ = writeln!(
+                out,
+                "stopped the daemon (pid {pid}) with `systemctl stop {unit}`; it stays stopped until `systemctl start {unit}` or the next boot (`systemctl disable {unit}` keeps it off)"
+            );
+        }
+        (Some(pid), None) => {
+            let _ = writeln!(out, "stopped the daemon (pid {pid})");
+        }
+        _ => {}
     }
     for interface in &report.detached {
         let _ = writeln!(

@@ -102,7 +102,7 @@ fn frames_sent_in_batches_are_counted_frame_for_frame() {
     let (closed_sent, vendor_sent) = lab.peer.run(move || {
         let socket = PacketSocket::open(PEER_IF);
         socket.bypass_qdisc().expect("PACKET_QDISC_BYPASS");
-        let mut send = |frames: &[Vec<u8>]| {
+        let send = |frames: &[Vec<u8>]| {
             let (mut next, mut sent) = (0, 0);
             while sent < 4096 {
                 sent += socket.send_batch(frames, &mut next).expect("sendmmsg");

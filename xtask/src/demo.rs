@@ -223,7 +223,18 @@ pub fn run() -> anyhow::Result<()> {
     let config_path = workspace_root().join("examples/firewall.toml");
     let config = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    println!("starting `firewall-ctl daemon --config examples/firewall.toml` on the edge host");
+    // The example starts in monitor mode, as an operator should; the demo
+    // shows what it enforces.
+    let monitor = "\nenforce = false\n";
+    anyhow::ensure!(
+        config.contains(monitor),
+        "{} no longer says `enforce = false`; the demo turns it on",
+        config_path.display()
+    );
+    let config = config.replacen(monitor, "\nenforce = true\n", 1);
+    println!(
+        "starting `firewall-ctl daemon --config examples/firewall.toml` (with `enforce = true`) on the edge host"
+    );
     let daemon = Daemon::start(edge, &config);
     if let Some(bpffs) = daemon.bpf_dir.parent() {
         let _ = DEMO_BPFFS.set(bpffs.to_path_buf());

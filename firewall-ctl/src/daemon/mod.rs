@@ -171,9 +171,16 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // socket stops here.
     let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
     let metrics_listener = match config.metrics.map(|metrics| metrics.listen) {
-        Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| {
-            format!("listening for metrics on {address} (`metrics.listen`): is another program using it?")
-        })?),
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!(
+                        "listening for metrics on {address} (`metrics.listen`): {err}: {}",
+                        why_not_listening(&err)
+                    )
+                })?,
+        ),
         None => None,
     };
 
@@ -408,6 +415,25 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     outcome
 }
 
+/// What a failed bind of the metrics listener means, and the way out.
+fn why_not_listening(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another program listens on that port; stop it, or choose another port"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface of this host has that address; use one it has, e.g. 127.0.0.1"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "this process may not listen there (a port below 1024 needs CAP_NET_BIND_SERVICE)"
+        }
+        _ if err.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            "this process may not open IP sockets at all: under systemd, the unit's `RestrictAddressFamilies=` must list AF_INET and AF_INET6"
+        }
+        _ => "check `metrics.listen`",
+    }
+}
+
 /// Tells the service manager (systemd `Type=notify`), if any, how we are.
 fn notify(state: &[sd_notify::NotifyState]) {
     if let Err(err) = sd_notify::notify(state) {
@@ -501,4 +527,21 @@ fn drop_expired(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each failure names its cause and way out, not a guess.
+    #[test]
+    fn a_failed_metrics_listener_says_why() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = std::net::TcpListener::bind(taken.local_addr().unwrap()).unwrap_err();
+        assert!(why_not_listening(&err).starts_with("another program listens"));
+        let err = std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+        assert!(why_not_listening(&err).contains("RestrictAddressFamilies"));
+        let err = std::net::TcpListener::bind("192.0.2.1:9469").unwrap_err();
+        assert!(why_not_listening(&err).starts_with("no interface of this host"));
+    }
 }
