@@ -116,6 +116,9 @@ impl From<Errno> for DirError {
 pub struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Opened for the daemon, which creates and tightens what it needs;
+    /// `false`: opened to read, changing nothing.
+    for_the_daemon: bool,
 }
 
 /// How files in a [`StateDir`] are opened, whatever else is asked.
@@ -133,6 +136,17 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(path)?;
+        Self::open_dir(path, true)
+    }
+
+    /// Opens the existing directory at `path` to read from it, changing
+    /// nothing (`explain --config` reads the feeds' last good copies so),
+    /// under the same checks as [`StateDir::open`].
+    pub fn open_to_read(path: &Path) -> Result<Self, DirError> {
+        Self::open_dir(path, false)
+    }
+
+    fn open_dir(path: &Path, for_the_daemon: bool) -> Result<Self, DirError> {
         let fd = nix::fcntl::open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -147,11 +161,13 @@ impl StateDir {
         let dir = Self {
             fd,
             path: path.to_path_buf(),
+            for_the_daemon,
         };
         dir.check_and_tighten()?;
         Ok(dir)
     }
 
+    /// Checks the directory, and for the daemon makes it private.
     fn check_and_tighten(&self) -> Result<(), DirError> {
         let stat = fstat(&self.fd)?;
         if stat.st_uid != our_uid() {
@@ -164,7 +180,7 @@ impl StateDir {
         if mode & 0o022 != 0 {
             return Err(DirError::WritableByOthers { mode });
         }
-        if mode & 0o077 != 0 {
+        if mode & 0o077 != 0 && self.for_the_daemon {
             fchmod(&self.fd, Mode::from_bits_truncate(0o700))?;
             tracing::info!(state_dir = %self.path.display(), mode = format!("{mode:04o}"), "made the state directory private (0700): it holds the audit trail");
         }
@@ -180,12 +196,14 @@ impl StateDir {
         self.path.join(name)
     }
 
-    /// Opens (creating, with mode 0700, if needed) the subdirectory `name`
-    /// under the same rules as the directory itself.
+    /// Opens the subdirectory `name` under the same rules as the directory
+    /// itself; for the daemon, it is created (mode 0700) if needed.
     pub fn subdir(&self, name: &str) -> Result<StateDir, DirError> {
-        match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(errno) => return Err(errno.into()),
+        if self.for_the_daemon {
+            match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(errno.into()),
+            }
         }
         let fd = openat(
             &self.fd,
@@ -202,6 +220,7 @@ impl StateDir {
         let dir = StateDir {
             fd,
             path: self.join(name),
+            for_the_daemon: self.for_the_daemon,
         };
         dir.check_and_tighten()?;
         Ok(dir)
@@ -518,6 +537,14 @@ mod tests {
         StateDir::open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        // Read as it is: nothing changes.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let read = StateDir::open_to_read(&path).unwrap();
+        assert!(read.subdir("feeds").is_err(), "not created");
+        assert!(!path.join("feeds").exists());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(StateDir::open_to_read(&dir.path().join("none")).is_err());
         // Created private, with its parents.
         let deep = dir.path().join("a/b");
         let state = StateDir::open(&deep).unwrap();

@@ -221,11 +221,28 @@ enum ReportFormat {
 
 /// The exit code of a change whose outcome is not known yet.
 const EXIT_PENDING: u8 = 3;
+/// The exit code of `explain` when the policy drops the packet.
+const EXIT_WOULD_DROP: u8 = 4;
+
+/// `explain`'s answer was a drop: exit with [`EXIT_WOULD_DROP`], the
+/// answer itself already printed.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy drops the packet")]
+struct WouldDrop;
+
+/// `Err(WouldDrop)` when `report` is a drop.
+fn would_drop(report: &policy::explain::ExplainReport) -> anyhow::Result<()> {
+    if report.verdict == "drop" {
+        return Err(WouldDrop.into());
+    }
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<WouldDrop>() => ExitCode::from(EXIT_WOULD_DROP),
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.downcast_ref::<api::Pending>().is_some() {
@@ -451,25 +468,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             config: Some(path),
         } => {
-            let (config, policy) = daemon::load_policy(&path)?;
             let (source, port) =
                 policy::explain::parse_query(&source, &port).map_err(anyhow::Error::msg)?;
-            let report = policy::explain::explain(
+            let (config, feeds, policy) = daemon::load_policy_with_feeds(&path)?;
+            let mut report = policy::explain::explain(
                 &config,
                 &RuntimeEntries::new(),
-                &feeds::FeedLists::new(),
+                &feeds.lists,
                 &policy,
                 source,
                 port,
             );
-            print(json, &report, output::explain)
+            report.feeds_not_considered = feeds.missing;
+            report.feeds_note = feeds.why;
+            print(json, &report, output::explain)?;
+            would_drop(&report)
         }
         CliCommand::Explain {
             source,
             port,
             config: None,
         } => match call(Command::Explain { source, port })? {
-            Response::Explain(report) => print(json, &report, output::explain),
+            Response::Explain(report) => {
+                print(json, &report, output::explain)?;
+                would_drop(&report)
+            }
             other => unexpected(other),
         },
         CliCommand::Audit {

@@ -265,6 +265,22 @@ fn entry_ref(entry: &EntryRef) -> String {
 }
 
 pub fn explain(report: &ExplainReport) -> String {
+    let mut out = explain_verdict(report);
+    if !report.feeds_not_considered.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: feeds not considered: {}{}; `firewall-ctl explain` without `--config` asks the daemon, which has every list in force",
+            report.feeds_not_considered.join(", "),
+            report
+                .feeds_note
+                .as_deref()
+                .map_or(String::new(), |why| format!(" ({why})"))
+        );
+    }
+    out
+}
+
+fn explain_verdict(report: &ExplainReport) -> String {
     let mut out = String::new();
     let packet = format!("{} -> {}", report.source, report.port);
     if let (Some(rule), Some(entry)) = (&report.rule, &report.entry) {

@@ -376,6 +376,21 @@ impl Daemon {
             .unwrap_or_else(|| panic!("firewall-ctl {args:?} failed; daemon log:\n{}", self.log()))
     }
 
+    /// `explain <args> --json`, checking its exit code: 0 when the packet
+    /// passes, 4 when the policy drops it.
+    pub fn explain(&self, args: &[&str]) -> Value {
+        let output = self.ctl(&[&["explain"][..], args, &["--json"]].concat());
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "explain {args:?}: {err}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        let expected = if report["verdict"] == "pass" { 0 } else { 4 };
+        assert_eq!(output.status.code(), Some(expected), "{report}");
+        report
+    }
+
     /// The records of `audit log --json`, oldest first.
     pub fn audit(&self) -> Vec<Value> {
         self.json(&["audit", "log"])["records"]

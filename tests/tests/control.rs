@@ -356,16 +356,18 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
     );
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&metadata), 0);
 
-    for command in [
-        &["status"][..],
-        &["stats"],
-        &["list"],
-        &["explain", "192.0.2.99", "443"],
-        &["audit", "log"],
+    // (`explain` of a packet the policy drops exits with 4.)
+    for (command, code) in [
+        (&["status"][..], 0),
+        (&["stats"], 0),
+        (&["list"], 0),
+        (&["explain", "192.0.2.99", "443"], 4),
+        (&["audit", "log"], 0),
     ] {
         let output = reader.ctl(&daemon.socket, command);
-        assert!(
-            output.status.success(),
+        assert_eq!(
+            output.status.code(),
+            Some(code),
             "{command:?} as a read_group member: {}",
             String::from_utf8_lossy(&output.stderr)
         );
@@ -580,7 +582,7 @@ fn explain_names_the_rule_and_entry_live_and_from_a_config_file() {
     }
     let lab = Lab::new();
     let daemon = Daemon::start(&lab.edge, &config("driver"));
-    let live = |source: &str, port: &str| daemon.json(&["explain", source, port]);
+    let live = |source: &str, port: &str| daemon.explain(&[source, port]);
     let inner_ssh = live("203.0.113.70", "22");
     assert_eq!(inner_ssh["verdict"], "pass");
     assert_eq!(inner_ssh["rule"], "office-ssh");
@@ -604,7 +606,9 @@ fn explain_names_the_rule_and_entry_live_and_from_a_config_file() {
     let added = live("192.0.2.99", "22");
     assert_eq!(added["entry"]["prefix"], "192.0.2.99/32");
     assert_eq!(added["entry"]["origin"], "cli");
-    let human = daemon.ctl_ok(&["explain", "203.0.113.10", "22"]);
+    let human = daemon.ctl(&["explain", "203.0.113.10", "22"]);
+    assert_eq!(human.status.code(), Some(4), "a drop exits with 4");
+    let human = String::from_utf8(human.stdout).unwrap();
     assert!(
         human.contains("203.0.113.10 -> tcp/22: DROP, reason not_allowlisted")
             && human.contains("rule `office-ssh` exposes tcp/22 but does not list 203.0.113.10; nearest entries: 203.0.113.64/26 (config)"),
@@ -647,6 +651,7 @@ fn explain_names_the_rule_and_entry_live_and_from_a_config_file() {
             "--json",
         ],
     );
+    assert_eq!(without.status.code(), Some(4));
     let without: Value = serde_json::from_slice(&without.stdout).unwrap();
     assert_eq!(without["reason"], "not_allowlisted");
 }

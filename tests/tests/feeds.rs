@@ -11,8 +11,9 @@ use firewall_tests::{
     lab::Lab,
     root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
+    users::User,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// One rule exposing tcp/443 to the feed `vendor` only.
 fn config(url: &str, extra: &str) -> String {
@@ -106,8 +107,55 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
             .any(|entry| entry["prefix"] == "203.0.113.0/28" && entry["origin"] == "feed:vendor"),
         "{listed}"
     );
-    let explained = daemon.json(&["explain", "203.0.113.10", "443"]);
+    let explained = daemon.explain(&["203.0.113.10", "443"]);
     assert_eq!(explained["entry"]["origin"], "feed:vendor");
+    // From the config alone: root reads the feed's last good copy from
+    // state_dir; a user who cannot is told that the feed was not considered.
+    let state_dir = daemon.state_dir.to_str().unwrap().to_string();
+    let offline_config = daemon.dir().join("offline.toml");
+    std::fs::write(
+        &offline_config,
+        format!(
+            "state_dir = \"{state_dir}\"\n{}",
+            std::fs::read_to_string(&daemon.config).unwrap()
+        ),
+    )
+    .unwrap();
+    let offline = |user: Option<&User>| {
+        let args = [
+            "explain",
+            "203.0.113.10",
+            "443",
+            "--config",
+            offline_config.to_str().unwrap(),
+            "--json",
+        ];
+        let output = match user {
+            Some(user) => user.run_in(Some(&lab.edge), &args),
+            None => firewall_tests::daemon::run_in(&lab.edge, &[], &args),
+        };
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), report)
+    };
+    let (code, as_root) = offline(None);
+    assert_eq!(
+        (code, &as_root["entry"]["origin"]),
+        (Some(0), &json!("feed:vendor")),
+        "{as_root}"
+    );
+    assert!(as_root.get("feeds_not_considered").is_none(), "{as_root}");
+    let nobody = User::create(&[]);
+    let (code, as_nobody) = offline(Some(&nobody));
+    assert_eq!(code, Some(4), "{as_nobody}");
+    assert_eq!(as_nobody["feeds_not_considered"], json!(["vendor"]));
+    assert!(
+        as_nobody["feeds_note"]
+            .as_str()
+            .unwrap()
+            .contains("run as root"),
+        "{as_nobody}"
+    );
 
     // The vendor moves: one range goes, one comes.
     server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));

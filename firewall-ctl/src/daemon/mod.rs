@@ -56,6 +56,77 @@ pub fn load_policy(path: &Path) -> anyhow::Result<(Config, CompiledPolicy)> {
     Ok((config, policy))
 }
 
+/// `explain --config`: the config at `path`, compiled with its feeds' last
+/// good lists where they can be read ([`last_good_feeds`]).
+pub fn load_policy_with_feeds(
+    path: &Path,
+) -> anyhow::Result<(Config, LastGoodFeeds, CompiledPolicy)> {
+    let config = config::load(path, &LiveHost)?;
+    let feeds = last_good_feeds(&config);
+    let policy = policy::compile_with(&config, &RuntimeEntries::new(), &feeds.lists)
+        .with_context(|| format!("config `{}`", path.display()))?;
+    Ok((config, feeds, policy))
+}
+
+/// What `explain --config` knows of a config's feeds: the last good lists
+/// the daemon keeps in `state_dir`, read without changing anything there.
+pub struct LastGoodFeeds {
+    pub lists: crate::feeds::FeedLists,
+    /// Feeds whose list could not be read, and why.
+    pub missing: Vec<String>,
+    pub why: Option<String>,
+}
+
+/// The last good lists of `config`'s feeds (see [`LastGoodFeeds`]).
+pub fn last_good_feeds(config: &Config) -> LastGoodFeeds {
+    let none = LastGoodFeeds {
+        lists: Default::default(),
+        missing: Vec::new(),
+        why: None,
+    };
+    if config.feeds.is_empty() {
+        return none;
+    }
+    let opened = crate::fsutil::StateDir::open_to_read(&config.state_dir)
+        .and_then(|state| crate::feeds::store::FeedStore::open(&state));
+    let store = match opened {
+        Ok(store) => store,
+        Err(err) => {
+            return LastGoodFeeds {
+                missing: config.feeds.iter().map(|feed| feed.name.clone()).collect(),
+                why: Some(format!(
+                    "their last good copies in `{}` cannot be read: {err}{}",
+                    config.state_dir.join("feeds").display(),
+                    if nix::unistd::geteuid().is_root() {
+                        ""
+                    } else {
+                        " (it is root's: run as root)"
+                    }
+                )),
+                ..none
+            };
+        }
+    };
+    let lists = crate::feeds::store::lists(&store.load(&config.feeds));
+    let missing: Vec<String> = config
+        .feeds
+        .iter()
+        .filter(|feed| !lists.contains_key(&feed.name))
+        .map(|feed| feed.name.clone())
+        .collect();
+    let why = (!missing.is_empty()).then(|| {
+        format!(
+            "no good copy of them in `{}` (never fetched, or fetched for another source or filter)",
+            config.state_dir.join("feeds").display()
+        )
+    });
+    LastGoodFeeds {
+        lists,
+        missing,
+        why,
+    }
+}
+
 /// What the writer publishes after every change, so the socket can answer
 /// `status` (and check permissions) without waiting for it.
 #[derive(Clone, Debug)]

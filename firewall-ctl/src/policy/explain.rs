@@ -177,6 +177,12 @@ pub struct ExplainReport {
     /// For `not_allowlisted`: the rules exposing the port and what they
     /// list nearest to the source.
     pub exposing_rules: Vec<ExposingRule>,
+    /// `explain --config`: the feeds whose lists the answer could not
+    /// include, and why (the daemon's answer has every list in force).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds_not_considered: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feeds_note: Option<String>,
 }
 
 /// Parses `explain`'s arguments: an address and one port (`443`,
@@ -308,6 +314,8 @@ pub fn explain(
         rule,
         admitted_by,
         exposing_rules,
+        feeds_not_considered: Vec::new(),
+        feeds_note: None,
     }
 }
 
