@@ -10,6 +10,7 @@ mod detach;
 mod entries;
 mod feeds;
 mod fsutil;
+mod manual;
 mod output;
 mod policy;
 mod system;
@@ -176,7 +177,7 @@ enum CliCommand {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `firewall-ctl man | man -l -`.
     Man {
-        /// Write firewall-ctl.1 and one page per command into DIR instead.
+        /// Write firewall-ctl.1, one page per command and firewall-ctl.toml.5 (the config) into DIR instead.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
@@ -506,17 +507,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "firewall-ctl", &mut out);
             write_stdout(&out)
         }
-        CliCommand::Man { out_dir: None } => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-            write_stdout(&out)
-        }
-        CliCommand::Man { out_dir: Some(dir) } => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating `{}`", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .with_context(|| format!("writing man pages into `{}`", dir.display()))
-        }
+        CliCommand::Man { out_dir: None } => write_stdout(&manual::main_page(Cli::command())?),
+        CliCommand::Man { out_dir: Some(dir) } => manual::write_all(Cli::command(), &dir)
+            .with_context(|| format!("writing man pages into `{}`", dir.display())),
     }
 }
 
@@ -547,6 +540,18 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manual_lists_the_exit_codes_main_uses() {
+        for code in [EXIT_PENDING, EXIT_WOULD_DROP] {
+            assert!(
+                manual::EXIT_STATUS
+                    .iter()
+                    .any(|(listed, _)| *listed == code.to_string()),
+                "{code}"
+            );
+        }
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {
