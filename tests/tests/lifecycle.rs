@@ -432,14 +432,13 @@ fn the_shipped_systemd_unit_verifies() {
     )
     .unwrap();
     assert!(
-        unit.contains("Type=notify")
-            && unit.contains("ExecReload=/usr/local/sbin/firewall-ctl reload")
+        unit.contains("Type=notify") && unit.contains("ExecReload=/usr/sbin/firewall-ctl reload")
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("firewall-ctl.service");
     let binary = firewall_tests::daemon::binary();
     let local: String = unit
-        .replace("/usr/local/sbin/firewall-ctl", binary.to_str().unwrap())
+        .replace("/usr/sbin/firewall-ctl", binary.to_str().unwrap())
         .lines()
         .filter(|line| !line.starts_with("Documentation="))
         .map(|line| format!("{line}\n"))

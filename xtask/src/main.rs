@@ -4,6 +4,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod package;
 mod pressure;
 mod rates;
 mod reference;
@@ -35,6 +36,8 @@ enum Task {
     Demo,
     /// Measure the data plane per packet against a minimal XDP LPM allowlist, the control plane (start, reloads, allow, memory) at 10 to 250k prefixes per family, and what local users can do to the daemon (root).
     Bench(bench::BenchArgs),
+    /// Build the Debian package and the static (musl) tarball into target/package/, and check the package with lintian.
+    Package(package::PackageArgs),
     /// Holds COUNT idle metrics clients to ADDRESS until stdin closes (`bench` runs it).
     #[command(hide = true)]
     HoldConnections {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Package(args) => package::run_cli(&args),
         Task::HoldConnections { address, count } => pressure::hold_connections(address, count),
     };
     match result {

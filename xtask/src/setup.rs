@@ -11,6 +11,8 @@ use crate::cargo::{EbpfToolchain, is_root, output, run as run_command};
 const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libclang-22-dev", "libpolly-22-dev"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// What builds the Debian package.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Makes the machine able to build and test; returns the eBPF toolchain to use.
 pub fn run() -> anyhow::Result<EbpfToolchain> {
@@ -40,6 +42,37 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
     }
     println!("xtask setup: done");
     Ok(toolchain)
+}
+
+/// What `cargo xtask package` needs besides the build: cargo-deb, lintian,
+/// the musl target and musl-gcc (for ring's C parts).
+pub fn packaging() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["deb", "--version"])).is_some() {
+        say("ok: cargo-deb");
+    } else {
+        say(&format!("installing cargo-deb {CARGO_DEB_VERSION}"));
+        run_command(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))
+        .context("installing cargo-deb failed")?;
+    }
+    command_from_package("lintian", "lintian")?;
+    command_from_package("musl-gcc", "musl-tools")?;
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed
+        .lines()
+        .any(|target| target.trim() == crate::package::MUSL_TARGET)
+    {
+        say(&format!("ok: the {} target", crate::package::MUSL_TARGET));
+    } else {
+        run_command(Command::new("rustup").args(["target", "add", crate::package::MUSL_TARGET]))?;
+    }
+    Ok(())
 }
 
 fn say(done: &str) {
