@@ -278,14 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             bpf_dir,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            init_logging();
             system::tune_allocator();
             let overrides = daemon::Overrides {
                 socket: cli.socket,
@@ -511,6 +504,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         CliCommand::Man { out_dir: Some(dir) } => manual::write_all(Cli::command(), &dir)
             .with_context(|| format!("writing man pages into `{}`", dir.display())),
     }
+}
+
+/// The daemon's log: native journal entries, with their fields, when
+/// stderr is the journal (under systemd), else text lines on stderr.
+fn init_logging() {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if system::stderr_is_the_journal()
+        && let Ok(journal) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(journal.with_syslog_identifier("firewall-ctl".to_string()))
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn unexpected(response: Response) -> anyhow::Result<()> {

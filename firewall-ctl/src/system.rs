@@ -237,6 +237,20 @@ pub fn tune_allocator() {
     }
 }
 
+/// Whether stderr is connected to the systemd journal: `JOURNAL_STREAM`
+/// names its device and inode (systemd sets it for a service whose output
+/// goes to the journal, and a child that redirects stderr no longer
+/// matches).
+pub fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino)
+}
+
 /// Niceness of threads that serve heavy reads: the policy writer (at the
 /// daemon's own) wins the CPU from them.
 const HEAVY_READ_NICENESS: libc::c_int = 10;

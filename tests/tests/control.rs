@@ -303,10 +303,12 @@ fn entries_that_expired_while_the_daemon_was_down_are_never_enforced() {
     let lab = Lab::new();
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let mut daemon = Daemon::start(&lab.edge, &config_with_default());
-    daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "1s"]);
     daemon.ctl_ok(&["allow", "192.0.2.98"]);
+    // Killed right after the entry is added, long before it expires, even
+    // on a slow (emulated) machine.
+    daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "3s"]);
     daemon.kill(libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3500));
     daemon.spawn_and_wait();
     assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
     let cli: Vec<String> = listed(&daemon)

@@ -2,6 +2,7 @@
 //! its own set-up so it works on a fresh machine.
 
 mod bench;
+mod booted;
 mod cargo;
 mod demo;
 mod package;
@@ -10,6 +11,7 @@ mod rates;
 mod reference;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Build the Debian package and the static (musl) tarball into target/package/, and check the package with lintian.
     Package(package::PackageArgs),
+    /// Run the end-to-end suite on another kernel (Debian 12's 6.1 by default) in a VM over this machine's root file system (root).
+    VmTest(vm_test::VmTestArgs),
     /// Holds COUNT idle metrics clients to ADDRESS until stdin closes (`bench` runs it).
     #[command(hide = true)]
     HoldConnections {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Package(args) => package::run_cli(&args),
+        Task::VmTest(args) => vm_test::run(&args),
         Task::HoldConnections { address, count } => pressure::hold_connections(address, count),
     };
     match result {

@@ -68,8 +68,21 @@ fn default_version() -> String {
 /// Builds both packages (at `version`, or [`default_version`]).
 pub fn build(version: Option<&str>) -> anyhow::Result<Packages> {
     let toolchain = setup::run()?;
-    setup::packaging()?;
     let version = version.map_or_else(default_version, ToString::to_string);
+    let deb = build_deb(toolchain, &version)?;
+    let assets = workspace_root().join("target/release/package-assets");
+    let tarball = static_tarball(toolchain, &version, &assets, &deb_dir())?;
+    Ok(Packages { deb, tarball })
+}
+
+/// Where the packages go.
+fn deb_dir() -> PathBuf {
+    workspace_root().join("target/package")
+}
+
+/// Builds the Debian package at `version`, checked by lintian.
+pub fn build_deb(toolchain: EbpfToolchain, version: &str) -> anyhow::Result<PathBuf> {
+    setup::packaging()?;
     if !version
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c))
@@ -79,7 +92,7 @@ pub fn build(version: Option<&str>) -> anyhow::Result<Packages> {
             "`--version {version}` is not a Debian version: digits first, then letters, digits, `.`, `+`, `~` and `-`"
         );
     }
-    let out = workspace_root().join("target/package");
+    let out = deb_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating `{}`", out.display()))?;
     println!("xtask package: version {version}");
 
@@ -88,8 +101,11 @@ pub fn build(version: Option<&str>) -> anyhow::Result<Packages> {
         &["build", "--release", "--package", "firewall-ctl"],
     ))?;
     let release = workspace_root().join("target/release");
-    let assets = release.join("package-assets");
-    write_assets(&release.join("firewall-ctl"), &assets, &version)?;
+    write_assets(
+        &release.join("firewall-ctl"),
+        &release.join("package-assets"),
+        version,
+    )?;
     let deb = out.join(format!("firewall-ctl_{version}_amd64.deb"));
     run(Command::new("cargo")
         .args([
@@ -98,16 +114,14 @@ pub fn build(version: Option<&str>) -> anyhow::Result<Packages> {
             "firewall-ctl",
             "--no-build",
             "--deb-version",
-            &version,
+            version,
             "--output",
         ])
         .arg(&deb)
         .current_dir(workspace_root()))
     .context("cargo deb failed")?;
     lintian(&deb)?;
-
-    let tarball = static_tarball(toolchain, &version, &assets, &out)?;
-    Ok(Packages { deb, tarball })
+    Ok(deb)
 }
 
 /// Man pages, completions and the Debian changelog, made by `binary`

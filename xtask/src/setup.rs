@@ -75,6 +75,88 @@ pub fn packaging() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask vm-test` needs: qemu, virtme-ng (from PyPI), and
+/// busybox for the initramfs it makes.
+pub fn vm() -> anyhow::Result<()> {
+    command_from_package("qemu-system-x86_64", "qemu-system-x86")?;
+    command_from_package("busybox", "busybox-static")?;
+    if on_path("vng") {
+        say("ok: vng (virtme-ng)");
+    } else {
+        say("installing virtme-ng from PyPI");
+        run_command(Command::new("python3").args(["-m", "pip", "install", "--quiet", "virtme-ng"]))
+            .context(
+                "installing virtme-ng failed; `python3 -m pip install virtme-ng` installs it",
+            )?;
+        if !on_path("vng") {
+            bail!(
+                "virtme-ng was installed but `vng` is not on PATH; add pip's script directory to PATH"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `cargo xtask vm-test --boot` needs beside the VM's: mmdebstrap,
+/// and mkfs.ext4 with `-d`.
+pub fn booted() -> anyhow::Result<()> {
+    command_from_package("mmdebstrap", "mmdebstrap")?;
+    command_from_package("mkfs.ext4", "e2fsprogs")
+}
+
+/// Debian 12's 6.1 kernel image (the newest ABI Debian's packages have),
+/// installed if missing.
+pub fn vm_kernel() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(kernel) = installed_6_1_kernel() {
+        say(&format!("ok: {}", kernel.display()));
+        return Ok(kernel);
+    }
+    let candidates = output(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+    ]))
+    .unwrap_or_default();
+    let newest = candidates
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .max_by_key(|name| {
+            name.trim_start_matches("linux-image-6.1.0-")
+                .split('-')
+                .next()
+                .and_then(|abi| abi.parse::<u32>().ok())
+        })
+        .map(ToString::to_string);
+    let Some(package) = newest else {
+        bail!(
+            "no Debian 12 6.1 kernel package is known to apt here (`apt-cache search linux-image-6.1.0` finds none): add Debian 12 (bookworm) to the apt sources, or pass `--kernel PATH`"
+        );
+    };
+    apt_install(&[&package])?;
+    installed_6_1_kernel()
+        .ok_or_else(|| anyhow::anyhow!("{package} installed no /boot/vmlinuz-6.1.*"))
+}
+
+/// The newest /boot/vmlinuz-6.1.0-N-amd64.
+fn installed_6_1_kernel() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-amd64"))
+        })
+        .max_by_key(|path| {
+            path.to_string_lossy()
+                .rsplit("6.1.0-")
+                .next()
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|abi| abi.parse::<u32>().ok())
+        })
+}
+
 fn say(done: &str) {
     println!("  {done}");
 }

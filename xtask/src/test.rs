@@ -43,26 +43,66 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         test.arg("--show-output");
     }
     let totals = run_counting(&mut test)?;
-    // One plain closing line over all test binaries.
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed - totals.skipped,
-        totals.failed,
-        totals.ignored + totals.skipped
-    );
-    if totals.failed > 0 {
-        bail!("{} test(s) failed", totals.failed);
-    }
-    Ok(())
+    totals.finish()
 }
 
+/// What test binaries said, summed over their `test result:` lines.
 #[derive(Default)]
-struct Totals {
+pub struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
     /// Passed without running because they need root.
     skipped: u64,
+}
+
+impl Totals {
+    /// Counts what `line` of a test binary's output says.
+    pub fn count(&mut self, line: &str) {
+        if line.starts_with(SKIP_MARKER) {
+            self.skipped += 1;
+        }
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            for part in summary.split([';', '.']).map(str::trim) {
+                let count = |word: &str| {
+                    part.strip_suffix(word)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                };
+                if let Some(n) = count("passed") {
+                    self.passed += n;
+                } else if let Some(n) = count("failed") {
+                    self.failed += n;
+                } else if let Some(n) = count("ignored") {
+                    self.ignored += n;
+                }
+            }
+        }
+    }
+
+    /// Whether any test failed.
+    pub fn failed_any(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// Whether any test ran.
+    pub fn ran(&self) -> bool {
+        self.passed + self.failed > 0
+    }
+
+    /// Prints one plain closing line over all test binaries; fails if a
+    /// test did.
+    pub fn finish(&self) -> anyhow::Result<()> {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed - self.skipped,
+            self.failed,
+            self.ignored + self.skipped
+        );
+        if self.failed > 0 {
+            bail!("{} test(s) failed", self.failed);
+        }
+        Ok(())
+    }
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
@@ -75,24 +115,7 @@ fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if line.starts_with(SKIP_MARKER) {
-            totals.skipped += 1;
-        }
-        if let Some(summary) = line.strip_prefix("test result: ") {
-            for part in summary.split([';', '.']).map(str::trim) {
-                let count = |word: &str| {
-                    part.strip_suffix(word)
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                };
-                if let Some(n) = count("passed") {
-                    totals.passed += n;
-                } else if let Some(n) = count("failed") {
-                    totals.failed += n;
-                } else if let Some(n) = count("ignored") {
-                    totals.ignored += n;
-                }
-            }
-        }
+        totals.count(&line);
     }
     let status = child.wait()?;
     if !status.success() && totals.failed == 0 {
