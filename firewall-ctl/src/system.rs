@@ -52,9 +52,17 @@ fn has_bpf_privileges() -> bool {
     has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
 }
 
-/// Whether this host (this network namespace) has an interface `name`.
+/// Whether this host (this process's network namespace) has an interface
+/// `name`. Asked of the kernel, not read from `/sys/class/net`: sysfs shows
+/// the interfaces of the namespace it was mounted in, which is not this
+/// one for a daemon put in a namespace by systemd's `NetworkNamespacePath=`
+/// (or `nsenter --net`).
 pub fn interface_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// The host the daemon runs on, as the config sees it.

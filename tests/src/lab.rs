@@ -84,6 +84,18 @@ impl Netns {
         String::from_utf8_lossy(&output.stdout).contains("xdp")
     }
 
+    /// Whether a BPF program runs on `interface`'s egress as a classic
+    /// clsact filter (kernels before TCX, Linux 6.6), as `tc` lists it.
+    pub fn tc_egress_filter(&self, interface: &str) -> bool {
+        let output = Command::new("tc")
+            .args([
+                "-n", &self.name, "filter", "show", "dev", interface, "egress",
+            ])
+            .output()
+            .expect("running tc");
+        String::from_utf8_lossy(&output.stdout).contains("bpf")
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         run(Command::new("ip").args([
             "netns",

@@ -389,8 +389,10 @@ pub fn echo_tcp_once(ns: &Netns, address: SocketAddr) -> std::thread::JoinHandle
     let listener = listen_tcp(ns, address);
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("accept");
+        // Long enough for a daemon to start between two messages on an
+        // emulated machine (`cargo xtask vm-test`).
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         let mut echoed = Vec::new();
         let mut buffer = [0u8; 4096];

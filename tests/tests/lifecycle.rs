@@ -455,3 +455,37 @@ fn the_shipped_systemd_unit_verifies() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// A process put into a namespace without a fresh /sys (systemd's
+/// `NetworkNamespacePath=`, `nsenter --net`) sees the namespace's
+/// interfaces: they are asked of the kernel, not read from sysfs, which
+/// still shows those of the namespace it was mounted in.
+#[test]
+fn the_config_sees_the_interfaces_of_the_daemons_network_namespace() {
+    if !root_or_skip("the_config_sees_the_interfaces_of_the_daemons_network_namespace") {
+        return;
+    }
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firewall.toml");
+    std::fs::write(&path, config("driver")).unwrap();
+    let checked = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.edge.name))
+        .arg(firewall_tests::daemon::binary())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // And in this namespace, where there is no edge0, it is missing.
+    let here = ctl(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(here.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&here.stderr).contains("interface `edge0` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&here.stderr)
+    );
+}

@@ -150,14 +150,16 @@ fn a_restart_respects_a_pending_rollback() {
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     std::fs::write(&daemon.config, with_stranger()).unwrap();
 
-    // Restarted within the window: still pending, and rolls back on time.
-    daemon.ctl_ok(&["reload", "--confirm", "3s"]);
+    // Restarted within the window (wide enough for an emulated machine's
+    // restart): still pending, and rolls back on time.
+    daemon.ctl_ok(&["reload", "--confirm", "10s"]);
     daemon.kill(libc::SIGKILL);
     daemon.spawn_and_wait();
     assert!(
         daemon.status()["rollback_at"].is_string(),
-        "{}",
-        daemon.status()
+        "{}\n{}",
+        daemon.status(),
+        daemon.log()
     );
     assert_eq!(https(&lab), Connect::Connected);
     await_no_pending(&daemon);

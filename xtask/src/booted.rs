@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cargo::{EbpfToolchain, cargo, run, workspace_root},
+    cargo::{EbpfToolchain, cargo, run as run_command, workspace_root},
     package, setup, vm_test,
 };
 
@@ -62,11 +62,13 @@ pub fn run(kernel: &Path) -> anyhow::Result<()> {
     let image = dir.join("disk.img");
     let _ = std::fs::remove_file(&image);
     let made = Instant::now();
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "fwtest", "-d"])
-        .arg(&rootfs)
-        .arg(&image)
-        .arg(IMAGE_SIZE))
+    run_command(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "fwtest", "-d"])
+            .arg(&rootfs)
+            .arg(&image)
+            .arg(IMAGE_SIZE),
+    )
     .context("making the root file system's image")?;
     println!(
         "vm-test: image `{}` made in {:.0} s",
@@ -79,6 +81,7 @@ pub fn run(kernel: &Path) -> anyhow::Result<()> {
     let ended = vm_test::with_kvm_or_tcg(
         kernel,
         |kvm| qemu(kernel, &initrd, &image, kvm),
+        |line| line.contains("Linux version"),
         |line| {
             let Some(said) = line.trim().strip_prefix("booted-host: ") else {
                 return false;
@@ -176,11 +179,13 @@ fn root_file_system(dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::remove_dir_all(&rootfs)?;
     }
     let made = Instant::now();
-    run(Command::new("mmdebstrap")
-        .args(["--variant=minbase", "--mode=root", "--format=directory"])
-        .arg(format!("--include={PACKAGES}"))
-        .arg("bookworm")
-        .arg(&rootfs))
+    run_command(
+        Command::new("mmdebstrap")
+            .args(["--variant=minbase", "--mode=root", "--format=directory"])
+            .arg(format!("--include={PACKAGES}"))
+            .arg("bookworm")
+            .arg(&rootfs),
+    )
     .context("mmdebstrap failed (it fetches Debian 12's packages from deb.debian.org)")?;
     std::fs::write(&stamp, PACKAGES)?;
     println!(
@@ -244,7 +249,7 @@ fn customize(rootfs: &Path, modules: &Path, debs: &[PathBuf], probe: &Path) -> a
         std::fs::remove_dir_all(&lib_modules)?;
     }
     std::fs::create_dir_all(&lib_modules)?;
-    run(Command::new("cp").arg("-a").arg(modules).arg(&lib_modules))?;
+    run_command(Command::new("cp").arg("-a").arg(modules).arg(&lib_modules))?;
     let opt = into("/opt/fwtest");
     if opt.exists() {
         std::fs::remove_dir_all(&opt)?;

@@ -50,7 +50,7 @@ pub fn run_cli(args: &PackageArgs) -> anyhow::Result<()> {
 
 /// The crate's version, with `-dirty` when the tree has uncommitted changes
 /// (the packages are then not what any commit builds).
-fn default_version() -> String {
+pub fn default_version() -> String {
     let version = env!("CARGO_PKG_VERSION").to_string();
     let dirty = output(
         Command::new("git")

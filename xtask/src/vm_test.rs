@@ -24,7 +24,8 @@ use crate::{
     test::Totals,
 };
 
-/// How long a guest may take to print its first line before it counts as
+/// How long a guest may take to show it runs (a line its kernel or the
+/// test prints; a boot loader's lines do not count) before it counts as
 /// hung.
 const FIRST_OUTPUT: Duration = Duration::from_secs(90);
 /// How long the guest may print nothing once running (a test that hangs).
@@ -168,6 +169,7 @@ fn boot_and_run(kernel: &Path, script: &Path) -> anyhow::Result<Totals> {
     let ended = with_kvm_or_tcg(
         kernel,
         |kvm| vng(kernel, script, kvm),
+        |line| line.starts_with("vm-test: guest"),
         |line| {
             totals.count(line);
             false
@@ -200,28 +202,30 @@ fn vng(kernel: &Path, script: &Path, kvm: bool) -> Command {
 }
 
 /// Runs the guest that `guest(kvm)` starts, with KVM if this machine has
-/// it, and again without if it printed nothing in time; hands each line of
-/// its console to `each` (which returns `true` to stop the guest there).
+/// it, and again without if no line showed it running (`alive`) in time;
+/// hands each line of its console to `each` (which returns `true` to stop
+/// the guest there).
 pub fn with_kvm_or_tcg(
     kernel: &Path,
     mut guest: impl FnMut(bool) -> Command,
+    alive: impl Fn(&str) -> bool,
     mut each: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<std::process::ExitStatus> {
     if Path::new("/dev/kvm").exists() {
         println!("vm-test: booting {} with KVM", kernel.display());
-        match watch(&mut guest(true), &mut each)? {
+        match watch(&mut guest(true), &alive, &mut each)? {
             Watched::Ended(status) => return Ok(status),
             Watched::Silent => println!(
-                "vm-test: the guest printed nothing within {} s with KVM (nested KVM hangs on some machines); booting again without it (TCG)",
+                "vm-test: the guest did not get going within {} s with KVM (nested KVM hangs after the boot loader on some machines); booting again without it (TCG)",
                 FIRST_OUTPUT.as_secs()
             ),
         }
     }
     println!("vm-test: booting {} without KVM (TCG)", kernel.display());
-    match watch(&mut guest(false), &mut each)? {
+    match watch(&mut guest(false), &alive, &mut each)? {
         Watched::Ended(status) => Ok(status),
         Watched::Silent => bail!(
-            "the guest printed nothing within {} s without KVM either; is `{}` a bootable x86-64 kernel?",
+            "the guest did not get going within {} s without KVM either; is `{}` a bootable x86-64 kernel?",
             FIRST_OUTPUT.as_secs(),
             kernel.display()
         ),
@@ -236,10 +240,14 @@ enum Watched {
 }
 
 /// Runs `command` (a guest), echoing its console and handing each line to
-/// `each`; stops it when `each` says so, when it printed nothing within
-/// [`FIRST_OUTPUT`], or nothing more for [`QUIET_LIMIT`] (then fails with
-/// the last lines it printed).
-fn watch(command: &mut Command, each: &mut impl FnMut(&str) -> bool) -> anyhow::Result<Watched> {
+/// `each`; stops it when `each` says so, when no line showed it running
+/// (`alive`) within [`FIRST_OUTPUT`], or when it printed nothing more for
+/// [`QUIET_LIMIT`] (then fails with the last lines it printed).
+fn watch(
+    command: &mut Command,
+    alive: &impl Fn(&str) -> bool,
+    each: &mut impl FnMut(&str) -> bool,
+) -> anyhow::Result<Watched> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -249,16 +257,20 @@ fn watch(command: &mut Command, each: &mut impl FnMut(&str) -> bool) -> anyhow::
         .with_context(|| format!("running {command:?}"))?;
     let lines = forward_lines(&mut child);
     let mut tail = std::collections::VecDeque::new();
-    let mut waited = FIRST_OUTPUT;
-    let mut printed = false;
+    let started = Instant::now();
+    let mut running = false;
     loop {
+        let waited = if running {
+            QUIET_LIMIT
+        } else {
+            FIRST_OUTPUT.saturating_sub(started.elapsed())
+        };
         match lines.recv_timeout(waited) {
             // The console's own padding.
             Ok(line) if line.trim().is_empty() => {}
             Ok(line) => {
                 println!("{line}");
-                printed = true;
-                waited = QUIET_LIMIT;
+                running |= alive(&line);
                 let done = each(&line);
                 tail.push_back(line);
                 if tail.len() > TAIL_LINES {
@@ -272,7 +284,7 @@ fn watch(command: &mut Command, each: &mut impl FnMut(&str) -> bool) -> anyhow::
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 stop(&mut child);
-                if !printed {
+                if !running {
                     return Ok(Watched::Silent);
                 }
                 bail!(
