@@ -516,7 +516,12 @@ fn init_logging() {
     {
         tracing_subscriber::registry()
             .with(filter())
-            .with(journal.with_syslog_identifier("firewall-ctl".to_string()))
+            .with(
+                journal
+                    .with_syslog_identifier("firewall-ctl".to_string())
+                    // `INTERFACE`, `RULE`: the names operators filter on.
+                    .with_field_prefix(None),
+            )
             .init();
         return;
     }
