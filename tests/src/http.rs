@@ -298,3 +298,139 @@ pub fn get(ns: &Netns, address: SocketAddr, path: &str) -> String {
         response
     })
 }
+
+/// An HTTPS server in a namespace: `openssl s_server -WWW` serving the
+/// files of a directory over TLS, with a certificate for 127.0.0.1 signed
+/// by a CA made for this server alone. Stopped on drop.
+pub struct HttpsServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl HttpsServer {
+    /// Serves `files` (name, body) on 127.0.0.1:`port` inside `ns`.
+    pub fn start(ns: &Netns, port: u16, files: &[(&str, &[u8])]) -> HttpsServer {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in files {
+            std::fs::write(dir.path().join(name), body).unwrap();
+        }
+        let openssl = |args: &[&str]| {
+            let made = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("running openssl (`cargo xtask setup` installs it)");
+            assert!(
+                made.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=firewall-ctl test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = critical,CA:FALSE\n\
+             keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "openssl", "s_server", "-quiet", "-WWW",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", "server.pem", "-key", "server.key"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting openssl s_server");
+        let server = HttpsServer { child, dir, port };
+        let listening =
+            crate::daemon::poll(Duration::from_secs(10), Duration::from_millis(20), || {
+                ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+                    .map(|_| ())
+            });
+        assert!(
+            listening.is_some(),
+            "openssl s_server did not listen on {port}"
+        );
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The CA that signed the server's certificate, in PEM.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

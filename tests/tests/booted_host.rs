@@ -439,10 +439,14 @@ fn second_boot(checks: &mut Checks, lab: &Lab) {
     );
     let (purged, said) = sh("apt-get purge -y firewall-ctl");
     checks.check(
-        "apt purge removes state and config",
+        "apt purge removes state, config and the enablement link",
         purged
             && !std::path::Path::new("/var/lib/firewall-ctl").exists()
-            && !std::path::Path::new("/etc/firewall-ctl").exists(),
+            && !std::path::Path::new("/etc/firewall-ctl").exists()
+            && std::fs::symlink_metadata(
+                "/etc/systemd/system/multi-user.target.wants/firewall-ctl.service",
+            )
+            .is_err(),
         &said,
     );
 }

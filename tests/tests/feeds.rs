@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use firewall_tests::{
     addr::*,
     daemon::{Daemon, poll},
-    http::{HttpProxy, HttpServer, Reply},
+    http::{HttpProxy, HttpServer, HttpsServer, Reply},
     lab::Lab,
     root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
@@ -190,6 +190,41 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
     assert!(refetched.is_some(), "{}", feed(&daemon));
     assert!(reaches(&lab, VENDOR_V4));
     assert!(!reaches(&lab, OFFICE_V4));
+}
+
+/// HTTPS is verified: against an unknown CA the fetch fails and says why;
+/// with that CA in the system's roots (`SSL_CERT_FILE`, as an internal CA
+/// would be installed) the list is fetched and enforced. CI runs this test
+/// on the static (musl) build too.
+#[test]
+fn a_feed_over_https_is_verified_against_the_systems_roots() {
+    if !root_or_skip("a_feed_over_https_is_verified_against_the_systems_roots") {
+        return;
+    }
+    let lab = Lab::new();
+    let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
+    let list = fastly(&VENDOR_AND_SPARE);
+    let server = HttpsServer::start(&lab.edge, 8443, &[("fastly.json", &list)]);
+    let mut daemon = Daemon::start(&lab.edge, &config(&server.url("fastly.json"), ""));
+    let (fetched, said) = refresh(&daemon);
+    assert!(
+        !fetched && said.contains("certificate") && said.contains("UnknownIssuer"),
+        "{said}\n{}",
+        daemon.log()
+    );
+    assert!(!reaches(&lab, VENDOR_V4));
+
+    daemon.kill(libc::SIGTERM);
+    daemon.env.push((
+        "SSL_CERT_FILE".to_string(),
+        server.ca_file().display().to_string(),
+    ));
+    daemon.spawn_and_wait();
+    let (fetched, said) = refresh(&daemon);
+    assert!(fetched, "{said}\n{}", daemon.log());
+    assert_eq!(feed(&daemon)["prefixes_v4"], 2, "{}", feed(&daemon));
+    assert!(reaches(&lab, VENDOR_V4));
+    assert!(!reaches(&lab, STRANGER_V4));
 }
 
 #[test]

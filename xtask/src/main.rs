@@ -30,6 +30,10 @@ enum Task {
     Setup,
     /// Run every test: unit tests, then end-to-end tests in network namespaces (root).
     Test {
+        /// Run the end-to-end tests against this firewall-ctl (for example
+        /// the static build) instead of a fresh debug build.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -53,7 +57,7 @@ enum Task {
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup => setup::run().map(|_| ()),
-        Task::Test { args } => test::run(&args),
+        Task::Test { binary, args } => test::run(binary.as_deref(), &args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Package(args) => package::run_cli(&args),

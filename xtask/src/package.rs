@@ -188,8 +188,8 @@ fn lintian(deb: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The static build and its tarball: the binary, the unit, the example
-/// config, man pages and completions.
+/// The static build and its tarball: the binary, the unit, the harmless
+/// default config and the complete example, man pages and completions.
 fn static_tarball(
     toolchain: EbpfToolchain,
     version: &str,
@@ -237,6 +237,7 @@ fn static_tarball(
             root.join("examples/firewall-ctl.service"),
             "firewall-ctl.service",
         ),
+        (root.join("packaging/firewall.toml"), "firewall.toml"),
         (root.join("examples/firewall.toml"), "firewall.toml.example"),
         (root.join("README.md"), "README.md"),
     ] {

@@ -34,6 +34,7 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
         ("chattr", "e2fsprogs"),
         ("nft", "nftables"),
         ("dnsmasq", "dnsmasq-base"),
+        ("openssl", "openssl"),
         // What `cargo xtask bench` compares against.
         ("ipset", "ipset"),
         ("iptables-legacy", "iptables"),

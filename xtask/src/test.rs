@@ -16,7 +16,7 @@ use crate::{
 /// How `firewall_tests::root_or_skip` starts its line.
 const SKIP_MARKER: &str = "SKIPPED ";
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+pub fn run(binary: Option<&std::path::Path>, extra: &[String]) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
     let root = is_root();
     if root {
@@ -27,8 +27,16 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             "xtask test: not root: the end-to-end tests skip and say SKIPPED below; run as root to run them"
         );
     }
-    // The end-to-end tests run this binary; build it first, fresh.
-    let binary = build_firewall_ctl(toolchain)?;
+    // The end-to-end tests run this binary; unless given one, build it
+    // first, fresh.
+    let binary = match binary {
+        Some(binary) if binary.is_file() => binary.to_path_buf(),
+        Some(binary) => bail!(
+            "`--binary {}` is not a file: build it first (`cargo xtask package` makes the static one)",
+            binary.display()
+        ),
+        None => build_firewall_ctl(toolchain)?,
+    };
     // The eBPF crate builds only for the bpf target (through build.rs).
     let mut test = cargo(
         toolchain,

@@ -45,9 +45,21 @@ pub struct VmTestArgs {
     /// (`tests/tests/booted_host.rs`), instead of running the suite.
     #[arg(long, conflicts_with = "filters")]
     pub boot: bool,
+    /// How qemu runs the guest: `auto` tries KVM and falls back to TCG
+    /// when the guest shows nothing within 90 s; `tcg` skips that try
+    /// where nested KVM is known to hang (CI's machines).
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
     /// Only the end-to-end tests whose names contain one of these.
     #[arg(trailing_var_arg = true)]
     pub filters: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
@@ -66,14 +78,14 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         None => setup::vm_kernel()?,
     };
     if args.boot {
-        return crate::booted::run(&kernel);
+        return crate::booted::run(&kernel, args.accel);
     }
     setup::vm()?;
     let binary = build_firewall_ctl(toolchain)?;
     let tests = test_binaries(toolchain)?;
     let script = runner_script(&binary, &tests, &args.filters)?;
     let started = Instant::now();
-    let totals = boot_and_run(&kernel, &script)?;
+    let totals = boot_and_run(&kernel, args.accel, &script)?;
     println!(
         "vm-test: the suite ran in {:.0} s on {}",
         started.elapsed().as_secs_f64(),
@@ -164,10 +176,11 @@ fn runner_script(binary: &Path, tests: &[PathBuf], filters: &[String]) -> anyhow
 /// Boots `kernel` over this machine's root and runs `script` in it: with
 /// KVM where it works, else with TCG. Echoes the guest's output and sums
 /// its test results.
-fn boot_and_run(kernel: &Path, script: &Path) -> anyhow::Result<Totals> {
+fn boot_and_run(kernel: &Path, accel: Accel, script: &Path) -> anyhow::Result<Totals> {
     let mut totals = Totals::default();
     let ended = with_kvm_or_tcg(
         kernel,
+        accel,
         |kvm| vng(kernel, script, kvm),
         |line| line.starts_with("vm-test: guest"),
         |line| {
@@ -201,20 +214,29 @@ fn vng(kernel: &Path, script: &Path, kvm: bool) -> Command {
     vng
 }
 
-/// Runs the guest that `guest(kvm)` starts, with KVM if this machine has
-/// it, and again without if no line showed it running (`alive`) in time;
-/// hands each line of its console to `each` (which returns `true` to stop
-/// the guest there).
+/// Runs the guest that `guest(kvm)` starts: with `accel` `auto`, with KVM
+/// if this machine has it, and again without if no line showed it running
+/// (`alive`) in time; hands each line of its console to `each` (which
+/// returns `true` to stop the guest there).
 pub fn with_kvm_or_tcg(
     kernel: &Path,
+    accel: Accel,
     mut guest: impl FnMut(bool) -> Command,
     alive: impl Fn(&str) -> bool,
     mut each: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<std::process::ExitStatus> {
-    if Path::new("/dev/kvm").exists() {
+    let has_kvm = Path::new("/dev/kvm").exists();
+    if accel == Accel::Kvm && !has_kvm {
+        bail!("`--accel kvm`, but this machine has no /dev/kvm: use `--accel tcg` or `auto`");
+    }
+    if accel == Accel::Kvm || (accel == Accel::Auto && has_kvm) {
         println!("vm-test: booting {} with KVM", kernel.display());
         match watch(&mut guest(true), &alive, &mut each)? {
             Watched::Ended(status) => return Ok(status),
+            Watched::Silent if accel == Accel::Kvm => bail!(
+                "the guest did not get going within {} s with KVM (nested KVM hangs after the boot loader on some machines): try `--accel tcg`",
+                FIRST_OUTPUT.as_secs()
+            ),
             Watched::Silent => println!(
                 "vm-test: the guest did not get going within {} s with KVM (nested KVM hangs after the boot loader on some machines); booting again without it (TCG)",
                 FIRST_OUTPUT.as_secs()
