@@ -46,6 +46,19 @@ pub fn root_or_skip(test: &str) -> bool {
     root
 }
 
+/// How many times slower than a real host this machine runs the daemon:
+/// `FIREWALL_TEST_SLOWDOWN`, 1 if unset. `cargo xtask vm-test` sets it for
+/// a guest under TCG, whose emulated CPUs run the daemon several times
+/// slower. Only bounds that stand for a real deadline (the watchdog's) are
+/// scaled by it; what a test counts is never relaxed.
+pub fn slowdown() -> u32 {
+    std::env::var("FIREWALL_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|factor| factor.parse().ok())
+        .filter(|factor| *factor >= 1)
+        .unwrap_or(1)
+}
+
 /// Addresses inside the lab. The edge host runs the daemon; the peer host
 /// holds every other address, so one veth carries all traffic.
 pub mod addr {

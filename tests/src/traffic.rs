@@ -473,3 +473,50 @@ pub fn ping(ns: &Netns, source: IpAddr, target: IpAddr) -> bool {
         }
     })
 }
+
+/// What passed to the edge while [`syns_through`] streamed.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedSyns {
+    /// Rounds sent: one SYN from the stranger and one from the vendor each.
+    pub rounds: u64,
+    pub stranger_passed: u64,
+    pub vendor_passed: u64,
+}
+
+/// Streams SYNs to 443 from the stranger and the vendor, a round every
+/// `interval`, for 300 ms before `during` runs, while it does, and 300 ms
+/// after; counts on the edge's interface what passed. The restart tests:
+/// whatever `during` does to the daemon, `stranger_passed` must be 0 and
+/// `vendor_passed` must be `rounds`.
+pub fn syns_through(
+    lab: &crate::lab::Lab,
+    interval: Duration,
+    during: impl FnOnce(),
+) -> StreamedSyns {
+    use crate::{addr::*, frames::tcp_v4};
+    let sniffer = Sniffer::start(&lab.edge, EDGE_IF, 443);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = stream_frames(
+        &lab.peer,
+        PEER_IF,
+        vec![tcp_v4(STRANGER_V4, 443), tcp_v4(VENDOR_V4, 443)],
+        interval,
+        stop.clone(),
+    );
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    pause();
+    during();
+    pause();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = stream.join().expect("the stream's thread");
+    let seen = sniffer.finish();
+    assert_eq!(
+        seen.missed, 0,
+        "the sniffer lost frames; its counts prove nothing"
+    );
+    StreamedSyns {
+        rounds,
+        stranger_passed: seen.syns.get(&STRANGER_V4).copied().unwrap_or(0),
+        vendor_passed: seen.syns.get(&VENDOR_V4).copied().unwrap_or(0),
+    }
+}

@@ -18,19 +18,14 @@
 use std::{
     mem::ManuallyDrop,
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use firewall_tests::{
     addr::*,
     daemon::poll,
-    frames::tcp_v4,
     lab::{Lab, Netns},
-    traffic::{Connect, Sniffer, connect_tcp, listen_tcp, stream_frames},
+    traffic::{Connect, StreamedSyns, connect_tcp, listen_tcp, syns_through},
 };
 
 /// Where the packages, this binary and the stage file are in the guest.
@@ -158,35 +153,13 @@ fn version_of(deb: &str) -> String {
         .to_string()
 }
 
-/// SYNs from the stranger and the vendor, streamed while `during` runs:
-/// how many rounds were sent, and how many of each passed.
-fn streamed(lab: &Lab, during: impl FnOnce()) -> (u64, u64, u64) {
-    let sniffer = Sniffer::start(&lab.edge, EDGE_IF, 443);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stream = stream_frames(
-        &lab.peer,
-        PEER_IF,
-        vec![tcp_v4(STRANGER_V4, 443), tcp_v4(VENDOR_V4, 443)],
-        Duration::from_micros(500),
-        stop.clone(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    during();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let rounds = stream.join().unwrap();
-    let seen = sniffer.finish();
-    assert_eq!(seen.missed, 0, "the sniffer lost frames");
-    (
+/// A service restart that lost or passed nothing.
+fn no_gap(checks: &mut Checks, name: &str, syns: StreamedSyns) {
+    let StreamedSyns {
         rounds,
-        seen.syns.get(&STRANGER_V4).copied().unwrap_or(0),
-        seen.syns.get(&VENDOR_V4).copied().unwrap_or(0),
-    )
-}
-
-/// A service restart that lost or passed nothing: the counts of
-/// [`streamed`].
-fn no_gap(checks: &mut Checks, name: &str, (rounds, stranger, vendor): (u64, u64, u64)) {
+        stranger_passed: stranger,
+        vendor_passed: vendor,
+    } = syns;
     checks.figure(
         &format!("{name}: rounds sent, stranger SYNs passed, vendor SYNs passed"),
         format!("{rounds}, {stranger}, {vendor}"),
@@ -302,7 +275,7 @@ fn first_boot(checks: &mut Checks, lab: &Lab) {
     );
 
     let before = main_pid();
-    let counts = streamed(lab, || {
+    let counts = syns_through(lab, Duration::from_micros(500), || {
         sh("systemctl restart firewall-ctl");
     });
     no_gap(checks, "systemctl restart", counts);
@@ -313,7 +286,7 @@ fn first_boot(checks: &mut Checks, lab: &Lab) {
     );
 
     let before = main_pid();
-    let counts = streamed(lab, || {
+    let counts = syns_through(lab, Duration::from_micros(500), || {
         let (upgraded, said) = sh(&format!("dpkg -i {}", debs[1]));
         println!("{said}");
         assert!(upgraded, "dpkg -i of the newer package failed");
@@ -336,7 +309,7 @@ fn first_boot(checks: &mut Checks, lab: &Lab) {
     );
 
     let killed = main_pid();
-    let counts = streamed(lab, || {
+    let counts = syns_through(lab, Duration::from_micros(500), || {
         sh(&format!("kill -9 {killed}"));
         let back = poll(Duration::from_secs(30), Duration::from_millis(100), || {
             let pid = main_pid();

@@ -93,6 +93,7 @@ fn a_reader_cannot_rotate_the_audit_trail_away() {
     let daemon = Daemon::start(&lab.edge, &accounts.config(""));
     daemon.ctl_ok(&["allow", "192.0.2.50", "--comment", "the admin's change"]);
     // A denied `feeds refresh` is audited as that, not as a read.
+    let denying_since = Instant::now();
     let refresh = accounts.reader.ctl(&daemon.socket, &["feeds", "refresh"]);
     assert_eq!(refresh.status.code(), Some(1));
     let trail = daemon.state_dir.join("audit.log");
@@ -111,6 +112,7 @@ fn a_reader_cannot_rotate_the_audit_trail_away() {
             .count()
     });
     assert_eq!(refused, 2000);
+    let denying_for = denying_since.elapsed();
 
     // Denials never touch the trail of changes.
     let trail_after = std::fs::read(&trail).unwrap();
@@ -147,9 +149,12 @@ fn a_reader_cannot_rotate_the_audit_trail_away() {
         )
     });
     let (denied, _) = denials(&records);
+    // The caller's bucket: 5 at once and 1 more every 12 s (a slow machine
+    // takes longer over the 2,000 requests, and earns more), one of slack.
+    let most = 5 + 1 + (denying_for.as_secs() / 12) as usize;
     assert!(
-        denied.len() <= 10,
-        "{} denials recorded one by one",
+        denied.len() <= most,
+        "{} denials recorded one by one, {most} at most",
         denied.len()
     );
     assert_eq!(denied[0]["action"], "feeds_refresh");

@@ -2,10 +2,7 @@
 //! policy never let a stranger's packet through nor drop an allowlisted
 //! one; only `firewall-ctl detach` removes it.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::time::Duration;
 
 use firewall_tests::{
     addr::*,
@@ -14,7 +11,7 @@ use firewall_tests::{
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
-    traffic::{Connect, Sniffer, connect_tcp, listen_tcp, send_frames, stream_frames},
+    traffic::{Connect, connect_tcp, listen_tcp, send_frames, syns_through},
 };
 
 /// How often the stream sends one SYN from each source.
@@ -27,84 +24,61 @@ fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
     }
     let lab = Lab::new();
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
-    let sniffer = Sniffer::start(&lab.edge, EDGE_IF, 443);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stream = stream_frames(
-        &lab.peer,
-        PEER_IF,
-        vec![tcp_v4(STRANGER_V4, 443), tcp_v4(VENDOR_V4, 443)],
-        STREAM_INTERVAL,
-        stop.clone(),
-    );
     let pause = || std::thread::sleep(Duration::from_millis(300));
-    pause();
+    let syns = syns_through(&lab, STREAM_INTERVAL, || {
+        // SIGTERM, a moment without a daemon, then a restart.
+        assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
+        assert!(lab.edge.xdp_attached(EDGE_IF));
+        pause();
+        daemon.spawn_and_wait();
+        pause();
 
-    // SIGTERM, a moment without a daemon, then a restart.
-    assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
-    assert!(lab.edge.xdp_attached(EDGE_IF));
-    pause();
-    daemon.spawn_and_wait();
-    pause();
+        // kill -9: still attached and enforcing, then adopted again.
+        daemon.kill(libc::SIGKILL);
+        assert!(
+            lab.edge.xdp_attached(EDGE_IF),
+            "after kill -9 the program stays"
+        );
+        pause();
+        daemon.spawn_and_wait();
+        pause();
 
-    // kill -9: still attached and enforcing, then adopted again.
-    daemon.kill(libc::SIGKILL);
-    assert!(
-        lab.edge.xdp_attached(EDGE_IF),
-        "after kill -9 the program stays"
-    );
-    pause();
-    daemon.spawn_and_wait();
-    pause();
+        // An upgrade whose maps have another layout, simulated by renaming the
+        // pinned maps to an older version's directory: the new daemon fills new
+        // maps and swaps its program onto the links, then removes the old maps.
+        daemon.kill(libc::SIGKILL);
+        let version = firewall_common::maps::LAYOUT_VERSION;
+        let older = format!("maps-v{}", version - 1);
+        std::fs::rename(
+            daemon.bpf_dir.join(format!("maps-v{version}")),
+            daemon.bpf_dir.join(&older),
+        )
+        .unwrap();
+        pause();
+        daemon.spawn_and_wait();
+        assert!(
+            !daemon.bpf_dir.join(&older).exists(),
+            "the old layout's maps are removed"
+        );
+        assert!(daemon.log().contains("removed the maps of an older layout"));
+        pause();
 
-    // An upgrade whose maps have another layout, simulated by renaming the
-    // pinned maps to an older version's directory: the new daemon fills new
-    // maps and swaps its program onto the links, then removes the old maps.
-    daemon.kill(libc::SIGKILL);
-    let version = firewall_common::maps::LAYOUT_VERSION;
-    let older = format!("maps-v{}", version - 1);
-    std::fs::rename(
-        daemon.bpf_dir.join(format!("maps-v{version}")),
-        daemon.bpf_dir.join(&older),
-    )
-    .unwrap();
-    pause();
-    daemon.spawn_and_wait();
-    assert!(
-        !daemon.bpf_dir.join(&older).exists(),
-        "the old layout's maps are removed"
-    );
-    assert!(daemon.log().contains("removed the maps of an older layout"));
-    pause();
-
-    // A restart onto a changed policy: the vendor moves to another rule,
-    // which also admits the office.
-    daemon.kill(libc::SIGTERM);
-    std::fs::write(
+        // A restart onto a changed policy: the vendor moves to another rule,
+        // which also admits the office.
+        daemon.kill(libc::SIGTERM);
+        std::fs::write(
         &daemon.config,
         config("driver").replace("name = \"vendor\"", "name = \"vendor-renamed\"")
             + "\n[[rules]]\nname = \"more\"\nports = [\"tcp/443\"]\nsources = [\"198.51.100.0/24\"]\n",
     )
     .unwrap();
-    daemon.spawn_and_wait();
-    pause();
-    assert_eq!(daemon.status()["rules"], 3);
-
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = stream.join().unwrap();
-    let seen = sniffer.finish();
+        daemon.spawn_and_wait();
+        assert_eq!(daemon.status()["rules"], 3);
+    });
+    assert!(syns.rounds > 100, "only {} rounds sent", syns.rounds);
+    assert_eq!(syns.stranger_passed, 0, "a stranger's SYN passed");
     assert_eq!(
-        seen.missed, 0,
-        "the sniffer lost frames; its counts prove nothing"
-    );
-    assert!(rounds > 100, "only {rounds} rounds sent");
-    assert_eq!(
-        seen.syns.get(&STRANGER_V4).copied().unwrap_or(0),
-        0,
-        "a stranger's SYN passed"
-    );
-    assert_eq!(
-        seen.syns.get(&VENDOR_V4).copied().unwrap_or(0),
-        rounds,
+        syns.vendor_passed, syns.rounds,
         "an allowlisted SYN was dropped"
     );
     let log = daemon.log();

@@ -30,6 +30,11 @@ use crate::{
 const FIRST_OUTPUT: Duration = Duration::from_secs(90);
 /// How long the guest may print nothing once running (a test that hangs).
 const QUIET_LIMIT: Duration = Duration::from_secs(600);
+/// How many times slower the daemon runs on TCG's emulated CPUs than on
+/// the host, for the tests' deadlines: the capacity test's policy writer,
+/// which answers its 10 s watchdog on the host, went 15 s without an
+/// answer under TCG.
+const TCG_SLOWDOWN: u32 = 4;
 /// Lines of the guest's output shown when it fails or hangs.
 const TAIL_LINES: usize = 40;
 
@@ -152,6 +157,8 @@ fn runner_script(binary: &Path, tests: &[PathBuf], filters: &[String]) -> anyhow
          # overlay virtme-ng gives /etc cannot take (shadow's lock).\n\
          mkdir -p /run/etc-rw && mount -t tmpfs tmpfs /run/etc-rw && cp -a /etc/. /run/etc-rw/ \\\n\
              && mount --bind /run/etc-rw /etc\n\
+         # The tests hold thousands of sockets (20,000 metrics clients).\n\
+         ulimit -n 1048576\n\
          cd {}\n\
          echo \"vm-test: guest kernel $(uname -r), $(nproc) CPUs\"\n\
          status=0\n",
@@ -207,7 +214,13 @@ fn vng(kernel: &Path, script: &Path, kvm: bool) -> Command {
         "6G",
         "--exec",
     ]);
-    vng.arg(script);
+    // The guest's shell runs this; under TCG the daemon runs several times
+    // slower (see `firewall_tests::slowdown`).
+    vng.arg(format!(
+        "FIREWALL_TEST_SLOWDOWN={} '{}'",
+        if kvm { 1 } else { TCG_SLOWDOWN },
+        script.display()
+    ));
     if !kvm {
         vng.arg("--disable-kvm");
     }
