@@ -30,7 +30,10 @@ pub fn run(binary: Option<&std::path::Path>, extra: &[String]) -> anyhow::Result
     // The end-to-end tests run this binary; unless given one, build it
     // first, fresh.
     let binary = match binary {
-        Some(binary) if binary.is_file() => binary.to_path_buf(),
+        // Absolute: the tests run in their crate's directory.
+        Some(binary) if binary.is_file() => binary
+            .canonicalize()
+            .with_context(|| format!("resolving `{}`", binary.display()))?,
         Some(binary) => bail!(
             "`--binary {}` is not a file: build it first (`cargo xtask package` makes the static one)",
             binary.display()
