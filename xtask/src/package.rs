@@ -95,6 +95,14 @@ pub fn build_deb(toolchain: EbpfToolchain, version: &str) -> anyhow::Result<Path
     let out = deb_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating `{}`", out.display()))?;
     println!("xtask package: version {version}");
+    // Debian revision 1 unless the version has one (`-dirty`): a package
+    // built apart from Debian's sources, whose changelog is then where
+    // lintian looks for it (`changelog.Debian.gz`).
+    let deb_version = if version.contains('-') {
+        version.to_string()
+    } else {
+        format!("{version}-1")
+    };
 
     run(&mut cargo(
         toolchain,
@@ -104,9 +112,9 @@ pub fn build_deb(toolchain: EbpfToolchain, version: &str) -> anyhow::Result<Path
     write_assets(
         &release.join("firewall-ctl"),
         &release.join("package-assets"),
-        version,
+        &deb_version,
     )?;
-    let deb = out.join(format!("firewall-ctl_{version}_amd64.deb"));
+    let deb = out.join(format!("firewall-ctl_{deb_version}_amd64.deb"));
     run(Command::new("cargo")
         .args([
             "deb",
@@ -114,7 +122,7 @@ pub fn build_deb(toolchain: EbpfToolchain, version: &str) -> anyhow::Result<Path
             "firewall-ctl",
             "--no-build",
             "--deb-version",
-            version,
+            &deb_version,
             "--output",
         ])
         .arg(&deb)
