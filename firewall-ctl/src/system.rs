@@ -233,7 +233,9 @@ pub fn wall_clock_of(ns: u64) -> std::time::SystemTime {
 /// (up to 32 MiB), after which such blocks come from the heap arenas, where
 /// a few small survivors pin their pages: at 250k + 250k prefixes the
 /// daemon stayed at 135 MB resident after a list change instead of 73, and
-/// peaked at 307 MB instead of 229.
+/// peaked at 307 MB instead of 229. (musl's allocator, in the static
+/// build, has no such threshold to tune.)
+#[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
 /// Sets the allocator up for the daemon; see [`MMAP_THRESHOLD`].
