@@ -283,14 +283,23 @@ fn watch(
     alive: &impl Fn(&str) -> bool,
     each: &mut impl FnMut(&str) -> bool,
 ) -> anyhow::Result<Watched> {
-    let mut child = command
+    // Its stdout and stderr both into one pipe: virtme-ng has qemu open
+    // `/proc/self/fd/2` as a console file, which truncated a log file that
+    // stderr went to.
+    let (output, console) = std::io::pipe().context("making a pipe for the guest's console")?;
+    let spawned = command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(console.try_clone()?)
+        .stderr(console)
         // A group of its own: stopping it stops the qemu it starts too.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("running {command:?}"))?;
-    let lines = forward_lines(&mut child);
+        .with_context(|| format!("running {command:?}"));
+    // The command holds the pipe's writing end until told otherwise: the
+    // guest's end must be the last, so that its exit ends the lines.
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    let mut child = spawned?;
+    let lines = forward_lines(output);
     let mut tail = std::collections::VecDeque::new();
     let started = Instant::now();
     let mut running = false;
@@ -340,12 +349,11 @@ fn watch(
     Ok(Watched::Ended(status))
 }
 
-/// The child's stdout, a line at a time, from a thread of its own.
-fn forward_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped");
+/// The guest's console, a line at a time, from a thread of its own.
+fn forward_lines(output: std::io::PipeReader) -> mpsc::Receiver<String> {
     let (sender, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
             if sender.send(line).is_err() {
                 return;
             }
