@@ -8,14 +8,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cargo::{EbpfToolchain, cargo, run as run_command, workspace_root},
+    cargo::{run as run_command, test_executables, workspace_root},
     package, setup, vm_test,
 };
 
@@ -56,9 +56,15 @@ pub fn run(kernel: &Path, accel: vm_test::Accel) -> anyhow::Result<()> {
         package::build_deb(toolchain, &version)?,
         package::build_deb(toolchain, &format!("{version}+rebuilt"))?,
     ];
-    let probe = probe_binary(toolchain)?;
+    // The probe: the `booted_host` test binary.
+    let [probe] = &test_executables(
+        toolchain,
+        &["--package", "firewall-tests", "--test", "booted_host"],
+    )?[..] else {
+        bail!("cargo built more than the booted_host test binary");
+    };
     let rootfs = root_file_system(&dir)?;
-    customize(&rootfs, &modules, &debs, &probe)?;
+    customize(&rootfs, &modules, &debs, probe)?;
     let image = dir.join("disk.img");
     let _ = std::fs::remove_file(&image);
     let made = Instant::now();
@@ -135,32 +141,6 @@ fn kernel_release(kernel: &Path) -> anyhow::Result<String> {
                 kernel.display()
             )
         })
-}
-
-/// Builds the probe (the `booted_host` test binary) and returns its path.
-fn probe_binary(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
-    let built = cargo(
-        toolchain,
-        &[
-            "test",
-            "--package",
-            "firewall-tests",
-            "--test",
-            "booted_host",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ],
-    )
-    .stderr(Stdio::inherit())
-    .output()?;
-    if !built.status.success() {
-        bail!("building the booted host's probe failed");
-    }
-    String::from_utf8_lossy(&built.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| anyhow::anyhow!("cargo built no booted_host test binary"))
 }
 
 /// Debian 12's root file system with [`PACKAGES`], made once and kept in

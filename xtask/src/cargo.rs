@@ -2,7 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -75,4 +75,44 @@ pub fn build_firewall_ctl(toolchain: EbpfToolchain) -> anyhow::Result<PathBuf> {
         &["build", "--package", "firewall-ctl"],
     ))?;
     Ok(workspace_root().join("target/debug/firewall-ctl"))
+}
+
+/// Builds the integration-test binaries `cargo test --no-run <selection>`
+/// selects, and returns their paths, sorted.
+pub fn test_executables(
+    toolchain: EbpfToolchain,
+    selection: &[&str],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let built = cargo(
+        toolchain,
+        &[
+            "test",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ],
+    )
+    .args(selection)
+    .stderr(Stdio::inherit())
+    .output()
+    .with_context(|| format!("building the tests {selection:?}"))?;
+    if !built.status.success() {
+        bail!("building the tests {selection:?} failed");
+    }
+    let mut binaries: Vec<PathBuf> = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact"
+                && message["profile"]["test"] == true
+                && message["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"))
+        })
+        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .collect();
+    binaries.sort();
+    if binaries.is_empty() {
+        bail!("cargo built no test binaries for {selection:?}");
+    }
+    Ok(binaries)
 }

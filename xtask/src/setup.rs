@@ -121,12 +121,7 @@ pub fn vm_kernel() -> anyhow::Result<std::path::PathBuf> {
     let newest = candidates
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .max_by_key(|name| {
-            name.trim_start_matches("linux-image-6.1.0-")
-                .split('-')
-                .next()
-                .and_then(|abi| abi.parse::<u32>().ok())
-        })
+        .max_by_key(|name| abi_6_1(name))
         .map(ToString::to_string);
     let Some(package) = newest else {
         bail!(
@@ -149,13 +144,18 @@ fn installed_6_1_kernel() -> Option<std::path::PathBuf> {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with("vmlinuz-6.1.0-") && name.ends_with("-amd64"))
         })
-        .max_by_key(|path| {
-            path.to_string_lossy()
-                .rsplit("6.1.0-")
-                .next()
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|abi| abi.parse::<u32>().ok())
-        })
+        .max_by_key(|path| abi_6_1(&path.to_string_lossy()))
+}
+
+/// The ABI number N of a 6.1 kernel's package or image name
+/// (`linux-image-6.1.0-N-amd64-unsigned`, `/boot/vmlinuz-6.1.0-N-amd64`).
+fn abi_6_1(name: &str) -> Option<u32> {
+    name.rsplit("6.1.0-")
+        .next()?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn say(done: &str) {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cargo::{build_firewall_ctl, cargo, is_root, workspace_root},
+    cargo::{build_firewall_ctl, is_root, test_executables, workspace_root},
     setup,
     test::Totals,
 };
@@ -87,7 +87,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     }
     setup::vm()?;
     let binary = build_firewall_ctl(toolchain)?;
-    let tests = test_binaries(toolchain)?;
+    let tests = test_executables(toolchain, &["--package", "firewall-tests", "--tests"])?;
     let script = runner_script(&binary, &tests, &args.filters)?;
     let started = Instant::now();
     let totals = boot_and_run(&kernel, args.accel, &script)?;
@@ -100,46 +100,6 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         bail!("no test ran in the guest; its output is above");
     }
     totals.finish()
-}
-
-/// Builds the end-to-end test binaries and returns their paths.
-fn test_binaries(toolchain: crate::cargo::EbpfToolchain) -> anyhow::Result<Vec<PathBuf>> {
-    let built = cargo(
-        toolchain,
-        &[
-            "test",
-            "--package",
-            "firewall-tests",
-            "--tests",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ],
-    )
-    .stderr(Stdio::inherit())
-    .output()
-    .context("building the end-to-end tests")?;
-    if !built.status.success() {
-        bail!("building the end-to-end tests failed");
-    }
-    let mut binaries = Vec::new();
-    for line in String::from_utf8_lossy(&built.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let is_test = message["reason"] == "compiler-artifact"
-            && message["profile"]["test"] == true
-            && message["target"]["kind"]
-                .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
-        if let Some(path) = message["executable"].as_str().filter(|_| is_test) {
-            binaries.push(PathBuf::from(path));
-        }
-    }
-    binaries.sort();
-    if binaries.is_empty() {
-        bail!("cargo built no end-to-end test binaries");
-    }
-    Ok(binaries)
 }
 
 /// The script the guest runs: every test binary, two tests at a time, as
