@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cargo::{run as run_command, test_executables, workspace_root},
+    cargo::{fresh_dir, run as run_command, test_executables, workspace_root},
     package, setup, vm_test,
 };
 
@@ -230,16 +230,10 @@ NetworkNamespacePath=/run/netns/fwboot-edge
 fn customize(rootfs: &Path, modules: &Path, debs: &[PathBuf], probe: &Path) -> anyhow::Result<()> {
     let into = |path: &str| rootfs.join(path.trim_start_matches('/'));
     let lib_modules = into("/lib/modules");
-    if lib_modules.exists() {
-        std::fs::remove_dir_all(&lib_modules)?;
-    }
-    std::fs::create_dir_all(&lib_modules)?;
+    fresh_dir(&lib_modules)?;
     run_command(Command::new("cp").arg("-a").arg(modules).arg(&lib_modules))?;
     let opt = into("/opt/fwtest");
-    if opt.exists() {
-        std::fs::remove_dir_all(&opt)?;
-    }
-    std::fs::create_dir_all(&opt)?;
+    fresh_dir(&opt)?;
     for deb in debs {
         std::fs::copy(deb, opt.join(deb.file_name().expect("a file")))?;
     }

@@ -116,3 +116,11 @@ pub fn test_executables(
     }
     Ok(binaries)
 }
+
+/// Makes `dir` an empty directory, removing whatever it held.
+pub fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing `{}`", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))
+}

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cargo::{EbpfToolchain, cargo, output, run, workspace_root},
+    cargo::{EbpfToolchain, cargo, fresh_dir, output, run, workspace_root},
     setup,
 };
 
@@ -234,10 +234,7 @@ fn static_tarball(
     println!("ldd {}: {}", binary.display(), said.trim());
     let name = format!("firewall-ctl-{version}-x86_64-linux-musl");
     let staging = out.join(&name);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
+    fresh_dir(&staging)?;
     let root = workspace_root();
     for (from, to) in [
         (binary, "firewall-ctl"),
