@@ -406,11 +406,14 @@ impl HttpsServer {
             .spawn()
             .expect("starting openssl s_server");
         let server = HttpsServer { child, dir, port };
-        let listening =
-            crate::daemon::poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        let listening = crate::daemon::poll(
+            Duration::from_secs(10) * crate::slowdown(),
+            Duration::from_millis(20),
+            || {
                 ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
                     .map(|_| ())
-            });
+            },
+        );
         assert!(
             listening.is_some(),
             "openssl s_server did not listen on {port}"

@@ -49,8 +49,10 @@ pub fn root_or_skip(test: &str) -> bool {
 /// How many times slower than a real host this machine runs the daemon:
 /// `FIREWALL_TEST_SLOWDOWN`, 1 if unset. `cargo xtask vm-test` sets it for
 /// a guest under TCG, whose emulated CPUs run the daemon several times
-/// slower. Only bounds that stand for a real deadline (the watchdog's) are
-/// scaled by it; what a test counts is never relaxed.
+/// slower. Only durations are scaled by it: bounds that stand for a real
+/// deadline (the watchdog's, a helper server's start) and the timeouts a
+/// test configures so that its steps fit inside them. What a test counts
+/// is never relaxed.
 pub fn slowdown() -> u32 {
     std::env::var("FIREWALL_TEST_SLOWDOWN")
         .ok()

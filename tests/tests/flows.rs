@@ -15,7 +15,7 @@ use firewall_tests::{
     daemon::Daemon,
     frames::*,
     lab::{Lab, Netns, veth},
-    root_or_skip,
+    root_or_skip, slowdown,
     traffic::{
         Connect, bind_udp, connect_tcp, echo_tcp_once, echo_udp, listen_tcp, ping, send_frames,
         tcp_stream, udp_delivered,
@@ -230,7 +230,11 @@ fn a_late_udp_reply_is_dropped_after_the_idle_timeout() {
         return;
     }
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab.edge, &with_flows("udp_timeout = \"2s\""));
+    let udp_timeout = Duration::from_secs(2) * slowdown();
+    let daemon = Daemon::start(
+        &lab.edge,
+        &with_flows(&format!("udp_timeout = \"{}s\"", udp_timeout.as_secs())),
+    );
     let edge = bind_udp(&lab.edge, at(EDGE_V4, 40300));
     let peer = bind_udp(&lab.peer, at(STRANGER_V4, DNS_PORT));
     edge.send_to(b"query", at(STRANGER_V4, DNS_PORT)).unwrap();
@@ -240,7 +244,7 @@ fn a_late_udp_reply_is_dropped_after_the_idle_timeout() {
     let (len, _) = edge.recv_from(&mut buffer).expect("the answer passes");
     assert_eq!(&buffer[..len], b"answer");
 
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(udp_timeout + Duration::from_millis(500) * slowdown());
     let before = daemon.settled_stats();
     peer.send_to(b"late answer", from).unwrap();
     assert!(
@@ -271,6 +275,12 @@ fn edge_exchange(
     )
 }
 
+/// The `tcp_close_timeout` of the close test: long enough for a segment
+/// sent right after the close to make it on a slow guest.
+fn tcp_close_timeout() -> Duration {
+    Duration::from_secs(1) * slowdown()
+}
+
 /// After the close timeout, a late segment of the connection on
 /// `client_port` is dropped; before it, one passed.
 fn late_segment_is_dropped_after_close(lab: &Lab, daemon: &Daemon, client_port: u16) {
@@ -278,7 +288,7 @@ fn late_segment_is_dropped_after_close(lab: &Lab, daemon: &Daemon, client_port: 
         late_segment_passes(lab, daemon, client_port),
         "within the close timeout a last segment passes"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(tcp_close_timeout() + Duration::from_millis(500) * slowdown());
     let before = daemon.settled_stats();
     assert!(!late_segment_passes(lab, daemon, client_port));
     daemon
@@ -292,7 +302,13 @@ fn after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed() {
         return;
     }
     let lab = Lab::new();
-    let daemon = Daemon::start(&lab.edge, &with_flows("tcp_close_timeout = \"1s\""));
+    let daemon = Daemon::start(
+        &lab.edge,
+        &with_flows(&format!(
+            "tcp_close_timeout = \"{}s\"",
+            tcp_close_timeout().as_secs()
+        )),
+    );
 
     // FIN both ways: the edge closes its side, the peer answers with its FIN.
     let (mut stream, server) = edge_exchange(&lab, 40400);

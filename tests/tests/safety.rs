@@ -9,7 +9,7 @@ use firewall_tests::{
     config,
     daemon::{Daemon, ctl, poll},
     lab::Lab,
-    root_or_skip,
+    root_or_skip, slowdown,
     traffic::{Connect, connect_tcp, listen_tcp},
 };
 
@@ -23,6 +23,14 @@ fn with_stranger() -> String {
         "sources = [\"203.0.113.0/24\", ",
         "sources = [\"192.0.2.99\", \"203.0.113.0/24\", ",
     )
+}
+
+/// A confirmation window of `secs` seconds on a real host, longer on a slow
+/// guest so the steps a test takes inside it still fit: the window and its
+/// `--confirm` argument.
+fn confirm_window(secs: u64) -> (Duration, String) {
+    let window = Duration::from_secs(secs) * slowdown();
+    (window, format!("{}s", window.as_secs()))
 }
 
 fn audit_actions(daemon: &Daemon) -> Vec<(String, String)> {
@@ -41,9 +49,11 @@ fn audit_actions(daemon: &Daemon) -> Vec<(String, String)> {
 /// Waits until no reload waits for confirmation any more: the longest
 /// window these tests give (10 s) and a slow machine's margin.
 fn await_no_pending(daemon: &Daemon) {
-    let done = poll(Duration::from_secs(20), Duration::from_millis(50), || {
-        daemon.status()["rollback_at"].is_null().then_some(())
-    });
+    let done = poll(
+        Duration::from_secs(20) * slowdown(),
+        Duration::from_millis(50),
+        || daemon.status()["rollback_at"].is_null().then_some(()),
+    );
     assert!(
         done.is_some(),
         "still pending: {}\n{}",
@@ -68,7 +78,8 @@ fn reload_confirm_rolls_back_unless_confirmed() {
 
     // Not confirmed: the new rule admits, then stops admitting.
     std::fs::write(&daemon.config, with_stranger()).unwrap();
-    let applied = daemon.ctl_ok(&["reload", "--confirm", "2s"]);
+    let (window, confirm) = confirm_window(2);
+    let applied = daemon.ctl_ok(&["reload", "--confirm", &confirm]);
     assert!(
         applied.contains("unless you run `firewall-ctl confirm`"),
         "{applied}"
@@ -84,7 +95,7 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     assert_eq!(running_text(), config("driver"));
 
     // Confirmed: it stays.
-    daemon.ctl_ok(&["reload", "--confirm", "2s"]);
+    daemon.ctl_ok(&["reload", "--confirm", &confirm]);
     assert_eq!(
         daemon
             .ctl_ok(&["confirm"])
@@ -96,7 +107,7 @@ fn reload_confirm_rolls_back_unless_confirmed() {
             .unwrap(),
         "confirmed: the reloaded config stays"
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(window + Duration::from_millis(500));
     assert_eq!(https(&lab), Connect::Connected, "confirmed: no rollback");
     assert!(
         daemon
@@ -153,7 +164,7 @@ fn a_restart_respects_a_pending_rollback() {
 
     // Restarted within the window (wide enough for an emulated machine's
     // restart): still pending, and rolls back on time.
-    daemon.ctl_ok(&["reload", "--confirm", "10s"]);
+    daemon.ctl_ok(&["reload", "--confirm", &confirm_window(10).1]);
     daemon.kill(libc::SIGKILL);
     daemon.spawn_and_wait();
     assert!(
@@ -168,10 +179,11 @@ fn a_restart_respects_a_pending_rollback() {
 
     // Down when the time ran out: starts with the previous config.
     std::fs::write(&daemon.config, with_stranger()).unwrap();
-    daemon.ctl_ok(&["reload", "--confirm", "1s"]);
+    let (window, confirm) = confirm_window(1);
+    daemon.ctl_ok(&["reload", "--confirm", &confirm]);
     assert_eq!(https(&lab), Connect::Connected);
     daemon.kill(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(window + Duration::from_millis(500));
     daemon.spawn_and_wait();
     assert!(daemon.status()["rollback_at"].is_null());
     assert_eq!(
