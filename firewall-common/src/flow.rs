@@ -2,7 +2,7 @@
 //! program lets their replies in (return traffic) and checks that ICMP
 //! errors quote one of them.
 
-use crate::{maps::protocol, verdict::Source};
+use crate::wire::{Source, protocol};
 
 /// Which way a packet crosses the protected interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,8 +254,8 @@ pub mod flow_stats {
     #[inline(always)]
     pub const fn created(protocol: u8) -> u32 {
         match protocol {
-            crate::maps::protocol::TCP => CREATED_TCP,
-            crate::maps::protocol::UDP => CREATED_UDP,
+            crate::wire::protocol::TCP => CREATED_TCP,
+            crate::wire::protocol::UDP => CREATED_UDP,
             _ => CREATED_ICMP,
         }
     }

@@ -9,8 +9,11 @@ pub const MAX_RULES: usize = 64;
 /// (see [`crate::maps::rows`]) are twice as many at most.
 pub const MAX_PREFIXES_PER_FAMILY: u32 = 262_144;
 
+/// Ports of one protocol: a slot's part of `PORTS` holds TCP's, then UDP's.
+pub const PORTS_PER_PROTOCOL: u32 = 65_536;
+
 /// `(protocol, port)` entries per policy slot: every TCP and UDP port.
-pub const MAX_PORT_ENTRIES: u32 = 2 * crate::maps::PORTS_PER_PROTOCOL;
+pub const MAX_PORT_ENTRIES: u32 = 2 * PORTS_PER_PROTOCOL;
 
 /// 802.1Q / 802.1ad tags parsed before the frame is called malformed.
 pub const MAX_VLAN_DEPTH: usize = 2;

@@ -1,7 +1,10 @@
 //! Map names, keys and values. The XDP program and `firewall-ctl`'s datapath
 //! module must agree on every byte here; change both together.
 
-use crate::limits::{MAX_PORT_ENTRIES, MAX_RULES};
+use crate::{
+    limits::{MAX_PORT_ENTRIES, MAX_RULES, PORTS_PER_PROTOCOL},
+    wire::protocol,
+};
 
 /// Names of the maps in the eBPF object. A map of the policy holds both
 /// slots (see [`ActivePolicy`]), slot 0's part first: one map, so that the
@@ -345,14 +348,6 @@ pub const fn fold_source(address: [u8; 16]) -> u64 {
     high ^ low
 }
 
-/// IP protocol numbers the policy can expose.
-pub mod protocol {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-}
-
 /// A protocol and destination port: what `PORTS` is indexed by (see
 /// [`PortKey::slot_index`]).
 #[repr(C)]
@@ -396,9 +391,6 @@ impl PortKey {
         }
     }
 }
-
-/// Ports of one protocol: a slot's part of `PORTS` holds TCP's, then UDP's.
-pub const PORTS_PER_PROTOCOL: u32 = 65_536;
 
 /// Packet and byte counters, one per CPU; user space sums them.
 #[repr(C)]

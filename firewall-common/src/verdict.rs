@@ -9,14 +9,8 @@ use crate::{
     flow::{Ends, FlowKey, Track},
     maps::{PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY},
     reasons::Reason,
+    wire::Source,
 };
-
-/// A source address as it appears on the wire (network byte order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
 
 /// What the parser found, reduced to what the policy needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,7 +267,7 @@ impl<K, P: ?Sized, F: Flows<K> + ?Sized> Flows<K> for WithFlows<'_, P, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{flow::Direction, maps::protocol};
+    use crate::{flow::Direction, wire::protocol};
 
     /// Port 443 exposed to 203.0.113.0/24; one tracked flow; tracking on or off.
     struct Fixture {

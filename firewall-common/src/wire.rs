@@ -1,5 +1,7 @@
-//! Protocol numbers on the wire, shared by the XDP parser and the
-//! reference parser in [`crate::model::frame`].
+//! What is on the wire: header sizes and protocol numbers, shared by the
+//! XDP parser and the reference parser in [`crate::model::frame`], and the
+//! source address as the parsers read it. It imports nothing: the flow
+//! table, the maps and the decision all build on it.
 
 pub const ETH_HEADER_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -23,6 +25,21 @@ pub const IPV6_FRAGMENT: u8 = 44;
 pub const IPV6_AUTHENTICATION: u8 = 51;
 pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
 pub const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
+
+/// IP protocol numbers the policy can expose.
+pub mod protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// A source address as it appears on the wire (network byte order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
 
 pub const TCP_HEADER_LEN: usize = 20;
 /// TCP flags (byte 13 of the header).

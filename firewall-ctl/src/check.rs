@@ -54,7 +54,7 @@ fn warnings(config: &config::Config, ssh_port: u16) -> Vec<String> {
     }
     let admits_ssh = config.rules.iter().any(|rule| {
         rule.ports.iter().any(|range| {
-            range.protocol == firewall_common::maps::protocol::TCP
+            range.protocol == firewall_common::wire::protocol::TCP
                 && (range.first..=range.last).contains(&ssh_port)
         })
     });

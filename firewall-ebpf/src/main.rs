@@ -16,6 +16,7 @@
 mod cursor;
 mod maps;
 mod parse;
+mod scratch;
 
 use aya_ebpf::{
     bindings::{

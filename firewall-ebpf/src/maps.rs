@@ -25,7 +25,8 @@ use firewall_common::{
         },
     },
     reasons::{REASON_COUNT, Reason},
-    verdict::{Flows, Policy, Source},
+    verdict::{Flows, Policy},
+    wire::Source,
 };
 
 use crate::parse::{FlowRef, ParsedPacket};
@@ -98,22 +99,6 @@ pub static RULE_STATS: PerCpuArray<Counter> =
 /// evictions). User space sets the size from `max_flows` at load.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
-
-/// The flow key being looked up or recorded (see `parse::FlowRef::key`):
-/// 40 bytes the 512-byte BPF stack cannot spare per copy. One entry per
-/// CPU, used from building the key to the lookup that needs it.
-#[map]
-static FLOW_KEY_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
-
-/// The scratch entry, to build a key in; `None` if the map has no entry
-/// (it always has one).
-#[inline(always)]
-pub fn scratch_key() -> Option<&'static mut FlowKey> {
-    let slot = FLOW_KEY_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU map value: nothing else uses it while we run, and
-    // each use builds its key anew before reading it.
-    Some(unsafe { &mut *slot })
-}
 
 /// Whether flows are tracked, and their timeouts. One entry.
 #[map]

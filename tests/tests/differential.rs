@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::{
     flow::{Direction, Ends, FlowKey, Track},
-    maps::{
-        names,
-        protocol::{TCP as TCP_PROTOCOL, UDP as UDP_PROTOCOL},
-    },
+    maps::names,
     model::{PortRange, Prefix, ReferencePolicy, ReferenceRule, frame},
     reasons::Reason,
-    verdict::{Flows, Source, Verdict, WithFlows, decide_tracked},
+    verdict::{Flows, Verdict, WithFlows, decide_tracked},
+    wire::{
+        Source,
+        protocol::{TCP as TCP_PROTOCOL, UDP as UDP_PROTOCOL},
+    },
 };
 use firewall_tests::{
     addr::*,

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cargo::{fresh_dir, run as run_command, test_executables, workspace_root},
-    package, setup, vm_test,
+    guest, package, setup,
 };
 
 /// Debian's packages the root file system is made of (on top of minbase).
@@ -34,7 +34,7 @@ struct Report {
     stages: usize,
 }
 
-pub fn run(kernel: &Path, accel: vm_test::Accel) -> anyhow::Result<()> {
+pub fn run(kernel: &Path, accel: guest::Accel) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
     setup::vm()?;
     setup::booted()?;
@@ -84,7 +84,7 @@ pub fn run(kernel: &Path, accel: vm_test::Accel) -> anyhow::Result<()> {
 
     let mut report = Report::default();
     let booted = Instant::now();
-    let ended = vm_test::with_kvm_or_tcg(
+    let ended = guest::with_kvm_or_tcg(
         kernel,
         accel,
         |kvm| qemu(kernel, &initrd, &image, kvm),

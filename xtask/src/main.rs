@@ -5,6 +5,7 @@ mod bench;
 mod booted;
 mod cargo;
 mod demo;
+mod guest;
 mod package;
 mod pressure;
 mod rates;
@@ -12,6 +13,7 @@ mod reference;
 mod setup;
 mod test;
 mod vm_test;
+mod workload;
 
 use std::process::ExitCode;
 

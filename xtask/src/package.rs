@@ -16,9 +16,6 @@ use crate::{
     setup,
 };
 
-/// The static build's target.
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
-
 /// `cargo xtask package` options.
 #[derive(clap::Args)]
 pub struct PackageArgs {
@@ -212,13 +209,16 @@ fn static_tarball(
             "--package",
             "firewall-ctl",
             "--target",
-            MUSL_TARGET,
+            setup::MUSL_TARGET,
         ],
     );
     // ring's C parts, for musl.
     build.env("CC_x86_64_unknown_linux_musl", "musl-gcc");
     run(&mut build)?;
-    let binary = workspace_root().join(format!("target/{MUSL_TARGET}/release/firewall-ctl"));
+    let binary = workspace_root().join(format!(
+        "target/{}/release/firewall-ctl",
+        setup::MUSL_TARGET
+    ));
     // A static PIE (kept for address space randomisation): ldd says
     // "statically linked" of it, and "not a dynamic executable" of a
     // static binary at a fixed address; either needs no libc at all.

@@ -24,7 +24,7 @@ use firewall_tests::{
 };
 use serde_json::json;
 
-use crate::bench::{ISOLATED_PAUSE, memory_mb, time_ms};
+use crate::workload::{ISOLATED_PAUSE, memory_mb, time_ms};
 
 /// Heavy reads the reader keeps running at once.
 const HEAVY_READERS: usize = 30;
@@ -43,7 +43,7 @@ pub struct Pressure {
     pub heavy_readers: usize,
     /// `allow` wall times, as the CLI sees them, under the heavy reads,
     /// and on the same daemon before them (each isolated: see
-    /// `bench::ISOLATED_PAUSE`).
+    /// `workload::ISOLATED_PAUSE`).
     pub allow_ms_median: f64,
     pub allow_ms_max: f64,
     pub allow_ms_median_unloaded: f64,
@@ -74,7 +74,7 @@ fn config(count: u32, readers: &Group) -> String {
     format!(
         "read_group = \"{}\"\n{}\n[metrics]\nlisten = \"{METRICS}\"\n",
         readers.name,
-        crate::bench::config(count)
+        crate::workload::config(count)
     )
 }
 

@@ -35,8 +35,8 @@ use firewall_tests::{
 };
 
 use crate::{
-    bench::{ControlCost, listed_v4},
     reference::{self, Program},
+    workload::{ControlCost, listed_v4},
 };
 
 /// The systems compared, in table order.

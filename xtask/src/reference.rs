@@ -18,7 +18,7 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 
-use firewall_common::maps::{PortKey, protocol};
+use firewall_common::{maps::PortKey, wire::protocol};
 
 use crate::cargo::workspace_root;
 

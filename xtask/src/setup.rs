@@ -11,6 +11,9 @@ use crate::cargo::{EbpfToolchain, is_root, output, run as run_command};
 const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libclang-22-dev", "libpolly-22-dev"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The static build's target (`cargo xtask package`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// What builds the Debian package.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -65,13 +68,10 @@ pub fn packaging() -> anyhow::Result<()> {
     command_from_package("musl-gcc", "musl-tools")?;
     let installed =
         output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if installed
-        .lines()
-        .any(|target| target.trim() == crate::package::MUSL_TARGET)
-    {
-        say(&format!("ok: the {} target", crate::package::MUSL_TARGET));
+    if installed.lines().any(|target| target.trim() == MUSL_TARGET) {
+        say(&format!("ok: the {} target", MUSL_TARGET));
     } else {
-        run_command(Command::new("rustup").args(["target", "add", crate::package::MUSL_TARGET]))?;
+        run_command(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
     }
     Ok(())
 }

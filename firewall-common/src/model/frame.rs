@@ -6,8 +6,8 @@
 use crate::{
     flow::{Direction, FlowKey, Track, neighbor_is_valid},
     limits::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH},
-    maps::{PortKey, protocol},
-    verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
+    maps::PortKey,
+    verdict::{IcmpKind, Packet, icmp_kind, icmp_packet},
     wire::*,
 };
 

@@ -7,7 +7,8 @@ pub mod frame;
 
 use crate::{
     maps::{PortKey, RuleSet, SourceValue, UNCOUNTED_ENTRY},
-    verdict::{Policy, Source},
+    verdict::Policy,
+    wire::Source,
 };
 
 /// An address prefix, address in network byte order.
@@ -119,9 +120,9 @@ impl Policy for ReferencePolicy<'_> {
 mod tests {
     use super::*;
     use crate::{
-        maps::protocol::TCP,
         reasons::Reason,
         verdict::{Packet, decide},
+        wire::protocol::TCP,
     };
 
     const fn v4(a: u8, b: u8, c: u8, d: u8) -> Source {

@@ -1,12 +1,10 @@
 //! `[[feeds]]`: vendor IP lists the daemon fetches and keeps current, and
 //! dynamic-DNS names it resolves. Rules take their entries with `feeds`.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
-
-use crate::feeds::FeedFormat;
 
 /// One feed, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,4 +409,80 @@ fn is_dns_name(name: &str) -> bool {
                     .bytes()
                     .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
         })
+}
+
+/// How a feed's body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FeedFormat {
+    /// One address or prefix per line; `#` and `;` start comments.
+    Plain,
+    Atlassian,
+    Aws,
+    Github,
+    Gcp,
+    Azure,
+    Cloudflare,
+    Fastly,
+    /// The A and AAAA records of `names`.
+    Dns,
+}
+
+impl FeedFormat {
+    pub const ALL: [FeedFormat; 9] = [
+        FeedFormat::Plain,
+        FeedFormat::Atlassian,
+        FeedFormat::Aws,
+        FeedFormat::Github,
+        FeedFormat::Gcp,
+        FeedFormat::Azure,
+        FeedFormat::Cloudflare,
+        FeedFormat::Fastly,
+        FeedFormat::Dns,
+    ];
+
+    /// As written in the config.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FeedFormat::Plain => "plain",
+            FeedFormat::Atlassian => "atlassian",
+            FeedFormat::Aws => "aws",
+            FeedFormat::Github => "github",
+            FeedFormat::Gcp => "gcp",
+            FeedFormat::Azure => "azure",
+            FeedFormat::Cloudflare => "cloudflare",
+            FeedFormat::Fastly => "fastly",
+            FeedFormat::Dns => "dns",
+        }
+    }
+
+    /// The `filter` keys the format's entries can be selected by.
+    pub const fn filter_keys(self) -> &'static [&'static str] {
+        match self {
+            FeedFormat::Atlassian => &["product", "direction", "perimeter", "region"],
+            FeedFormat::Aws => &["service", "region", "network_border_group"],
+            FeedFormat::Github => &["keys"],
+            FeedFormat::Gcp => &["scope", "service"],
+            FeedFormat::Azure => &["name", "region", "system_service"],
+            FeedFormat::Plain | FeedFormat::Cloudflare | FeedFormat::Fastly | FeedFormat::Dns => {
+                &[]
+            }
+        }
+    }
+}
+
+impl FromStr for FeedFormat {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        FeedFormat::ALL
+            .into_iter()
+            .find(|format| format.name() == text)
+            .ok_or(())
+    }
+}
+
+impl fmt::Display for FeedFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }

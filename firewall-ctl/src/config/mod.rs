@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::{
-    feeds::{Feed, FeedSource},
+    feeds::{Feed, FeedFormat, FeedSource},
     flows::FlowSettings,
     ports::PortRange,
     prefix::{IpPrefix, PrefixError, PrefixList},

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use firewall_common::maps::protocol;
+use firewall_common::wire::protocol;
 
 use crate::text::escape_controls;
 #[cfg(test)]

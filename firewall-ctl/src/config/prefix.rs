@@ -8,7 +8,7 @@ use std::{
 };
 
 #[cfg(test)]
-use firewall_common::{model, verdict::Source};
+use firewall_common::{model, wire::Source};
 
 use super::address;
 use crate::text::escape_controls;

@@ -509,7 +509,7 @@ fn feeds_are_parsed_and_rules_take_sources_feeds_or_both() {
     let config = parse(FEEDS).unwrap();
     assert_eq!(config.feeds.len(), 3);
     let jira = &config.feeds[0];
-    assert_eq!(jira.format, crate::feeds::FeedFormat::Atlassian);
+    assert_eq!(jira.format, FeedFormat::Atlassian);
     assert_eq!(
         jira.source,
         FeedSource::Url("https://ip-ranges.atlassian.com/".to_string())

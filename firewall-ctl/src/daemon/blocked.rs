@@ -15,8 +15,9 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use firewall_common::{
-    maps::{BlockedSample, SampleBucket, names, protocol},
+    maps::{BlockedSample, SampleBucket, names},
     reasons::Reason,
+    wire::protocol,
 };
 use tokio::{
     io::unix::AsyncFd,

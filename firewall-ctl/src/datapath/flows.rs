@@ -21,7 +21,8 @@ use aya::{
 };
 use firewall_common::{
     flow::{FlowConfig, FlowKey, FlowState, flow_stats},
-    maps::{names, protocol},
+    maps::names,
+    wire::protocol,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};

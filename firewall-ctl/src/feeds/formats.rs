@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::FeedFormat;
+use crate::config::FeedFormat;
 
 /// Why a body is not a list of the expected format.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use firewall_common::{
     reasons::Reason,
-    verdict::{Packet, Source, decide},
+    verdict::{Packet, decide},
+    wire::Source,
 };
 use serde::{Deserialize, Serialize};
 

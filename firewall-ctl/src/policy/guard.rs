@@ -3,9 +3,10 @@
 //! decision function, before and after the change.
 
 use firewall_common::{
-    maps::{PortKey, protocol},
+    maps::PortKey,
     reasons::Reason,
-    verdict::{Packet, Source, decide},
+    verdict::{Packet, decide},
+    wire::{Source, protocol},
 };
 
 use super::CompiledPolicy;

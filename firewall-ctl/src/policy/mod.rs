@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use firewall_common::{
     limits::{MAX_PORT_ENTRIES, MAX_PREFIXES_PER_FAMILY},
     maps::{PortKey, RuleSet, SourceValue},
-    verdict::{Policy, Source},
+    verdict::Policy,
+    wire::Source,
 };
 
 pub use self::table::{Bits, PrefixKey, PrefixTable, V4Table, V6Table};

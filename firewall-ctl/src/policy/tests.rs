@@ -5,10 +5,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use firewall_common::{
-    maps::protocol::{TCP, UDP},
     model::{self, ReferencePolicy, ReferenceRule},
     reasons::Reason,
-    verdict::{Packet, Source, decide},
+    verdict::{Packet, decide},
+    wire::{
+        Source,
+        protocol::{TCP, UDP},
+    },
 };
 
 use super::*;

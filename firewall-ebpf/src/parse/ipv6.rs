@@ -3,27 +3,16 @@
 use firewall_common::{
     flow::Direction,
     limits::MAX_IPV6_EXT_HEADERS,
-    verdict::{Packet, Source},
+    verdict::Packet,
     wire::{
         IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN,
-        IPV6_HEADER_LEN, IPV6_HOP_BY_HOP, IPV6_ROUTING, ipv6_authentication_header_len,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING, Source, ipv6_authentication_header_len,
         ipv6_options_header_len, is_ipv6_extension_header,
     },
 };
 
-use super::{Ip, Parsed, transport, untracked};
+use super::{Ip, Parsed, headers::Ipv6Hdr, transport, untracked};
 use crate::cursor::Cursor;
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub version_class_flow: [u8; 4],
-    payload_len: [u8; 2],
-    pub next_header: u8,
-    pub hop_limit: u8,
-    pub source: [u8; 16],
-    pub destination: [u8; 16],
-}
 
 /// The first two bytes every extension header shares.
 #[derive(Clone, Copy)]
@@ -42,18 +31,6 @@ struct FragmentHdr {
     id: [u8; 4],
 }
 
-impl Ipv6Hdr {
-    #[inline(always)]
-    pub fn well_formed(&self) -> bool {
-        self.version_class_flow[0] >> 4 == 6
-    }
-}
-
-const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HEADER_LEN);
-
-/// Offsets of the addresses in the header.
-pub const SOURCE_AT: usize = core::mem::offset_of!(Ipv6Hdr, source);
-pub const DESTINATION_AT: usize = core::mem::offset_of!(Ipv6Hdr, destination);
 const _: () = assert!(core::mem::size_of::<FragmentHdr>() == IPV6_FRAGMENT_HEADER_LEN);
 
 #[inline(always)]

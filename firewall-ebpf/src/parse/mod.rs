@@ -5,6 +5,7 @@
 //! Header structs are made of byte arrays only, so they have alignment 1
 //! and fields are decoded explicitly from network byte order.
 
+mod headers;
 mod ipv4;
 mod ipv6;
 mod transport;
@@ -15,8 +16,8 @@ use firewall_common::{
     flow::{Direction, Ends, FlowKey, Track},
     limits::MAX_VLAN_DEPTH,
     maps::PortKey,
-    verdict::{Packet, Source},
-    wire::{ARP_BODY_LEN, ETH_HEADER_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, is_vlan},
+    verdict::Packet,
+    wire::{ARP_BODY_LEN, ETH_HEADER_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Source, is_vlan},
 };
 
 use crate::cursor::Cursor;
@@ -82,7 +83,7 @@ impl FlowRef {
             cursor.skip(self.header_at as usize + at);
             cursor
         };
-        let key = crate::maps::scratch_key()?;
+        let key = crate::scratch::scratch_key()?;
         // Set on each branch, not from `Source`s joined after it: an IPv4
         // `Source` has 12 undefined bytes, which LLVM may take from any
         // register, a pointer included, and the verifier refuses
@@ -99,13 +100,13 @@ impl FlowRef {
         };
         if self.v6 {
             set(
-                Source::V6(address(ipv6::SOURCE_AT).peek()?),
-                Source::V6(address(ipv6::DESTINATION_AT).peek()?),
+                Source::V6(address(headers::V6_SOURCE_AT).peek()?),
+                Source::V6(address(headers::V6_DESTINATION_AT).peek()?),
             );
         } else {
             set(
-                Source::V4(address(ipv4::SOURCE_AT).peek()?),
-                Source::V4(address(ipv4::DESTINATION_AT).peek()?),
+                Source::V4(address(headers::V4_SOURCE_AT).peek()?),
+                Source::V4(address(headers::V4_DESTINATION_AT).peek()?),
             );
         }
         Some(key)
@@ -344,13 +345,13 @@ impl PlainTransport {
     pub fn read<const IPV6: bool>(mut cursor: Cursor) -> Option<Self> {
         let header_at = cursor.offset;
         let (source, protocol, hop_limit) = if IPV6 {
-            let ip = cursor.read::<ipv6::Ipv6Hdr>()?;
+            let ip = cursor.read::<headers::Ipv6Hdr>()?;
             if !ip.well_formed() {
                 return None;
             }
             (Source::V6(ip.source), ip.next_header, ip.hop_limit)
         } else {
-            let ip = cursor.read::<ipv4::Ipv4Hdr>()?;
+            let ip = cursor.read::<headers::Ipv4Hdr>()?;
             if ip.later_fragment() {
                 return None;
             }

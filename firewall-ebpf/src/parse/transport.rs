@@ -3,12 +3,19 @@
 
 use firewall_common::{
     flow::{Direction, Track, neighbor_is_valid},
-    maps::{PortKey, protocol},
-    verdict::{IcmpKind, Packet, Source, icmp_kind, icmp_packet},
-    wire::{ICMP_HEADER_LEN, IPV4_HEADER_LEN, QUOTED_PORTS_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN},
+    maps::PortKey,
+    verdict::{IcmpKind, Packet, icmp_kind, icmp_packet},
+    wire::{
+        ICMP_HEADER_LEN, IPV4_HEADER_LEN, QUOTED_PORTS_LEN, Source, TCP_HEADER_LEN, UDP_HEADER_LEN,
+        protocol,
+    },
 };
 
-use super::{FlowRef, Ip, Parsed, ipv4::Ipv4Hdr, ipv6::Ipv6Hdr, untracked};
+use super::{
+    FlowRef, Ip, Parsed,
+    headers::{Ipv4Hdr, Ipv6Hdr},
+    untracked,
+};
 use crate::cursor::Cursor;
 
 #[derive(Clone, Copy)]
