@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::{
-    api::{self, Command, Response},
+    api::{Command, Response},
     datapath::pins::PinDir,
 };
 
@@ -73,7 +73,7 @@ fn unit_in_cgroups(listing: &str) -> Option<String> {
 /// `bpf_dir`: through systemd if it runs it (a signal would only have it
 /// restarted), else with SIGTERM. Returns its pid and unit.
 fn stop_daemon(socket: &Path, bpf_dir: &Path) -> anyhow::Result<(Option<u32>, Option<String>)> {
-    let Ok(Response::Status(status)) = api::call(socket, Command::Status, None) else {
+    let Ok(Response::Status(status)) = crate::client::call(socket, Command::Status, None) else {
         return Ok((None, None));
     };
     if status.bpf_dir != bpf_dir {

@@ -3,6 +3,7 @@
 
 mod api;
 mod check;
+mod client;
 mod config;
 mod daemon;
 mod datapath;
@@ -232,7 +233,7 @@ const EXIT_WOULD_DROP: u8 = 4;
 struct WouldDrop;
 
 /// `Err(WouldDrop)` when `report` is a drop.
-fn would_drop(report: &policy::explain::ExplainReport) -> anyhow::Result<()> {
+fn would_drop(report: &api::ExplainReport) -> anyhow::Result<()> {
     if report.verdict == "drop" {
         return Err(WouldDrop.into());
     }
@@ -246,7 +247,7 @@ fn main() -> ExitCode {
         Err(err) if err.is::<WouldDrop>() => ExitCode::from(EXIT_WOULD_DROP),
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<api::Pending>().is_some() {
+            if err.downcast_ref::<client::Pending>().is_some() {
                 ExitCode::from(EXIT_PENDING)
             } else {
                 ExitCode::FAILURE
@@ -270,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let call = |command| api::call(&socket, command, cli.timeout);
+    let call = |command| client::call(&socket, command, cli.timeout);
     let json = cli.json;
     match cli.command {
         CliCommand::Daemon {
@@ -335,7 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => unexpected(other),
         },
         CliCommand::Blocked { follow: true, .. } => {
-            api::follow(&socket, Command::BlockedFollow, |response| match response {
+            client::follow(&socket, Command::BlockedFollow, |response| match response {
                 Response::BlockedSource(source) => {
                     let line = if json {
                         serde_json::to_string(&source)? + "\n"

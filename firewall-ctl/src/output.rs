@@ -6,13 +6,12 @@ use firewall_common::reasons::Reason;
 
 use crate::{
     api::{
-        AuditLogReport, BlockedReport, BlockedSource, ChangeReport, EntriesReport, EntryStats,
-        FeedsReport, InterfaceState, ListReport, ReloadReport, StatsReport, StatusReport,
+        AuditLogReport, AuditRecord, BlockedReport, BlockedSource, ChangeReport, EntriesReport,
+        EntryRef, EntryStats, ExplainReport, FeedsReport, FlowTable, InterfaceState, ListReport,
+        ReloadReport, StatsReport, StatusReport,
     },
     check::CheckReport,
-    datapath::flows::FlowTable,
     entries::Timestamp,
-    policy::explain::{EntryRef, ExplainReport},
     text::{escape_controls, truncated},
 };
 
@@ -371,7 +370,7 @@ pub fn audit_log(report: &AuditLogReport) -> String {
 
 /// The first few prefixes of a record, and how many more it has (all of
 /// them with `--json`).
-fn prefixes_cell(record: &crate::daemon::audit::AuditRecord) -> String {
+fn prefixes_cell(record: &AuditRecord) -> String {
     const SHOWN: usize = 5;
     if record.prefixes.is_empty() {
         return "-".to_string();

@@ -8,10 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{EntriesReport, EntryStats},
+    api::{EntriesReport, EntryStats, ListedEntry},
     datapath::EntryUsage,
     entries::{Origin, Timestamp},
-    policy::explain::ListedEntry,
 };
 
 /// One row per entry (rule + prefix), in the order of `listings` (each an

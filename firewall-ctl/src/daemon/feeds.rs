@@ -10,12 +10,9 @@ use std::{
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::{
-    audit::{Action, AuditRecord, Outcome},
-    writer::Writer,
-};
+use super::writer::Writer;
 use crate::{
-    api::{FeedStatus, FeedsReport},
+    api::{Action, AuditRecord, FeedStatus, FeedsReport, Outcome},
     config::Feed,
     datapath::Delta,
     entries::Timestamp,

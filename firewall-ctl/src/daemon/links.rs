@@ -14,10 +14,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{Job, PolicyStatus};
-use crate::{
-    api::{InterfaceState, InterfaceStatus},
-    datapath::AttachMode,
-};
+use crate::api::{AttachMode, InterfaceState, InterfaceStatus};
 
 /// How often the kernel is asked even without a link event (netlink
 /// multicast drops events when its socket buffer overflows).

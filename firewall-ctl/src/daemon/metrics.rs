@@ -463,7 +463,7 @@ mod tests {
         let dashboard: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut snapshot = snapshot();
-        snapshot.stats.flows = Some(crate::datapath::flows::FlowTable::default());
+        snapshot.stats.flows = Some(crate::api::FlowTable::default());
         snapshot.feeds.feeds[0].age_seconds = Some(5);
         snapshot.feeds.feeds[0].last_success = Some(crate::entries::Timestamp::now());
         let text = render(&snapshot);

@@ -29,14 +29,9 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::{
-    audit::{Action, AuditLog, AuditRecord, Outcome},
-    server::Access,
-    state::StateStore,
-    writer::Writer,
-};
+use self::{audit::AuditLog, server::Access, state::StateStore, writer::Writer};
 use crate::{
-    api::{self, Command, Response, StatusReport},
+    api::{self, Action, AuditRecord, Command, Outcome, Response, StatusReport},
     config::{self, Config},
     datapath::{Datapath, Delta, ProgramLoader},
     entries::{self, Requester, RuntimeEntries},

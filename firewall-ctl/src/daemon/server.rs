@@ -24,13 +24,12 @@ use tokio::{
 use tracing::warn;
 
 use super::{
-    Job, PolicyStatus,
-    audit::{self, Action, AuditRecord},
+    Job, PolicyStatus, audit,
     limits::{self, Limiter, Throttle},
     reads,
 };
 use crate::{
-    api::{self, Command, Request, Response, StatusReport},
+    api::{self, Action, AuditRecord, Command, Request, Response, StatusReport},
     entries::{Requester, Timestamp},
     system,
     text::escape_controls,

@@ -22,18 +22,18 @@ use tracing::{error, info, warn};
 
 use super::{
     Job, PolicyStatus,
-    audit::{Action, AuditLog, AuditRecord, Outcome},
+    audit::AuditLog,
     server::{self, Access},
     state::{PendingReload, STATE_VERSION, StateStore},
 };
 use crate::{
     api::{
-        self, AllowRequest, ChangeReport, Command, ConfirmReport, EntryChange, EntryChangeKind,
-        ReloadReport, ReloadRequest, RemoveRequest, Response, RuleStats, SshSession, StatsReport,
-        StatusReport,
+        self, Action, AllowRequest, AuditRecord, ChangeReport, Command, ConfirmReport, EntryChange,
+        EntryChangeKind, FlowTable, Outcome, ReloadReport, ReloadRequest, RemoveRequest, Response,
+        RuleStats, SshSession, StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
-    datapath::{Attachment, Datapath, Delta, flows::FlowTable},
+    datapath::{Attachment, Datapath, Delta},
     entries::{self, EntryKey, Requester, RuntimeEntries, RuntimeEntry, Timestamp},
     feeds::FeedLists,
     policy::{self, CompiledPolicy, PolicyDiff, explain, guard},

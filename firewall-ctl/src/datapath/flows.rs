@@ -24,11 +24,10 @@ use firewall_common::{
     maps::names,
     wire::protocol,
 };
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{Datapath, DatapathError, LinkError, batch, map_error};
-use crate::config::Config;
+use crate::{api::FlowTable, config::Config};
 
 /// Name of the TC egress function in the object.
 const EGRESS_PROGRAM: &str = "track_egress";
@@ -36,22 +35,6 @@ const EGRESS_PROGRAM: &str = "track_egress";
 /// handle, on kernels without TCX.
 const NETLINK_PRIORITY: u16 = 0xfc00;
 const NETLINK_HANDLE: u32 = 0xfc11;
-
-/// Flows in the table, by protocol, and what the table has seen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowTable {
-    /// Live (not timed out) flows.
-    pub tcp: u64,
-    pub udp: u64,
-    pub icmp: u64,
-    /// Size of the table (`max_flows`).
-    pub capacity: u32,
-    /// Flows the egress program created, ever (with these maps).
-    pub created: u64,
-    /// Flows the table's LRU evicted to make room: created, minus swept
-    /// (timed out, deleted by the daemon), minus live.
-    pub evicted: u64,
-}
 
 /// Whether this kernel has TCX links (Linux 6.6), which can be pinned and
 /// updated atomically.

@@ -32,7 +32,6 @@ mod test_maps;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt,
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
@@ -70,6 +69,7 @@ use self::{
     rows::Cutter,
 };
 use crate::{
+    api::AttachMode,
     config::{IpPrefix, XdpModeSetting, prefix::network_bits},
     policy::{CompiledPolicy, PolicyDiff, PrefixKey, PrefixTable, table::Node},
 };
@@ -154,25 +154,6 @@ pub enum LinkError {
     Pin(#[from] aya::pin::PinError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// The XDP mode an interface actually runs in.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    Driver,
-    Skb,
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Driver => "driver",
-            AttachMode::Skb => "skb",
-        })
-    }
 }
 
 impl AttachMode {

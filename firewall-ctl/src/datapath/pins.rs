@@ -19,7 +19,7 @@ use std::{
 
 use firewall_common::maps::LAYOUT_VERSION;
 
-use super::AttachMode;
+use crate::api::AttachMode;
 
 /// Where systemd and most distributions mount the BPF file system.
 const CONVENTIONAL_MOUNT: &str = "/sys/fs/bpf";

@@ -12,29 +12,15 @@ use firewall_common::{
     verdict::{Packet, decide},
     wire::Source,
 };
-use serde::{Deserialize, Serialize};
 
 use super::CompiledPolicy;
 use crate::{
+    api::{Admission, EntryRef, ExplainReport, ExposingRule, ListedEntry, mode_name},
     config::{Config, IpPrefix, PortRange},
-    entries::{Origin, Requester, RuntimeEntries, Timestamp},
+    entries::{Origin, RuntimeEntries},
     feeds::FeedLists,
     text::escape_controls,
 };
-
-/// One effective allowlist entry (`firewall-ctl list --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedEntry {
-    pub rule: String,
-    pub prefix: IpPrefix,
-    /// `config` or `cli`.
-    pub origin: Origin,
-    pub comment: Option<String>,
-    /// Who added a `cli` entry; `null` for config entries.
-    pub added_by: Option<Requester>,
-    pub added_at: Option<Timestamp>,
-    pub expires_at: Option<Timestamp>,
-}
 
 /// Every effective entry, rule by rule in config order; within a rule,
 /// config entries first, then feed entries (feed by feed), then runtime
@@ -131,60 +117,8 @@ fn from_cli(entry: &crate::entries::RuntimeEntry) -> ListedEntry {
     }
 }
 
-/// An entry as `explain` names it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryRef {
-    pub prefix: IpPrefix,
-    pub origin: Origin,
-}
-
-/// A rule that admits the packet, and its most specific entry holding the source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Admission {
-    pub rule: String,
-    pub entry: EntryRef,
-}
-
-/// A rule that exposes the port but does not list the source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExposingRule {
-    pub rule: String,
-    /// Up to [`NEAREST`] entries of the source's family that share the
-    /// longest leading bits with it, nearest first.
-    pub nearest: Vec<EntryRef>,
-}
-
 /// How many near entries `explain` shows per rule.
 pub const NEAREST: usize = 3;
-
-/// `firewall-ctl explain --json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExplainReport {
-    pub source: IpAddr,
-    /// `tcp/443` or `udp/4500`.
-    pub port: String,
-    /// `pass` or `drop`: what the policy decides.
-    pub verdict: String,
-    /// The counter the packet lands in: `allowed`, `not_allowlisted` or `port_closed`.
-    pub reason: String,
-    /// `enforce`, or `monitor` (a `drop` is only counted, and the packet passes).
-    pub mode: String,
-    /// The rule credited in `stats` (the first admitting rule in config order).
-    pub rule: Option<String>,
-    /// That rule's most specific entry holding the source.
-    pub entry: Option<EntryRef>,
-    /// Every rule that admits the packet, in config order.
-    pub admitted_by: Vec<Admission>,
-    /// For `not_allowlisted`: the rules exposing the port and what they
-    /// list nearest to the source.
-    pub exposing_rules: Vec<ExposingRule>,
-    /// `explain --config`: the feeds whose lists the answer could not
-    /// include, and why (the daemon's answer has every list in force).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub feeds_not_considered: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feeds_note: Option<String>,
-}
 
 /// Parses `explain`'s arguments: an address and one port (`443`,
 /// `tcp/443`, `udp/4500`), with the config's port syntax.
@@ -310,7 +244,7 @@ pub fn explain(
         port: port.to_string(),
         verdict: if allowed { "pass" } else { "drop" }.to_string(),
         reason: verdict.reason.name().to_string(),
-        mode: crate::api::mode_name(config.enforce),
+        mode: mode_name(config.enforce),
         entry: rule.as_deref().and_then(holding),
         rule,
         admitted_by,
