@@ -1,4 +1,4 @@
-//! Compiles the XDP program (`firewall-ebpf`) for the bpf target; `main.rs`
+//! Compiles the XDP program (`firewall-ebpf`) for the bpf target; the `datapath` module
 //! embeds the object from `OUT_DIR`.
 
 use anyhow::Context as _;

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    api::{Command, PROTOCOL_VERSION, Request, Response},
+    api::{Command, CommandError, ErrorKind, PROTOCOL_VERSION, Request, Response},
     entries::Timestamp,
 };
 
@@ -84,7 +84,7 @@ pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::
             deadline: Timestamp(deadline),
         }
         .into()),
-        Err(err) if timed_out(&err) => bail!(
+        Err(err) if timed_out(&err) => Err(CommandError::unavailable(format!(
             "the daemon at `{}` did not answer `{name}` within {}; {}",
             socket.display(),
             humantime::format_duration(wait),
@@ -93,7 +93,8 @@ pub fn call(socket: &Path, command: Command, wait: Option<Duration>) -> anyhow::
             } else {
                 "try again, or wait longer with `--timeout`"
             }
-        ),
+        ))
+        .into()),
         Err(err) => Err(err),
     }
 }
@@ -137,15 +138,15 @@ fn send(
 ) -> anyhow::Result<BufReader<UnixStream>> {
     let mut stream = UnixStream::connect(socket).map_err(|err| {
         if err.kind() == std::io::ErrorKind::PermissionDenied {
-            anyhow::anyhow!(
+            CommandError::permission_denied(format!(
                 "permission denied on the control socket `{}`: run as root, or as a member of the config's `control_group` (changes) or `read_group` (status, stats, list, explain, audit log)",
                 socket.display()
-            )
+            ))
         } else {
-            anyhow::anyhow!(
+            CommandError::unavailable(format!(
                 "no firewall-ctl daemon is listening on `{}` ({err}); start it with `firewall-ctl daemon --config /etc/firewall-ctl/firewall.toml`, or pass the daemon's `--socket PATH`",
                 socket.display()
-            )
+            ))
         }
     })?;
     stream.set_read_timeout(read_timeout)?;
@@ -177,7 +178,24 @@ fn next_response(
     let response: Response = serde_json::from_str(&answer)
         .with_context(|| format!("the daemon at `{}` sent an answer this CLI does not understand; are both the same version?", socket.display()))?;
     match response {
-        Response::Error(message) => bail!("{}", crate::text::escape_controls_in_lines(&message)),
+        Response::Error(error) => Err(CommandError {
+            message: crate::text::escape_controls_in_lines(&error.message),
+            ..error
+        }
+        .into()),
         response => Ok(Some(response)),
+    }
+}
+
+/// The CLI's exit code for an error answer of `kind` (the README's and the
+/// man page's table): 5 and up, after those of the CLI itself.
+pub const fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InvalidInput => 5,
+        ErrorKind::PermissionDenied => 6,
+        ErrorKind::Conflict => 7,
+        ErrorKind::NotFound => 8,
+        ErrorKind::Unavailable => 9,
+        ErrorKind::Internal => 10,
     }
 }

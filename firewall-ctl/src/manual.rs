@@ -8,6 +8,8 @@ use std::{io::Write as _, path::Path};
 
 use clap_mangen::{Man, roff::Roff};
 
+use crate::api::ErrorKind;
+
 const README: &str = include_str!("../../README.md");
 
 /// What `firewall-ctl` exits with; `main` uses the same numbers.
@@ -15,7 +17,7 @@ pub const EXIT_STATUS: &[(&str, &str)] = &[
     ("0", "Success; for explain, the packet passes."),
     (
         "1",
-        "An error: the message on standard error says what and how to fix it. Nothing was changed.",
+        "An error of the CLI itself (a file it reads, its output): the message on standard error says what and how to fix it.",
     ),
     ("2", "The command line could not be parsed."),
     (
@@ -24,6 +26,20 @@ pub const EXIT_STATUS: &[(&str, &str)] = &[
     ),
     ("4", "explain: the policy drops the packet."),
 ];
+
+/// The exit codes of the daemon's error answers, by kind (see
+/// [`crate::client::exit_code`]): `5 (invalid_input)` and what it means.
+pub fn error_exit_status() -> Vec<(String, &'static str)> {
+    ErrorKind::ALL
+        .into_iter()
+        .map(|kind| {
+            (
+                format!("{} ({})", crate::client::exit_code(kind), kind.name()),
+                kind.summary(),
+            )
+        })
+        .collect()
+}
 
 const SIGNALS: &[(&str, &str)] = &[
     (
@@ -79,12 +95,16 @@ const ENVIRONMENT: &[(&str, &str)] = &[
 ];
 
 /// Adds a section of tagged paragraphs.
-fn tagged_section(roff: &mut Roff, title: &str, items: &[(&str, &str)]) {
+fn tagged_section<'a>(
+    roff: &mut Roff,
+    title: &str,
+    items: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
     roff.control("SH", [title]);
     for (tag, text) in items {
         roff.control("TP", []);
-        roff.text([clap_mangen::roff::bold(*tag)]);
-        roff.text([clap_mangen::roff::roman(*text)]);
+        roff.text([clap_mangen::roff::bold(tag)]);
+        roff.text([clap_mangen::roff::roman(text)]);
     }
 }
 
@@ -102,10 +122,19 @@ pub fn main_page(command: clap::Command) -> std::io::Result<Vec<u8>> {
         man.render_subcommands_section(&mut out)?;
     }
     let mut roff = Roff::default();
-    tagged_section(&mut roff, "EXIT STATUS", EXIT_STATUS);
-    tagged_section(&mut roff, "SIGNALS", SIGNALS);
-    tagged_section(&mut roff, "FILES", FILES);
-    tagged_section(&mut roff, "ENVIRONMENT", ENVIRONMENT);
+    let by_kind = error_exit_status();
+    tagged_section(
+        &mut roff,
+        "EXIT STATUS",
+        EXIT_STATUS.iter().copied().chain(
+            by_kind
+                .iter()
+                .map(|(code, summary)| (code.as_str(), *summary)),
+        ),
+    );
+    tagged_section(&mut roff, "SIGNALS", SIGNALS.iter().copied());
+    tagged_section(&mut roff, "FILES", FILES.iter().copied());
+    tagged_section(&mut roff, "ENVIRONMENT", ENVIRONMENT.iter().copied());
     roff.control("SH", ["SEE ALSO"]);
     roff.text([clap_mangen::roff::roman(
         "firewall-ctl.toml(5), firewall-ctl-COMMAND(1) for each command, systemctl(1), journalctl(1)",
@@ -307,9 +336,10 @@ mod tests {
 
     #[test]
     fn the_main_page_has_exit_status_signals_and_files() {
-        let page =
-            String::from_utf8(main_page(<crate::Cli as clap::CommandFactory>::command()).unwrap())
-                .unwrap();
+        let page = String::from_utf8(
+            main_page(<crate::cli::Cli as clap::CommandFactory>::command()).unwrap(),
+        )
+        .unwrap();
         for section in ["EXIT STATUS", "SIGNALS", "FILES", "ENVIRONMENT", "SEE ALSO"] {
             assert!(
                 page.contains(&format!(".SH \"{section}\""))

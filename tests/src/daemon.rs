@@ -51,7 +51,7 @@ pub fn run_in(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Output {
 /// One request line of the control protocol for `command` (its JSON).
 pub fn request_line(command: Value) -> Vec<u8> {
     let mut line =
-        serde_json::to_vec(&serde_json::json!({"version": 2, "command": command})).unwrap();
+        serde_json::to_vec(&serde_json::json!({"version": 3, "command": command})).unwrap();
     line.push(b'\n');
     line
 }
@@ -349,14 +349,16 @@ impl Daemon {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// Runs the CLI expecting exit code 1, and returns its stderr.
-    pub fn ctl_err(&self, args: &[&str]) -> String {
+    /// Runs the CLI expecting it to fail with exit code `code` (one of
+    /// [`crate::exit`]), and returns its stderr.
+    pub fn ctl_err(&self, args: &[&str], code: i32) -> String {
         let output = self.ctl(args);
         assert_eq!(
             output.status.code(),
-            Some(1),
-            "firewall-ctl {args:?} should fail; stdout: {}",
-            String::from_utf8_lossy(&output.stdout)
+            Some(code),
+            "firewall-ctl {args:?} should fail with {code}; stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stderr).unwrap()
     }

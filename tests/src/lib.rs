@@ -61,6 +61,19 @@ pub fn slowdown() -> u32 {
         .unwrap_or(1)
 }
 
+/// The CLI's exit codes (the README's table): its own failures, then one
+/// per kind of error the daemon answers with.
+pub mod exit {
+    pub const FAILED: i32 = 1;
+    pub const PENDING: i32 = 3;
+    pub const INVALID_INPUT: i32 = 5;
+    pub const PERMISSION_DENIED: i32 = 6;
+    pub const CONFLICT: i32 = 7;
+    pub const NOT_FOUND: i32 = 8;
+    pub const UNAVAILABLE: i32 = 9;
+    pub const INTERNAL: i32 = 10;
+}
+
 /// Addresses inside the lab. The edge host runs the daemon; the peer host
 /// holds every other address, so one veth carries all traffic.
 pub mod addr {

@@ -217,7 +217,9 @@ fn sixty_four_rules_and_a_quarter_million_prefixes_per_family() {
         .collect();
     let busy = answers
         .iter()
-        .filter(|(head, _)| head.starts_with("{\"error\":\"busy: "))
+        .filter(|(head, _)| {
+            head.starts_with("{\"error\":{\"kind\":\"unavailable\",\"message\":\"busy: ")
+        })
         .count();
     let whole = answers
         .iter()

@@ -13,6 +13,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, ctl, poll},
+    exit,
     lab::Lab,
     root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
@@ -104,21 +105,37 @@ fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
     assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
 
     // `revoke` is `remove`; neither touches config entries or absent ones.
-    let config_entry = daemon.ctl_err(&["revoke", "203.0.113.0/24"]);
+    let config_entry = daemon.ctl_err(&["revoke", "203.0.113.0/24"], exit::CONFLICT);
     assert!(
         config_entry.contains("comes from the config file")
             && config_entry.contains("edit the file and run `firewall-ctl reload`"),
         "{config_entry}"
     );
-    let absent = daemon.ctl_err(&["remove", "192.0.2.99"]);
+    let absent = daemon.ctl_err(&["remove", "192.0.2.99"], exit::NOT_FOUND);
     assert!(
         absent.contains("`192.0.2.99/32` is not in the allowlist"),
         "{absent}"
     );
+    // With `--json`, the error is one object on stderr, its kind the exit code's.
+    let absent = daemon.ctl(&["remove", "192.0.2.99", "--json"]);
+    assert_eq!(absent.status.code(), Some(exit::NOT_FOUND));
+    assert!(absent.stdout.is_empty());
+    let error: Value = serde_json::from_slice(&absent.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "not_found", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`192.0.2.99/32` is not in the allowlist"),
+        "{error}"
+    );
     assert_eq!(https(&lab, VENDOR_V4), Connect::Connected);
 
     // One bad prefix in a multi-prefix call changes nothing.
-    let mixed = daemon.ctl_err(&["allow", "192.0.2.99", "192.0.2.5/24", "--rule", "vendor"]);
+    let mixed = daemon.ctl_err(
+        &["allow", "192.0.2.99", "192.0.2.5/24", "--rule", "vendor"],
+        exit::INVALID_INPUT,
+    );
     assert!(
         mixed.starts_with("error: nothing was changed: `192.0.2.5/24` has host bits set; write the network `192.0.2.0/24`"),
         "{mixed}"
@@ -127,18 +144,27 @@ fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
     assert_eq!(listed(&daemon).len(), 4, "{:?}", listed(&daemon));
 
     // Broad prefixes need the rule's opt-in and --force.
-    let broad = daemon.ctl_err(&[
-        "allow",
-        "0.0.0.0/1",
-        "128.0.0.0/1",
-        "--rule",
-        "vendor",
-        "--force",
-    ]);
+    let broad = daemon.ctl_err(
+        &[
+            "allow",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "--rule",
+            "vendor",
+            "--force",
+        ],
+        exit::INVALID_INPUT,
+    );
     assert!(broad.contains("needs `allow_any_source = true`"), "{broad}");
-    let mapped = daemon.ctl_err(&["allow", "::ffff:192.0.2.99", "--rule", "vendor"]);
+    let mapped = daemon.ctl_err(
+        &["allow", "::ffff:192.0.2.99", "--rule", "vendor"],
+        exit::INVALID_INPUT,
+    );
     assert!(mapped.contains("write `192.0.2.99/32`"), "{mapped}");
-    let padded = daemon.ctl_err(&["allow", "192.0.2.0/0024", "--rule", "vendor"]);
+    let padded = daemon.ctl_err(
+        &["allow", "192.0.2.0/0024", "--rule", "vendor"],
+        exit::INVALID_INPUT,
+    );
     assert!(padded.contains("write `/24`"), "{padded}");
 
     // Every change and refusal is in the audit log, with who asked.
@@ -159,6 +185,7 @@ fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
         ("allow", "applied"),
         ("allow", "unchanged"),
         ("remove", "applied"),
+        ("remove", "rejected"),
         ("remove", "rejected"),
         ("remove", "rejected"),
         ("allow", "rejected"),
@@ -188,7 +215,7 @@ fn allow_without_a_rule_uses_the_default_or_the_only_rule() {
 
     // Two rules, no default: the error lists them.
     let daemon = Daemon::start(&lab.edge, &config("driver"));
-    let neither = daemon.ctl_err(&["allow", "192.0.2.99"]);
+    let neither = daemon.ctl_err(&["allow", "192.0.2.99"], exit::INVALID_INPUT);
     assert!(
         neither.contains(
             "none is marked `default = true`; pass `--rule NAME` with one of: vendor, office-ssh"
@@ -289,9 +316,15 @@ fn an_expiring_entry_admits_then_stops_admitting() {
     );
 
     // Past and malformed expiries are refused.
-    let past = daemon.ctl_err(&["allow", "192.0.2.99", "--expires", "2020-01-01T00:00:00Z"]);
+    let past = daemon.ctl_err(
+        &["allow", "192.0.2.99", "--expires", "2020-01-01T00:00:00Z"],
+        exit::INVALID_INPUT,
+    );
     assert!(past.contains("is in the past"), "{past}");
-    let garbage = daemon.ctl_err(&["allow", "192.0.2.99", "--expires", "friday"]);
+    let garbage = daemon.ctl_err(
+        &["allow", "192.0.2.99", "--expires", "friday"],
+        exit::INVALID_INPUT,
+    );
     assert!(garbage.contains("neither a duration"), "{garbage}");
 }
 
@@ -375,7 +408,7 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
         );
     }
     let refused = reader.ctl(&daemon.socket, &["allow", "192.0.2.99"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(exit::PERMISSION_DENIED));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains(&format!(
@@ -385,7 +418,7 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
         "{stderr}"
     );
     let reload = reader.ctl(&daemon.socket, &["reload"]);
-    assert_eq!(reload.status.code(), Some(1));
+    assert_eq!(reload.status.code(), Some(exit::PERMISSION_DENIED));
 
     // A control_group member may change it.
     let allowed = operator.ctl(&daemon.socket, &["allow", "192.0.2.99"]);
@@ -398,7 +431,7 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
 
     // Someone in neither group cannot even connect, and is told why.
     let outside = outsider.ctl(&daemon.socket, &["status"]);
-    assert_eq!(outside.status.code(), Some(1));
+    assert_eq!(outside.status.code(), Some(exit::PERMISSION_DENIED));
     assert!(
         String::from_utf8_lossy(&outside.stderr)
             .contains("permission denied on the control socket"),
@@ -428,7 +461,7 @@ fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
     daemon.ctl_ok(&["reload"]);
     for user in [&reader, &operator] {
         let output = user.ctl(&daemon.socket, &["status"]);
-        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(output.status.code(), Some(exit::PERMISSION_DENIED));
         assert!(
             String::from_utf8_lossy(&output.stderr)
                 .contains("permission denied on the control socket"),
@@ -465,19 +498,25 @@ fn garbage_oversized_and_silent_clients_do_not_disturb_well_formed_ones() {
         .collect();
     // One that sends half a line and stalls.
     let mut stalled = UnixStream::connect(&socket).unwrap();
-    stalled.write_all(b"{\"version\": 2, \"comm").unwrap();
+    stalled.write_all(b"{\"version\": 3, \"comm").unwrap();
 
     let garbage = raw_request(&socket, b"\x00\x1b[2J garbage\n");
     assert!(garbage.contains("malformed request"), "{garbage}");
-    let old = raw_request(&socket, b"{\"version\":1,\"command\":\"status\"}\n");
-    assert!(old.contains("protocol version 1 is not supported"), "{old}");
-    let unknown = raw_request(&socket, b"{\"version\":2,\"command\":\"rm_rf\"}\n");
+    let old = raw_request(&socket, b"{\"version\":2,\"command\":\"status\"}\n");
+    assert!(old.contains("protocol version 2 is not supported"), "{old}");
+    let unknown = raw_request(&socket, b"{\"version\":3,\"command\":\"rm_rf\"}\n");
     assert!(unknown.contains("unknown variant"), "{unknown}");
     let oversized = raw_request(&socket, &vec![b'x'; 100 * 1024]);
     assert!(
         oversized.contains("request larger than 65536 bytes"),
         "{oversized}"
     );
+    for answer in [&garbage, &old, &unknown, &oversized] {
+        assert!(
+            answer.starts_with("{\"error\":{\"kind\":\"invalid_input\",\"message\":"),
+            "{answer}"
+        );
+    }
 
     // 50 concurrent well-formed clients, all answered.
     let workers: Vec<_> = (0..50)
@@ -527,8 +566,9 @@ fn connections_past_the_limit_are_refused_promptly() {
     // Accepted in order: give the daemon a moment to take all 128.
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let answer = raw_request(&daemon.socket, b"{\"version\":2,\"command\":\"status\"}\n");
+    let answer = raw_request(&daemon.socket, b"{\"version\":3,\"command\":\"status\"}\n");
     assert!(answer.contains("128 control connections open"), "{answer}");
+    assert!(answer.contains("\"kind\":\"unavailable\""), "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refused promptly, not after a timeout"
@@ -684,7 +724,7 @@ fn reload_reports_a_broken_config_and_keeps_the_policy() {
         with_stranger.replace("\"192.0.2.99\"", "\"192.0.2.99/24\""),
     )
     .unwrap();
-    let rejected = daemon.ctl_err(&["reload"]);
+    let rejected = daemon.ctl_err(&["reload"], exit::INVALID_INPUT);
     assert!(
         rejected.contains("reload rejected, the running policy is unchanged")
             && rejected.contains("host bits set; write the network `192.0.2.0/24`"),
@@ -704,7 +744,7 @@ fn reload_reports_a_broken_config_and_keeps_the_policy() {
         .unwrap()
         .to_string();
     std::fs::write(&daemon.config, &without_ssh).unwrap();
-    let orphaned = daemon.ctl_err(&["reload"]);
+    let orphaned = daemon.ctl_err(&["reload"], exit::INVALID_INPUT);
     assert!(
         orphaned
             .contains("`198.51.100.9/32` is in rule `office-ssh`, which the config no longer has"),
@@ -743,7 +783,7 @@ fn an_unwritable_state_dir_refuses_changes_but_not_expiry() {
     daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "2s"]);
     assert_eq!(https(&lab, STRANGER_V4), Connect::Connected);
     immutable(&daemon.state_dir, true);
-    let refused = daemon.ctl_err(&["allow", "198.51.100.200"]);
+    let refused = daemon.ctl_err(&["allow", "198.51.100.200"], exit::INTERNAL);
     let expired = poll(Duration::from_secs(4), Duration::from_millis(100), || {
         (daemon.status()["runtime_entries"] == 0).then_some(())
     });

@@ -8,6 +8,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, ctl},
+    exit,
     lab::Lab,
     root_or_skip,
 };
@@ -91,7 +92,7 @@ fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
         error.contains("it is a FIFO, not a regular file"),
         "{error}"
     );
-    let reported = daemon.ctl_err(&["reload"]);
+    let reported = daemon.ctl_err(&["reload"], exit::INVALID_INPUT);
     assert!(
         reported.contains("it is a FIFO, not a regular file"),
         "{reported}"
@@ -99,7 +100,7 @@ fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
 
     std::fs::remove_file(&daemon.config).unwrap();
     symlink("/dev/zero", &daemon.config).unwrap();
-    let reported = daemon.ctl_err(&["reload"]);
+    let reported = daemon.ctl_err(&["reload"], exit::INVALID_INPUT);
     assert!(reported.contains("it is a character device"), "{reported}");
     assert_eq!(daemon.status()["reloads_rejected"], 3);
 
@@ -137,20 +138,32 @@ fn control_characters_never_reach_the_terminal_or_the_log() {
     }
     let lab = Lab::new();
     let daemon = Daemon::start(&lab.edge, &config("driver"));
-    for args in [
-        &["allow", "192.0.2.1\u{1b}[2J", "--rule", "vendor"][..],
-        &["allow", "192.0.2.1", "--rule", "vendor\u{1b}]0;pwned\u{7}"],
-        &[
-            "allow",
-            "192.0.2.1",
-            "--rule",
-            "vendor",
-            "--comment",
-            "a\u{1b}[31mred",
-        ],
-        &["explain", "192.0.2.1\u{1b}[2J", "443"],
+    for (args, code) in [
+        (
+            &["allow", "192.0.2.1\u{1b}[2J", "--rule", "vendor"][..],
+            exit::INVALID_INPUT,
+        ),
+        (
+            &["allow", "192.0.2.1", "--rule", "vendor\u{1b}]0;pwned\u{7}"],
+            exit::NOT_FOUND,
+        ),
+        (
+            &[
+                "allow",
+                "192.0.2.1",
+                "--rule",
+                "vendor",
+                "--comment",
+                "a\u{1b}[31mred",
+            ],
+            exit::INVALID_INPUT,
+        ),
+        (
+            &["explain", "192.0.2.1\u{1b}[2J", "443"],
+            exit::INVALID_INPUT,
+        ),
     ] {
-        let stderr = daemon.ctl_err(args);
+        let stderr = daemon.ctl_err(args, code);
         assert!(!stderr.contains('\u{1b}'), "{args:?}: {stderr:?}");
         assert!(
             stderr.contains("\\u{1b}") || stderr.contains("control characters"),

@@ -6,6 +6,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, ctl, run_in},
+    exit,
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
@@ -307,7 +308,7 @@ fn the_daemon_needs_cap_bpf_and_cap_net_admin() {
 #[test]
 fn cli_without_a_daemon_says_how_to_start_one() {
     let output = ctl(&["--socket", "/nonexistent/firewall-ctl.sock", "stats"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(exit::UNAVAILABLE));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("no firewall-ctl daemon is listening on `/nonexistent/firewall-ctl.sock`"),

@@ -17,6 +17,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, binary, exchange, poll, request_line},
+    exit,
     http::{HttpServer, Reply},
     lab::Lab,
     root_or_skip,
@@ -95,7 +96,7 @@ fn a_reader_cannot_rotate_the_audit_trail_away() {
     // A denied `feeds refresh` is audited as that, not as a read.
     let denying_since = Instant::now();
     let refresh = accounts.reader.ctl(&daemon.socket, &["feeds", "refresh"]);
-    assert_eq!(refresh.status.code(), Some(1));
+    assert_eq!(refresh.status.code(), Some(exit::PERMISSION_DENIED));
     let trail = daemon.state_dir.join("audit.log");
     let trail_before = std::fs::read(&trail).unwrap();
 
@@ -326,7 +327,7 @@ fn a_change_that_waited_past_its_deadline_is_refused_not_applied_later() {
     daemon.signal(libc::SIGCONT);
     let refused = waiting.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(refused.status.code(), Some(exit::UNAVAILABLE), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
 
     assert_eq!(daemon.status()["runtime_entries"], 0);

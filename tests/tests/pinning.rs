@@ -8,6 +8,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::Daemon,
+    exit,
     frames::tcp_v4,
     lab::Lab,
     root_or_skip,
@@ -169,10 +170,13 @@ fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
 
     // Nothing left to detach, or a wrong interface, says so.
     let bpf_dir = daemon.bpf_dir.to_str().unwrap().to_string();
-    let wrong = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir, "--interface", "eth9"]);
+    let wrong = daemon.ctl_err(
+        &["detach", "--bpf-dir", &bpf_dir, "--interface", "eth9"],
+        exit::FAILED,
+    );
     assert!(wrong.contains("is not attached to `eth9`"), "{wrong}");
     daemon.detach(&[]);
-    let none = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir]);
+    let none = daemon.ctl_err(&["detach", "--bpf-dir", &bpf_dir], exit::FAILED);
     assert!(none.contains("no firewall is pinned in"), "{none}");
 }
 

@@ -8,6 +8,7 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, ctl, poll},
+    exit,
     lab::Lab,
     root_or_skip, slowdown,
     traffic::{Connect, connect_tcp, listen_tcp},
@@ -87,7 +88,7 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     assert_eq!(https(&lab), Connect::Connected);
     assert_eq!(running_text(), with_stranger());
     assert!(daemon.status()["rollback_at"].is_string());
-    let busy = daemon.ctl_err(&["reload"]);
+    let busy = daemon.ctl_err(&["reload"], exit::CONFLICT);
     assert!(busy.contains("waits for confirmation"), "{busy}");
     await_no_pending(&daemon);
     assert_eq!(https(&lab), Connect::TimedOut, "rolled back");
@@ -111,7 +112,7 @@ fn reload_confirm_rolls_back_unless_confirmed() {
     assert_eq!(https(&lab), Connect::Connected, "confirmed: no rollback");
     assert!(
         daemon
-            .ctl_err(&["confirm"])
+            .ctl_err(&["confirm"], exit::CONFLICT)
             .contains("no reload is waiting for confirmation")
     );
     let actions = audit_actions(&daemon);
@@ -130,14 +131,14 @@ fn reload_confirm_rolls_back_unless_confirmed() {
             ("confirm", "rejected"),
         ]
     );
-    let bad = daemon.ctl_err(&["reload", "--confirm", "soon"]);
+    let bad = daemon.ctl_err(&["reload", "--confirm", "soon"], exit::INVALID_INPUT);
     assert!(bad.contains("`--confirm soon` is not a duration"), "{bad}");
 
     // Without the copy there is nothing to roll back to: refused, and
     // nothing changes, until a plain reload writes the copy again.
     std::fs::remove_file(&running).unwrap();
     std::fs::write(&daemon.config, config("driver")).unwrap();
-    let refused = daemon.ctl_err(&["reload", "--confirm", "2s"]);
+    let refused = daemon.ctl_err(&["reload", "--confirm", "2s"], exit::INTERNAL);
     assert!(
         refused.contains("running-config.toml`, which `--confirm` rolls back to, cannot be read")
             && refused.contains("reload without `--confirm`"),
@@ -219,7 +220,7 @@ fn the_lockout_guard_keeps_the_callers_ssh_session() {
     let without_office = config("driver").replace(", \"198.51.100.0/24\"]", "]");
     std::fs::write(&daemon.config, &without_office).unwrap();
     let refused = run(&["reload"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(exit::CONFLICT));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("this would cut your own SSH session from 198.51.100.7 to tcp/22")
@@ -239,7 +240,7 @@ fn the_lockout_guard_keeps_the_callers_ssh_session() {
     // A removal that would cut the session is refused the same way.
     daemon.ctl_ok(&["allow", "198.51.100.7", "--rule", "office-ssh"]);
     let refused = run(&["remove", "198.51.100.7"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(exit::CONFLICT));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cut your own SSH session"));
     assert_eq!(daemon.status()["runtime_entries"], 1);
     let forced = run(&["remove", "198.51.100.7", "--force"]);

@@ -7,6 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use firewall_tests::{
     addr::*,
     daemon::{Daemon, poll},
+    exit,
     frames::*,
     lab::Lab,
     root_or_skip,
@@ -272,7 +273,7 @@ fn the_audit_report_flags_unused_entries_and_parses_as_csv_and_json() {
 
     let table = String::from_utf8(daemon.ctl(&["audit", "report"]).stdout).unwrap();
     assert!(table.contains("stale:          3 of 4 entries"), "{table}");
-    let refused = daemon.ctl_err(&["audit", "report", "--stale", "soon"]);
+    let refused = daemon.ctl_err(&["audit", "report", "--stale", "soon"], exit::FAILED);
     assert!(
         refused.contains("`--stale soon` is not a duration"),
         "{refused}"

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{audit::*, reports::*};
 
 /// Bumped on incompatible changes; the daemon refuses other versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -220,9 +220,126 @@ pub enum Response {
     Entries(EntriesReport),
     Blocked(BlockedReport),
     BlockedSource(BlockedSource),
-    Error(String),
+    Error(CommandError),
+}
+
+impl From<CommandError> for Response {
+    fn from(error: CommandError) -> Self {
+        Response::Error(error)
+    }
 }
 
 pub fn mode_name(enforce: bool) -> String {
     if enforce { "enforce" } else { "monitor" }.to_string()
+}
+
+/// What kind of failure an error answer reports: a stable name on the wire
+/// (`--json` prints it), and the CLI's exit code. [`ErrorKind::summary`]
+/// says what each means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidInput,
+    PermissionDenied,
+    Conflict,
+    NotFound,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Conflict,
+        ErrorKind::NotFound,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+    ];
+
+    /// The name on the wire.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// What it means for the operator (the manual's and the README's words).
+    pub const fn summary(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => {
+                "The request, an argument or the config is malformed or not allowed as given: fix it and run it again. Nothing was changed."
+            }
+            ErrorKind::PermissionDenied => {
+                "The caller may not do this (root, control_group or read_group). Nothing was changed."
+            }
+            ErrorKind::Conflict => {
+                "Valid, but the daemon's state refuses it now: a reload waits for confirmation, the entry comes from the config file, the allowlist is full, or it would cut the caller's SSH session. Nothing was changed."
+            }
+            ErrorKind::NotFound => {
+                "It names a rule, an entry or a feed that does not exist. Nothing was changed."
+            }
+            ErrorKind::Unavailable => {
+                "The daemon cannot take it now (not running, busy, shutting down, or it could not start the change by its deadline): try again. Nothing was changed."
+            }
+            ErrorKind::Internal => {
+                "The daemon or the host failed (a map or a file could not be written); the message says what was changed, if anything."
+            }
+        }
+    }
+}
+
+/// An error answer: what kind of failure, and what happened and how to go
+/// on, for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// The same error with `context` before its message.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        Self {
+            message: format!("{context}: {}", self.message),
+            ..self
+        }
+    }
 }

@@ -153,7 +153,7 @@ pub enum Job {
     /// A request the server denied for lack of permission, to audit.
     Denied(AuditRecord),
     /// The state heavy reads are built from, away from the writer.
-    Snapshot(oneshot::Sender<Result<reads::ReadView, String>>),
+    Snapshot(oneshot::Sender<Result<reads::ReadView, api::CommandError>>),
     /// Interfaces the kernel does not run our program on: attach it.
     Reattach(Vec<String>),
     /// Answers when the writer is free: the service manager's watchdog.

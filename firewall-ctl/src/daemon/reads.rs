@@ -7,7 +7,7 @@
 use std::{io, sync::Arc};
 
 use crate::{
-    api::{self, Response},
+    api::{self, CommandError, Response},
     config::Config,
     datapath::EntryUsageReader,
     entries::{RuntimeEntries, Timestamp},
@@ -31,7 +31,7 @@ impl ReadView {
     /// a time, and a newline.
     pub fn write_list(&self, rule: Option<&str>, out: &mut dyn io::Write) -> io::Result<()> {
         if let Some(Err(message)) = rule.map(|name| self.config.rule_index(name)) {
-            return write_response(&Response::Error(message), out);
+            return write_response(&CommandError::not_found(message).into(), out);
         }
         out.write_all(b"{\"list\":{\"entries\":[")?;
         let entries = explain::list(&self.config, &self.runtime, &self.feeds, rule);
@@ -48,16 +48,18 @@ impl ReadView {
     fn entry_rows<'a>(
         &'a mut self,
         rule: Option<&'a str>,
-    ) -> Result<impl Iterator<Item = api::EntryStats> + 'a, String> {
+    ) -> Result<impl Iterator<Item = api::EntryStats> + 'a, CommandError> {
         if let Some(Err(message)) = rule.map(|name| self.config.rule_index(name)) {
-            return Err(message);
+            return Err(CommandError::not_found(message));
         }
         let usage = self
             .usage
             .take()
             .map(EntryUsageReader::read)
             .transpose()
-            .map_err(|err| format!("reading the entry counters failed: {err}"))?
+            .map_err(|err| {
+                CommandError::internal(format!("reading the entry counters failed: {err}"))
+            })?
             .unwrap_or_default();
         Ok(crate::usage::entry_rows(
             explain::listings(&self.config, &self.runtime, &self.feeds, rule),
@@ -73,7 +75,7 @@ impl ReadView {
         let generated_at = Timestamp::now();
         let rows = match self.entry_rows(rule) {
             Ok(rows) => rows,
-            Err(message) => return write_response(&Response::Error(message), out),
+            Err(error) => return write_response(&error.into(), out),
         };
         out.write_all(b"{\"entries\":{\"generated_at\":")?;
         serde_json::to_writer(&mut *out, &generated_at)?;
@@ -110,7 +112,7 @@ pub fn write_response(response: &Response, out: &mut dyn io::Write) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::tests::parse, datapath::EntryUsageReader};
+    use crate::{api::ErrorKind, config::tests::parse, datapath::EntryUsageReader};
 
     /// Two rules; `vendor` lists 203.0.113.0/24 in the config, by its
     /// feed and as a runtime entry, and its feed adds 192.0.2.0/24.
@@ -184,12 +186,15 @@ mod tests {
         assert_eq!(report.entries.len(), 6);
         let mut out = Vec::new();
         view.write_list(Some("nope"), &mut out).unwrap();
-        let Response::Error(message) = serde_json::from_slice(&out).unwrap() else {
+        let Response::Error(error) = serde_json::from_slice(&out).unwrap() else {
             panic!("not an error");
         };
+        assert_eq!(error.kind, ErrorKind::NotFound);
         assert!(
-            message.contains("no rule `nope`; its rules are: vendor, office"),
-            "{message}"
+            error
+                .message
+                .contains("no rule `nope`; its rules are: vendor, office"),
+            "{error}"
         );
     }
 }

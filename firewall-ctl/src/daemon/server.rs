@@ -29,7 +29,7 @@ use super::{
     reads,
 };
 use crate::{
-    api::{self, Action, AuditRecord, Command, Request, Response, StatusReport},
+    api::{self, Action, AuditRecord, Command, CommandError, Request, Response, StatusReport},
     entries::{Requester, Timestamp},
     system,
     text::escape_controls,
@@ -71,7 +71,7 @@ pub struct Peer {
 }
 
 /// Whether `peer` may run `command`; the error says why not.
-pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), String> {
+pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), CommandError> {
     if privileged(peer, access) {
         return Ok(());
     }
@@ -88,7 +88,7 @@ pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), 
         .map_or(String::new(), |group| {
             format!(" or membership in group `{}`", group.name)
         });
-    Err(if may_read {
+    Err(CommandError::permission_denied(if may_read {
         format!(
             "permission denied: `{}` changes the allowlist and needs root{control}; group `{}` may only read",
             command.name(),
@@ -109,7 +109,7 @@ pub fn authorize(command: &Command, peer: &Peer, access: &Access) -> Result<(), 
                 }
             })
         )
-    })
+    }))
 }
 
 /// The control socket's file, removed when the daemon exits for any
@@ -270,7 +270,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
                                 "control connection refused"
                             );
                         }
-                        refuse(&stream, message);
+                        refuse(&stream, CommandError::unavailable(message));
                     }
                 }
             }
@@ -283,8 +283,8 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
 }
 
 /// Tells a client it is refused, without waiting for it, and closes.
-fn refuse(stream: &UnixStream, message: String) {
-    let mut line = serde_json::to_vec(&Response::Error(message)).expect("responses serialize");
+fn refuse(stream: &UnixStream, error: CommandError) {
+    let mut line = serde_json::to_vec(&Response::Error(error)).expect("responses serialize");
     line.push(b'\n');
     let _ = stream.try_write(&line);
 }
@@ -311,24 +311,25 @@ const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Parses one request line: version first, so an old or new client learns
 /// that before anything else.
-pub fn parse_request(line: &str) -> Result<Request, String> {
+pub fn parse_request(line: &str) -> Result<Request, CommandError> {
+    let malformed = |message: String| CommandError::invalid_input(escape_controls(&message));
     if line.trim().is_empty() {
-        return Err("empty request".to_string());
+        return Err(malformed("empty request".to_string()));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|err| format!("malformed request (not JSON: {err})"))?;
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|err| malformed(format!("malformed request (not JSON: {err})")))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(version) if version == u64::from(api::PROTOCOL_VERSION) => {}
         Some(version) => {
-            return Err(format!(
+            return Err(malformed(format!(
                 "protocol version {version} is not supported (this daemon speaks {}); use the firewall-ctl binary of the same release",
                 api::PROTOCOL_VERSION
-            ));
+            )));
         }
-        None => return Err("malformed request: no `version`".to_string()),
+        None => return Err(malformed("malformed request: no `version`".to_string())),
     }
     let request = serde_json::from_value::<Request>(value)
-        .map_err(|err| format!("malformed or unknown request: {err}"))?;
+        .map_err(|err| malformed(format!("malformed or unknown request: {err}")))?;
     if let Some(id) = &request.id
         && (id.is_empty()
             || id.len() > MAX_REQUEST_ID_BYTES
@@ -336,9 +337,9 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte)))
     {
-        return Err(format!(
+        return Err(malformed(format!(
             "malformed request: `id` must be 1 to {MAX_REQUEST_ID_BYTES} letters, digits, `-`, `_` or `.`"
-        ));
+        )));
     }
     Ok(request)
 }
@@ -360,10 +361,10 @@ async fn handle(stream: UnixStream, peer: Peer, privileged: bool, shared: &Share
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let answer = match read {
         Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= api::MAX_REQUEST_BYTES => {
-            Answer::Now(Response::Error(format!(
+            Answer::Now(Response::Error(CommandError::invalid_input(format!(
                 "request larger than {} bytes",
                 api::MAX_REQUEST_BYTES
-            )))
+            ))))
         }
         Ok(Ok(_)) => match parse_request(&line) {
             Ok(Request {
@@ -378,21 +379,21 @@ async fn handle(stream: UnixStream, peer: Peer, privileged: bool, shared: &Share
             {
                 match shared.followers.clone().try_acquire_owned() {
                     Ok(_permit) => return follow_blocked(reader, writer, shared).await,
-                    Err(_) => Answer::Now(Response::Error(format!(
+                    Err(_) => Answer::Now(Response::Error(CommandError::unavailable(format!(
                         "{MAX_FOLLOWERS} `blocked --follow` streams are running already; stop one, or use `firewall-ctl blocked`"
-                    ))),
+                    )))),
                 }
             }
             Ok(request) => answer(request, peer, privileged, shared).await,
-            Err(message) => Answer::Now(Response::Error(escape_controls(&message))),
+            Err(error) => Answer::Now(Response::Error(error)),
         },
-        Ok(Err(err)) => Answer::Now(Response::Error(format!(
+        Ok(Err(err)) => Answer::Now(Response::Error(CommandError::invalid_input(format!(
             "reading the request failed: {err}"
-        ))),
-        Err(_) => Answer::Now(Response::Error(format!(
+        )))),
+        Err(_) => Answer::Now(Response::Error(CommandError::invalid_input(format!(
             "no request within {} s",
             REQUEST_TIMEOUT.as_secs()
-        ))),
+        )))),
     };
     let sent = match answer {
         Answer::Now(response) => {
@@ -556,7 +557,7 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
         pid: peer.pid,
     };
     let status = shared.status.borrow().clone();
-    if let Err(message) = authorize(command, &peer, &status.access) {
+    if let Err(denial) = authorize(command, &peer, &status.access) {
         warn!(command = command.name(), requester = %requester, "control request refused: permission denied");
         let (rule, prefixes) = match command {
             Command::Allow(api::AllowRequest { rule, prefixes, .. })
@@ -565,25 +566,30 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
             }
             _ => (None, &[][..]),
         };
-        let mut record =
-            AuditRecord::denied(denied_action(command), requester, &message, rule, prefixes);
+        let mut record = AuditRecord::denied(
+            denied_action(command),
+            requester,
+            &denial.message,
+            rule,
+            prefixes,
+        );
         record.request_id = request_id.clone();
         let _ = shared.jobs.send(Job::Denied(record));
-        return Answer::Now(Response::Error(message));
+        return Answer::Now(Response::Error(denial));
     }
     let request_id = request_id.clone();
     let command = request.command;
     if command.is_heavy() {
         return match shared.heavy_reads.admit(peer.uid, privileged) {
             Ok(slot) => heavy_read(command, slot, shared).await,
-            Err(refusal) => Answer::Now(Response::Error(format!(
+            Err(refusal) => Answer::Now(Response::Error(CommandError::unavailable(format!(
                 "busy: {}",
                 refusal.message(
                     "heavy reads (`list`, `stats --entries`, `audit report`, `audit log`) running",
                     shared.heavy_reads.limits(),
                     peer.uid
                 )
-            ))),
+            )))),
         };
     }
     Answer::Now(match command {
@@ -599,14 +605,14 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
                 match shared.writer_reads.admit(peer.uid, privileged) {
                     Ok(slot) => Some(slot),
                     Err(refusal) => {
-                        return Answer::Now(Response::Error(format!(
+                        return Answer::Now(Response::Error(CommandError::unavailable(format!(
                             "busy: {}",
                             refusal.message(
                                 "reads (`stats`, `explain`, `feeds`) waiting for the policy writer",
                                 shared.writer_reads.limits(),
                                 peer.uid
                             )
-                        )));
+                        ))));
                     }
                 }
             };
@@ -627,7 +633,7 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
 }
 
 fn shutting_down() -> Response {
-    Response::Error("the daemon is shutting down".to_string())
+    Response::Error(CommandError::unavailable("the daemon is shutting down"))
 }
 
 /// Answers a heavy read holding `slot`: the audit trail streamed from its
@@ -636,7 +642,7 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
     if let Command::AuditLog { since, request } = command {
         let since = match since.as_deref().map(parse_since).transpose() {
             Ok(since) => since,
-            Err(message) => return Answer::Now(Response::Error(message)),
+            Err(error) => return Answer::Now(Response::Error(error)),
         };
         let filter = audit::Filter {
             since,
@@ -648,7 +654,9 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
             match files.open() {
                 Ok(report) => report.write(&filter, out),
                 Err(err) => reads::write_response(
-                    &Response::Error(format!("reading the audit log failed: {err}")),
+                    &Response::Error(CommandError::internal(format!(
+                        "reading the audit log failed: {err}"
+                    ))),
                     out,
                 ),
             }
@@ -660,7 +668,7 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
     }
     let mut view = match view.await {
         Ok(Ok(view)) => view,
-        Ok(Err(message)) => return Answer::Now(Response::Error(message)),
+        Ok(Err(error)) => return Answer::Now(Response::Error(error)),
         Err(_) => return Answer::Now(shutting_down()),
     };
     if !matches!(command, Command::Entries { .. }) {
@@ -674,7 +682,10 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
             Command::List { rule } => view.write_list(rule.as_deref(), out),
             Command::Entries { rule } => view.write_entries(rule.as_deref(), out),
             other => reads::write_response(
-                &Response::Error(format!("`{}` is not a heavy read", other.name())),
+                &Response::Error(CommandError::internal(format!(
+                    "`{}` is not a heavy read",
+                    other.name()
+                ))),
                 out,
             ),
         }
@@ -725,17 +736,19 @@ async fn refresh_feeds(shared: &Shared, feed: Option<String>) -> Response {
         .await
         .is_err()
     {
-        return Response::Error("the daemon is shutting down".to_string());
+        return shutting_down();
     }
     match answer.await {
-        Ok(outcomes) if outcomes.is_empty() => Response::Error(match feed {
-            Some(name) => format!("no feed is named `{name}`; `firewall-ctl feeds` lists them"),
-            None => "the config has no feeds".to_string(),
-        }),
+        Ok(outcomes) if outcomes.is_empty() => {
+            Response::Error(CommandError::not_found(match feed {
+                Some(name) => format!("no feed is named `{name}`; `firewall-ctl feeds` lists them"),
+                None => "the config has no feeds".to_string(),
+            }))
+        }
         Ok(outcomes) => Response::Feeds(api::FeedsReport {
             feeds: outcomes.into_iter().map(|outcome| outcome.status).collect(),
         }),
-        Err(_) => Response::Error("the daemon is shutting down".to_string()),
+        Err(_) => shutting_down(),
     }
 }
 
@@ -763,7 +776,7 @@ async fn status_report(status: &PolicyStatus, shared: &Shared) -> StatusReport {
 }
 
 /// Parses `--since`: a duration back from now (`1h`, `7d`) or a UTC time.
-pub fn parse_since(text: &str) -> Result<Timestamp, String> {
+pub fn parse_since(text: &str) -> Result<Timestamp, CommandError> {
     if let Ok(duration) = humantime::parse_duration(text) {
         return Ok(Timestamp(
             std::time::SystemTime::now()
@@ -774,10 +787,10 @@ pub fn parse_since(text: &str) -> Result<Timestamp, String> {
     humantime::parse_rfc3339_weak(text)
         .map(Timestamp)
         .map_err(|_| {
-            format!(
+            CommandError::invalid_input(format!(
                 "`--since {}` is neither a duration (`1h`, `7d`) nor a UTC time (`2026-11-25T08:00:00Z`)",
                 escape_controls(text)
-            )
+            ))
         })
 }
 
@@ -785,13 +798,15 @@ pub fn parse_since(text: &str) -> Result<Timestamp, String> {
 mod tests {
     use super::*;
     use crate::{
-        api::{AllowRequest, RemoveRequest},
+        api::{AllowRequest, ErrorKind, RemoveRequest},
         config::Group,
     };
 
     /// More than a few chunks of JSON.
     fn large_response() -> Response {
-        Response::Error("x".repeat(3 * RESPONSE_CHUNK_BYTES + 5))
+        Response::Error(CommandError::internal(
+            "x".repeat(3 * RESPONSE_CHUNK_BYTES + 5),
+        ))
     }
 
     #[tokio::test]
@@ -898,8 +913,9 @@ mod tests {
         }
         for command in &changes {
             let err = authorize(command, &peer(1001, &[991]), &access()).unwrap_err();
-            assert!(err.starts_with("permission denied"), "{err}");
-            assert!(err.contains("group `fwctl`"), "{err}");
+            assert_eq!(err.kind, ErrorKind::PermissionDenied);
+            assert!(err.message.starts_with("permission denied"), "{err}");
+            assert!(err.message.contains("group `fwctl`"), "{err}");
         }
         // Without groups in the config only root gets in.
         assert!(authorize(&Command::Status, &peer(1000, &[990]), &Access::default()).is_err());
@@ -909,18 +925,18 @@ mod tests {
     fn requests_are_checked_for_version_and_shape() {
         let command = |line| parse_request(line).map(|request| request.command);
         assert_eq!(
-            command(r#"{"version":2,"command":"status"}"#),
+            command(r#"{"version":3,"command":"status"}"#),
             Ok(Command::Status)
         );
         assert_eq!(
-            command(r#"{"version":2,"command":{"list":{"rule":"vendor"}}}"#),
+            command(r#"{"version":3,"command":{"list":{"rule":"vendor"}}}"#),
             Ok(Command::List {
                 rule: Some("vendor".to_string())
             })
         );
         // An id and a deadline, optional; the id is checked.
         let request =
-            parse_request(r#"{"version":2,"command":"confirm","id":"a1-b.2_c","deadline_ms":5}"#)
+            parse_request(r#"{"version":3,"command":"confirm","id":"a1-b.2_c","deadline_ms":5}"#)
                 .unwrap();
         assert_eq!(request.id.as_deref(), Some("a1-b.2_c"));
         assert_eq!(
@@ -928,34 +944,38 @@ mod tests {
             UNIX_EPOCH + Duration::from_millis(5)
         );
         for id in ["", "a b", "\u{1b}[2J", &"x".repeat(65)] {
-            let line = serde_json::json!({"version": 2, "command": "status", "id": id}).to_string();
+            let line = serde_json::json!({"version": 3, "command": "status", "id": id}).to_string();
             let err = parse_request(&line).unwrap_err();
-            assert!(err.contains("`id` must be"), "{err}");
+            assert_eq!(err.kind, ErrorKind::InvalidInput);
+            assert!(err.message.contains("`id` must be"), "{err}");
         }
         let now = SystemTime::now();
-        let no_deadline = parse_request(r#"{"version":2,"command":"confirm"}"#).unwrap();
+        let no_deadline = parse_request(r#"{"version":3,"command":"confirm"}"#).unwrap();
         assert_eq!(deadline_of(&no_deadline, now), now + DEFAULT_DEADLINE);
         let far = parse_request(&format!(
-            r#"{{"version":2,"command":"confirm","deadline_ms":{}}}"#,
+            r#"{{"version":3,"command":"confirm","deadline_ms":{}}}"#,
             u64::MAX
         ))
         .unwrap();
         assert_eq!(deadline_of(&far, now), now + MAX_DEADLINE);
-        let old = parse_request(r#"{"version":1,"command":"status"}"#).unwrap_err();
-        assert!(old.contains("protocol version 1 is not supported"), "{old}");
-        let unknown = parse_request(r#"{"version":2,"command":"format_disk"}"#).unwrap_err();
+        let old = parse_request(r#"{"version":2,"command":"status"}"#).unwrap_err();
         assert!(
-            unknown.contains("unknown variant `format_disk`"),
+            old.message.contains("protocol version 2 is not supported"),
+            "{old}"
+        );
+        let unknown = parse_request(r#"{"version":3,"command":"format_disk"}"#).unwrap_err();
+        assert!(
+            unknown.message.contains("unknown variant `format_disk`"),
             "{unknown}"
         );
-        for garbage in ["", "garbage", "{}", "[1,2]", r#"{"version":"2"}"#] {
+        for garbage in ["", "garbage", "{}", "[1,2]", r#"{"version":"3"}"#] {
             assert!(parse_request(garbage).is_err(), "{garbage}");
         }
         let extra = parse_request(
-            r#"{"version":2,"command":{"allow":{"prefixes":[],"rule":null,"comment":null,"expires":null,"force":false,"sudo":true}}}"#,
+            r#"{"version":3,"command":{"allow":{"prefixes":[],"rule":null,"comment":null,"expires":null,"force":false,"sudo":true}}}"#,
         )
         .unwrap_err();
-        assert!(extra.contains("unknown field `sudo`"), "{extra}");
+        assert!(extra.message.contains("unknown field `sudo`"), "{extra}");
     }
 
     #[test]
@@ -969,6 +989,7 @@ mod tests {
         assert!(
             parse_since("yesterday")
                 .unwrap_err()
+                .message
                 .contains("neither a duration")
         );
     }

@@ -28,9 +28,9 @@ use super::{
 };
 use crate::{
     api::{
-        self, Action, AllowRequest, AuditRecord, ChangeReport, Command, ConfirmReport, EntryChange,
-        EntryChangeKind, FlowTable, Outcome, ReloadReport, ReloadRequest, RemoveRequest, Response,
-        RuleStats, SshSession, StatsReport, StatusReport,
+        self, Action, AllowRequest, AuditRecord, ChangeReport, Command, CommandError,
+        ConfirmReport, EntryChange, EntryChangeKind, ErrorKind, FlowTable, Outcome, ReloadReport,
+        ReloadRequest, RemoveRequest, Response, RuleStats, SshSession, StatsReport, StatusReport,
     },
     config::{self, Config, IpPrefix, SourceError},
     datapath::{Attachment, Datapath, Delta},
@@ -116,15 +116,15 @@ pub struct Pending {
 const MAX_CONFIRM_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `reload --confirm` (`90s`, `2m`) into the rollback time.
-fn parse_confirm_window(text: &str) -> Result<Timestamp, String> {
+fn parse_confirm_window(text: &str) -> Result<Timestamp, CommandError> {
     match humantime::parse_duration(text) {
         Ok(window) if !window.is_zero() && window <= MAX_CONFIRM_WINDOW => {
             Ok(Timestamp(SystemTime::now() + window))
         }
-        _ => Err(format!(
+        _ => Err(CommandError::invalid_input(format!(
             "`--confirm {}` is not a duration between 1s and 24h; write e.g. `--confirm 2m`",
             escape_controls(text)
-        )),
+        ))),
     }
 }
 
@@ -377,20 +377,18 @@ impl Writer {
             record.detail = Some(message.clone());
             self.record(&record);
         }
-        Response::Error(message)
+        CommandError::unavailable(message).into()
     }
 
     /// The state heavy reads are built from: shared pointers, no copy.
-    fn read_view(&self) -> Result<super::reads::ReadView, String> {
+    fn read_view(&self) -> Result<super::reads::ReadView, CommandError> {
         Ok(super::reads::ReadView {
             config: Arc::clone(&self.config),
             runtime: Arc::clone(&self.runtime),
             feeds: Arc::clone(&self.feeds),
-            usage: Some(
-                self.datapath
-                    .usage_reader()
-                    .map_err(|err| format!("reading the entry counters failed: {err}"))?,
-            ),
+            usage: Some(self.datapath.usage_reader().map_err(|err| {
+                CommandError::internal(format!("reading the entry counters failed: {err}"))
+            })?),
         })
     }
 
@@ -398,7 +396,7 @@ impl Writer {
         match command {
             Command::Stats => match self.stats() {
                 Ok(report) => Response::Stats(report),
-                Err(err) => Response::Error(format!("{err:#}")),
+                Err(err) => CommandError::internal(format!("{err:#}")).into(),
             },
             Command::Explain { source, port } => match explain::parse_query(&source, &port) {
                 Ok((source, port)) => Response::Explain(explain::explain(
@@ -409,7 +407,7 @@ impl Writer {
                     source,
                     port,
                 )),
-                Err(message) => Response::Error(message),
+                Err(message) => CommandError::invalid_input(message).into(),
             },
             Command::Allow(request) => self.allow(request, requester),
             Command::Remove(request) => self.remove(request, requester),
@@ -425,7 +423,7 @@ impl Writer {
             | Command::FeedsRefresh { .. }
             | Command::Blocked
             | Command::BlockedFollow => {
-                Response::Error("answered by the server, not the writer".to_string())
+                CommandError::internal("answered by the server, not the writer").into()
             }
         }
     }
@@ -453,12 +451,18 @@ impl Writer {
         }
     }
 
-    fn rule_index(&self, name: &str) -> Result<usize, String> {
-        self.config.rule_index(name)
+    fn rule_index(&self, name: &str) -> Result<usize, CommandError> {
+        self.config
+            .rule_index(name)
+            .map_err(CommandError::not_found)
     }
 
     /// Answers a change and audits it, applied or refused.
-    fn audited(&mut self, mut record: AuditRecord, result: Result<Applied, String>) -> Response {
+    fn audited(
+        &mut self,
+        mut record: AuditRecord,
+        result: Result<Applied, CommandError>,
+    ) -> Response {
         match result {
             Ok(mut applied) => {
                 let changed = applied.changes.iter().any(|change| {
@@ -492,12 +496,12 @@ impl Writer {
                     warnings: applied.warnings,
                 })
             }
-            Err(message) => {
-                warn!(action = ?record.action, user = %describe(record.user.as_ref()), error = %message, "allowlist change refused");
+            Err(error) => {
+                warn!(action = ?record.action, user = %describe(record.user.as_ref()), error = %error, kind = error.kind.name(), "allowlist change refused");
                 record.outcome = Outcome::Rejected;
-                record.detail = Some(message.clone());
+                record.detail = Some(error.message.clone());
                 self.record(&record);
-                Response::Error(message)
+                error.into()
             }
         }
     }
@@ -516,12 +520,18 @@ impl Writer {
         request: &AllowRequest,
         requester: Option<Requester>,
         record: &mut AuditRecord,
-    ) -> Result<Applied, String> {
-        let added_by = requester.ok_or("`allow` needs a requester")?;
+    ) -> Result<Applied, CommandError> {
+        let added_by =
+            requester.ok_or_else(|| CommandError::internal("`allow` needs a requester"))?;
         let rule = match &request.rule {
             Some(name) => self.rule_index(name)?,
             None => {
-                let name = self.config.default_rule()?.name.clone();
+                let name = self
+                    .config
+                    .default_rule()
+                    .map_err(CommandError::invalid_input)?
+                    .name
+                    .clone();
                 self.rule_index(&name)?
             }
         };
@@ -531,31 +541,34 @@ impl Writer {
         if let Some(pending) = &self.pending
             && pending.previous.rule(&rule_name).is_none()
         {
-            return Err(format!(
+            return Err(CommandError::conflict(format!(
                 "rule `{rule_name}` comes with the reload that waits for confirmation until {}; run `firewall-ctl confirm` first, so a rollback cannot strand the entry",
                 pending.rollback_at
-            ));
+            )));
         }
         if request.prefixes.is_empty() {
-            return Err(
-                "give at least one prefix, e.g. `firewall-ctl allow 203.0.113.0/24`".to_string(),
-            );
+            return Err(CommandError::invalid_input(
+                "give at least one prefix, e.g. `firewall-ctl allow 203.0.113.0/24`",
+            ));
         }
         if let Some(comment) = &request.comment {
             if comment.chars().any(char::is_control) {
-                return Err("the comment contains control characters (a newline, an escape, ...); write it on one line of plain text".to_string());
+                return Err(CommandError::invalid_input(
+                    "the comment contains control characters (a newline, an escape, ...); write it on one line of plain text",
+                ));
             }
             if comment.len() > MAX_COMMENT {
-                return Err(format!(
+                return Err(CommandError::invalid_input(format!(
                     "the comment is longer than {MAX_COMMENT} bytes; shorten it"
-                ));
+                )));
             }
         }
         let expires_at = request
             .expires
             .as_deref()
             .map(|text| entries::parse_expiry(text, SystemTime::now()))
-            .transpose()?;
+            .transpose()
+            .map_err(CommandError::invalid_input)?;
         record.expires_at = expires_at;
         let broad_allowed = request.force && rule_config.allow_any_source;
         let mut prefixes = Vec::new();
@@ -564,7 +577,7 @@ impl Writer {
             match config::parse_source(text, broad_allowed) {
                 Ok(prefix) if !prefixes.contains(&prefix) => prefixes.push(prefix),
                 Ok(_) => {}
-                Err(err @ SourceError::Broad { .. }) => problems.push(format!(
+                Err(err @ SourceError::Broad { .. }) => problems.push(CommandError::invalid_input(format!(
                     "{err}; {}",
                     if rule_config.allow_any_source {
                         "pass `--force` if that is intended".to_string()
@@ -573,14 +586,14 @@ impl Writer {
                             "rule `{rule_name}` does not allow that: it needs `allow_any_source = true` in the config, and the command `--force`"
                         )
                     }
-                )),
-                Err(err) => problems.push(err.to_string()),
+                ))),
+                Err(err) => problems.push(CommandError::invalid_input(err.to_string())),
             }
         }
         refuse_if_any(problems)?;
         self.policy
             .check_room_for(&prefixes)
-            .map_err(|err| format!("{err}; nothing was changed"))?;
+            .map_err(|err| CommandError::conflict(format!("{err}; nothing was changed")))?;
         let mut kinds = Vec::new();
         let mut edits = Vec::new();
         for prefix in prefixes {
@@ -648,9 +661,11 @@ impl Writer {
         &mut self,
         request: &RemoveRequest,
         record: &mut AuditRecord,
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, CommandError> {
         if request.prefixes.is_empty() {
-            return Err("give at least one prefix to remove".to_string());
+            return Err(CommandError::invalid_input(
+                "give at least one prefix to remove",
+            ));
         }
         if let Some(name) = &request.rule {
             self.rule_index(name)?;
@@ -661,7 +676,7 @@ impl Writer {
             let prefix: IpPrefix = match text.parse() {
                 Ok(prefix) => prefix,
                 Err(err) => {
-                    problems.push(format!("{err}"));
+                    problems.push(CommandError::invalid_input(err.to_string()));
                     continue;
                 }
             };
@@ -676,7 +691,7 @@ impl Writer {
                         });
                     }
                 }
-                Err(message) => problems.push(message),
+                Err(error) => problems.push(error),
             }
         }
         refuse_if_any(problems)?;
@@ -706,7 +721,11 @@ impl Writer {
 
     /// The rule whose runtime entry `prefix` is (within `rule`, if given);
     /// the error explains a config entry, an ambiguity or an absence.
-    fn runtime_rule_of(&self, prefix: IpPrefix, rule: Option<&str>) -> Result<String, String> {
+    fn runtime_rule_of(
+        &self,
+        prefix: IpPrefix,
+        rule: Option<&str>,
+    ) -> Result<String, CommandError> {
         let holders: Vec<&str> = self
             .runtime
             .keys()
@@ -717,10 +736,10 @@ impl Writer {
             [only] => return Ok(only.to_string()),
             [] => {}
             several => {
-                return Err(format!(
+                return Err(CommandError::invalid_input(format!(
                     "`{prefix}` was added to several rules ({}); pass `--rule NAME`",
                     several.join(", ")
-                ));
+                )));
             }
         }
         let in_config: Vec<&str> = self
@@ -732,16 +751,16 @@ impl Writer {
             .map(|candidate| candidate.name.as_str())
             .collect();
         Err(if in_config.is_empty() {
-            match rule {
+            CommandError::not_found(match rule {
                 Some(rule) => format!(
                     "`{prefix}` is not in rule `{rule}`; `firewall-ctl list --rule {rule}` shows what is"
                 ),
                 None => {
                     format!("`{prefix}` is not in the allowlist; `firewall-ctl list` shows what is")
                 }
-            }
+            })
         } else {
-            format!(
+            CommandError::conflict(format!(
                 "`{prefix}` comes from the config file `{}` (rule {}), not from `firewall-ctl allow`; edit the file and run `firewall-ctl reload`",
                 self.config_path.display(),
                 in_config
@@ -749,7 +768,7 @@ impl Writer {
                     .map(|name| format!("`{name}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
+            ))
         })
     }
 
@@ -798,7 +817,7 @@ impl Writer {
         edits: Vec<Edit>,
         durability: Durability,
         ssh: Option<SshSession>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandError> {
         if edits.is_empty() {
             return Ok(());
         }
@@ -809,27 +828,39 @@ impl Writer {
             && !guard::admits(&self.policy, &session)
         {
             self.apply_edits(undo, &mut PolicyDiff::default());
-            return Err(guard::cut_message(&self.config, &session));
+            return Err(CommandError::conflict(guard::cut_message(
+                &self.config,
+                &session,
+            )));
         }
         if let Err(err) = self.policy.check_entry_tables() {
             self.apply_edits(undo, &mut PolicyDiff::default());
-            return Err(format!("{err}; nothing was changed"));
+            return Err(CommandError::conflict(format!(
+                "{err}; nothing was changed"
+            )));
         }
         let enforce_change = diff.len() > 0;
         let mut staged = if enforce_change {
             self.datapath
                 .write_idle(&self.policy, Delta::Keys(diff))
                 .map(drop)
-                .map_err(|err| format!("writing the new policy into the data plane failed: {err}"))
+                .map_err(|err| {
+                    CommandError::internal(format!(
+                        "writing the new policy into the data plane failed: {err}"
+                    ))
+                })
         } else {
             Ok(())
         };
         if durability == Durability::Required {
             staged = staged.and_then(|()| self.save());
         }
-        if let Err(message) = staged {
+        if let Err(error) = staged {
             self.apply_edits(undo, &mut PolicyDiff::default());
-            return Err(format!("{message}; nothing was changed"));
+            return Err(CommandError::new(
+                error.kind,
+                format!("{}; nothing was changed", error.message),
+            ));
         }
         if enforce_change {
             if let Err(err) = self.datapath.switch(&self.policy) {
@@ -838,12 +869,12 @@ impl Writer {
                     Durability::Required => self.save().err(),
                     Durability::BestEffort => None,
                 };
-                return Err(format!(
+                return Err(CommandError::internal(format!(
                     "switching the data plane to the new policy failed: {err}; nothing was changed{}",
                     restored.map_or(String::new(), |err| format!(
                         ", but restoring the state file failed too: {err}"
                     ))
-                ));
+                )));
             }
             self.applied_at = SystemTime::now();
         }
@@ -855,10 +886,10 @@ impl Writer {
         Ok(())
     }
 
-    fn save(&self) -> Result<(), String> {
+    fn save(&self) -> Result<(), CommandError> {
         self.store
             .save(&self.runtime)
-            .map_err(|err| err.to_string())
+            .map_err(|err| CommandError::internal(err.to_string()))
     }
 
     /// Removes expired entries from the data plane, then from the state
@@ -895,8 +926,8 @@ impl Writer {
                     self.record(&AuditRecord::expiry(entry, "expired"));
                 }
             }
-            Err(message) => {
-                error!(error = %message, "removing expired entries failed; trying again in 1 s");
+            Err(error) => {
+                error!(error = %error, "removing expired entries failed; trying again in 1 s");
                 self.expiry_retry_at = Some(now + EXPIRY_RETRY);
             }
         }
@@ -939,26 +970,26 @@ impl Writer {
                 report.warnings.extend(self.record(&record));
                 Response::Reload(report)
             }
-            Err(message) => {
-                error!(error = %message, "reload rejected; the running policy is unchanged");
+            Err(error) => {
+                error!(error = %error, kind = error.kind.name(), "reload rejected; the running policy is unchanged");
                 self.reloads_rejected += 1;
-                self.last_reload_error = Some(message.clone());
+                self.last_reload_error = Some(error.message.clone());
                 self.publish();
-                record.detail = Some(message.clone());
+                record.detail = Some(error.message.clone());
                 self.record(&record);
-                Response::Error(format!(
-                    "reload rejected, the running policy is unchanged: {message}"
-                ))
+                error
+                    .context("reload rejected, the running policy is unchanged")
+                    .into()
             }
         }
     }
 
-    fn try_reload(&mut self, request: &ReloadRequest) -> Result<ReloadReport, String> {
+    fn try_reload(&mut self, request: &ReloadRequest) -> Result<ReloadReport, CommandError> {
         if let Some(pending) = &self.pending {
-            return Err(format!(
+            return Err(CommandError::conflict(format!(
                 "a reload waits for confirmation until {}; run `firewall-ctl confirm` to keep it, or let it roll back, then reload again",
                 pending.rollback_at
-            ));
+            )));
         }
         let rollback_at = request
             .confirm
@@ -968,7 +999,7 @@ impl Writer {
         let (config, text) = self
             .overrides
             .load(&self.config_path)
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| CommandError::invalid_input(err.to_string()))?;
         // Written to disk meanwhile, and then dropped.
         let staged = self.store.stage_running_config(text);
         let lists = self.feeds_for(&config.feeds);
@@ -988,18 +1019,25 @@ impl Writer {
             None
         } else {
             Some(
-                policy::compile_with(&config, &self.runtime, &lists)
-                    .map_err(|err| format!("config `{}`: {err}", self.config_path.display()))?,
+                policy::compile_with(&config, &self.runtime, &lists).map_err(|err| {
+                    CommandError::invalid_input(format!(
+                        "config `{}`: {err}",
+                        self.config_path.display()
+                    ))
+                })?,
             )
         };
         if let Some(policy) = &policy
             && let Some(session) = request.ssh.filter(|_| !request.force)
             && let Some(cut) = guard::cuts(&self.policy, policy, &config, &session)
         {
-            return Err(cut);
+            return Err(CommandError::conflict(cut));
         }
         if let Some(rollback_at) = rollback_at {
-            let previous_text = self.store.running_config()?;
+            let previous_text = self
+                .store
+                .running_config()
+                .map_err(CommandError::internal)?;
             let pending = PendingReload {
                 version: STATE_VERSION,
                 rollback_at,
@@ -1007,7 +1045,7 @@ impl Writer {
             };
             self.store
                 .save_pending_reload(&pending)
-                .map_err(|err| err.to_string())?;
+                .map_err(|err| CommandError::internal(err.to_string()))?;
             self.pending = Some(Pending {
                 rollback_at,
                 previous: Config::clone(&self.config),
@@ -1035,7 +1073,7 @@ impl Writer {
         config: Config,
         policy: Option<CompiledPolicy>,
         lists: FeedLists,
-    ) -> Result<ReloadReport, String> {
+    ) -> Result<ReloadReport, CommandError> {
         let mut warnings = Vec::new();
         if config.socket != self.config.socket {
             warnings.push("a `socket` change takes effect when the daemon restarts".to_string());
@@ -1064,7 +1102,8 @@ impl Writer {
         }
         let access = Access::of(&config);
         if access != Access::of(&self.config) {
-            server::secure(&self.socket, &access).map_err(|err| format!("{err:#}"))?;
+            server::secure(&self.socket, &access)
+                .map_err(|err| CommandError::internal(format!("{err:#}")))?;
         }
         // New interfaces (or all, in a new mode) first: if one cannot be
         // attached, the reload is rejected before the policy changes.
@@ -1081,13 +1120,15 @@ impl Writer {
                 Ok(attachment) => attached.push(attachment),
                 Err(err) => {
                     self.detach_new(&attached);
-                    return Err(format!("attaching to `{name}` failed: {err}"));
+                    return Err(CommandError::internal(format!(
+                        "attaching to `{name}` failed: {err}"
+                    )));
                 }
             }
         }
         if let Err(err) = self.datapath.set_tracking(&config) {
             self.detach_new(&attached);
-            return Err(format!("flow tracking: {err}"));
+            return Err(CommandError::internal(format!("flow tracking: {err}")));
         }
         let mut changed_map_entries = 0;
         if let Some(policy) = &policy {
@@ -1099,7 +1140,9 @@ impl Writer {
                     if let Err(err) = self.datapath.set_tracking(&self.config) {
                         error!(error = %err, "restoring the flow tracking settings of the running config failed");
                     }
-                    return Err(format!("applying the new policy failed: {err}"));
+                    return Err(CommandError::internal(format!(
+                        "applying the new policy failed: {err}"
+                    )));
                 }
             }
         }
@@ -1144,7 +1187,7 @@ impl Writer {
             let message = "no reload is waiting for confirmation".to_string();
             record.detail = Some(message.clone());
             self.record(&record);
-            return Response::Error(message);
+            return CommandError::conflict(message).into();
         };
         if let Err(err) = self.store.clear_pending_reload() {
             let message = format!(
@@ -1154,7 +1197,7 @@ impl Writer {
             self.pending = Some(pending);
             record.detail = Some(message.clone());
             self.record(&record);
-            return Response::Error(message);
+            return CommandError::internal(message).into();
         }
         info!(rollback_was_due = %pending.rollback_at, "reload confirmed; it stays");
         record.outcome = Outcome::Applied;
@@ -1180,7 +1223,7 @@ impl Writer {
         let mut record = AuditRecord::new(Action::Rollback, None, Outcome::Rejected);
         let lists = self.feeds_for(&pending.previous.feeds);
         let result = policy::compile_with(&pending.previous, &self.runtime, &lists)
-            .map_err(|err| err.to_string())
+            .map_err(|err| CommandError::internal(err.to_string()))
             .and_then(|policy| self.apply_config(pending.previous.clone(), Some(policy), lists));
         match result {
             Ok(report) => {
@@ -1199,9 +1242,9 @@ impl Writer {
                     pending.rollback_at, report.rules
                 ));
             }
-            Err(message) => {
-                error!(error = %message, "rolling back the unconfirmed reload failed; trying again in 1 s");
-                record.detail = Some(message);
+            Err(error) => {
+                error!(error = %error, "rolling back the unconfirmed reload failed; trying again in 1 s");
+                record.detail = Some(error.message);
                 self.pending = Some(Pending {
                     rollback_at: Timestamp(SystemTime::now() + EXPIRY_RETRY),
                     ..pending
@@ -1276,7 +1319,7 @@ impl Writer {
         let view = per_entry
             .then(|| self.read_view())
             .transpose()
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::new)?;
         Ok((snapshot, view))
     }
 
@@ -1325,11 +1368,25 @@ fn describe(requester: Option<&Requester>) -> String {
 
 /// Fails with every problem at once, so one multi-prefix call changes
 /// nothing unless all of it is valid.
-fn refuse_if_any(mut problems: Vec<String>) -> Result<(), String> {
-    if problems.is_empty() {
+/// Of the kind all problems share; problems of several kinds are invalid
+/// input as a whole.
+fn refuse_if_any(mut problems: Vec<CommandError>) -> Result<(), CommandError> {
+    let Some(first) = problems.first() else {
         return Ok(());
-    }
+    };
+    let kind = if problems.iter().all(|problem| problem.kind == first.kind) {
+        first.kind
+    } else {
+        ErrorKind::InvalidInput
+    };
     let mut seen = BTreeSet::new();
-    problems.retain(|problem| seen.insert(problem.clone()));
-    Err(format!("nothing was changed: {}", problems.join("; ")))
+    problems.retain(|problem| seen.insert(problem.message.clone()));
+    let messages: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.message.as_str())
+        .collect();
+    Err(CommandError::new(
+        kind,
+        format!("nothing was changed: {}", messages.join("; ")),
+    ))
 }
