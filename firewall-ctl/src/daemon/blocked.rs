@@ -25,7 +25,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::PolicyStatus;
+use super::writer::PolicyStatus;
 use crate::{
     api::{BlockedReport, BlockedSource},
     entries::Timestamp,

@@ -13,7 +13,7 @@ use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::{Job, PolicyStatus};
+use super::writer::{Job, PolicyStatus};
 use crate::api::{AttachMode, InterfaceState, InterfaceStatus};
 
 /// How often the kernel is asked even without a link event (netlink

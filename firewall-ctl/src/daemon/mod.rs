@@ -5,16 +5,19 @@
 //! thread of its own; [`server`] answers the control socket, reading the
 //! writer's published status for `status` and sending it everything else.
 
+mod access;
 pub mod audit;
 mod blocked;
-mod feeds;
 mod limits;
 mod links;
 mod metrics;
+mod overrides;
 mod reads;
 mod server;
 pub mod state;
 mod writer;
+
+pub use self::overrides::Overrides;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,12 +32,17 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::{audit::AuditLog, server::Access, state::StateStore, writer::Writer};
+use self::{
+    access::Access,
+    audit::AuditLog,
+    state::StateStore,
+    writer::{Job, Writer},
+};
 use crate::{
-    api::{self, Action, AuditRecord, Command, Outcome, Response, StatusReport},
+    api::{self, Action, AuditRecord, Command, Outcome},
     config::{self, Config},
     datapath::{Datapath, Delta, ProgramLoader},
-    entries::{self, Requester, RuntimeEntries},
+    entries::{self, RuntimeEntries},
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
 };
@@ -119,82 +127,6 @@ pub fn last_good_feeds(config: &Config) -> LastGoodFeeds {
         lists,
         missing,
         why,
-    }
-}
-
-/// What the writer publishes after every change, so the socket can answer
-/// `status` (and check permissions) without waiting for it.
-#[derive(Clone, Debug)]
-pub struct PolicyStatus {
-    /// `status` as of the last change; the server fills in the uptime and
-    /// the interfaces (as the kernel reports them).
-    pub report: StatusReport,
-    pub access: Access,
-    /// The interfaces the config names.
-    pub interfaces: Vec<String>,
-    /// The kernel's id of this daemon's XDP program.
-    pub program_id: u32,
-    /// Drop samples per second per CPU (`[blocked] sample_rate`).
-    pub sample_rate: u32,
-}
-
-/// Work for the writer.
-pub enum Job {
-    /// A command from the socket, or a reload from SIGHUP (no requester,
-    /// no reply, no deadline). One not started by its `deadline` is refused.
-    Command {
-        command: Command,
-        requester: Option<Requester>,
-        reply: Option<oneshot::Sender<Response>>,
-        /// The client's id for it, for the audit log.
-        request_id: Option<String>,
-        deadline: Option<SystemTime>,
-    },
-    /// A request the server denied for lack of permission, to audit.
-    Denied(AuditRecord),
-    /// The state heavy reads are built from, away from the writer.
-    Snapshot(oneshot::Sender<Result<reads::ReadView, api::CommandError>>),
-    /// Interfaces the kernel does not run our program on: attach it.
-    Reattach(Vec<String>),
-    /// Answers when the writer is free: the service manager's watchdog.
-    Ping(oneshot::Sender<()>),
-    /// What a feed fetch brought, to apply.
-    Feed(crate::feeds::schedule::FetchJob),
-    /// A snapshot for a metrics scrape.
-    Metrics(oneshot::Sender<metrics::WriterSnapshot>),
-}
-
-/// Where the daemon keeps its files and listens, when the command line
-/// says otherwise than the config.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub socket: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub bpf_dir: Option<PathBuf>,
-}
-
-impl Overrides {
-    /// Loads the config at `path` with these overrides applied: start-up
-    /// and every reload see the same paths.
-    pub fn load(&self, path: &Path) -> Result<(Config, String), config::ConfigError> {
-        let text = config::read(path)?;
-        Ok((self.parse(path, &text)?, text))
-    }
-
-    /// Validates `text`, a copy kept of the config at `path` (the policy a
-    /// pending reload rolls back to), with these overrides applied.
-    pub fn parse(&self, path: &Path, text: &str) -> Result<Config, config::ConfigError> {
-        let mut config = config::parse_at(path, text, &LiveHost)?;
-        if let Some(socket) = &self.socket {
-            config.socket = socket.clone();
-        }
-        if let Some(state_dir) = &self.state_dir {
-            config.state_dir = state_dir.clone();
-        }
-        if let Some(bpf_dir) = &self.bpf_dir {
-            config.bpf_dir = bpf_dir.clone();
-        }
-        Ok(config)
     }
 }
 
@@ -353,50 +285,26 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         .map(|(name, last)| (name.clone(), (last.validator.clone(), last.fetched_at.0)))
         .collect();
     let (feed_configs, feed_config_updates) = watch::channel(config.feeds.clone());
-    let mut writer = Writer {
+    let mut writer = Writer::new(writer::Started {
         config_path,
-        program_id,
         overrides,
-        socket: config.socket.clone(),
-        config: Arc::new(config),
-        runtime: Arc::new(runtime),
-        feeds: Arc::new(feed_lists),
-        feed_meta: last_good
-            .iter()
-            .map(|(name, last)| {
-                let meta = feeds::FeedMeta {
-                    fetched_at: Some(last.fetched_at.0),
-                    validator: Some(last.validator.clone()),
-                    ..Default::default()
-                };
-                (name.clone(), meta)
-            })
-            .collect(),
+        program_id,
+        config,
+        runtime,
+        feeds: feed_lists,
+        last_good: known.clone(),
         feed_store,
         feed_configs,
-        policy: Arc::new(policy),
-        datapath,
+        policy,
+        datapath: Box::new(datapath),
         store,
         audit,
-        status: None,
-        applied_at: SystemTime::now(),
-        reloads: 0,
-        reloads_rejected: 0,
-        last_reload_error: None,
-        reload_in_progress: false,
         pending,
-        expiry_retry_at: None,
         flows,
-        next_flow_sweep: SystemTime::now() + writer::FLOW_SWEEP_INTERVAL,
-        // First fetches get a minute before a feed without data counts.
-        next_staleness_check: SystemTime::now() + std::time::Duration::from_secs(60),
-        catch_up_at: None,
-        warned_stale: Default::default(),
-        request_id: None,
-    };
+    });
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());
-    writer.status = Some(status_sender);
+    writer.publish_to(status_sender);
     // What the kernel runs where, before the socket answers `status`.
     let (netlink, link_events) = links::connect().context("opening netlink")?;
     let (interfaces_sender, interfaces) =
@@ -419,7 +327,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         interfaces_sender,
         jobs.clone(),
     ));
-    let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, known, jobs.clone())
+    let fetched: crate::feeds::schedule::FetchSink = {
+        let jobs = jobs.clone();
+        Arc::new(move |job| jobs.send(Job::Feed(job)).is_ok())
+    };
+    let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, known, fetched)
         .context("starting the feed fetcher")?;
     let blocked = Arc::new(blocked::BlockedView::default());
     {

@@ -211,6 +211,100 @@ pub struct Counters {
     pub reasons: Vec<Counter>,
 }
 
+/// What the policy writer asks of the kernel: [`Datapath`], or in the
+/// writer's tests an in-memory data plane that can be made to fail at each
+/// step. A change goes [`DataPlane::write_idle`] then
+/// [`DataPlane::switch`]; nothing live changes before the switch.
+pub trait DataPlane: Send {
+    /// See [`Datapath::write_idle`].
+    fn write_idle(
+        &mut self,
+        policy: &CompiledPolicy,
+        changed: Delta,
+    ) -> Result<usize, DatapathError>;
+    /// See [`Datapath::switch`].
+    fn switch(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError>;
+    /// Makes `policy` live atomically: written into the idle slot, then
+    /// switched; on error the previous policy stays live. Returns how
+    /// many map entries were written.
+    fn apply(&mut self, policy: &CompiledPolicy, changed: Delta) -> Result<usize, DatapathError> {
+        let written = self.write_idle(policy, changed)?;
+        self.switch(policy)?;
+        Ok(written)
+    }
+    /// See [`Datapath::idle_lags`].
+    fn idle_lags(&self) -> bool;
+    /// See [`Datapath::prepare_idle`].
+    fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError>;
+    /// See [`Datapath::take_changed_ledger`].
+    fn take_changed_ledger(&mut self) -> Option<CounterLedger>;
+    /// See [`Datapath::attach`].
+    fn attach(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+    ) -> Result<Attachment, DatapathError>;
+    /// See [`Datapath::detach`].
+    fn detach(&self, interface: &str) -> std::io::Result<()>;
+    /// See [`Datapath::set_tracking`].
+    fn set_tracking(&mut self, config: &crate::config::Config) -> Result<(), DatapathError>;
+    /// See [`Datapath::track_egress`].
+    fn track_egress(&mut self, interface: &str) -> Result<(), DatapathError>;
+    /// See [`Datapath::sweep_flows`].
+    fn sweep_flows(&mut self, all: bool) -> Result<crate::api::FlowTable, DatapathError>;
+    /// See [`Datapath::counters`].
+    fn counters(&self) -> Result<Counters, DatapathError>;
+    /// See [`Datapath::usage_reader`].
+    fn usage_reader(&self) -> Result<EntryUsageReader, DatapathError>;
+}
+
+impl DataPlane for Datapath {
+    fn write_idle(
+        &mut self,
+        policy: &CompiledPolicy,
+        changed: Delta,
+    ) -> Result<usize, DatapathError> {
+        Datapath::write_idle(self, policy, changed)
+    }
+    fn switch(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        Datapath::switch(self, policy)
+    }
+    fn idle_lags(&self) -> bool {
+        Datapath::idle_lags(self)
+    }
+    fn prepare_idle(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        Datapath::prepare_idle(self, policy)
+    }
+    fn take_changed_ledger(&mut self) -> Option<CounterLedger> {
+        Datapath::take_changed_ledger(self)
+    }
+    fn attach(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+    ) -> Result<Attachment, DatapathError> {
+        Datapath::attach(self, interface, setting)
+    }
+    fn detach(&self, interface: &str) -> std::io::Result<()> {
+        Datapath::detach(self, interface)
+    }
+    fn set_tracking(&mut self, config: &crate::config::Config) -> Result<(), DatapathError> {
+        Datapath::set_tracking(self, config)
+    }
+    fn track_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
+        Datapath::track_egress(self, interface)
+    }
+    fn sweep_flows(&mut self, all: bool) -> Result<crate::api::FlowTable, DatapathError> {
+        Datapath::sweep_flows(self, all)
+    }
+    fn counters(&self) -> Result<Counters, DatapathError> {
+        Datapath::counters(self)
+    }
+    fn usage_reader(&self) -> Result<EntryUsageReader, DatapathError> {
+        Datapath::usage_reader(self)
+    }
+}
+
 /// Where a new policy may differ from the live one.
 #[derive(Clone, Debug)]
 pub enum Delta {
@@ -806,19 +900,6 @@ impl Datapath {
         } else {
             0
         }
-    }
-
-    /// Makes `policy` live atomically: [`Datapath::write_idle`] then
-    /// [`Datapath::switch`]. On error the previous policy stays live.
-    /// Returns how many map entries were written.
-    pub fn apply(
-        &mut self,
-        policy: &CompiledPolicy,
-        changed: Delta,
-    ) -> Result<usize, DatapathError> {
-        let written = self.write_idle(policy, changed)?;
-        self.switch(policy)?;
-        Ok(written)
     }
 
     /// Makes the idle slot hold exactly `policy`, which differs from the

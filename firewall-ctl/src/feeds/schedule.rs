@@ -17,7 +17,7 @@ use super::{
     fetch::{self, Fetched},
     store::Validator,
 };
-use crate::{api::FeedStatus, config::Feed, daemon::Job, entries::Timestamp};
+use crate::{api::FeedStatus, config::Feed, entries::Timestamp};
 
 /// The first wait after a failure; it doubles with each further failure,
 /// up to the feed's `refresh`.
@@ -25,6 +25,10 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 /// The shortest wait before resolving DNS names again, however short
 /// their TTL.
 const MIN_DNS_WAIT: Duration = Duration::from_secs(5);
+
+/// Where fetches go to be applied (the policy writer's queue); `false`
+/// once nobody takes them any more (the daemon stops).
+pub type FetchSink = std::sync::Arc<dyn Fn(FetchJob) -> bool + Send + Sync>;
 
 /// A fetch for the writer to apply.
 pub struct FetchJob {
@@ -75,7 +79,7 @@ fn backoff(failures: u32, refresh: Duration) -> Duration {
 pub fn start(
     mut feeds: watch::Receiver<Vec<Feed>>,
     known: Known,
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: FetchSink,
 ) -> anyhow::Result<mpsc::Sender<RefreshRequest>> {
     let client = fetch::client()?;
     let (requests, mut incoming) = mpsc::channel::<RefreshRequest>(16);
@@ -98,7 +102,8 @@ pub fn start(
                     continue;
                 }
                 let known = known.get(&feed.name).cloned();
-                let task = Running::spawn(feed, known, client.clone(), jobs.clone());
+                let task =
+                    Running::spawn(feed, known, client.clone(), std::sync::Arc::clone(&jobs));
                 running.insert(task.feed.name.clone(), task);
             }
             known.clear();
@@ -153,7 +158,7 @@ impl Running {
         feed: Feed,
         known: Option<(Validator, SystemTime)>,
         client: reqwest::Client,
-        jobs: std::sync::mpsc::Sender<Job>,
+        jobs: FetchSink,
     ) -> Self {
         let (now, mut requests) = mpsc::channel::<oneshot::Sender<FeedOutcome>>(4);
         // A feed with a last good copy waits out the rest of its refresh
@@ -199,7 +204,7 @@ impl Running {
                     next_if_failed: Timestamp(now + next_failed),
                     reply,
                 };
-                if jobs.send(Job::Feed(job)).is_err() {
+                if !jobs(job) {
                     return;
                 }
                 let Ok(outcome) = outcome.await else {

@@ -10,7 +10,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::writer::Writer;
+use super::Writer;
 use crate::{
     api::{Action, AuditRecord, FeedStatus, FeedsReport, Outcome},
     config::Feed,
@@ -64,8 +64,8 @@ fn changes(old: Option<&FeedList>, new: &FeedList) -> (Vec<String>, Vec<String>)
 }
 
 impl Writer {
-    fn feed_config(&self, name: &str) -> Option<&Feed> {
-        self.config.feeds.iter().find(|feed| feed.name == name)
+    pub(super) fn feed_config(&self, name: &str) -> Option<&Feed> {
+        self.live.config.feeds.iter().find(|feed| feed.name == name)
     }
 
     /// Applies what a fetch brought, and answers the scheduler.
@@ -81,7 +81,7 @@ impl Writer {
             Err(error) => Err(error),
             Ok(fetched) => self.take_fetched(&feed, fetched, now),
         };
-        let meta = self.feed_meta.entry(feed.name.clone()).or_default();
+        let meta = self.feed_book.meta.entry(feed.name.clone()).or_default();
         meta.last_attempt = Some(now);
         let ok = result.is_ok();
         match result {
@@ -116,7 +116,8 @@ impl Writer {
             ok,
             status: self.feed_status(&feed),
             validator: self
-                .feed_meta
+                .feed_book
+                .meta
                 .get(&feed.name)
                 .and_then(|meta| meta.validator.clone()),
         };
@@ -126,7 +127,7 @@ impl Writer {
 
     /// Validates and applies a fetched body (or a 304); `Err` says why
     /// nothing changed.
-    fn take_fetched(
+    pub(super) fn take_fetched(
         &mut self,
         feed: &Feed,
         fetched: Fetched,
@@ -149,31 +150,32 @@ impl Writer {
             sha256: format!("{:x}", Sha256::digest(&bytes)),
         };
         let unchanged = self
-            .feed_meta
+            .feed_book
+            .meta
             .get(&feed.name)
             .and_then(|meta| meta.validator.as_ref())
             .is_some_and(|last| last.sha256 == validator.sha256);
-        if unchanged && self.feeds.contains_key(&feed.name) {
+        if unchanged && self.live.feeds.contains_key(&feed.name) {
             return self.confirm_current(feed, Some(validator), now);
         }
         let started = std::time::Instant::now();
-        let normalized = feeds::prepare(feed, &bytes, self.feeds.get(&feed.name))?;
+        let normalized = feeds::prepare(feed, &bytes, self.live.feeds.get(&feed.name))?;
         for (listed, used) in &normalized.masked {
             info!(feed = feed.name, listed, used = %used, "host bits cleared in a feed entry");
         }
         let list = normalized.list;
-        let mut lists = FeedLists::clone(&self.feeds);
+        let mut lists = FeedLists::clone(&self.live.feeds);
         let previous = lists.insert(feed.name.clone(), list.clone());
-        let compiled = policy::compile_with(&self.config, &self.runtime, &lists)
+        let compiled = policy::compile_with(&self.live.config, &self.live.runtime, &lists)
             .map_err(|err| err.to_string())?;
         let changed_map_entries = self
             .datapath
-            .apply(&compiled, Delta::From(Arc::clone(&self.policy)))
+            .apply(&compiled, Delta::From(Arc::clone(&self.live.policy)))
             .map_err(|err| format!("applying the update failed: {err}"))?;
         let took = started.elapsed();
         let (added, removed) = changes(previous.as_ref(), &list);
-        self.policy = Arc::new(compiled);
-        self.feeds = Arc::new(lists);
+        self.live.policy = Arc::new(compiled);
+        self.live.feeds = Arc::new(lists);
         let (v4, v6) = list.families();
         info!(
             feed = feed.name,
@@ -210,20 +212,21 @@ impl Writer {
 
     /// The server says (304), or the body shows, that the list in force is
     /// current: it is fresh as of `now`.
-    fn confirm_current(
+    pub(super) fn confirm_current(
         &mut self,
         feed: &Feed,
         validator: Option<Validator>,
         now: SystemTime,
     ) -> Result<(), String> {
-        if !self.feeds.contains_key(&feed.name) {
+        if !self.live.feeds.contains_key(&feed.name) {
             return Err(
                 "the server answered 304 Not Modified, but no last good copy is kept".to_string(),
             );
         }
         let validator = validator
             .or_else(|| {
-                self.feed_meta
+                self.feed_book
+                    .meta
                     .get(&feed.name)
                     .and_then(|meta| meta.validator.clone())
             })
@@ -235,22 +238,28 @@ impl Writer {
     /// Records the list in force as `feed`'s last good copy, in memory and
     /// on disk (a failure there is logged: the list is in force anyway, and
     /// a restart fetches again).
-    fn save_last_good(&mut self, feed: &Feed, validator: Validator, now: SystemTime) {
-        let Some(list) = self.feeds.get(&feed.name) else {
+    pub(super) fn save_last_good(&mut self, feed: &Feed, validator: Validator, now: SystemTime) {
+        let Some(list) = self.live.feeds.get(&feed.name) else {
             return;
         };
         let last = LastGood::new(feed, Timestamp(now), validator.clone(), list.clone());
-        if let Err(err) = self.feed_store.save(&feed.name, &last) {
+        if let Err(err) = self.files.feed_store.save(&feed.name, &last) {
             warn!(feed = feed.name, error = %err, "saving the feed's last good copy failed; a restart without network would lack it");
         }
-        let meta = self.feed_meta.entry(feed.name.clone()).or_default();
+        let meta = self.feed_book.meta.entry(feed.name.clone()).or_default();
         meta.fetched_at = Some(now);
         meta.validator = Some(validator);
     }
 
     pub(super) fn feed_status(&self, feed: &Feed) -> FeedStatus {
-        let meta = self.feed_meta.get(&feed.name).cloned().unwrap_or_default();
+        let meta = self
+            .feed_book
+            .meta
+            .get(&feed.name)
+            .cloned()
+            .unwrap_or_default();
         let (v4, v6) = self
+            .live
             .feeds
             .get(&feed.name)
             .map_or((0, 0), FeedList::families);
@@ -275,7 +284,8 @@ impl Writer {
 
     /// Feeds whose data is older than their `max_age`, or never fetched.
     pub(super) fn stale_feeds(&self) -> Vec<String> {
-        self.config
+        self.live
+            .config
             .feeds
             .iter()
             .filter(|feed| self.feed_status(feed).stale)
@@ -286,11 +296,12 @@ impl Writer {
     /// Warns once when a feed turns stale (its vendor's changes are no
     /// longer followed), and says when it is fresh again.
     pub(super) fn warn_about_stale_feeds(&mut self) {
-        self.next_staleness_check = SystemTime::now() + STALENESS_CHECK_INTERVAL;
+        self.timers.next_staleness_check = SystemTime::now() + STALENESS_CHECK_INTERVAL;
         let stale: std::collections::BTreeSet<String> = self.stale_feeds().into_iter().collect();
-        for name in stale.difference(&self.warned_stale) {
+        for name in stale.difference(&self.feed_book.warned_stale) {
             let error = self
-                .feed_meta
+                .feed_book
+                .meta
                 .get(name)
                 .and_then(|meta| meta.last_error.clone())
                 .unwrap_or_else(|| "none".to_string());
@@ -300,11 +311,11 @@ impl Writer {
                 "the feed's data is older than its `max_age`: the vendor's changes are not followed; `firewall-ctl feeds` shows why"
             );
         }
-        for name in self.warned_stale.difference(&stale) {
+        for name in self.feed_book.warned_stale.difference(&stale) {
             info!(feed = name, "the feed's data is fresh again");
         }
-        if stale != self.warned_stale {
-            self.warned_stale = stale;
+        if stale != self.feed_book.warned_stale {
+            self.feed_book.warned_stale = stale;
             self.publish();
         }
     }
@@ -312,6 +323,7 @@ impl Writer {
     pub(super) fn feeds_report(&self) -> FeedsReport {
         FeedsReport {
             feeds: self
+                .live
                 .config
                 .feeds
                 .iter()
@@ -336,7 +348,8 @@ impl Writer {
                 })
             })
         };
-        self.feeds
+        self.live
+            .feeds
             .iter()
             .filter(|(name, _)| same_list(name))
             .map(|(name, list)| (name.clone(), list.clone()))
@@ -347,8 +360,10 @@ impl Writer {
     /// applied with `lists` (from [`Writer::feeds_for`]), and tells the
     /// scheduler.
     pub(super) fn adopt_feeds(&mut self, new: &[Feed], lists: FeedLists) {
-        self.feed_meta.retain(|name, _| lists.contains_key(name));
-        self.feeds = Arc::new(lists);
-        self.feed_configs.send_replace(new.to_vec());
+        self.feed_book
+            .meta
+            .retain(|name, _| lists.contains_key(name));
+        self.live.feeds = Arc::new(lists);
+        self.feed_book.configs.send_replace(new.to_vec());
     }
 }
