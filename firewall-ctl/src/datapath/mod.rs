@@ -23,6 +23,8 @@
 
 mod batch;
 pub mod entry_counters;
+#[cfg(test)]
+pub mod fake;
 pub mod flows;
 mod mapped;
 pub mod pins;

@@ -23,6 +23,8 @@ mod flows;
 mod reload;
 mod remove;
 mod status;
+#[cfg(test)]
+pub(super) mod tests;
 
 pub use self::{flows::FLOW_SWEEP_INTERVAL, reload::Pending, status::PolicyStatus};
 
