@@ -13,9 +13,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use firewall_common::{
-    maps::{BlockedSample, SampleBucket, names},
+    maps::{BlockedSample, SampleBucket},
     reasons::Reason,
     wire::protocol,
 };
@@ -28,6 +28,7 @@ use tracing::warn;
 use super::writer::PolicyStatus;
 use crate::{
     api::{BlockedReport, BlockedSource},
+    datapath::samples::{self, SampleMaps},
     entries::Timestamp,
 };
 
@@ -210,20 +211,8 @@ pub async fn run(
     view: Arc<BlockedView>,
     status: watch::Receiver<Arc<PolicyStatus>>,
 ) -> anyhow::Result<()> {
-    let ring_path = maps_dir.join(names::BLOCKED_SAMPLES);
-    let ring = MapData::from_pin(&ring_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|map| Ok(RingBuf::try_from(Map::RingBuf(map))?))
-        .with_context(|| format!("opening the drop samples at `{}`", ring_path.display()))?;
-    let buckets_path = maps_dir.join(names::SAMPLE_BUCKETS);
-    let buckets = MapData::from_pin(&buckets_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|map| {
-            Ok(PerCpuArray::<_, SampleBucket>::try_from(Map::PerCpuArray(
-                map,
-            ))?)
-        })
-        .with_context(|| format!("opening the sample buckets at `{}`", buckets_path.display()))?;
+    let SampleMaps { ring, buckets } = samples::open(maps_dir)
+        .with_context(|| format!("opening the drop samples in `{}`", maps_dir.display()))?;
     tokio::spawn(refill(buckets, status));
     // SAFETY: the ring buffer owns its descriptor, which stays open and
     // the same until the `AsyncFd` drops it.

@@ -9,52 +9,16 @@ use aya::{
     sys::SyscallError,
 };
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    sys::{self, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH, BatchAttr},
+};
 
 /// The largest key of our maps (the flow key is 40 bytes), rounded up.
 const MAX_KEY_BYTES: usize = 64;
 
 /// Elements read or deleted per `bpf` call.
 const BATCH: usize = 4096;
-
-/// `union bpf_attr` of `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_DELETE_BATCH`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `bpf(cmd, attr)`, where `attr` is the `union bpf_attr` of `cmd`;
-/// `Ok(false)` for `ENOENT`: the end of the map for a batch read (with
-/// `count` saying how many elements the call handled), a key not found for
-/// an element call.
-fn bpf_call<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<bool> {
-    // SAFETY: `attr` is the attr of `cmd`; every buffer it points to was
-    // sized by the caller for the call and outlives it.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<A>(),
-        )
-    };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => Ok(false),
-        _ => Err(error),
-    }
-}
 
 /// A failed `bpf` call on the map `name`, or a failed copy of its descriptor.
 pub fn error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
@@ -87,7 +51,6 @@ fn raw_fd(map: &MapData) -> u32 {
 /// The elements of `map`, in the map's order. `K` and `V` must be the
 /// map's key and value types.
 pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, V)>> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = raw_fd(map);
     let mut elements = Vec::new();
     let mut keys = vec![zeroed::<K>(); BATCH];
@@ -110,7 +73,9 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, 
             map_fd: fd,
             ..BatchAttr::default()
         };
-        let more = bpf_call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+        // SAFETY: room for `BATCH` keys and values of the map's types, and
+        // for any key as the position.
+        let more = unsafe { sys::batch(BPF_MAP_LOOKUP_BATCH, &mut attr)? };
         let read = attr.count as usize;
         elements.extend(
             keys[..read]
@@ -129,7 +94,6 @@ pub fn read<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, 
 /// Deletes `keys` from the map `map`, skipping any gone already; how many
 /// it deleted.
 pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<u64> {
-    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
     let fd = map.as_raw_fd() as u32;
     let mut deleted = 0;
     let mut rest = keys;
@@ -141,7 +105,8 @@ pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<u
             map_fd: fd,
             ..BatchAttr::default()
         };
-        let complete = bpf_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
+        // SAFETY: `count` keys of the map's key type.
+        let complete = unsafe { sys::batch(BPF_MAP_DELETE_BATCH, &mut attr)? };
         let done = attr.count as usize;
         deleted += done as u64;
         // A key not found stops the call at it: skip it, go on after it.

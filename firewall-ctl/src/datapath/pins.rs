@@ -13,7 +13,7 @@
 use std::{
     fs::DirBuilder,
     io,
-    os::{fd::FromRawFd as _, unix::fs::DirBuilderExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -44,46 +44,11 @@ pub enum PinDirError {
     },
 }
 
-/// `BPF_OBJ_GET` then `BPF_LINK_DETACH` (Linux 5.9) on the link pinned at
-/// `path`: the kernel detaches it at once, under the RTNL lock.
+/// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH`, Linux
+/// 5.9), under the RTNL lock.
 fn detach_pinned_link(path: &Path) -> io::Result<()> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let path =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // `union bpf_attr` for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
-    let mut get = [0u64; 2];
-    get[0] = path.as_ptr() as u64;
-    // SAFETY: the attribute points at a NUL-terminated path that outlives
-    // the call; the size is the attribute's.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            get.as_ptr(),
-            std::mem::size_of_val(&get),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    // `union bpf_attr` for BPF_LINK_DETACH: link_fd.
-    let detach = [std::os::fd::AsRawFd::as_raw_fd(&fd) as u32];
-    // SAFETY: a plain attribute of the size given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            detach.as_ptr(),
-            std::mem::size_of_val(&detach),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let link = super::sys::obj_get(path)?;
+    super::sys::link_detach(std::os::fd::AsFd::as_fd(&link))
 }
 
 /// A removal that found nothing to remove succeeded.
