@@ -58,11 +58,7 @@ fn has_bpf_privileges() -> bool {
 /// one for a daemon put in a namespace by systemd's `NetworkNamespacePath=`
 /// (or `nsenter --net`).
 pub fn interface_exists(name: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    nix::net::if_::if_nametoindex(name).is_ok_and(|index| index != 0)
 }
 
 /// The host the daemon runs on, as the config sees it.
@@ -198,27 +194,21 @@ pub fn wait_for_rcu_readers() -> bool {
 /// Raises the soft open-file limit to the hard one, so the connection
 /// limit, not the file limit, is what turns clients away.
 pub fn raise_file_limit() {
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` (and,
 /// coarser, of `bpf_ktime_get_coarse_ns`).
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    // CLOCK_MONOTONIC always exists.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+    })
 }
 
 /// The wall-clock time of the `CLOCK_MONOTONIC` instant `ns`.

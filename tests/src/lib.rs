@@ -40,10 +40,23 @@ pub fn root_or_skip(test: &str) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         eprintln!(
-            "SKIPPED {test}: needs root (network namespaces and XDP); run `cargo xtask test` as root"
+            "SKIPPED {test}: needs root (network namespaces, BPF maps and XDP); run `cargo xtask test` as root"
         );
     }
     root
+}
+
+/// The start of an end-to-end test: a fresh lab, or, when not root, a
+/// return from the test (having said it skips).
+#[macro_export]
+macro_rules! lab_or_skip {
+    ($test:expr) => {
+        if $crate::root_or_skip($test) {
+            $crate::lab::Lab::new()
+        } else {
+            return;
+        }
+    };
 }
 
 /// How many times slower than a real host this machine runs the daemon:

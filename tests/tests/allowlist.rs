@@ -7,7 +7,7 @@ use firewall_tests::{
     config,
     daemon::Daemon,
     lab::Lab,
-    root_or_skip,
+    lab_or_skip, root_or_skip,
     traffic::{Connect, bind_udp, connect_tcp, listen_tcp, udp_delivered},
 };
 
@@ -130,10 +130,7 @@ fn allowlist_is_enforced_in_skb_mode() {
 
 #[test]
 fn arp_and_neighbor_discovery_keep_working() {
-    if !root_or_skip("arp_and_neighbor_discovery_keep_working") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("arp_and_neighbor_discovery_keep_working");
     let _v4 = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let _v6 = listen_tcp(&lab.edge, at(EDGE_V6, 443));
     let daemon = Daemon::start(&lab.edge, &config("driver"));

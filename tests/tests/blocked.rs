@@ -14,8 +14,7 @@ use firewall_tests::{
     addr::*,
     daemon::{Daemon, binary, poll},
     frames::*,
-    lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::send_frames,
 };
 
@@ -42,10 +41,7 @@ const RARE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
 #[test]
 fn a_flood_is_sampled_within_the_rate_limit_and_rarer_sources_still_show() {
-    if !root_or_skip("a_flood_is_sampled_within_the_rate_limit_and_rarer_sources_still_show") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_flood_is_sampled_within_the_rate_limit_and_rarer_sources_still_show");
     let started = Instant::now();
     let daemon = Daemon::start(&lab.edge, &config());
     const FLOOD: usize = 30_000;
@@ -103,10 +99,7 @@ fn a_flood_is_sampled_within_the_rate_limit_and_rarer_sources_still_show() {
 
 #[test]
 fn blocked_follow_prints_a_new_blocked_source_within_a_second() {
-    if !root_or_skip("blocked_follow_prints_a_new_blocked_source_within_a_second") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("blocked_follow_prints_a_new_blocked_source_within_a_second");
     let daemon = Daemon::start(&lab.edge, &config());
     let mut follower = Command::new(binary())
         .arg("--socket")

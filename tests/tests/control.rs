@@ -15,7 +15,7 @@ use firewall_tests::{
     daemon::{Daemon, ctl, poll},
     exit,
     lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
     users::{Group, User},
 };
@@ -51,10 +51,7 @@ fn config_with_default() -> String {
 
 #[test]
 fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
-    if !root_or_skip("allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     assert_eq!(https(&lab, STRANGER_V4), Connect::TimedOut);
@@ -206,10 +203,7 @@ fn allow_lets_a_stranger_in_at_once_and_remove_shuts_them_out() {
 
 #[test]
 fn allow_without_a_rule_uses_the_default_or_the_only_rule() {
-    if !root_or_skip("allow_without_a_rule_uses_the_default_or_the_only_rule") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("allow_without_a_rule_uses_the_default_or_the_only_rule");
     let _ssh = listen_tcp(&lab.edge, at(EDGE_V4, 22));
     let _https = listen_tcp(&lab.edge, at(EDGE_V4, 443));
 
@@ -254,10 +248,7 @@ fn allow_without_a_rule_uses_the_default_or_the_only_rule() {
 /// after the acknowledgement.
 #[test]
 fn entries_survive_a_restart_and_a_kill_9_right_after_allow() {
-    if !root_or_skip("entries_survive_a_restart_and_a_kill_9_right_after_allow") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("entries_survive_a_restart_and_a_kill_9_right_after_allow");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let mut daemon = Daemon::start(&lab.edge, &config_with_default());
     daemon.ctl_ok(&["allow", "192.0.2.99", "--comment", "restart"]);
@@ -286,10 +277,7 @@ fn entries_survive_a_restart_and_a_kill_9_right_after_allow() {
 
 #[test]
 fn an_expiring_entry_admits_then_stops_admitting() {
-    if !root_or_skip("an_expiring_entry_admits_then_stops_admitting") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("an_expiring_entry_admits_then_stops_admitting");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config_with_default());
     let added = daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "2s"]);
@@ -330,10 +318,7 @@ fn an_expiring_entry_admits_then_stops_admitting() {
 
 #[test]
 fn entries_that_expired_while_the_daemon_was_down_are_never_enforced() {
-    if !root_or_skip("entries_that_expired_while_the_daemon_was_down_are_never_enforced") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("entries_that_expired_while_the_daemon_was_down_are_never_enforced");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let mut daemon = Daemon::start(&lab.edge, &config_with_default());
     daemon.ctl_ok(&["allow", "192.0.2.98"]);
@@ -366,10 +351,7 @@ fn entries_that_expired_while_the_daemon_was_down_are_never_enforced() {
 
 #[test]
 fn read_group_may_read_but_not_change_and_strangers_may_not_connect() {
-    if !root_or_skip("read_group_may_read_but_not_change_and_strangers_may_not_connect") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("read_group_may_read_but_not_change_and_strangers_may_not_connect");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let readers = Group::create();
     let operators = Group::create();
@@ -485,10 +467,7 @@ fn raw_request(socket: &std::path::Path, request: &[u8]) -> String {
 
 #[test]
 fn garbage_oversized_and_silent_clients_do_not_disturb_well_formed_ones() {
-    if !root_or_skip("garbage_oversized_and_silent_clients_do_not_disturb_well_formed_ones") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("garbage_oversized_and_silent_clients_do_not_disturb_well_formed_ones");
     let daemon = Daemon::start(&lab.edge, &config_with_default());
     let socket = daemon.socket.clone();
 
@@ -555,10 +534,7 @@ fn garbage_oversized_and_silent_clients_do_not_disturb_well_formed_ones() {
 
 #[test]
 fn connections_past_the_limit_are_refused_promptly() {
-    if !root_or_skip("connections_past_the_limit_are_refused_promptly") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("connections_past_the_limit_are_refused_promptly");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     let held: Vec<UnixStream> = (0..128)
         .map(|_| UnixStream::connect(&daemon.socket).unwrap())
@@ -585,10 +561,7 @@ fn connections_past_the_limit_are_refused_promptly() {
 
 #[test]
 fn a_corrupt_state_file_stops_start_up_and_is_left_untouched() {
-    if !root_or_skip("a_corrupt_state_file_stops_start_up_and_is_left_untouched") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_corrupt_state_file_stops_start_up_and_is_left_untouched");
     let mut daemon = Daemon::prepare(&lab.edge, &config_with_default());
     std::fs::create_dir_all(&daemon.state_dir).unwrap();
     let state_file = daemon.state_dir.join("allowlist.toml");
@@ -619,10 +592,7 @@ fn a_corrupt_state_file_stops_start_up_and_is_left_untouched() {
 
 #[test]
 fn explain_names_the_rule_and_entry_live_and_from_a_config_file() {
-    if !root_or_skip("explain_names_the_rule_and_entry_live_and_from_a_config_file") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("explain_names_the_rule_and_entry_live_and_from_a_config_file");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     let live = |source: &str, port: &str| daemon.explain(&[source, port]);
     let inner_ssh = live("203.0.113.70", "22");
@@ -700,10 +670,7 @@ fn explain_names_the_rule_and_entry_live_and_from_a_config_file() {
 
 #[test]
 fn reload_reports_a_broken_config_and_keeps_the_policy() {
-    if !root_or_skip("reload_reports_a_broken_config_and_keeps_the_policy") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("reload_reports_a_broken_config_and_keeps_the_policy");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let first = config_with_default();
     let daemon = Daemon::start(&lab.edge, &first);
@@ -774,10 +741,7 @@ fn immutable(path: &std::path::Path, on: bool) {
 /// expiry still takes the entry out of the data plane.
 #[test]
 fn an_unwritable_state_dir_refuses_changes_but_not_expiry() {
-    if !root_or_skip("an_unwritable_state_dir_refuses_changes_but_not_expiry") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("an_unwritable_state_dir_refuses_changes_but_not_expiry");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config_with_default());
     daemon.ctl_ok(&["allow", "192.0.2.99", "--expires", "2s"]);

@@ -9,7 +9,7 @@ use firewall_tests::{
     daemon::{Daemon, poll},
     http::{HttpProxy, HttpServer, HttpsServer, Reply},
     lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
     users::User,
 };
@@ -74,10 +74,7 @@ const SPARE_AND_OFFICE: [&str; 2] = ["192.0.2.64/28", "198.51.100.0/24"];
 
 #[test]
 fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
-    if !root_or_skip("a_feed_admits_its_ranges_and_its_updates_add_and_remove_them") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_feed_admits_its_ranges_and_its_updates_add_and_remove_them");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let server = server(&lab);
     server.set(Reply::ok(fastly(&VENDOR_AND_SPARE)));
@@ -198,10 +195,7 @@ fn a_feed_admits_its_ranges_and_its_updates_add_and_remove_them() {
 /// on the static (musl) build too.
 #[test]
 fn a_feed_over_https_is_verified_against_the_systems_roots() {
-    if !root_or_skip("a_feed_over_https_is_verified_against_the_systems_roots") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_feed_over_https_is_verified_against_the_systems_roots");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let list = fastly(&VENDOR_AND_SPARE);
     let server = HttpsServer::start(&lab.edge, 8443, &[("fastly.json", &list)]);
@@ -229,10 +223,7 @@ fn a_feed_over_https_is_verified_against_the_systems_roots() {
 
 #[test]
 fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
-    if !root_or_skip("a_bad_download_never_takes_the_last_good_list_out_of_force") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_bad_download_never_takes_the_last_good_list_out_of_force");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let server = server(&lab);
     server.set(Reply::ok(fastly(&SPARE_AND_OFFICE)));
@@ -356,10 +347,7 @@ fn a_bad_download_never_takes_the_last_good_list_out_of_force() {
 
 #[test]
 fn feeds_download_through_the_protected_interface_and_through_a_proxy() {
-    if !root_or_skip("feeds_download_through_the_protected_interface_and_through_a_proxy") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("feeds_download_through_the_protected_interface_and_through_a_proxy");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     // The vendor's server is out on the peer, no rule admits it: only
     // return-traffic tracking lets its answers in.
@@ -471,10 +459,7 @@ impl Drop for ResolvConf {
 
 #[test]
 fn a_dns_feed_follows_an_address_change() {
-    if !root_or_skip("a_dns_feed_follows_an_address_change") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_dns_feed_follows_an_address_change");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let dns = Dns::start(
         &lab,

@@ -15,7 +15,7 @@ use firewall_tests::{
     daemon::Daemon,
     frames::*,
     lab::{Lab, Netns, veth},
-    root_or_skip, slowdown,
+    lab_or_skip, slowdown,
     traffic::{
         Connect, bind_udp, connect_tcp, echo_tcp_once, echo_udp, listen_tcp, ping, send_frames,
         tcp_stream, udp_delivered,
@@ -88,10 +88,7 @@ fn udp_query(ns: &Netns, source: SocketAddr, target: SocketAddr) -> std::io::Res
 
 #[test]
 fn the_edge_talks_to_peers_no_rule_admits_and_they_still_cannot_reach_it() {
-    if !root_or_skip("the_edge_talks_to_peers_no_rule_admits_and_they_still_cannot_reach_it") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("the_edge_talks_to_peers_no_rule_admits_and_they_still_cannot_reach_it");
     lab.edge.sysctl("net.ipv4.ping_group_range", "0 0");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     let families: [(IpAddr, IpAddr, u16); 2] = [
@@ -176,10 +173,7 @@ fn the_edge_talks_to_peers_no_rule_admits_and_they_still_cannot_reach_it() {
 
 #[test]
 fn a_connection_forwarded_through_the_edge_with_nat_is_tracked() {
-    if !root_or_skip("a_connection_forwarded_through_the_edge_with_nat_is_tracked") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_connection_forwarded_through_the_edge_with_nat_is_tracked");
     // An internal client behind the edge, which masquerades it on edge0.
     let inner = Netns::create(format!("{}-lan", lab.edge.name));
     veth(&lab.edge, "lan0", &inner, "inner0");
@@ -226,10 +220,7 @@ fn a_connection_forwarded_through_the_edge_with_nat_is_tracked() {
 
 #[test]
 fn a_late_udp_reply_is_dropped_after_the_idle_timeout() {
-    if !root_or_skip("a_late_udp_reply_is_dropped_after_the_idle_timeout") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_late_udp_reply_is_dropped_after_the_idle_timeout");
     let udp_timeout = Duration::from_secs(2) * slowdown();
     let daemon = Daemon::start(
         &lab.edge,
@@ -298,10 +289,8 @@ fn late_segment_is_dropped_after_close(lab: &Lab, daemon: &Daemon, client_port: 
 
 #[test]
 fn after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed() {
-    if !root_or_skip("after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed");
     let daemon = Daemon::start(
         &lab.edge,
         &with_flows(&format!(
@@ -332,10 +321,7 @@ fn after_fin_or_rst_late_segments_are_dropped_once_the_close_timeout_passed() {
 
 #[test]
 fn filling_the_flow_table_past_max_flows_counts_evictions() {
-    if !root_or_skip("filling_the_flow_table_past_max_flows_counts_evictions") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("filling_the_flow_table_past_max_flows_counts_evictions");
     let daemon = Daemon::start(&lab.edge, &with_flows("max_flows = 64"));
     let socket: UdpSocket = bind_udp(&lab.edge, at(EDGE_V4, 40500));
     const FLOWS: u64 = 200;
@@ -360,12 +346,9 @@ fn filling_the_flow_table_past_max_flows_counts_evictions() {
 
 #[test]
 fn without_track_outbound_replies_are_dropped_and_a_reload_turns_tracking_on_and_off() {
-    if !root_or_skip(
-        "without_track_outbound_replies_are_dropped_and_a_reload_turns_tracking_on_and_off",
-    ) {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!(
+        "without_track_outbound_replies_are_dropped_and_a_reload_turns_tracking_on_and_off"
+    );
     let off = config("driver").replace("xdp_mode", "track_outbound = false\nxdp_mode");
     let daemon = Daemon::start(&lab.edge, &off);
     // Through TCX, pinned; or, before Linux 6.6, a classic clsact filter.
@@ -413,10 +396,7 @@ fn late_segment_passes(lab: &Lab, daemon: &Daemon, client_port: u16) -> bool {
 
 #[test]
 fn tracked_flows_survive_a_daemon_restart_and_a_new_max_flows() {
-    if !root_or_skip("tracked_flows_survive_a_daemon_restart_and_a_new_max_flows") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("tracked_flows_survive_a_daemon_restart_and_a_new_max_flows");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     let (stream, server) = edge_exchange(&lab, 40600);
     assert!(late_segment_passes(&lab, &daemon, 40600));
@@ -446,10 +426,8 @@ fn tracked_flows_survive_a_daemon_restart_and_a_new_max_flows() {
 
 #[test]
 fn a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs() {
-    if !root_or_skip("a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     daemon.ctl_ok(&["allow", "192.0.2.9", "--rule", "office-ssh"]);
     assert_eq!(daemon.kill(libc::SIGTERM), 0, "{}", daemon.log());
@@ -487,11 +465,8 @@ fn a_start_that_fails_leaves_the_pinned_flow_table_to_the_running_programs() {
 
 #[test]
 fn a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet() {
-    if !root_or_skip("a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet")
-    {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet");
     let (mut stream, server) = edge_exchange(&lab, 40700);
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     assert!(
@@ -511,10 +486,7 @@ fn a_connection_older_than_the_daemon_is_tracked_from_its_next_outgoing_packet()
 
 #[test]
 fn monitor_mode_counts_return_traffic_like_any_verdict() {
-    if !root_or_skip("monitor_mode_counts_return_traffic_like_any_verdict") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("monitor_mode_counts_return_traffic_like_any_verdict");
     let monitor = config("driver").replace("xdp_mode", "enforce = false\nxdp_mode");
     let daemon = Daemon::start(&lab.edge, &monitor);
     let before = daemon.settled_stats();

@@ -9,7 +9,7 @@ use firewall_tests::{
     daemon::{Daemon, Stats},
     frames::*,
     lab::Lab,
-    root_or_skip,
+    lab_or_skip, root_or_skip,
     traffic::{PacketSocket, send_frames},
 };
 
@@ -89,10 +89,7 @@ fn counters_equal_crafted_packets_in_skb_mode() {
 /// many from the vendor to 443.
 #[test]
 fn frames_sent_in_batches_are_counted_frame_for_frame() {
-    if !root_or_skip("frames_sent_in_batches_are_counted_frame_for_frame") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("frames_sent_in_batches_are_counted_frame_for_frame");
     let daemon = start(&lab, "driver");
     let closed: Vec<Vec<u8>> = (0..=255)
         .map(|host| tcp_v4(Ipv4Addr::new(203, 0, 113, host), 40000))
@@ -125,10 +122,7 @@ fn tagged(tags: &[u16], source: Ipv4Addr, port: u16) -> Vec<u8> {
 
 #[test]
 fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
-    if !root_or_skip("vlan_tagged_frames_are_classified_by_their_inner_packet") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("vlan_tagged_frames_are_classified_by_their_inner_packet");
     let daemon = start(&lab, "driver");
     let frames = vec![
         tagged(&[TPID_8021Q], VENDOR_V4, 443),
@@ -158,10 +152,7 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
 
 #[test]
 fn ipv4_options_are_skipped_to_find_the_port() {
-    if !root_or_skip("ipv4_options_are_skipped_to_find_the_port") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("ipv4_options_are_skipped_to_find_the_port");
     let daemon = start(&lab, "driver");
     let with_options = |source: Ipv4Addr, options: &[u8]| {
         ethernet(&[], ETH_IPV4, &ipv4(source, TCP, options, 0, &tcp_syn(443)))
@@ -199,10 +190,7 @@ fn v6_frame(source: Ipv6Addr, chain: &[Ext], protocol: u8, payload: &[u8]) -> Ve
 
 #[test]
 fn ipv6_extension_headers_are_walked_to_find_the_port() {
-    if !root_or_skip("ipv6_extension_headers_are_walked_to_find_the_port") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("ipv6_extension_headers_are_walked_to_find_the_port");
     let daemon = start(&lab, "driver");
     let six = LONGEST_EXTENSION_CHAIN;
     let seven = [six.as_slice(), &[Ext::DestinationOptions { units: 0 }]].concat();
@@ -232,10 +220,7 @@ fn ipv6_extension_headers_are_walked_to_find_the_port() {
 
 #[test]
 fn truncated_frames_are_dropped_as_malformed() {
-    if !root_or_skip("truncated_frames_are_dropped_as_malformed") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("truncated_frames_are_dropped_as_malformed");
     let daemon = start(&lab, "driver");
     let whole_v4 = tcp_v4(VENDOR_V4, 443);
     let whole_v6 = v6_frame(VENDOR_V6, &[Ext::HopByHop { units: 1 }], TCP, &tcp_syn(443));
@@ -265,10 +250,7 @@ fn truncated_frames_are_dropped_as_malformed() {
 
 #[test]
 fn non_first_fragments_pass_only_from_allowlisted_sources() {
-    if !root_or_skip("non_first_fragments_pass_only_from_allowlisted_sources") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("non_first_fragments_pass_only_from_allowlisted_sources");
     let daemon = start(&lab, "driver");
     let later_v4 = |source| ethernet(&[], ETH_IPV4, &ipv4(source, TCP, &[], 100, &[0; 16]));
     let later_v6 = |source| {
@@ -310,12 +292,9 @@ fn non_first_fragments_pass_only_from_allowlisted_sources() {
 #[test]
 fn without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted()
 {
-    if !root_or_skip(
-        "without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted",
-    ) {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!(
+        "without_tracking_arp_neighbor_discovery_and_icmp_errors_always_pass_echo_only_when_allowlisted"
+    );
     let daemon = Daemon::start(
         &lab.edge,
         &config("driver").replace("xdp_mode", "track_outbound = false\nxdp_mode"),
@@ -368,10 +347,8 @@ fn icmp6_hops(source: Ipv6Addr, icmp_type: u8, hop_limit: u8) -> Vec<u8> {
 
 #[test]
 fn with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related() {
-    if !root_or_skip("with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("with_tracking_neighbor_discovery_must_be_on_link_and_icmp_errors_related");
     let daemon = start(&lab, "driver");
     let link_local: Ipv6Addr = "fe80::99".parse().unwrap();
     let frames = vec![

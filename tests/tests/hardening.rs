@@ -8,17 +8,12 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, ctl},
-    exit,
-    lab::Lab,
-    root_or_skip,
+    exit, lab_or_skip,
 };
 
 #[test]
 fn only_a_stale_socket_is_ever_replaced() {
-    if !root_or_skip("only_a_stale_socket_is_ever_replaced") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("only_a_stale_socket_is_ever_replaced");
     let mut daemon = Daemon::prepare(&lab.edge, &config("driver"));
     std::fs::write(&daemon.socket, "precious data\n").unwrap();
     let (code, log) = daemon.run_expecting_failure();
@@ -77,10 +72,7 @@ fn only_a_stale_socket_is_ever_replaced() {
 /// status keeps answering and SIGTERM is honoured.
 #[test]
 fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
-    if !root_or_skip("a_fifo_or_a_device_as_config_is_refused_without_hanging") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_fifo_or_a_device_as_config_is_refused_without_hanging");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     std::fs::remove_file(&daemon.config).unwrap();
     let fifo = std::ffi::CString::new(daemon.config.to_str().unwrap()).unwrap();
@@ -112,10 +104,7 @@ fn a_fifo_or_a_device_as_config_is_refused_without_hanging() {
 
 #[test]
 fn a_busy_interface_is_reported_as_such() {
-    if !root_or_skip("a_busy_interface_is_reported_as_such") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_busy_interface_is_reported_as_such");
     let _first = Daemon::start(&lab.edge, &config("driver"));
     for mode in ["driver", "auto", "skb"] {
         let (code, log) = Daemon::start_expecting_failure(&lab.edge, &config(mode));
@@ -133,10 +122,7 @@ fn a_busy_interface_is_reported_as_such() {
 
 #[test]
 fn control_characters_never_reach_the_terminal_or_the_log() {
-    if !root_or_skip("control_characters_never_reach_the_terminal_or_the_log") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("control_characters_never_reach_the_terminal_or_the_log");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     for (args, code) in [
         (

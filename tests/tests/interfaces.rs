@@ -7,8 +7,8 @@ use firewall_tests::{
     addr::*,
     config,
     daemon::{Daemon, poll},
-    lab::{Lab, veth},
-    root_or_skip,
+    lab::veth,
+    lab_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
 };
 use serde_json::Value;
@@ -40,10 +40,7 @@ fn await_state(daemon: &Daemon, interface: &str, wanted: &str) {
 
 #[test]
 fn a_recreated_interface_is_protected_again_and_status_tells_the_truth() {
-    if !root_or_skip("a_recreated_interface_is_protected_again_and_status_tells_the_truth") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_recreated_interface_is_protected_again_and_status_tells_the_truth");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     assert_eq!(state(&daemon, EDGE_IF), "protected");
@@ -100,10 +97,7 @@ fn a_recreated_interface_is_protected_again_and_status_tells_the_truth() {
 
 #[test]
 fn a_reload_adds_and_removes_interfaces() {
-    if !root_or_skip("a_reload_adds_and_removes_interfaces") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_reload_adds_and_removes_interfaces");
     veth(&lab.edge, "edge1", &lab.peer, "peer1");
     lab.edge.ip("link set edge1 up");
     lab.peer.ip("link set peer1 up");

@@ -9,7 +9,7 @@ use firewall_tests::{
     exit,
     frames::tcp_v4,
     lab::Lab,
-    root_or_skip,
+    lab_or_skip, root_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp, send_frames, stream_frames},
 };
 
@@ -19,10 +19,7 @@ fn https(lab: &Lab, source: impl Into<IpAddr>) -> Connect {
 
 #[test]
 fn monitor_mode_passes_everything_but_counts_what_it_would_drop() {
-    if !root_or_skip("monitor_mode_passes_everything_but_counts_what_it_would_drop") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("monitor_mode_passes_everything_but_counts_what_it_would_drop");
     let _listeners = [
         listen_tcp(&lab.edge, at(EDGE_V4, 443)),
         listen_tcp(&lab.edge, at(EDGE_V4, 80)),
@@ -61,11 +58,9 @@ fn monitor_mode_passes_everything_but_counts_what_it_would_drop() {
 
 #[test]
 fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken() {
-    if !root_or_skip("sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken")
-    {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!(
+        "sighup_applies_a_new_config_and_keeps_the_old_one_when_the_new_one_is_broken"
+    );
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let first = config("driver");
     let daemon = Daemon::start(&lab.edge, &first);
@@ -194,10 +189,7 @@ fn reloads_are_atomic_under_traffic() {
 
 #[test]
 fn the_daemon_refuses_bad_input_before_touching_the_interface() {
-    if !root_or_skip("the_daemon_refuses_bad_input_before_touching_the_interface") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("the_daemon_refuses_bad_input_before_touching_the_interface");
     let cases = [
         (
             config("driver").replace("203.0.113.64/26", "203.0.113.65/26"),
@@ -231,10 +223,7 @@ fn the_daemon_refuses_bad_input_before_touching_the_interface() {
 
 #[test]
 fn auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused() {
-    if !root_or_skip("auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("auto_mode_uses_driver_mode_on_veth_and_a_second_daemon_is_refused");
     let mut daemon = Daemon::start(&lab.edge, &config("auto"));
     assert_eq!(daemon.status()["interfaces"][0]["xdp_mode"], "driver");
     let second = run_in(
@@ -463,10 +452,7 @@ fn the_shipped_systemd_unit_verifies() {
 /// still shows those of the namespace it was mounted in.
 #[test]
 fn the_config_sees_the_interfaces_of_the_daemons_network_namespace() {
-    if !root_or_skip("the_config_sees_the_interfaces_of_the_daemons_network_namespace") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("the_config_sees_the_interfaces_of_the_daemons_network_namespace");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("firewall.toml");
     std::fs::write(&path, config("driver")).unwrap();

@@ -20,7 +20,7 @@ use firewall_tests::{
     exit,
     http::{HttpServer, Reply},
     lab::Lab,
-    root_or_skip,
+    lab_or_skip, root_or_skip,
     users::{Group, User},
 };
 use serde_json::{Value, json};
@@ -86,10 +86,7 @@ fn bytes_of(dir: &Path, prefix: &str) -> u64 {
 /// rotated every earlier record out of the audit trail.
 #[test]
 fn a_reader_cannot_rotate_the_audit_trail_away() {
-    if !root_or_skip("a_reader_cannot_rotate_the_audit_trail_away") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_reader_cannot_rotate_the_audit_trail_away");
     let accounts = Accounts::create();
     let daemon = Daemon::start(&lab.edge, &accounts.config(""));
     daemon.ctl_ok(&["allow", "192.0.2.50", "--comment", "the admin's change"]);
@@ -186,10 +183,7 @@ fn a_reader_cannot_rotate_the_audit_trail_away() {
 /// ten at once took the daemon from MBs to GBs.
 #[test]
 fn audit_log_reads_are_bounded_in_memory() {
-    if !root_or_skip("audit_log_reads_are_bounded_in_memory") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("audit_log_reads_are_bounded_in_memory");
     let accounts = Accounts::create();
     let mut daemon = Daemon::prepare(&lab.edge, &accounts.config(""));
     // A full trail: five files of 8 MiB of real records.
@@ -269,10 +263,7 @@ fn audit_log_reads_are_bounded_in_memory() {
 /// was reported as failed and applied afterwards.
 #[test]
 fn a_change_that_waited_past_its_deadline_is_refused_not_applied_later() {
-    if !root_or_skip("a_change_that_waited_past_its_deadline_is_refused_not_applied_later") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_change_that_waited_past_its_deadline_is_refused_not_applied_later");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     let socket = daemon.socket.to_str().unwrap().to_string();
     let allow = |timeout: &str, prefix: &str| {
@@ -342,10 +333,7 @@ fn a_change_that_waited_past_its_deadline_is_refused_not_applied_later() {
 /// root's `allow` failed every time.
 #[test]
 fn one_reader_cannot_hold_every_control_connection() {
-    if !root_or_skip("one_reader_cannot_hold_every_control_connection") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("one_reader_cannot_hold_every_control_connection");
     let accounts = Accounts::create();
     let daemon = Daemon::start(&lab.edge, &accounts.config(""));
     let socket = daemon.socket.clone();
@@ -475,10 +463,7 @@ fn exits_within_10s(daemon: &mut Daemon) -> (i32, String) {
 /// Finding 7: a FIFO at `state_dir/audit.log` hung the daemon in `open()`.
 #[test]
 fn a_fifo_in_the_state_dir_is_refused_without_hanging() {
-    if !root_or_skip("a_fifo_in_the_state_dir_is_refused_without_hanging") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_fifo_in_the_state_dir_is_refused_without_hanging");
     for name in ["audit.log", "lock", "allowlist.toml"] {
         let mut daemon = Daemon::prepare(&lab.edge, &config("driver"));
         state_dir(&daemon);
@@ -571,10 +556,8 @@ fn a_state_dir_others_may_write_is_refused_and_one_they_may_read_is_tightened() 
 /// got the secret's first line echoed in the error.
 #[test]
 fn symlinks_and_files_of_others_in_the_state_dir_are_never_followed_or_echoed() {
-    if !root_or_skip("symlinks_and_files_of_others_in_the_state_dir_are_never_followed_or_echoed") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("symlinks_and_files_of_others_in_the_state_dir_are_never_followed_or_echoed");
     let accounts = Accounts::create();
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "SECRET-FIRST-LINE:x:0:0\n").unwrap();
@@ -615,10 +598,7 @@ fn symlinks_and_files_of_others_in_the_state_dir_are_never_followed_or_echoed() 
 /// (The writer parses the body: on an emulated machine `feeds` may wait.)
 #[test]
 fn a_hostile_feeds_error_text_is_capped() {
-    if !root_or_skip("a_hostile_feeds_error_text_is_capped") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_hostile_feeds_error_text_is_capped");
     let server = HttpServer::start(&lab.edge, "127.0.0.1:0".parse().unwrap());
     // (4 MB of them: the error was as long as the body, whatever its size.)
     let mut body = b"192.0.2.0/28 ".to_vec();
@@ -654,10 +634,7 @@ fn a_hostile_feeds_error_text_is_capped() {
 /// characters made `audit log` panic for everyone.
 #[test]
 fn audit_log_tables_take_any_cell_width() {
-    if !root_or_skip("audit_log_tables_take_any_cell_width") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("audit_log_tables_take_any_cell_width");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     // DEL is a control character JSON carries as it is: 60 KB of them
     // fit a request, and escaped for display they are 360,000 characters.

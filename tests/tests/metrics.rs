@@ -12,7 +12,7 @@ use firewall_tests::{
     daemon::{Daemon, poll},
     http::{self, HttpServer, Reply},
     lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp},
 };
 use prometheus_parse::{Scrape, Value};
@@ -48,10 +48,7 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn metrics_are_scraped_over_http_and_equal_the_cli() {
-    if !root_or_skip("metrics_are_scraped_over_http_and_equal_the_cli") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("metrics_are_scraped_over_http_and_equal_the_cli");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let server = HttpServer::start(&lab.edge, "127.0.0.1:0".parse().unwrap());
     server.set(Reply::ok(

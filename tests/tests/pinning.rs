@@ -10,8 +10,7 @@ use firewall_tests::{
     daemon::Daemon,
     exit,
     frames::tcp_v4,
-    lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::{Connect, connect_tcp, listen_tcp, send_frames, syns_through},
 };
 
@@ -20,10 +19,7 @@ const STREAM_INTERVAL: Duration = Duration::from_micros(100);
 
 #[test]
 fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
-    if !root_or_skip("restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     let pause = || std::thread::sleep(Duration::from_millis(300));
     let syns = syns_through(&lab, STREAM_INTERVAL, || {
@@ -99,10 +95,7 @@ fn restarts_and_crashes_never_open_the_door_nor_drop_the_allowlisted() {
 /// tries before that slot goes live, and what it still lists must stay.
 #[test]
 fn a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists() {
-    if !root_or_skip("a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     let _https = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let _ssh = listen_tcp(&lab.edge, at(EDGE_V4, 22));
@@ -137,10 +130,7 @@ fn a_restart_onto_a_narrower_config_drops_what_it_no_longer_lists() {
 
 #[test]
 fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
-    if !root_or_skip("detach_removes_the_firewall_with_or_without_a_running_daemon") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("detach_removes_the_firewall_with_or_without_a_running_daemon");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let https = || connect_tcp(&lab.peer, STRANGER_V4.into(), at(EDGE_V4, 443));
 
@@ -182,10 +172,7 @@ fn detach_removes_the_firewall_with_or_without_a_running_daemon() {
 
 #[test]
 fn counters_carry_on_across_restarts_changes_and_reloads() {
-    if !root_or_skip("counters_carry_on_across_restarts_changes_and_reloads") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("counters_carry_on_across_restarts_changes_and_reloads");
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     let send = |count: usize| {
         send_frames(

@@ -10,7 +10,7 @@ use firewall_tests::{
     daemon::{Daemon, ctl, poll},
     exit,
     lab::Lab,
-    root_or_skip, slowdown,
+    lab_or_skip, slowdown,
     traffic::{Connect, connect_tcp, listen_tcp},
 };
 
@@ -65,10 +65,7 @@ fn await_no_pending(daemon: &Daemon) {
 
 #[test]
 fn reload_confirm_rolls_back_unless_confirmed() {
-    if !root_or_skip("reload_confirm_rolls_back_unless_confirmed") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("reload_confirm_rolls_back_unless_confirmed");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     assert_eq!(https(&lab), Connect::TimedOut);
@@ -155,10 +152,7 @@ fn reload_confirm_rolls_back_unless_confirmed() {
 
 #[test]
 fn a_restart_respects_a_pending_rollback() {
-    if !root_or_skip("a_restart_respects_a_pending_rollback") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_restart_respects_a_pending_rollback");
     let _listener = listen_tcp(&lab.edge, at(EDGE_V4, 443));
     let mut daemon = Daemon::start(&lab.edge, &config("driver"));
     std::fs::write(&daemon.config, with_stranger()).unwrap();
@@ -208,10 +202,7 @@ fn a_restart_respects_a_pending_rollback() {
 
 #[test]
 fn the_lockout_guard_keeps_the_callers_ssh_session() {
-    if !root_or_skip("the_lockout_guard_keeps_the_callers_ssh_session") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("the_lockout_guard_keeps_the_callers_ssh_session");
     let daemon = Daemon::start(&lab.edge, &config("driver"));
     // The office (198.51.100.0/24) reaches tcp/22 through `office-ssh`.
     let ssh = [("SSH_CONNECTION", "198.51.100.7 50022 192.0.2.1 22")];

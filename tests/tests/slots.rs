@@ -9,7 +9,7 @@ use firewall_common::maps::{
     LAYOUT_VERSION, names,
     rows::{PER_SLOT, Table, span_index},
 };
-use firewall_tests::{bpf, config, daemon::Daemon, lab::Lab, root_or_skip};
+use firewall_tests::{bpf, config, daemon::Daemon, lab_or_skip};
 
 /// Bytes of a row of each table.
 const SOURCE_V4_ROW: usize = 16;
@@ -97,10 +97,7 @@ fn db8(third: u16) -> u128 {
 
 #[test]
 fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
-    if !root_or_skip("both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits");
     let listed = config("driver");
     let daemon = Daemon::start(&lab.edge, &listed);
     // A new list for the vendor (the office's /26 is then nested in
@@ -195,10 +192,7 @@ fn both_slots_hold_exactly_the_policy_after_rapid_reloads_and_edits() {
 /// family's rows stay as they are, and both slots end up the same.
 #[test]
 fn a_change_to_one_family_writes_only_that_familys_rows() {
-    if !root_or_skip("a_change_to_one_family_writes_only_that_familys_rows") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("a_change_to_one_family_writes_only_that_familys_rows");
     let listed = config("driver");
     let daemon = Daemon::start(&lab.edge, &listed);
     let written = |config: &str| {

@@ -10,7 +10,7 @@ use firewall_tests::{
     exit,
     frames::*,
     lab::Lab,
-    root_or_skip,
+    lab_or_skip,
     traffic::send_frames,
 };
 use serde_json::Value;
@@ -103,10 +103,8 @@ fn send(lab: &Lab, daemon: &Daemon, frames: Vec<Vec<u8>>, admitted: u64) {
 
 #[test]
 fn entries_count_exactly_and_keep_their_counts_across_changes_and_restarts() {
-    if !root_or_skip("entries_count_exactly_and_keep_their_counts_across_changes_and_restarts") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab =
+        lab_or_skip!("entries_count_exactly_and_keep_their_counts_across_changes_and_restarts");
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("partner.txt");
     std::fs::write(&feed, "192.0.2.128/25\n").unwrap();
@@ -217,10 +215,7 @@ fn entries_count_exactly_and_keep_their_counts_across_changes_and_restarts() {
 
 #[test]
 fn the_audit_report_flags_unused_entries_and_parses_as_csv_and_json() {
-    if !root_or_skip("the_audit_report_flags_unused_entries_and_parses_as_csv_and_json") {
-        return;
-    }
-    let lab = Lab::new();
+    let lab = lab_or_skip!("the_audit_report_flags_unused_entries_and_parses_as_csv_and_json");
     let daemon = Daemon::start(&lab.edge, &firewall_tests::config("driver"));
     send(&lab, &daemon, syns(OFFICE_V4, 22, 2), 2);
 

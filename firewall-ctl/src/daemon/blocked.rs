@@ -191,16 +191,10 @@ fn protocol_name(number: u8) -> String {
 
 /// The name of interface `ifindex`, or its number if it is gone.
 fn interface_name(ifindex: u32) -> String {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname writes at most.
-    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
-    if found.is_null() {
-        return format!("if{ifindex}");
-    }
-    // SAFETY: on success `name` holds a NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    nix::net::if_::if_indextoname(ifindex).map_or_else(
+        |_| format!("if{ifindex}"),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 /// Reads samples from the pinned ring buffer under `maps_dir` into `view`,

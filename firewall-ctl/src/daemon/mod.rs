@@ -280,9 +280,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
 
     let bpf_dir = config.bpf_dir.clone();
-    let known: crate::feeds::schedule::Known = last_good
+    let feed_states: crate::feeds::FeedStates = last_good
         .iter()
-        .map(|(name, last)| (name.clone(), (last.validator.clone(), last.fetched_at.0)))
+        .map(|(name, last)| (name.clone(), last.state()))
         .collect();
     let (feed_configs, feed_config_updates) = watch::channel(config.feeds.clone());
     let mut writer = Writer::new(writer::Started {
@@ -292,7 +292,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         config,
         runtime,
         feeds: feed_lists,
-        last_good: known.clone(),
+        feed_states: feed_states.clone(),
         feed_store,
         feed_configs,
         policy,
@@ -331,7 +331,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         let jobs = jobs.clone();
         Arc::new(move |job| jobs.send(Job::Feed(job)).is_ok())
     };
-    let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, known, fetched)
+    let refresh_feeds = crate::feeds::schedule::start(feed_config_updates, feed_states, fetched)
         .context("starting the feed fetcher")?;
     let blocked = Arc::new(blocked::BlockedView::default());
     {

@@ -203,7 +203,7 @@ mod tests {
     /// do loads.
     #[test]
     fn stores_land_at_their_indexes_and_nowhere_else_and_load_back() {
-        if !super::super::test_maps::root_or_skip(
+        if !firewall_tests::root_or_skip(
             "stores_land_at_their_indexes_and_nowhere_else_and_load_back",
         ) {
             return;

@@ -2,16 +2,6 @@
 
 use std::os::fd::OwnedFd;
 
-/// Whether the test runs as root; says it skips `test` if not.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED {test}: needs root (creates a BPF map)");
-    }
-    root
-}
-
 /// A new map of `map_type` (`BPF_MAP_TYPE_*`).
 pub fn create(
     map_type: u32,

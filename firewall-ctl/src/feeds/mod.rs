@@ -7,7 +7,25 @@ pub mod normalize;
 pub mod schedule;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::SystemTime};
+
+/// What is known of a feed beside its list: the one shape its last good
+/// copy loads into ([`store::LastGood::state`]), the scheduler starts from,
+/// the policy writer keeps, and `feeds` and `status` are made from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedState {
+    /// When the list in force was last confirmed current, and with what.
+    pub fetched_at: Option<SystemTime>,
+    pub validator: Option<store::Validator>,
+    pub last_attempt: Option<SystemTime>,
+    pub last_success: Option<SystemTime>,
+    /// Why the last attempt failed; `None` after a success.
+    pub last_error: Option<String>,
+    pub next_attempt: Option<SystemTime>,
+}
+
+/// Each feed's state, by feed name.
+pub type FeedStates = BTreeMap<String, FeedState>;
 
 /// Each feed's last good list, by feed name.
 pub type FeedLists = BTreeMap<String, normalize::FeedList>;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use super::{
+    FeedState, FeedStates,
     fetch::{self, Fetched},
     store::Validator,
 };
@@ -53,10 +54,6 @@ pub struct FeedOutcome {
 /// where to answer with each one's status after it was fetched.
 pub type RefreshRequest = (Option<String>, oneshot::Sender<Vec<FeedOutcome>>);
 
-/// Where the daemon's feeds stand when the scheduler starts: each feed's
-/// validator and the time its last good copy was fetched.
-pub type Known = BTreeMap<String, (Validator, SystemTime)>;
-
 /// `duration` plus or minus 10%, so hosts and feeds do not fetch in step.
 fn jittered(duration: Duration) -> Duration {
     let random = RandomState::new().hash_one(SystemTime::now());
@@ -78,7 +75,7 @@ fn backoff(failures: u32, refresh: Duration) -> Duration {
 /// change them); returns where to ask for a refresh.
 pub fn start(
     mut feeds: watch::Receiver<Vec<Feed>>,
-    known: Known,
+    known: FeedStates,
     jobs: FetchSink,
 ) -> anyhow::Result<mpsc::Sender<RefreshRequest>> {
     let client = fetch::client()?;
@@ -156,7 +153,7 @@ struct Running {
 impl Running {
     fn spawn(
         feed: Feed,
-        known: Option<(Validator, SystemTime)>,
+        known: Option<FeedState>,
         client: reqwest::Client,
         jobs: FetchSink,
     ) -> Self {
@@ -164,11 +161,15 @@ impl Running {
         // A feed with a last good copy waits out the rest of its refresh
         // (a restart does not fetch every feed again); one without fetches
         // at once.
-        let first_wait = known.as_ref().map_or(Duration::ZERO, |(_, fetched)| {
-            let age = fetched.elapsed().unwrap_or_default();
-            jittered(feed.refresh.saturating_sub(age))
-        });
-        let mut validator = known.map(|(validator, _)| validator);
+        let first_wait =
+            known
+                .as_ref()
+                .and_then(|state| state.fetched_at)
+                .map_or(Duration::ZERO, |fetched| {
+                    let age = fetched.elapsed().unwrap_or_default();
+                    jittered(feed.refresh.saturating_sub(age))
+                });
+        let mut validator = known.and_then(|state| state.validator);
         let looped = feed.clone();
         let handle = tokio::spawn(async move {
             let feed = looped;

@@ -56,6 +56,16 @@ impl LastGood {
             list,
         }
     }
+
+    /// The feed's state as this copy tells it: when it was fetched, and
+    /// with what validator.
+    pub fn state(&self) -> super::FeedState {
+        super::FeedState {
+            fetched_at: Some(self.fetched_at.0),
+            validator: Some(self.validator.clone()),
+            ..super::FeedState::default()
+        }
+    }
 }
 
 /// The feeds' files in one `state_dir`.

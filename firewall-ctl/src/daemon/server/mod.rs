@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use nix::sys::stat::{Mode, umask};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -99,12 +100,11 @@ pub fn bind(path: &Path, access: &Access) -> anyhow::Result<(UnixListener, Socke
                 .with_context(|| format!("removing the stale socket `{}`", path.display()))?;
         }
     }
-    // SAFETY: umask only changes this process's file creation mask; the
-    // daemon has no other thread creating files yet and restores it at once.
-    let previous = unsafe { libc::umask(0o177) };
+    // The process's file creation mask: the daemon has no other thread
+    // creating files yet, and restores it at once.
+    let previous = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(previous) };
+    umask(previous);
     let listener =
         bound.with_context(|| format!("binding the control socket `{}`", path.display()))?;
     let file = SocketFile {

@@ -33,18 +33,6 @@ const MAX_ERROR_BYTES: usize = 512;
 /// How often feeds' ages are checked against their `max_age`.
 const STALENESS_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What the writer knows of a feed beside its list.
-#[derive(Clone, Debug, Default)]
-pub struct FeedMeta {
-    /// When the list in force was last confirmed current, and with what.
-    pub fetched_at: Option<SystemTime>,
-    pub validator: Option<Validator>,
-    pub last_attempt: Option<SystemTime>,
-    pub last_success: Option<SystemTime>,
-    pub last_error: Option<String>,
-    pub next_attempt: Option<SystemTime>,
-}
-
 /// Prefixes in `new` and not in `old` (`+`), and the other way (`-`).
 fn changes(old: Option<&FeedList>, new: &FeedList) -> (Vec<String>, Vec<String>) {
     let before: std::collections::BTreeSet<_> = old

@@ -29,7 +29,7 @@ pub(super) mod tests;
 pub use self::{flows::FLOW_SWEEP_INTERVAL, reload::Pending, status::PolicyStatus};
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::PathBuf,
     sync::{Arc, mpsc},
     time::{Duration, SystemTime},
@@ -50,11 +50,7 @@ use crate::{
     },
     datapath::DataPlane,
     entries::{self, Requester, RuntimeEntries, Timestamp},
-    feeds::{
-        FeedLists,
-        schedule::{FetchJob, Known},
-        store::FeedStore,
-    },
+    feeds::{FeedLists, FeedStates, schedule::FetchJob, store::FeedStore},
     policy::{CompiledPolicy, explain},
 };
 
@@ -99,10 +95,10 @@ pub struct Started {
     pub program_id: u32,
     pub config: Config,
     pub runtime: RuntimeEntries,
-    /// Each feed's last good list, in force from the start, and when it was
-    /// fetched and with what validator.
+    /// Each feed's last good list, in force from the start, and its state
+    /// (when it was fetched, and with what validator).
     pub feeds: FeedLists,
-    pub last_good: Known,
+    pub feed_states: FeedStates,
     pub feed_store: FeedStore,
     /// Where the writer tells the feed scheduler the config's feeds.
     pub feed_configs: watch::Sender<Vec<Feed>>,
@@ -165,7 +161,7 @@ struct Files {
 
 /// What the writer knows of each feed beside its list.
 struct FeedBook {
-    meta: BTreeMap<String, feeds::FeedMeta>,
+    meta: FeedStates,
     /// The config's feeds, for the scheduler that fetches them.
     configs: watch::Sender<Vec<Feed>>,
     /// Feeds found stale (and warned about) at the last check.
@@ -200,18 +196,6 @@ struct Timers {
 impl Writer {
     pub fn new(started: Started) -> Self {
         let now = SystemTime::now();
-        let meta = started
-            .last_good
-            .into_iter()
-            .map(|(name, (validator, fetched_at))| {
-                let meta = feeds::FeedMeta {
-                    fetched_at: Some(fetched_at),
-                    validator: Some(validator),
-                    ..Default::default()
-                };
-                (name, meta)
-            })
-            .collect();
         Self {
             setup: Setup {
                 config_path: started.config_path,
@@ -233,7 +217,7 @@ impl Writer {
                 feed_store: started.feed_store,
             },
             feed_book: FeedBook {
-                meta,
+                meta: started.feed_states,
                 configs: started.feed_configs,
                 warned_stale: BTreeSet::new(),
             },

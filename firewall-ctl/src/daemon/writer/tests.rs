@@ -118,7 +118,7 @@ impl Harness {
             config,
             runtime,
             feeds: Default::default(),
-            last_good: Default::default(),
+            feed_states: Default::default(),
             feed_store,
             feed_configs,
             policy,
