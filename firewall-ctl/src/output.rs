@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
+
 use firewall_common::reasons::Reason;
 
 use crate::{
@@ -32,46 +34,29 @@ const MAX_CELL_BYTES: usize = 300;
 fn aligned_table(headers: &[&str], rows: &[Vec<String>], all_left: bool) -> String {
     // Cells hold operator input (comments, names): never let it drive the
     // terminal, nor make a row wider than a screen can scroll.
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            row.iter()
-                .map(|cell| truncated(&escape_controls(cell), MAX_CELL_BYTES).into_owned())
-                .collect()
-        })
-        .collect();
-    let mut widths: Vec<usize> = headers
-        .iter()
-        .map(|header| header.chars().count())
-        .collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+    let rows = rows.iter().map(|row| {
+        row.iter()
+            .map(|cell| truncated(&escape_controls(cell), MAX_CELL_BYTES).into_owned())
+            .collect::<Vec<_>>()
+    });
+    let mut table = Table::new();
+    table
+        .load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().copied())
+        .add_rows(rows);
+    // Columns two spaces apart, none before the first.
+    let last = headers.len().saturating_sub(1);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if index == last { 0 } else { 2 }));
+        if index > 0 && !all_left {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(ToString::to_string).collect();
-    for row in std::iter::once(&header_row).chain(&rows) {
-        let mut line = String::new();
-        for (index, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            // Padded by hand: `format!`'s width is a u16, and a wider
-            // cell made it panic.
-            let padding = " ".repeat(width - cell.chars().count());
-            if index > 0 {
-                line.push_str("  ");
-            }
-            if index == 0 || all_left {
-                line.push_str(cell);
-                line.push_str(&padding);
-            } else {
-                line.push_str(&padding);
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    table
+        .lines()
+        .map(|line| line.trim_end().to_string() + "\n")
+        .collect()
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
