@@ -27,6 +27,7 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{
+    net::UnixListener,
     signal::unix::{SignalKind, signal},
     sync::{oneshot, watch},
 };
@@ -34,15 +35,16 @@ use tracing::{info, warn};
 
 use self::{
     access::Access,
-    audit::AuditLog,
+    audit::{AuditFiles, AuditLog},
     state::StateStore,
     writer::{Job, Writer},
 };
 use crate::{
     api::{self, Action, AuditRecord, Command, Outcome},
-    config::{self, Config},
+    config::{self, Config, Feed},
     datapath::{Datapath, Delta, ProgramLoader},
     entries::{self, RuntimeEntries},
+    feeds::FeedStates,
     policy::{self, CompiledPolicy, PolicyDiff},
     system::{self, LiveHost},
 };
@@ -130,13 +132,63 @@ pub fn last_good_feeds(config: &Config) -> LastGoodFeeds {
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// Runs the daemon until SIGINT or SIGTERM: [`start`], then [`serve`] with
+/// the signals.
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     // Installed first, so a signal during start-up is not fatal.
     let mut hangup = signal(SignalKind::hangup())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let (signals, received) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = hangup.recv() => Signal::Reload,
+                _ = interrupt.recv() => Signal::Stop,
+                _ = terminate.recv() => Signal::Stop,
+            };
+            if signals.send(signal).await.is_err() {
+                return;
+            }
+        }
+    });
+    let ready = start(config_path, overrides).await?;
+    serve(ready, received).await
+}
 
+/// What tells a serving daemon to reload its config or to stop: SIGHUP,
+/// and SIGINT or SIGTERM, for the real one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Reload,
+    Stop,
+}
+
+/// A daemon started: its policy enforced on every interface, its
+/// listeners bound, its policy writer made with the data plane it drives.
+/// [`serve`] runs it.
+pub struct Ready {
+    writer: Writer,
+    listener: UnixListener,
+    /// The control socket's file, removed when the daemon exits (`None`
+    /// for a listener its caller binds and removes).
+    socket_file: Option<server::SocketFile>,
+    metrics: Option<tokio::net::TcpListener>,
+    audit_files: AuditFiles,
+    /// Where the drop samples' maps are pinned.
+    maps_dir: PathBuf,
+    bpf_dir: PathBuf,
+    /// The config's feeds as the writer tells them, and what is known of
+    /// each at start.
+    feed_configs: watch::Receiver<Vec<Feed>>,
+    feed_states: FeedStates,
+}
+
+/// Loads the config and the state, makes the policy live on every
+/// interface (adopting a pinned firewall), binds the listeners and makes
+/// the policy writer: everything [`serve`] needs, or the reason the daemon
+/// cannot start.
+pub async fn start(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<Ready> {
     let loader = ProgramLoader::prepare();
     let (file_config, file_text) = overrides.load(&config_path)?;
     system::check_privileges(&config_path)?;
@@ -167,7 +219,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let staged_config = store.stage_running_config(config_text);
     // Bound before the maps are touched: a second daemon on the same
     // socket stops here.
-    let (listener, _socket_file) = server::bind(&config.socket, &Access::of(&config))?;
+    let (listener, socket_file) = server::bind(&config.socket, &Access::of(&config))?;
     let metrics_listener = match config.metrics.map(|metrics| metrics.listen) {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
@@ -280,12 +332,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
 
     let bpf_dir = config.bpf_dir.clone();
-    let feed_states: crate::feeds::FeedStates = last_good
+    let feed_states: FeedStates = last_good
         .iter()
         .map(|(name, last)| (name.clone(), last.state()))
         .collect();
     let (feed_configs, feed_config_updates) = watch::channel(config.feeds.clone());
-    let mut writer = Writer::new(writer::Started {
+    let writer = Writer::new(writer::Started {
         config_path,
         overrides,
         program_id,
@@ -302,6 +354,39 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         pending,
         flows,
     });
+    Ok(Ready {
+        writer,
+        listener,
+        socket_file: Some(socket_file),
+        metrics: metrics_listener,
+        audit_files,
+        maps_dir,
+        bpf_dir,
+        feed_configs: feed_config_updates,
+        feed_states,
+    })
+}
+
+/// Serves a started daemon: the policy writer on a thread of its own, the
+/// control socket, the link watcher, the feed fetcher, drop samples,
+/// metrics and the service manager's watchdog, until a [`Signal::Stop`]
+/// comes (or the signals' sender goes) or the writer stops. The pinned
+/// firewall stays attached and enforcing after it returns.
+pub async fn serve(
+    ready: Ready,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
+) -> anyhow::Result<()> {
+    let Ready {
+        mut writer,
+        listener,
+        socket_file: _socket_file,
+        metrics: metrics_listener,
+        audit_files,
+        maps_dir,
+        bpf_dir,
+        feed_configs: feed_config_updates,
+        feed_states,
+    } = ready;
     let first_status = Arc::new(writer.snapshot());
     let (status_sender, status) = watch::channel(first_status.clone());
     writer.publish_to(status_sender);
@@ -367,19 +452,20 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
     let outcome = loop {
         tokio::select! {
-            _ = hangup.recv() => {
-                info!("SIGHUP: reloading config");
-                let _ = jobs.send(Job::Command {
-                    command: Command::Reload(Default::default()),
-                    requester: None,
-                    reply: None,
-                    request_id: None,
-                    // However long the writer is busy, a reload signalled is done.
-                    deadline: None,
-                });
-            }
-            _ = interrupt.recv() => break Ok(()),
-            _ = terminate.recv() => break Ok(()),
+            signal = signals.recv() => match signal {
+                Some(Signal::Reload) => {
+                    info!("SIGHUP: reloading config");
+                    let _ = jobs.send(Job::Command {
+                        command: Command::Reload(Default::default()),
+                        requester: None,
+                        reply: None,
+                        request_id: None,
+                        // However long the writer is busy, a reload signalled is done.
+                        deadline: None,
+                    });
+                }
+                Some(Signal::Stop) | None => break Ok(()),
+            },
             _ = &mut writer_gone => break Err(anyhow::anyhow!(
                 "the policy writer stopped unexpectedly; exiting so that the service manager restarts the daemon"
             )),
@@ -510,6 +596,57 @@ fn drop_expired(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{CommandError, ErrorKind, Response};
+
+    /// The whole daemon in-process, without root: a writer on the
+    /// in-memory data plane, served on a temporary socket (with the link
+    /// watcher, the feed fetcher and the drop samples' reader, which finds
+    /// no maps) until told to stop. Root may change the policy through it;
+    /// anyone else is refused at the socket's door.
+    #[tokio::test]
+    async fn a_daemon_serves_its_socket_until_told_to_stop() {
+        let harness = writer::tests::Harness::new(writer::tests::CONFIG);
+        let dir = harness.dir;
+        let socket = dir.path().join("served.sock");
+        let ready = Ready {
+            writer: harness.writer,
+            listener: UnixListener::bind(&socket).unwrap(),
+            socket_file: None,
+            metrics: None,
+            audit_files: harness.audit_files,
+            maps_dir: dir.path().join("no-maps"),
+            bpf_dir: dir.path().join("bpf"),
+            feed_configs: harness.feed_configs,
+            feed_states: FeedStates::new(),
+        };
+        let (signals, received) = tokio::sync::mpsc::channel(1);
+        let serving = tokio::spawn(serve(ready, received));
+        let ask = |command| {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || crate::client::call(&socket, command, None))
+        };
+        let status = ask(Command::Status).await.unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(matches!(status, Ok(Response::Status(_))), "{status:?}");
+            let allowed = ask(writer::tests::allow(&["192.0.2.40"])).await.unwrap();
+            assert!(matches!(allowed, Ok(Response::Change(_))), "{allowed:?}");
+            let plane = harness.plane.lock().unwrap();
+            assert!(writer::tests::admits(
+                plane.live.as_ref().unwrap(),
+                "192.0.2.40",
+                443
+            ));
+        } else {
+            let error = status.unwrap_err();
+            assert_eq!(
+                error.downcast_ref::<CommandError>().map(|error| error.kind),
+                Some(ErrorKind::PermissionDenied),
+                "{error:#}"
+            );
+        }
+        signals.send(Signal::Stop).await.unwrap();
+        serving.await.unwrap().unwrap();
+    }
 
     /// Each failure names its cause and way out, not a guess.
     #[test]

@@ -7,7 +7,7 @@ use tracing::warn;
 use super::Writer;
 
 /// How often timed-out flows are deleted and the flow table counted.
-pub const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub(super) const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Writer {
     /// Deletes timed-out flows and publishes the table's counts; warns

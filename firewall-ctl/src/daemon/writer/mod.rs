@@ -26,7 +26,8 @@ mod status;
 #[cfg(test)]
 pub(super) mod tests;
 
-pub use self::{flows::FLOW_SWEEP_INTERVAL, reload::Pending, status::PolicyStatus};
+use self::flows::FLOW_SWEEP_INTERVAL;
+pub use self::{reload::Pending, status::PolicyStatus};
 
 use std::{
     collections::BTreeSet,

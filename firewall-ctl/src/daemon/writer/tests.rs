@@ -78,6 +78,8 @@ pub(crate) struct Harness {
     pub(crate) state_dir: PathBuf,
     /// The audit trail's files, as the server reads them.
     pub(crate) audit_files: AuditFiles,
+    /// What the writer tells the feed scheduler.
+    pub(crate) feed_configs: watch::Receiver<Vec<crate::config::Feed>>,
     pub(crate) dir: tempfile::TempDir,
 }
 
@@ -110,7 +112,7 @@ impl Harness {
         let policy = policy::compile(&config, &runtime).unwrap();
         let datapath = FakeDataPlane::enforcing(&policy);
         let plane = datapath.state();
-        let (feed_configs, _) = watch::channel(config.feeds.clone());
+        let (feed_configs, feed_config_updates) = watch::channel(config.feeds.clone());
         let writer = Writer::new(Started {
             config_path: config_path.clone(),
             overrides,
@@ -134,6 +136,7 @@ impl Harness {
             config_path,
             state_dir,
             audit_files,
+            feed_configs: feed_config_updates,
             dir,
         }
     }
