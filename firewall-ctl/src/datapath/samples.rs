@@ -9,6 +9,7 @@ use firewall_common::maps::{SampleBucket, names};
 
 use super::{DatapathError, map_error};
 
+/// The ring buffer the samples arrive on, and the buckets to refill.
 pub struct SampleMaps {
     pub ring: RingBuf<MapData>,
     pub buckets: PerCpuArray<MapData, SampleBucket>,

@@ -141,12 +141,12 @@ impl Harness {
         }
     }
 
-    /// Runs `command` as root (with `session` as the caller's SSH
-    /// session where the command takes one) and returns the answer.
+    /// Runs `command` as root and returns the answer.
     fn run(&mut self, command: Command) -> Response {
         self.run_by(command, None)
     }
 
+    /// Runs `command` as root, to be started by `deadline`.
     fn run_by(&mut self, command: Command, deadline: Option<SystemTime>) -> Response {
         let (reply, answer) = oneshot::channel();
         self.writer.handle(Job::Command {
@@ -223,23 +223,32 @@ pub(crate) fn admits(policy: &CompiledPolicy, source: &str, port: u16) -> bool {
     decide(packet, policy).reason == Reason::Allowed
 }
 
-pub(crate) fn allow(prefixes: &[&str]) -> Command {
-    Command::Allow(AllowRequest {
+/// `allow PREFIXES --comment OPS-1` to the default rule.
+fn allow_request(prefixes: &[&str]) -> AllowRequest {
+    AllowRequest {
         prefixes: prefixes.iter().map(ToString::to_string).collect(),
         rule: None,
         comment: Some("OPS-1".to_string()),
         expires: None,
         force: false,
-    })
+    }
 }
 
-fn remove(prefixes: &[&str], ssh: Option<SshSession>) -> Command {
-    Command::Remove(RemoveRequest {
+pub(crate) fn allow(prefixes: &[&str]) -> Command {
+    Command::Allow(allow_request(prefixes))
+}
+
+fn remove_request(prefixes: &[&str], ssh: Option<SshSession>) -> RemoveRequest {
+    RemoveRequest {
         prefixes: prefixes.iter().map(ToString::to_string).collect(),
         rule: None,
         ssh,
         force: false,
-    })
+    }
+}
+
+fn remove(prefixes: &[&str], ssh: Option<SshSession>) -> Command {
+    Command::Remove(remove_request(prefixes, ssh))
 }
 
 fn reload(confirm: Option<&str>, ssh: Option<SshSession>) -> Command {
@@ -295,10 +304,7 @@ fn bad_input_is_refused_whole_with_its_kind_and_audited() {
     assert!(message.starts_with("nothing was changed: `192.0.2.5/24` has host bits set"));
     let (kind, _) = harness.refused(Command::Allow(AllowRequest {
         rule: Some("nope".to_string()),
-        ..match allow(&["192.0.2.10"]) {
-            Command::Allow(request) => request,
-            _ => unreachable!(),
-        }
+        ..allow_request(&["192.0.2.10"])
     }));
     assert_eq!(kind, ErrorKind::NotFound);
     let (kind, message) = harness.refused(remove(&["203.0.113.0/24"], None));
@@ -395,10 +401,7 @@ fn expired_entries_stop_admitting_even_when_the_state_cannot_be_saved() {
     assert!(matches!(
         harness.run(Command::Allow(AllowRequest {
             expires: Some("1h".to_string()),
-            ..match allow(&["192.0.2.14"]) {
-                Command::Allow(request) => request,
-                _ => unreachable!(),
-            }
+            ..allow_request(&["192.0.2.14"])
         })),
         Response::Change(_)
     ));
@@ -520,10 +523,10 @@ fn the_lockout_guard_keeps_the_callers_ssh_session_unless_forced() {
 
     // With an entry of its own the reload goes through; removing that
     // entry would cut the session, unless forced.
-    let Command::Allow(mut request) = allow(&["198.51.100.7"]) else {
-        unreachable!()
+    let request = AllowRequest {
+        rule: Some("office-ssh".to_string()),
+        ..allow_request(&["198.51.100.7"])
     };
-    request.rule = Some("office-ssh".to_string());
     assert!(matches!(
         harness.run(Command::Allow(request)),
         Response::Change(_)
@@ -536,10 +539,10 @@ fn the_lockout_guard_keeps_the_callers_ssh_session_unless_forced() {
     assert_eq!(kind, ErrorKind::Conflict);
     assert!(message.contains("cut your own SSH session"), "{message}");
     assert!(harness.admits("198.51.100.7", 22));
-    let Command::Remove(mut forced) = remove(&["198.51.100.7"], Some(SESSION)) else {
-        unreachable!()
+    let forced = RemoveRequest {
+        force: true,
+        ..remove_request(&["198.51.100.7"], Some(SESSION))
     };
-    forced.force = true;
     assert!(matches!(
         harness.run(Command::Remove(forced)),
         Response::Change(_)
