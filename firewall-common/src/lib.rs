@@ -8,6 +8,7 @@
 //! check the compiled maps against it.
 #![no_std]
 
+pub mod diagnostics;
 pub mod flow;
 pub mod limits;
 pub mod maps;

@@ -156,6 +156,19 @@ pub mod rows {
         pub len: u32,
     }
 
+    impl Span {
+        /// Whether every row of the span is one of `slot`'s (an empty span
+        /// has none).
+        #[inline(always)]
+        pub const fn within_slot(self, slot: u32) -> bool {
+            let slot_first = slot * PER_SLOT;
+            self.len == 0
+                || (self.first >= slot_first
+                    && self.len <= PER_SLOT
+                    && self.first - slot_first <= PER_SLOT - self.len)
+        }
+    }
+
     /// The table a [`Span`] describes.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Table {
@@ -490,6 +503,21 @@ mod tests {
             }
         }
         assert!(!ActivePolicy::default().ready());
+    }
+
+    #[test]
+    fn a_span_is_within_a_slot_only_if_every_row_is_the_slots() {
+        use rows::{PER_SLOT, Span};
+        let span = |first, len| Span { first, len };
+        assert!(span(0, PER_SLOT).within_slot(0));
+        assert!(span(PER_SLOT, PER_SLOT).within_slot(1));
+        assert!(span(PER_SLOT - 1, 1).within_slot(0));
+        assert!(!span(PER_SLOT - 1, 2).within_slot(0), "one row in slot 1");
+        assert!(!span(PER_SLOT, 1).within_slot(0));
+        assert!(!span(PER_SLOT - 1, 1).within_slot(1));
+        assert!(!span(PER_SLOT, u32::MAX).within_slot(1), "no overflow");
+        assert!(!span(u32::MAX, 2).within_slot(1));
+        assert!(span(u32::MAX, 0).within_slot(0), "empty: no rows at all");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod cursor;
+mod diagnostics;
 mod maps;
 mod parse;
 mod scratch;

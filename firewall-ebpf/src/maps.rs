@@ -29,7 +29,10 @@ use firewall_common::{
     wire::Source,
 };
 
-use crate::parse::{FlowRef, ParsedPacket};
+use crate::{
+    diagnostics,
+    parse::{FlowRef, ParsedPacket},
+};
 
 /// Which slot is live and whether to enforce. One entry.
 #[map]
@@ -140,13 +143,21 @@ pub fn record_outgoing(key: &FlowKey, ends: Ends) {
     if ends.rst() {
         return;
     }
-    if FLOWS.insert(key, fresh, BPF_NOEXIST as u64).is_ok()
-        && let Some(created) = FLOW_STATS.get_ptr_mut(flow_stats::created(key.protocol))
-    {
-        // SAFETY: per-CPU value.
-        unsafe { *created += 1 };
+    match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            if let Some(created) = FLOW_STATS.get_ptr_mut(flow_stats::created(key.protocol)) {
+                // SAFETY: per-CPU value.
+                unsafe { *created += 1 };
+            }
+        }
+        // Another CPU recorded it first.
+        Err(error) if error == -EEXIST => {}
+        Err(error) => diagnostics::flow_insert_failed(error),
     }
 }
+
+/// What a map insert returns, negated, for a key already there.
+const EEXIST: i32 = 17;
 
 /// The live slot and mode; not ready (all zero) until user space sets it.
 #[inline(always)]
@@ -208,6 +219,7 @@ pub fn sample_drop(packet: &ParsedPacket, reason: Reason, ifindex: impl FnOnce()
     // Written in place in the ring, not built on the stack and copied. A
     // full ring loses the sample, which is what a sample may do.
     let Some(mut entry) = BLOCKED_SAMPLES.reserve::<BlockedSample>(0) else {
+        diagnostics::sample_ring_full();
         return;
     };
     entry.write(BlockedSample {
@@ -273,10 +285,24 @@ impl SlotPolicy<'_> {
     /// The rows of `table` in this slot; none if the map has no such entry.
     #[inline(always)]
     fn span(&self, table: Table) -> Span {
-        span_index(self.slot, table)
-            .and_then(|index| SPANS.get(index))
-            .copied()
-            .unwrap_or_default()
+        self.own(
+            span_index(self.slot, table)
+                .and_then(|index| SPANS.get(index))
+                .copied()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// `span` if its rows are this slot's; else none, reported: another
+    /// slot's rows would answer for another policy.
+    #[inline(always)]
+    fn own(&self, span: Span) -> Span {
+        if span.within_slot(self.slot) {
+            span
+        } else {
+            diagnostics::span_outside_slot(self.slot, span.first, span.len);
+            Span::default()
+        }
     }
 }
 
@@ -286,10 +312,12 @@ impl Policy for SlotPolicy<'_> {
         let (rules, entry) = match source {
             Source::V4(address) => {
                 let address = u32::from_be_bytes(*address);
-                let span = SOURCE_BUCKETS_V4
-                    .get(v4_bucket_index(self.slot, address))
-                    .copied()
-                    .unwrap_or_default();
+                let span = self.own(
+                    SOURCE_BUCKETS_V4
+                        .get(v4_bucket_index(self.slot, address))
+                        .copied()
+                        .unwrap_or_default(),
+                );
                 let row = last_at_or_below(span, |row| {
                     SOURCES_V4.get(row).map(|row| row.start <= address)
                 })

@@ -1,7 +1,8 @@
 //! Raw `bpf(2)` calls on what a daemon pinned: the program behind a link,
 //! `BPF_PROG_TEST_RUN` on it (the kernel runs the real program on a given
 //! frame, with its live maps), and per-CPU counter reads. For the
-//! frame-by-frame differential test and the benchmark's per-packet cost.
+//! frame-by-frame differential test and the benchmark's per-packet cost,
+//! and map writes that damage a live policy.
 
 use std::{
     ffi::CString,
@@ -11,6 +12,7 @@ use std::{
 };
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -72,6 +74,17 @@ pub fn array_elements(
             Ok(value)
         })
         .collect()
+}
+
+/// Writes `value` (raw bytes of the map's value size) at `index` of the
+/// array map pinned at `pin`: how a test damages a map.
+pub fn set_array_element(pin: &Path, index: u32, value: &[u8]) -> io::Result<()> {
+    let map = pinned(pin)?;
+    let fd = u64::from(map.as_raw_fd() as u32);
+    let mut attr = [fd, &raw const index as u64, value.as_ptr() as u64, 0];
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+        .map(drop)
+        .map_err(|err| context(err, format_args!("writing {}", pin.display())))
 }
 
 /// The program run by the BPF link pinned at `pin`.

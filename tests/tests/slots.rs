@@ -7,9 +7,16 @@ use std::{net::Ipv6Addr, path::Path, time::Duration};
 
 use firewall_common::maps::{
     LAYOUT_VERSION, names,
-    rows::{PER_SLOT, Table, span_index},
+    rows::{PER_SLOT, Table, span_index, v4_bucket_index},
 };
-use firewall_tests::{bpf, config, daemon::Daemon, lab_or_skip};
+use firewall_tests::{
+    addr::{PEER_IF, VENDOR_V4},
+    bpf, config,
+    daemon::{Daemon, poll},
+    frames::tcp_v4,
+    lab_or_skip,
+    traffic::send_frames,
+};
 
 /// Bytes of a row of each table.
 const SOURCE_V4_ROW: usize = 16;
@@ -230,4 +237,61 @@ fn a_change_to_one_family_writes_only_that_familys_rows() {
         ]
     );
     assert_eq!(both_sources_v6(&maps), [(db8(2), 0b01), (db8(3), 0)]);
+}
+
+/// A span of the live slot that reaches into the other slot's rows (a
+/// damaged map, or maps a writer that disagrees left behind) is never
+/// searched: the vendor's packets find no source there and are dropped as
+/// not allowlisted, and the XDP program reports it through aya-log, which
+/// the daemon forwards into its log with the program's name. Three packets
+/// make two reports: the 1st and 2nd occurrence on a CPU (powers of two).
+#[test]
+fn a_live_span_outside_its_slot_is_not_searched_and_is_reported() {
+    let lab = lab_or_skip!("a_live_span_outside_its_slot_is_not_searched_and_is_reported");
+    let daemon = Daemon::start(&lab.edge, &config("driver"));
+    let maps = daemon.bpf_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+    let active = bpf::array_elements(&maps.join(names::ACTIVE), 0..1, 4).unwrap();
+    let live = u32::from_ne_bytes(active[0][..].try_into().unwrap()) & 1;
+    let other_slots_rows = [((1 - live) * PER_SLOT).to_ne_bytes(), 1u32.to_ne_bytes()].concat();
+    bpf::set_array_element(
+        &maps.join(names::SOURCE_BUCKETS_V4),
+        v4_bucket_index(live, u32::from(VENDOR_V4)),
+        &other_slots_rows,
+    )
+    .unwrap();
+
+    let before = daemon.stats();
+    // A veth receives on the CPU that sent: sent from one CPU, the frames
+    // are its 1st, 2nd and 3rd occurrence, and the first two are reported.
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).unwrap();
+    send_frames(&lab.peer, PEER_IF, vec![tcp_v4(VENDOR_V4, 443); 3]);
+    daemon
+        .settled_stats()
+        .assert_drops_since(&before, &[("not_allowlisted", 3)]);
+    let reports = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let log = daemon.log();
+        let reports: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("the policy maps do not match ACTIVE"))
+            .map(str::to_string)
+            .collect();
+        (reports.len() >= 2).then_some(reports)
+    })
+    .unwrap_or_else(|| panic!("no report in the log:\n{}", daemon.log()));
+    let rows = format!(
+        "live slot {live} has a span of 1 rows from row {}",
+        (1 - live) * PER_SLOT
+    );
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (report, occurrence) in reports.iter().zip(["occurrence 1 ", "occurrence 2 "]) {
+        assert!(
+            report.contains("ERROR")
+                && report.contains(r#"program="firewall""#)
+                && report.contains(&rows)
+                && report.contains(occurrence),
+            "{report}"
+        );
+    }
 }

@@ -42,7 +42,10 @@ use self::{
 use crate::{
     api::{self, Action, AuditRecord, Command, Outcome},
     config::{self, Config, Feed},
-    datapath::{Datapath, Delta, ProgramLoader},
+    datapath::{
+        Datapath, Delta, ProgramLoader,
+        program_log::{self, ProgramLog},
+    },
     entries::{self, RuntimeEntries},
     feeds::FeedStates,
     policy::{self, CompiledPolicy, PolicyDiff},
@@ -178,6 +181,8 @@ pub struct Ready {
     /// Where the drop samples' maps are pinned.
     maps_dir: PathBuf,
     bpf_dir: PathBuf,
+    /// The programs' diagnostic events, to forward into the log.
+    program_log: Option<ProgramLog>,
     /// The config's feeds as the writer tells them, and what is known of
     /// each at start.
     feed_configs: watch::Receiver<Vec<Feed>>,
@@ -306,6 +311,7 @@ pub async fn start(config_path: PathBuf, overrides: Overrides) -> anyhow::Result
     staged_config.keep();
     let program_id = datapath.program_id()?;
     let maps_dir = datapath.maps_dir();
+    let program_log = datapath.take_program_log();
     if let Some(ledger) = datapath.take_changed_ledger() {
         store.save_ledger(&ledger);
     }
@@ -362,6 +368,7 @@ pub async fn start(config_path: PathBuf, overrides: Overrides) -> anyhow::Result
         audit_files,
         maps_dir,
         bpf_dir,
+        program_log,
         feed_configs: feed_config_updates,
         feed_states,
     })
@@ -384,6 +391,7 @@ pub async fn serve(
         audit_files,
         maps_dir,
         bpf_dir,
+        program_log,
         feed_configs: feed_config_updates,
         feed_states,
     } = ready;
@@ -424,6 +432,13 @@ pub async fn serve(
         tokio::spawn(async move {
             if let Err(err) = blocked::run(&maps_dir, view, status).await {
                 warn!(error = %format!("{err:#}"), "reading drop samples failed; `firewall-ctl blocked` shows nothing new");
+            }
+        });
+    }
+    if let Some(program_log) = program_log {
+        tokio::spawn(async move {
+            if let Err(err) = program_log::forward(program_log).await {
+                warn!(error = %err, "forwarding the programs' diagnostic events failed; the log will not have them");
             }
         });
     }
@@ -616,6 +631,7 @@ mod tests {
             audit_files: harness.audit_files,
             maps_dir: dir.path().join("no-maps"),
             bpf_dir: dir.path().join("bpf"),
+            program_log: None,
             feed_configs: harness.feed_configs,
             feed_states: FeedStates::new(),
         };

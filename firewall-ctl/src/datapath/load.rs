@@ -27,6 +27,7 @@ use super::{
     CounterLedger, Datapath, DatapathError, PROGRAM, PROGRAM_NAME, Programs, batch, flows,
     map_data, map_error, mapped,
     pins::PinDir,
+    program_log,
     slots::{Families, Family, V4, V6},
 };
 use crate::{config::prefix::network_bits, policy::PrefixKey};
@@ -104,6 +105,7 @@ impl Datapath {
         }
         loader.map_max_entries(names::FLOWS, max_flows);
         let mut ebpf = loader.load(PROGRAM).map_err(DatapathError::Object)?;
+        let program_log = program_log::open(&mut ebpf);
         // The maps' descriptors are in the programs' instructions already.
         let maps = names::ALL
             .iter()
@@ -131,6 +133,7 @@ impl Datapath {
             max_flows,
             entry_indexes: Arc::default(),
             uncounted_warned: false,
+            program_log,
         };
         if let Some(old) = resized {
             datapath.carry_flows_from(old)?;

@@ -31,6 +31,7 @@ pub mod flows;
 mod load;
 mod mapped;
 pub mod pins;
+pub mod program_log;
 mod rows;
 pub mod samples;
 mod slots;
@@ -303,9 +304,18 @@ pub struct Datapath {
     entry_indexes: Arc<EntryIndexes>,
     /// Whether the warning that `ENTRY_STATS` is full was logged.
     uncounted_warned: bool,
+    /// The reader of this load's programs' diagnostic events, until the
+    /// daemon takes it.
+    program_log: Option<program_log::ProgramLog>,
 }
 
 impl Datapath {
+    /// The reader of the programs' diagnostic events, for the daemon to
+    /// forward them ([`program_log::forward`]); once.
+    pub fn take_program_log(&mut self) -> Option<program_log::ProgramLog> {
+        self.program_log.take()
+    }
+
     pub(super) fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -376,6 +386,14 @@ mod tests {
         ("SPANS", 2, 4, 8, 260, 1024),
     ];
 
+    /// Maps each load of the programs makes afresh, never pinned nor
+    /// adopted, so outside the layout: the aya-log ring of the programs'
+    /// diagnostic events and the per-CPU counts that space them out.
+    const UNPINNED: [(&str, u32, u32, u32, u32, u32); 2] = [
+        ("AYA_LOGS", 27, 0, 0, 131_072, 0),
+        ("DIAGNOSTICS", 6, 4, 8, 3, 0),
+    ];
+
     /// A daemon adopts pinned maps of its own layout version only, so any
     /// change to a map must come with a new version: this fails until it does.
     #[test]
@@ -400,6 +418,10 @@ mod tests {
             })
             .collect();
         maps.sort();
+        let (unpinned, maps): (Vec<_>, Vec<_>) = maps
+            .into_iter()
+            .partition(|map| UNPINNED.iter().any(|(name, ..)| *name == map.0));
+        assert_eq!(unpinned, UNPINNED);
         assert_eq!(
             firewall_common::maps::LAYOUT_VERSION,
             7,
@@ -421,13 +443,14 @@ mod tests {
     /// Helpers the data plane (XDP and TC programs) may call, each in Linux
     /// 5.15 (the LTS floor edge hosts run). Add one only after checking the
     /// kernel it arrived in.
-    const HELPERS_IN_5_15: [(i32, &str); 7] = [
+    const HELPERS_IN_5_15: [(i32, &str); 8] = [
         (1, "bpf_map_lookup_elem, Linux 3.19"),
         (2, "bpf_map_update_elem, Linux 3.19"),
         (5, "bpf_ktime_get_ns, Linux 4.1"),
         (39, "bpf_skb_pull_data, Linux 4.9"),
         (131, "bpf_ringbuf_reserve, Linux 5.8"),
         (132, "bpf_ringbuf_submit, Linux 5.8"),
+        (133, "bpf_ringbuf_discard, Linux 5.8"),
         (160, "bpf_ktime_get_coarse_ns, Linux 5.11"),
     ];
 
