@@ -1,5 +1,5 @@
-//! Prometheus metrics on `[metrics] listen`, served by axum and hyper on
-//! the daemon's runtime. Each scrape asks the policy writer for one
+//! Prometheus metrics on `[metrics] listen` (OpenMetrics text), served by
+//! axum and hyper on the daemon's runtime. Each scrape asks the policy writer for one
 //! snapshot (the counters `stats` shows, entries, feeds, flows), so the
 //! numbers agree with each other and with the CLI; the control socket is
 //! another listener and never waits for a scrape.
@@ -25,7 +25,7 @@ use tracing::warn;
 
 pub mod render;
 
-use self::render::{Snapshot, WriterSnapshot, render};
+use self::render::{CONTENT_TYPE, Snapshot, WriterSnapshot, render};
 use super::{limits::Throttle, writer::Job};
 
 /// Longest a scrape waits for the policy writer (busy with a large reload).
@@ -103,11 +103,8 @@ async fn scrape(
         )
             .into_response(),
         Ok(Some(snapshot)) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            render(&snapshot),
+            [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+            render(snapshot),
         )
             .into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}\n")).into_response(),
