@@ -1,7 +1,11 @@
 //! The command line: what each command takes ([`Cli`]), running it
 //! ([`run`]), and how its outcome ends the process ([`exit`]).
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
@@ -16,7 +20,9 @@ use crate::{
     config::{self, DEFAULT_SOCKET},
     daemon, detach,
     entries::RuntimeEntries,
-    manual, output, policy, system, usage,
+    manual, output, policy, system,
+    text::escape_controls,
+    usage,
 };
 
 #[derive(Parser)]
@@ -142,13 +148,28 @@ enum CliCommand {
     },
     /// Keep the config of a `reload --confirm` (stops its rollback).
     Confirm,
-    /// Why a packet from SOURCE to PORT would pass or drop: the rule and entry, or the drop reason.
+    /// Why a packet from SOURCE to PORT would pass or drop: the rule and entry, or the drop reason. With `--feed` or `--file`: whether every address of a list would be admitted on the port (exit code 4 if any would be dropped).
     Explain {
         /// The packet's source address.
-        source: String,
+        #[arg(required_unless_present_any = ["feed", "file"], conflicts_with_all = ["feed", "file"])]
+        source: Option<String>,
         /// Destination port: `443` (TCP), `tcp/443` or `udp/4500`.
-        #[arg(value_name = "[PROTO/]PORT")]
-        port: String,
+        #[arg(value_name = "[PROTO/]PORT", required_unless_present = "port_option")]
+        port: Option<String>,
+        /// The port, as an option (the form `--feed` and `--file` take).
+        #[arg(
+            long = "port",
+            id = "port_option",
+            value_name = "[PROTO/]PORT",
+            conflicts_with = "port"
+        )]
+        port_option: Option<String>,
+        /// Check every range of feed NAME's list in force: which rule and entry admit each, and what is not admitted and why.
+        #[arg(long, value_name = "NAME", conflicts_with = "file")]
+        feed: Option<String>,
+        /// Check every address or prefix PATH lists (one a line, `#` comments; at most 1000), e.g. a list from the vendor's support.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Answer from this config file alone: no daemon, no root, no runtime entries.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -212,7 +233,8 @@ enum ReportFormat {
 
 /// The exit code of a change whose outcome is not known yet.
 const EXIT_PENDING: u8 = 3;
-/// The exit code of `explain` when the policy drops the packet.
+/// The exit code of `explain` when the policy drops the packet, and of
+/// `explain --feed`/`--file` when some address would be dropped.
 const EXIT_WOULD_DROP: u8 = 4;
 
 /// `explain`'s answer was a drop: exit with [`EXIT_WOULD_DROP`], the
@@ -224,6 +246,97 @@ struct WouldDrop;
 /// `Err(WouldDrop)` when `report` is a drop.
 fn would_drop(report: &api::ExplainReport) -> anyhow::Result<()> {
     if report.verdict == "drop" {
+        return Err(WouldDrop.into());
+    }
+    Ok(())
+}
+
+/// `explain SOURCE PORT --config PATH`: from the config and the feeds'
+/// last good lists alone.
+fn explain_offline(source: &str, port: &str, path: &Path, json: bool) -> anyhow::Result<()> {
+    let (source, port) = policy::explain::parse_query(source, port).map_err(anyhow::Error::msg)?;
+    let (config, feeds, policy) = daemon::load_policy_with_feeds(path)?;
+    let mut report = policy::explain::explain(
+        &config,
+        &RuntimeEntries::new(),
+        &feeds.lists,
+        &policy,
+        source,
+        port,
+    );
+    report.feeds_not_considered = feeds.missing;
+    report.feeds_note = feeds.why;
+    print(json, &report, output::explain)?;
+    would_drop(&report)
+}
+
+/// `explain --feed NAME` / `explain --file PATH`: asked of the daemon, or
+/// with `config` of that config and the feeds' last good lists alone.
+fn coverage(
+    feed: Option<String>,
+    file: Option<PathBuf>,
+    port: String,
+    config: Option<PathBuf>,
+    json: bool,
+    call: impl Fn(Command) -> anyhow::Result<Response>,
+) -> anyhow::Result<()> {
+    let ranges = match &file {
+        Some(path) => {
+            let what = format!("`{}`", path.display());
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the list {what}"))?;
+            policy::coverage::parse_ranges(&text, &what).map_err(CommandError::invalid_input)?
+        }
+        None => Vec::new(),
+    };
+    let report = match config {
+        Some(path) => {
+            let port = policy::explain::parse_port(&port).map_err(CommandError::invalid_input)?;
+            let (config, feeds, _) = daemon::load_policy_with_feeds(&path)?;
+            let ranges = match &feed {
+                Some(name) if !config.feeds.iter().any(|known| &known.name == name) => {
+                    return Err(CommandError::not_found(format!(
+                        "no feed `{}` in `{}`; its [[feeds]] name them",
+                        escape_controls(name),
+                        path.display()
+                    ))
+                    .into());
+                }
+                Some(name) => feeds
+                    .lists
+                    .get(name)
+                    .map(|list| list.prefixes.clone())
+                    .with_context(|| {
+                        format!(
+                            "feed `{}` has no last good list under the config's state_dir{}",
+                            escape_controls(name),
+                            feeds
+                                .why
+                                .as_deref()
+                                .map_or(String::new(), |why| format!(" ({why})"))
+                        )
+                    })?,
+                None => ranges,
+            };
+            policy::coverage::coverage(
+                &config,
+                &RuntimeEntries::new(),
+                &feeds.lists,
+                &ranges,
+                port,
+                feed.as_deref(),
+            )
+        }
+        None => {
+            let ranges = ranges.iter().map(ToString::to_string).collect();
+            match call(Command::Coverage { port, feed, ranges })? {
+                Response::Coverage(report) => report,
+                other => return unexpected(other),
+            }
+        }
+    };
+    print(json, &report, output::coverage)?;
+    if report.admitted < report.ranges.len() {
         return Err(WouldDrop.into());
     }
     Ok(())
@@ -463,35 +576,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         CliCommand::Explain {
             source,
             port,
-            config: Some(path),
+            port_option,
+            feed,
+            file,
+            config,
         } => {
-            let (source, port) =
-                policy::explain::parse_query(&source, &port).map_err(anyhow::Error::msg)?;
-            let (config, feeds, policy) = daemon::load_policy_with_feeds(&path)?;
-            let mut report = policy::explain::explain(
-                &config,
-                &RuntimeEntries::new(),
-                &feeds.lists,
-                &policy,
-                source,
-                port,
-            );
-            report.feeds_not_considered = feeds.missing;
-            report.feeds_note = feeds.why;
-            print(json, &report, output::explain)?;
-            would_drop(&report)
-        }
-        CliCommand::Explain {
-            source,
-            port,
-            config: None,
-        } => match call(Command::Explain { source, port })? {
-            Response::Explain(report) => {
-                print(json, &report, output::explain)?;
-                would_drop(&report)
+            let port = port.or(port_option).unwrap_or_default();
+            match (source, config) {
+                (Some(source), Some(path)) => explain_offline(&source, &port, &path, json),
+                (Some(source), None) => match call(Command::Explain { source, port })? {
+                    Response::Explain(report) => {
+                        print(json, &report, output::explain)?;
+                        would_drop(&report)
+                    }
+                    other => unexpected(other),
+                },
+                (None, config) => coverage(feed, file, port, config, json, call),
             }
-            other => unexpected(other),
-        },
+        }
         CliCommand::Audit {
             command: AuditCommand::Log { since, request },
         } => match call(Command::AuditLog { since, request })? {

@@ -24,7 +24,10 @@ pub const EXIT_STATUS: &[(&str, &str)] = &[
         "3",
         "A change the daemon did not answer within the wait (--timeout): pending. The daemon refuses a change it could not start by half the wait and applies one it started; firewall-ctl audit log --request ID shows which.",
     ),
-    ("4", "explain: the policy drops the packet."),
+    (
+        "4",
+        "explain: the policy drops the packet; explain --feed or --file: some address would be dropped.",
+    ),
 ];
 
 /// The exit codes of the daemon's error answers, by kind (see

@@ -8,9 +8,9 @@ use firewall_common::reasons::Reason;
 
 use crate::{
     api::{
-        AuditLogReport, AuditRecord, BlockedReport, BlockedSource, ChangeReport, EntriesReport,
-        EntryRef, EntryStats, ExplainReport, FeedsReport, FlowTable, InterfaceState, ListReport,
-        ReloadReport, StatsReport, StatusReport,
+        AuditLogReport, AuditRecord, BlockedReport, BlockedSource, ChangeReport, CoverageReport,
+        EntriesReport, EntryRef, EntryStats, ExplainReport, FeedsReport, FlowTable, InterfaceState,
+        ListReport, ReloadReport, StatsReport, StatusReport,
     },
     check::CheckReport,
     entries::Timestamp,
@@ -246,6 +246,88 @@ pub fn reload(report: &ReloadReport) -> String {
 
 fn entry_ref(entry: &EntryRef) -> String {
     format!("{} ({})", entry.prefix, entry.origin)
+}
+
+/// `explain --feed` / `--file`: a row per range, then what to do about
+/// each range not admitted.
+pub fn coverage(report: &CoverageReport) -> String {
+    let of = report.feed.as_ref().map_or("the list".to_string(), |feed| {
+        format!("feed `{}`", escape_controls(feed))
+    });
+    let mut out = format!(
+        "{of} on {}: {} of {} ranges admitted{}\n\n",
+        report.port,
+        report.admitted,
+        report.ranges.len(),
+        if report.mode == "monitor" {
+            " (monitor mode: the rest would be dropped, and are passed and counted)"
+        } else {
+            ""
+        }
+    );
+    let more = |count: usize| {
+        if count > 0 {
+            format!(" and {count} more")
+        } else {
+            String::new()
+        }
+    };
+    let rows: Vec<Vec<String>> = report
+        .ranges
+        .iter()
+        .map(|range| {
+            let by = match (&range.rule, &range.entry) {
+                (Some(rule), Some(entry)) => format!("rule `{rule}` through {}", entry_ref(entry)),
+                _ => {
+                    let parts: Vec<String> = range
+                        .parts
+                        .iter()
+                        .map(|part| format!("`{}` {}", part.rule, entry_ref(&part.entry)))
+                        .collect();
+                    if parts.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("in parts: {}{}", parts.join(", "), more(range.more_parts))
+                    }
+                }
+            };
+            let not_admitted: Vec<String> =
+                range.not_admitted.iter().map(ToString::to_string).collect();
+            vec![
+                range.range.to_string(),
+                if range.admitted { "yes" } else { "no" }.to_string(),
+                by,
+                if not_admitted.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{}{}",
+                        not_admitted.join(", "),
+                        more(range.more_not_admitted)
+                    )
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&text_table(
+        &["RANGE", "ADMITTED", "BY", "NOT ADMITTED"],
+        &rows,
+    ));
+    if report.admitted < report.ranges.len() {
+        out.push('\n');
+    }
+    for range in report.ranges.iter().filter(|range| !range.admitted) {
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            range.range,
+            escape_controls(range.why.as_deref().unwrap_or("not admitted"))
+        );
+        if let Some(fix) = &range.fix {
+            let _ = writeln!(out, "  fix: {}", escape_controls(fix));
+        }
+    }
+    out
 }
 
 pub fn explain(report: &ExplainReport) -> String {

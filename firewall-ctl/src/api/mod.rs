@@ -38,6 +38,14 @@ pub enum Command {
         source: String,
         port: String,
     },
+    /// `explain --feed` / `--file`: whether every address of `feed`'s list,
+    /// or of `ranges` (addresses or prefixes), would be admitted on `port`
+    /// (as the CLI took it).
+    Coverage {
+        port: String,
+        feed: Option<String>,
+        ranges: Vec<String>,
+    },
     /// `since` as the CLI took it (a duration back from now, or a UTC
     /// time); `request`: only the records of the request with this id.
     AuditLog {
@@ -75,6 +83,8 @@ impl Command {
             Command::Stats => "stats",
             Command::List { .. } => "list",
             Command::Explain { .. } => "explain",
+            Command::Coverage { feed: Some(_), .. } => "explain --feed",
+            Command::Coverage { feed: None, .. } => "explain --file",
             Command::AuditLog { .. } => "audit log",
             Command::Allow(_) => "allow",
             Command::Remove(_) => "remove",
@@ -94,7 +104,10 @@ impl Command {
     pub fn is_heavy(&self) -> bool {
         matches!(
             self,
-            Command::List { .. } | Command::Entries { .. } | Command::AuditLog { .. }
+            Command::List { .. }
+                | Command::Entries { .. }
+                | Command::AuditLog { .. }
+                | Command::Coverage { .. }
         )
     }
 
@@ -212,6 +225,7 @@ pub enum Response {
     Stats(StatsReport),
     List(ListReport),
     Explain(ExplainReport),
+    Coverage(CoverageReport),
     AuditLog(AuditLogReport),
     Change(ChangeReport),
     Reload(ReloadReport),

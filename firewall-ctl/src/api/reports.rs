@@ -309,6 +309,45 @@ pub struct Admission {
     pub entry: EntryRef,
 }
 
+/// `explain --feed` / `explain --file`: whether every address of a list
+/// of ranges would be admitted on one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverageReport {
+    /// `tcp/443` or `udp/4500`.
+    pub port: String,
+    /// The feed whose list was checked (`None`: a list the CLI sent).
+    pub feed: Option<String>,
+    /// `enforce`, or `monitor` (what is not admitted is only counted).
+    pub mode: String,
+    /// How many of `ranges` are admitted whole.
+    pub admitted: usize,
+    pub ranges: Vec<RangeCoverage>,
+}
+
+/// One range of a coverage check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeCoverage {
+    pub range: IpPrefix,
+    /// Every address of the range is admitted.
+    pub admitted: bool,
+    /// When one entry holds the whole range: the rule credited (the first
+    /// admitting rule in config order) and its most specific entry.
+    pub rule: Option<String>,
+    pub entry: Option<EntryRef>,
+    /// Otherwise: entries inside the range that admit parts of it (the
+    /// first few, by address), and how many more there are.
+    pub parts: Vec<Admission>,
+    pub more_parts: usize,
+    /// The parts of the range not admitted, as prefixes (the first few),
+    /// and how many more there are.
+    pub not_admitted: Vec<IpPrefix>,
+    pub more_not_admitted: usize,
+    /// Why those parts are not admitted, and the command that would admit
+    /// them, if one would.
+    pub why: Option<String>,
+    pub fix: Option<String>,
+}
+
 /// A rule that exposes the port but does not list the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExposingRule {

@@ -12,7 +12,8 @@ use crate::{
     datapath::EntryUsageReader,
     entries::{RuntimeEntries, Timestamp},
     feeds::FeedLists,
-    policy::explain,
+    policy::{coverage, explain},
+    text::escape_controls,
 };
 
 /// The policy state as of one moment, shared with the writer, which
@@ -100,6 +101,49 @@ impl ReadView {
     pub fn entries_report(&mut self) -> anyhow::Result<api::EntriesReport> {
         let rows = self.entry_rows(None).map_err(anyhow::Error::msg)?;
         Ok(crate::usage::entries_report(rows, Timestamp::now()))
+    }
+}
+
+impl ReadView {
+    /// `explain --feed NAME` / `explain --file`'s answer: whether every
+    /// address of the feed's list in force, or of `ranges`, would be
+    /// admitted on `port`.
+    pub fn coverage(&self, port: &str, feed: Option<&str>, ranges: &[String]) -> Response {
+        let port = match explain::parse_port(port) {
+            Ok(port) => port,
+            Err(message) => return CommandError::invalid_input(message).into(),
+        };
+        let ranges = match feed {
+            Some(name) => match self.feeds.get(name) {
+                Some(list) => list.prefixes.clone(),
+                None if self.config.feeds.iter().any(|feed| feed.name == name) => {
+                    return CommandError::unavailable(format!(
+                        "feed `{}` has no list in force yet; `firewall-ctl feeds` says why",
+                        escape_controls(name)
+                    ))
+                    .into();
+                }
+                None => {
+                    return CommandError::not_found(format!(
+                        "no feed `{}` in the config; `firewall-ctl feeds` lists them",
+                        escape_controls(name)
+                    ))
+                    .into();
+                }
+            },
+            None => match coverage::parse_ranges(&ranges.join("\n"), "the list") {
+                Ok(ranges) => ranges,
+                Err(message) => return CommandError::invalid_input(message).into(),
+            },
+        };
+        Response::Coverage(coverage::coverage(
+            &self.config,
+            &self.runtime,
+            &self.feeds,
+            &ranges,
+            port,
+            feed,
+        ))
     }
 }
 

@@ -129,13 +129,32 @@ pub fn parse_query(source: &str, port: &str) -> Result<(IpAddr, PortRange), Stri
             escape_controls(source)
         )
     })?;
+    Ok((address, parse_port(port)?))
+}
+
+/// Parses the one port `explain` asks about: `443`, `tcp/443`, `udp/4500`.
+pub fn parse_port(port: &str) -> Result<PortRange, String> {
     let range: PortRange = port.parse().map_err(|err| format!("{err}"))?;
     if range.first != range.last {
         return Err(format!(
             "`{range}` is a range; `explain` takes one port, e.g. `tcp/443`"
         ));
     }
-    Ok((address, range))
+    Ok(range)
+}
+
+/// The rules exposing `port`, in config order.
+pub fn exposing_rules(config: &Config, port: PortRange) -> Vec<&str> {
+    config
+        .rules
+        .iter()
+        .filter(|rule| {
+            rule.ports.iter().any(|range| {
+                range.protocol == port.protocol && (range.first..=range.last).contains(&port.first)
+            })
+        })
+        .map(|rule| rule.name.as_str())
+        .collect()
 }
 
 /// Number of leading bits `prefix`'s address shares with `address`
@@ -186,16 +205,7 @@ pub fn explain(
                 origin: entry.origin.clone(),
             })
     };
-    let exposing: Vec<&str> = config
-        .rules
-        .iter()
-        .filter(|rule| {
-            rule.ports.iter().any(|range| {
-                range.protocol == port.protocol && (range.first..=range.last).contains(&port.first)
-            })
-        })
-        .map(|rule| rule.name.as_str())
-        .collect();
+    let exposing = exposing_rules(config, port);
     let admitted_by: Vec<Admission> = exposing
         .iter()
         .filter_map(|rule| {

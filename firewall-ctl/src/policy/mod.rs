@@ -5,6 +5,7 @@
 //! checked against the map capacities here, so an oversized policy fails
 //! before any map is touched.
 
+pub mod coverage;
 pub mod explain;
 pub mod guard;
 pub mod table;

@@ -491,7 +491,7 @@ async fn answer(request: Request, peer: Peer, privileged: bool, shared: &Shared)
             Err(refusal) => Answer::Now(Response::Error(CommandError::unavailable(format!(
                 "busy: {}",
                 refusal.message(
-                    "heavy reads (`list`, `stats --entries`, `audit report`, `audit log`) running",
+                    "heavy reads (`list`, `stats --entries`, `audit report`, `audit log`, `explain --feed`/`--file`) running",
                     shared.heavy_reads.limits(),
                     peer.uid
                 )
@@ -587,6 +587,9 @@ async fn heavy_read(command: Command, slot: limits::Slot, shared: &Shared) -> An
         match command {
             Command::List { rule } => view.write_list(rule.as_deref(), out),
             Command::Entries { rule } => view.write_entries(rule.as_deref(), out),
+            Command::Coverage { port, feed, ranges } => {
+                reads::write_response(&view.coverage(&port, feed.as_deref(), &ranges), out)
+            }
             other => reads::write_response(
                 &Response::Error(CommandError::internal(format!(
                     "`{}` is not a heavy read",

@@ -436,6 +436,7 @@ impl Writer {
             Command::Status
             | Command::List { .. }
             | Command::Entries { .. }
+            | Command::Coverage { .. }
             | Command::AuditLog { .. }
             | Command::FeedsRefresh { .. }
             | Command::Blocked
