@@ -285,7 +285,8 @@ fn coverage(
             let what = format!("`{}`", path.display());
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the list {what}"))?;
-            policy::coverage::parse_ranges(&text, &what).map_err(CommandError::invalid_input)?
+            policy::coverage::parse_ranges(text.lines(), &what)
+                .map_err(CommandError::invalid_input)?
         }
         None => Vec::new(),
     };
@@ -294,7 +295,7 @@ fn coverage(
             let port = policy::explain::parse_port(&port).map_err(CommandError::invalid_input)?;
             let (config, feeds, _) = daemon::load_policy_with_feeds(&path)?;
             let ranges = match &feed {
-                Some(name) if !config.feeds.iter().any(|known| &known.name == name) => {
+                Some(name) if config.feed(name).is_none() => {
                     return Err(CommandError::not_found(format!(
                         "no feed `{}` in `{}`; its [[feeds]] name them",
                         escape_controls(name),

@@ -156,6 +156,10 @@ impl Config {
             .find(|(_, rule)| rule.name == name)
     }
 
+    pub fn feed(&self, name: &str) -> Option<&Feed> {
+        self.feeds.iter().find(|feed| feed.name == name)
+    }
+
     /// The index of the rule named `name`; the error lists the rules there are.
     pub fn rule_index(&self, name: &str) -> Result<usize, String> {
         self.rule(name).map(|(index, _)| index).ok_or_else(|| {

@@ -113,6 +113,17 @@ impl IpPrefix {
         }
     }
 
+    /// The last address of the prefix, in the form of [`IpPrefix::bits`].
+    pub fn last_bits(&self) -> u128 {
+        let (bits, width) = self.bits();
+        let host_bits = u32::from(width - self.len());
+        if host_bits == 0 {
+            bits
+        } else {
+            bits | (u128::MAX >> (128 - host_bits))
+        }
+    }
+
     /// The same prefix in the reference classifier's terms.
     #[cfg(test)]
     pub fn to_model(self) -> model::Prefix {

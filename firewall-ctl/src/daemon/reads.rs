@@ -116,7 +116,7 @@ impl ReadView {
         let ranges = match feed {
             Some(name) => match self.feeds.get(name) {
                 Some(list) => list.prefixes.clone(),
-                None if self.config.feeds.iter().any(|feed| feed.name == name) => {
+                None if self.config.feed(name).is_some() => {
                     return CommandError::unavailable(format!(
                         "feed `{}` has no list in force yet; `firewall-ctl feeds` says why",
                         escape_controls(name)
@@ -131,7 +131,7 @@ impl ReadView {
                     .into();
                 }
             },
-            None => match coverage::parse_ranges(&ranges.join("\n"), "the list") {
+            None => match coverage::parse_ranges(ranges.iter().map(String::as_str), "the list") {
                 Ok(ranges) => ranges,
                 Err(message) => return CommandError::invalid_input(message).into(),
             },

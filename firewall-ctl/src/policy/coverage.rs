@@ -34,17 +34,6 @@ fn key(prefix: &IpPrefix) -> Key {
     (prefix.is_v4(), prefix.bits().0, prefix.len())
 }
 
-/// The last address of `prefix`, as an integer of its family.
-fn last(prefix: &IpPrefix) -> u128 {
-    let (bits, width) = prefix.bits();
-    let host_bits = u32::from(width - prefix.len());
-    if host_bits >= 128 {
-        u128::MAX
-    } else {
-        bits | ((1u128 << host_bits) - 1)
-    }
-}
-
 /// The entries of the rules exposing one port, by prefix, each with the
 /// config position of its rule.
 struct Exposed {
@@ -98,7 +87,7 @@ impl Exposed {
     fn inside<'a>(&'a self, range: &IpPrefix) -> impl Iterator<Item = (usize, &'a EntryRef)> + 'a {
         let (v4, first, len) = key(range);
         self.entries
-            .range((v4, first, 0)..=(v4, last(range), u8::MAX))
+            .range((v4, first, 0)..=(v4, range.last_bits(), u8::MAX))
             .filter(move |((_, _, entry_len), _)| *entry_len > len)
             .flat_map(|(_, listings)| listings.iter().map(|(rule, entry)| (*rule, entry)))
     }
@@ -118,13 +107,13 @@ fn gaps(range: &IpPrefix, admitted: &[&IpPrefix]) -> Vec<IpPrefix> {
         if start > from {
             add(from, start - 1);
         }
-        let end = last(prefix);
+        let end = prefix.last_bits();
         if end >= from {
-            next = end.checked_add(1).filter(|_| end < last(range));
+            next = end.checked_add(1).filter(|_| end < range.last_bits());
         }
     }
     if let Some(from) = next {
-        add(from, last(range));
+        add(from, range.last_bits());
     }
     gaps
 }
@@ -242,11 +231,15 @@ fn range_coverage(exposed: &Exposed, range: &IpPrefix, port: PortRange) -> Range
     report
 }
 
-/// Reads `--file`'s text: one address or prefix a line; blank lines and
-/// `#` comments skipped. An error names the line and says how to fix it.
-pub fn parse_ranges(text: &str, what: &str) -> Result<Vec<IpPrefix>, String> {
+/// Reads the ranges of `--file` (`lines` of its text, or the daemon's
+/// request): one address or prefix a line; blank lines and `#` comments
+/// skipped. An error names the line and says how to fix it.
+pub fn parse_ranges<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    what: &str,
+) -> Result<Vec<IpPrefix>, String> {
     let mut ranges = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    for (number, line) in lines.into_iter().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
         if line.is_empty() {
             continue;
@@ -290,7 +283,11 @@ sources = ["198.51.100.0/24", "203.0.113.0/24"]
 "#;
 
     fn check(ranges: &[&str], port: &str) -> CoverageReport {
-        let config = parse_config(CONFIG).unwrap();
+        check_with(CONFIG, ranges, port)
+    }
+
+    fn check_with(config: &str, ranges: &[&str], port: &str) -> CoverageReport {
+        let config = parse_config(config).unwrap();
         let ranges: Vec<IpPrefix> = ranges.iter().map(|text| text.parse().unwrap()).collect();
         coverage(
             &config,
@@ -300,6 +297,10 @@ sources = ["198.51.100.0/24", "203.0.113.0/24"]
             port.parse().unwrap(),
             None,
         )
+    }
+
+    fn texts(prefixes: &[IpPrefix]) -> Vec<String> {
+        prefixes.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -336,14 +337,7 @@ sources = ["198.51.100.0/24", "203.0.113.0/24"]
                 .collect::<Vec<_>>(),
             [("vendor", "2001:db8:1::/48".to_string())]
         );
-        assert_eq!(
-            range
-                .not_admitted
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-            ["2001:db8::/48"]
-        );
+        assert_eq!(texts(&range.not_admitted), ["2001:db8::/48"]);
         assert_eq!(
             range.why.as_deref(),
             Some("not listed by `vendor`, `office` (exposing tcp/443)")
@@ -363,31 +357,15 @@ sources = ["198.51.100.0/24", "203.0.113.0/24"]
         assert_eq!(report.admitted, 3, "the office lists the /24");
         let report = check(&["203.0.113.128/25"], "tcp/443");
         assert!(report.ranges[0].admitted, "{report:?}");
-        let config = parse_config(&CONFIG.replace(
+        let without_office_24 = CONFIG.replace(
             "\"198.51.100.0/24\", \"203.0.113.0/24\"",
             "\"198.51.100.0/24\"",
-        ))
-        .unwrap();
-        let ranges = ["203.0.113.0/24".parse().unwrap()];
-        let report = coverage(
-            &config,
-            &RuntimeEntries::new(),
-            &FeedLists::new(),
-            &ranges,
-            "tcp/443".parse().unwrap(),
-            None,
         );
+        let report = check_with(&without_office_24, &["203.0.113.0/24"], "tcp/443");
         let range = &report.ranges[0];
         assert!(!range.admitted);
         assert_eq!(range.parts.len(), 2);
-        assert_eq!(
-            range
-                .not_admitted
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-            ["203.0.113.192/26"]
-        );
+        assert_eq!(texts(&range.not_admitted), ["203.0.113.192/26"]);
     }
 
     #[test]
@@ -407,25 +385,25 @@ sources = ["198.51.100.0/24", "203.0.113.0/24"]
 
     #[test]
     fn a_list_file_is_read_line_by_line_with_errors_naming_the_line() {
-        let ranges =
-            parse_ranges("# from support\n203.0.113.7\n\n2001:db8::/32 # v6\n", "`f`").unwrap();
-        assert_eq!(
-            ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["203.0.113.7/32", "2001:db8::/32"]
-        );
-        let err = parse_ranges("203.0.113.7\n203.0.113.5/24\n", "`f`").unwrap_err();
+        let ranges = parse_ranges(
+            "# from support\n203.0.113.7\n\n2001:db8::/32 # v6\n".lines(),
+            "`f`",
+        )
+        .unwrap();
+        assert_eq!(texts(&ranges), ["203.0.113.7/32", "2001:db8::/32"]);
+        let err = parse_ranges("203.0.113.7\n203.0.113.5/24\n".lines(), "`f`").unwrap_err();
         assert!(
             err.starts_with("`f` line 2: `203.0.113.5/24` has host bits set"),
             "{err}"
         );
         assert!(
-            parse_ranges("# nothing\n", "`f`")
+            parse_ranges("# nothing\n".lines(), "`f`")
                 .unwrap_err()
                 .contains("lists no address")
         );
         let long = "203.0.113.7\n".repeat(MAX_RANGES + 1);
         assert!(
-            parse_ranges(&long, "`f`")
+            parse_ranges(long.lines(), "`f`")
                 .unwrap_err()
                 .contains("at most 1000")
         );
